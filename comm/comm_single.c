@@ -1,0 +1,60 @@
+/* The one-rank communicator: used when glmtp is built without MPI. Collectives
+ * are copies or nothing. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "comm.h"
+
+static void single_allreduce(void *ctx, void *buf, size_t n, kdtype dt) { (void)ctx, (void)buf, (void)n, (void)dt; }
+
+static void single_gather(void *ctx, const void *send, void *recv, const size_t *bytes) {
+    (void)ctx;
+    if (recv != send) memmove(recv, send, bytes[0]);
+}
+
+static void single_bcast(void *ctx, void *buf, size_t bytes) { (void)ctx, (void)buf, (void)bytes; }
+
+static void single_allgather_u64(void *ctx, uint64_t v, uint64_t *out) {
+    (void)ctx;
+    out[0] = v;
+}
+
+static void single_abort(void *ctx, int code) {
+    (void)ctx;
+    fflush(stdout);
+    exit(code);
+}
+
+static void single_finalize(void *ctx) { (void)ctx; }
+
+static const comm_iface single_iface = {
+    /* .name          = */ "single",
+    /* .allreduce_sum = */ single_allreduce,
+    /* .gather        = */ single_gather,
+    /* .bcast         = */ single_bcast,
+    /* .allgather_u64 = */ single_allgather_u64,
+    /* .abort         = */ single_abort,
+    /* .finalize      = */ single_finalize,
+};
+
+comm *comm_create(int *argc, char ***argv, double timeout_s, char *err, size_t errlen) {
+    (void)argc, (void)argv, (void)timeout_s;
+    comm *c = calloc(1, sizeof *c);
+    if (!c) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    c->rank = 0;
+    c->size = 1;
+    c->local_rank = 0;
+    c->local_size = 1;
+    c->iface = &single_iface;
+    return c;
+}
+
+void comm_destroy(comm *c) {
+    if (!c) return;
+    c->iface->finalize(c->ctx);
+    free(c);
+}

@@ -1,0 +1,34 @@
+/* engine.h: what every rank sets up before running steps: backend, this rank's
+ * shard of the model, its KV cache, the forward pass; and on rank 0 the KV block
+ * pool. Load errors are agreed on by all ranks so that every rank exits with
+ * the message instead of some hanging in the first collective. */
+#ifndef GLMTP_ENGINE_H
+#define GLMTP_ENGINE_H
+
+#include "../comm/comm.h"
+#include "../kernels/kernels.h"
+#include "../worker/forward.h"
+#include "../worker/kvcache.h"
+#include "../worker/model.h"
+
+typedef struct engine {
+    comm *comm;
+    kbackend kb;
+    glm_model *m;
+    kv_cache *kv;
+    glm_forward *fw;
+    kv_blocks blocks; /* rank 0 only */
+} engine;
+
+/* Collective. KV capacity: n_tokens positions in blocks of block_size.
+ * Returns 0, or 1 after every rank has printed why it stops. */
+int engine_open(engine *e, comm *c, const char *dir, int kv_tokens, int block_size, int threads);
+void engine_close(engine *e);
+
+/* Collective check that all ranks were started with the same arguments. */
+int engine_check_args(comm *c, int argc, char **argv);
+
+/* Prints "glmtp: [rank r: ]msg" to stderr. */
+void engine_error(const comm *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif

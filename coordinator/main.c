@@ -1,0 +1,50 @@
+/* glmtp: tensor-parallel inference for the GLM-4-9B family.
+ * One binary for every rank under mpirun; rank 0 coordinates and prints. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "commands.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: [mpirun -np N] glmtp COMMAND [options]\n"
+            "  make-model --out DIR [--preset tiny|glm-4-9b|glm-4-9b-chat|glm-4-9b-chat-1m] [--layout chatglm|hf]\n"
+            "             [--dtype bf16|f32] [--seed S] [--layers N] [--kv-groups N] [--vocab N] [--shards N]\n"
+            "             [--rope-ratio R]\n"
+            "  score      --model DIR --ids 1,2,3 [--incremental] [--dump hidden|logits] [--top K]\n"
+            "  generate   --model DIR --ids 1,2,3 [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]\n"
+            "             [--seed S] [--ignore-eos]\n"
+            "  bench      decode --model DIR [--tokens N] [--context C]\n"
+            "common: --threads N (per rank; default all cores), --block-size B (KV block, default 16),\n"
+            "        GLMTP_COMM_TIMEOUT=seconds (collective timeout, default 600)\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "make-model") == 0) return cmd_make_model(argc - 2, argv + 2);
+
+    int (*run)(comm *, int, char **) = NULL;
+    if (strcmp(cmd, "score") == 0) run = cmd_score;
+    else if (strcmp(cmd, "generate") == 0) run = cmd_generate;
+    else if (strcmp(cmd, "bench") == 0) run = cmd_bench;
+    if (!run) {
+        fprintf(stderr, "glmtp: unknown command '%s'\n", cmd);
+        usage(stderr);
+        return 2;
+    }
+    const char *to = getenv("GLMTP_COMM_TIMEOUT");
+    char err[256];
+    comm *c = comm_create(&argc, &argv, to ? atof(to) : 0, err, sizeof err);
+    if (!c) {
+        fprintf(stderr, "glmtp: %s\n", err);
+        return 1;
+    }
+    int rc = run(c, argc - 2, argv + 2);
+    comm_destroy(c);
+    return rc;
+}

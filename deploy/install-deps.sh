@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian 12 machine lacks to build, test and run glmtp on CPU ranks.
+# Idempotent: packages already present are skipped; safe to run on every CI start.
+# The CUDA toolkit is not installed here (the CUDA backend builds when nvcc is found).
+set -euo pipefail
+
+pkgs=(build-essential cmake pkg-config git
+      libopenmpi-dev openmpi-bin          # MPI communicator and mpirun
+      libprotobuf-c-dev protobuf-c-compiler  # control channel and step plan (proto/)
+      libpcre2-dev                        # tokenizer pre-tokenizer regex
+      libcjson-dev                        # config.json and safetensors headers
+      python3)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all packages present"
+  exit 0
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "install-deps: installing ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,116 @@
+/* GEMM on the CPU: out [T, N] = x [T, K] W^T (+ bias), W [N, K] in bf16 or f32,
+ * fp32 math. Two paths:
+ *  - few tokens (decode): a GEMV per weight row; the step is bound by reading W
+ *    once, so each row is streamed once and dotted with every token.
+ *  - many tokens (prefill): a panel of PANEL_ROWS rows of W is widened to fp32
+ *    once into thread-local scratch, then reused by every token in register
+ *    blocks of TOK_BLOCK tokens x PANEL_ROWS rows. */
+#include <omp.h>
+#include <stdlib.h>
+
+#include "cpu.h"
+
+#define GEMV_MAX_T 4
+#define PANEL_ROWS 4
+#define TOK_BLOCK 4
+
+static inline float dot_f32(const float *x, const float *w, int K) {
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int k = 0; k < K; k++) s += x[k] * w[k];
+    return s;
+}
+
+static inline float dot_bf16(const float *x, const uint16_t *w, int K) {
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int k = 0; k < K; k++) s += x[k] * bf16_to_f32(w[k]);
+    return s;
+}
+
+static void widen_row(float *dst, const kweight *W, int n) {
+    size_t K = (size_t)W->cols;
+    if (W->dtype == KDT_F32) {
+        const float *s = (const float *)W->data + (size_t)n * K;
+        for (size_t k = 0; k < K; k++) dst[k] = s[k];
+    } else {
+        const uint16_t *s = (const uint16_t *)W->data + (size_t)n * K;
+#pragma omp simd
+        for (size_t k = 0; k < K; k++) dst[k] = bf16_to_f32(s[k]);
+    }
+}
+
+static void gemv(float *out, const float *x, const kweight *W, int T) {
+    int N = W->rows, K = W->cols;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        for (int t = 0; t < T; t++) {
+            const float *xt = x + (size_t)t * K;
+            out[(size_t)t * N + n] = W->dtype == KDT_F32
+                                         ? dot_f32(xt, (const float *)W->data + (size_t)n * K, K)
+                                         : dot_bf16(xt, (const uint16_t *)W->data + (size_t)n * K, K);
+        }
+    }
+}
+
+/* 4 tokens x 4 rows of dot products over K, accumulators kept in registers. */
+static void block_4x4(float *out, int N, const float *x, int K, const float *panel, int t0, int n0) {
+    const float *x0 = x + (size_t)t0 * K, *x1 = x0 + K, *x2 = x1 + K, *x3 = x2 + K;
+    const float *w0 = panel, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+    float a00 = 0, a01 = 0, a02 = 0, a03 = 0, a10 = 0, a11 = 0, a12 = 0, a13 = 0;
+    float a20 = 0, a21 = 0, a22 = 0, a23 = 0, a30 = 0, a31 = 0, a32 = 0, a33 = 0;
+#pragma omp simd reduction(+ : a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33)
+    for (int k = 0; k < K; k++) {
+        float v0 = x0[k], v1 = x1[k], v2 = x2[k], v3 = x3[k];
+        float u0 = w0[k], u1 = w1[k], u2 = w2[k], u3 = w3[k];
+        a00 += v0 * u0; a01 += v0 * u1; a02 += v0 * u2; a03 += v0 * u3;
+        a10 += v1 * u0; a11 += v1 * u1; a12 += v1 * u2; a13 += v1 * u3;
+        a20 += v2 * u0; a21 += v2 * u1; a22 += v2 * u2; a23 += v2 * u3;
+        a30 += v3 * u0; a31 += v3 * u1; a32 += v3 * u2; a33 += v3 * u3;
+    }
+    float *o = out + (size_t)t0 * N + n0;
+    o[0] = a00; o[1] = a01; o[2] = a02; o[3] = a03; o += N;
+    o[0] = a10; o[1] = a11; o[2] = a12; o[3] = a13; o += N;
+    o[0] = a20; o[1] = a21; o[2] = a22; o[3] = a23; o += N;
+    o[0] = a30; o[1] = a31; o[2] = a32; o[3] = a33;
+}
+
+static void gemm(float *out, const float *x, const kweight *W, int T) {
+    int N = W->rows, K = W->cols;
+    int n_panels = (N + PANEL_ROWS - 1) / PANEL_ROWS;
+#pragma omp parallel
+    {
+        float *panel = malloc(sizeof(float) * PANEL_ROWS * (size_t)K);
+        if (!panel) abort();
+#pragma omp for schedule(static)
+        for (int p = 0; p < n_panels; p++) {
+            int n0 = p * PANEL_ROWS, nr = N - n0 < PANEL_ROWS ? N - n0 : PANEL_ROWS;
+            for (int r = 0; r < nr; r++) widen_row(panel + (size_t)r * K, W, n0 + r);
+            int t = 0;
+            if (nr == PANEL_ROWS)
+                for (; t + TOK_BLOCK <= T; t += TOK_BLOCK) block_4x4(out, N, x, K, panel, t, n0);
+            for (; t < T; t++)
+                for (int r = 0; r < nr; r++)
+                    out[(size_t)t * N + n0 + r] = dot_f32(x + (size_t)t * K, panel + (size_t)r * K, K);
+        }
+        free(panel);
+    }
+}
+
+void cpu_matmul_f32(void *ctx, float *out, const void *x, const kweight *W, int T) {
+    (void)ctx;
+    if (W->dtype != KDT_F32 && W->dtype != KDT_BF16) abort(); /* upload widened f16 */
+    if (T < GEMV_MAX_T)
+        gemv(out, x, W, T);
+    else
+        gemm(out, x, W, T);
+}
+
+void cpu_matmul(void *ctx, void *out, const void *x, const kweight *W, const kweight *bias, int T) {
+    cpu_matmul_f32(ctx, out, x, W, T);
+    if (!bias) return;
+    float *o = out;
+    int N = W->rows;
+    for (int t = 0; t < T; t++)
+        for (int n = 0; n < N; n++) o[(size_t)t * N + n] += cpu_weight_at(bias, n);
+}

@@ -1,0 +1,115 @@
+/* kernels.h: the one backend interface the GLM-4 forward pass is written against.
+ *
+ * A backend is {iface, ctx}: a table of function pointers plus its private state.
+ * Implementations: kernels/cpu/ (fp32 activations, bf16/f32 weights, OpenMP) and
+ * kernels/cuda/ (bf16 activations, cuBLASLt; later issue). No member may be NULL.
+ *
+ * Memory: every "dev" pointer below lives in backend memory, got from alloc()
+ * (host memory on CPU, GPU memory on CUDA). Activations are in the backend's
+ * activation type, iface->act_bytes per element; logits are always fp32.
+ * Integer arrays the kernels read (ids, positions, slots, block tables) are
+ * int32 in backend memory too (copied with to_device).
+ *
+ * Shapes use T = tokens in the step, H = hidden, d = head dim, row-major.
+ * Weights are PyTorch-style [rows = out_features, cols = in_features]: y = x W^T.
+ */
+#ifndef GLMTP_KERNELS_H
+#define GLMTP_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dtype.h"
+
+/* A weight matrix (or vector: rows = 1) in backend memory; dtype is the storage
+ * type the backend chose (CPU keeps bf16 and f32 as given, widens f16 to f32). */
+typedef struct kweight {
+    void *data;
+    kdtype dtype;
+    int rows, cols;
+} kweight;
+
+/* Where the tokens of one step read and write the paged KV cache.
+ * Cache layout per layer: [n_blocks, block_size, n_kv_local, d] for K and for V.
+ * Token t of the step belongs to sequence seq[t] at position pos[t]; it attends
+ * to positions 0..pos[t] of that sequence (its own K/V must be stored first).
+ * Position p of sequence s is slot block_tables[s * max_blocks + p / block_size]
+ * * block_size + p % block_size. */
+typedef struct kattn_batch {
+    int n_tokens;
+    const int32_t *pos;          /* dev [T] */
+    const int32_t *seq;          /* dev [T] */
+    const int32_t *slots;        /* dev [T] slot where token t's K/V go */
+    const int32_t *block_tables; /* dev [n_seqs, max_blocks] */
+    int max_blocks;
+    int block_size;
+    int max_pos; /* largest pos[t] in the step (sizes scratch) */
+} kattn_batch;
+
+/* Per-row sampling parameters (host memory). temperature 0 = greedy (argmax);
+ * top_k 0 = off; top_p 1 = off. rng is the row's generator state, advanced. */
+typedef struct ksample_params {
+    float temperature;
+    int top_k;
+    float top_p;
+    uint64_t *rng;
+} ksample_params;
+
+typedef struct kernels_iface {
+    const char *name;
+    size_t act_bytes; /* bytes per activation element */
+
+    /* Memory. alloc returns zeroed memory and aborts the process on failure
+     * (running out of memory mid-step is not a request error). */
+    void *(*alloc)(void *ctx, size_t bytes);
+    void (*free)(void *ctx, void *p); /* accepts NULL */
+    void (*to_device)(void *ctx, void *dst, const void *src, size_t bytes);
+    void (*to_host)(void *ctx, void *dst, const void *src, size_t bytes);
+    /* Copies host data of type dt, [rows, cols] row-major, into backend memory. */
+    void (*weight_upload)(void *ctx, kweight *w /* OUT */, const void *host, kdtype dt, int rows, int cols);
+    void (*weight_free)(void *ctx, kweight *w);
+
+    /* out[t,:] = E[ids[t], :].  out [T, H], E [V, H]. */
+    void (*embedding)(void *ctx, void *out, const kweight *E, const int32_t *ids, int T);
+    /* out[t] = w * x[t] / sqrt(mean(x[t]^2) + eps), fp32 math. x, out [T, H]; may alias. */
+    void (*rmsnorm)(void *ctx, void *out, const void *x, const kweight *w, int T, float eps);
+    /* out [T, N] = x [T, K] W^T (+ bias [N] if non-NULL). */
+    void (*matmul)(void *ctx, void *out, const void *x, const kweight *W, const kweight *bias, int T);
+    /* Same with fp32 output regardless of act type (LM head). */
+    void (*matmul_f32)(void *ctx, float *out, const void *x, const kweight *W, int T);
+    /* In place on the first n_heads heads of each row of qkv [T, ld]: GPT-J style
+     * rotation of adjacent pairs in dims [0, rot_dim) of each d-wide head with
+     * angle pos[t] * base^(-2j/rot_dim); dims [rot_dim, d) untouched. */
+    void (*rope)(void *ctx, void *qkv, const int32_t *pos, int T, int ld, int n_heads, int d, int rot_dim,
+                 float base);
+    /* Writes K and V rows (k [T, ld] and v [T, ld], first kv_width columns used)
+     * into the cache at b->slots[t]. kv_width = n_kv_local * d. */
+    void (*kv_store)(void *ctx, void *kcache, void *vcache, const void *k, const void *v, int ld, int kv_width,
+                     const kattn_batch *b);
+    /* Causal GQA over the paged cache. q [T, ld_q] (n_q heads of d), out [T, n_q*d].
+     * Local q head i uses local KV head i / q_per_kv. Softmax in fp32. */
+    void (*attention)(void *ctx, void *out, const void *q, int ld_q, const void *kcache, const void *vcache,
+                      const kattn_batch *b, int n_q, int n_kv, int q_per_kv, int d, float scale);
+    /* out [T, F] = silu(gu[:, :F]) * gu[:, F:],  gu [T, 2F]. */
+    void (*swiglu)(void *ctx, void *out, const void *gu, int T, int F);
+    /* x += y, n elements. */
+    void (*add)(void *ctx, void *x, const void *y, size_t n);
+    /* out[i, :] = x[rows[i], :] for i < n; rows in host memory; width in elements. */
+    void (*gather_rows)(void *ctx, void *out, const void *x, const int *rows, int n, int width);
+    /* out_ids[i] (host) = sample of logits[i, :V] (dev [n, V] fp32). */
+    void (*sample)(void *ctx, int *out_ids, const float *logits, int n, int V, const ksample_params *p);
+    /* Waits for queued work (no-op on CPU). */
+    void (*sync)(void *ctx);
+    /* Releases the backend itself. */
+    void (*destroy)(void *ctx);
+} kernels_iface;
+
+typedef struct kbackend {
+    const kernels_iface *iface;
+    void *ctx;
+} kbackend;
+
+/* CPU backend; n_threads <= 0 uses all cores (OpenMP). Never fails. */
+kbackend kernels_cpu_create(int n_threads);
+
+#endif

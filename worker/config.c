@@ -1,0 +1,222 @@
+/* config.json parsing for both GLM-4 checkpoint layouts (see config.h). */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "util.h"
+
+typedef struct {
+    const cJSON *root;
+    const char *path;
+    char *err;
+    size_t errlen;
+    int failed;
+} reader;
+
+static void fail(reader *r, const char *field, const char *what) {
+    if (r->failed) return;
+    r->failed = 1;
+    snprintf(r->err, r->errlen, "%s: field '%s': %s", r->path, field, what);
+}
+
+/* Positive (or >= min) integer field; missing is an error unless def_ok. */
+static int get_int(reader *r, const char *field, int min, int def, int def_ok) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(r->root, field);
+    if (!v) {
+        if (!def_ok) fail(r, field, "missing");
+        return def;
+    }
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < min ||
+        v->valuedouble > 2147483647.0) {
+        char m[96];
+        snprintf(m, sizeof m, "must be an integer >= %d", min);
+        fail(r, field, m);
+        return def;
+    }
+    return (int)v->valuedouble;
+}
+
+static double get_num(reader *r, const char *field, double def, int def_ok) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(r->root, field);
+    if (!v) {
+        if (!def_ok) fail(r, field, "missing");
+        return def;
+    }
+    if (!cJSON_IsNumber(v) || !(v->valuedouble > 0) || !isfinite(v->valuedouble)) {
+        fail(r, field, "must be a positive number");
+        return def;
+    }
+    return v->valuedouble;
+}
+
+/* Boolean field that must have the value this engine implements. */
+static void want_bool(reader *r, const char *field, int want, int def) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(r->root, field);
+    int got = def;
+    if (v) {
+        if (!cJSON_IsBool(v)) {
+            fail(r, field, "must be true or false");
+            return;
+        }
+        got = cJSON_IsTrue(v);
+    }
+    if (got != want) fail(r, field, want ? "must be true (the GLM-4 architecture)" : "must be false (the GLM-4 architecture)");
+}
+
+static int get_bool(reader *r, const char *field, int def) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(r->root, field);
+    if (!v) return def;
+    if (!cJSON_IsBool(v)) {
+        fail(r, field, "must be true or false");
+        return def;
+    }
+    return cJSON_IsTrue(v);
+}
+
+/* Two names for one quantity: if both appear they must agree. */
+static int get_int_alias(reader *r, const char *a, const char *b, int min) {
+    int has_a = cJSON_GetObjectItemCaseSensitive(r->root, a) != NULL;
+    int has_b = cJSON_GetObjectItemCaseSensitive(r->root, b) != NULL;
+    if (!has_a && !has_b) {
+        fail(r, a, "missing");
+        return 0;
+    }
+    int va = has_a ? get_int(r, a, min, 0, 0) : 0, vb = has_b ? get_int(r, b, min, 0, 0) : 0;
+    if (has_a && has_b && va != vb) {
+        char m[160];
+        snprintf(m, sizeof m, "is %d but '%s' is %d", va, b, vb);
+        fail(r, a, m);
+    }
+    return has_a ? va : vb;
+}
+
+static void get_eos(reader *r, glm_config *c) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(r->root, "eos_token_id");
+    c->n_eos = 0;
+    if (!v) return;
+    if (cJSON_IsNumber(v)) {
+        c->eos_ids[c->n_eos++] = (int)v->valuedouble;
+        return;
+    }
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) > GLM_MAX_EOS) {
+        fail(r, "eos_token_id", "must be an integer or a list of at most 8 integers");
+        return;
+    }
+    const cJSON *e;
+    cJSON_ArrayForEach(e, v) {
+        if (!cJSON_IsNumber(e) || e->valuedouble < 0) {
+            fail(r, "eos_token_id", "must hold non-negative integers");
+            return;
+        }
+        c->eos_ids[c->n_eos++] = (int)e->valuedouble;
+    }
+}
+
+static void parse_chatglm(reader *r, glm_config *c) {
+    c->layout = LAYOUT_CHATGLM;
+    c->n_layers = get_int_alias(r, "num_layers", "num_hidden_layers", 1);
+    c->hidden = get_int(r, "hidden_size", 1, 0, 0);
+    c->ffn = get_int(r, "ffn_hidden_size", 1, 0, 0);
+    c->n_heads = get_int(r, "num_attention_heads", 1, 0, 0);
+    c->head_dim = get_int(r, "kv_channels", 2, c->n_heads ? c->hidden / c->n_heads : 0, 1);
+    int mqa = get_bool(r, "multi_query_attention", 0);
+    c->n_kv = mqa ? get_int(r, "multi_query_group_num", 1, 0, 0) : c->n_heads;
+    c->vocab = cJSON_GetObjectItemCaseSensitive(r->root, "padded_vocab_size")
+                   ? get_int(r, "padded_vocab_size", 1, 0, 0)
+                   : get_int(r, "vocab_size", 1, 0, 0);
+    c->seq_len = get_int(r, "seq_length", 1, 0, 0);
+    c->rope_base = 10000.0 * get_num(r, "rope_ratio", 1.0, 1);
+    c->rot_dim = c->head_dim / 2; /* RotaryEmbedding(kv_channels // 2) */
+    c->eps = (float)get_num(r, "layernorm_epsilon", 1e-5, 0);
+    c->qkv_bias = get_bool(r, "add_qkv_bias", 0);
+    want_bool(r, "rmsnorm", 1, 1);
+    want_bool(r, "add_bias_linear", 0, 0);
+    want_bool(r, "apply_residual_connection_post_layernorm", 0, 0);
+    want_bool(r, "post_layer_norm", 1, 1);
+    want_bool(r, "original_rope", 1, 1);
+    want_bool(r, "tie_word_embeddings", 0, 0);
+}
+
+static void parse_hf(reader *r, glm_config *c) {
+    c->layout = LAYOUT_HF;
+    c->n_layers = get_int(r, "num_hidden_layers", 1, 0, 0);
+    c->hidden = get_int(r, "hidden_size", 1, 0, 0);
+    c->ffn = get_int(r, "intermediate_size", 1, 0, 0);
+    c->n_heads = get_int(r, "num_attention_heads", 1, 0, 0);
+    c->head_dim = get_int(r, "head_dim", 2, c->n_heads ? c->hidden / c->n_heads : 0, 1);
+    c->n_kv = get_int(r, "num_key_value_heads", 1, c->n_heads, 1);
+    c->vocab = get_int(r, "vocab_size", 1, 0, 0);
+    c->seq_len = get_int(r, "max_position_embeddings", 1, 0, 0);
+    c->rope_base = get_num(r, "rope_theta", 10000.0, 1);
+    double prf = get_num(r, "partial_rotary_factor", 0.5, 1);
+    c->rot_dim = (int)(c->head_dim * prf);
+    if (prf > 1.0 || c->rot_dim % 2) fail(r, "partial_rotary_factor", "must give an even number of rotary dims <= head_dim");
+    c->eps = (float)get_num(r, "rms_norm_eps", 1e-5, 0);
+    c->qkv_bias = get_bool(r, "attention_bias", 1);
+    want_bool(r, "tie_word_embeddings", 0, 0);
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(r->root, "hidden_act");
+    if (act && !(cJSON_IsString(act) && strcmp(act->valuestring, "silu") == 0)) fail(r, "hidden_act", "must be \"silu\"");
+}
+
+int config_load(glm_config *cfg, const char *dir, char *err, size_t errlen) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    memset(cfg, 0, sizeof *cfg);
+    size_t len = 0;
+    char *text = util_read_file(path, &len, err, errlen);
+    if (!text) return -1;
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    if (!root || !cJSON_IsObject(root)) {
+        snprintf(err, errlen, "%s: not a JSON object", path);
+        cJSON_Delete(root);
+        return -1;
+    }
+    reader r = {root, path, err, errlen, 0};
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+    if (!cJSON_IsString(mt))
+        fail(&r, "model_type", "missing (want \"chatglm\" or \"glm\")");
+    else if (strcmp(mt->valuestring, "chatglm") == 0)
+        parse_chatglm(&r, cfg);
+    else if (strcmp(mt->valuestring, "glm") == 0)
+        parse_hf(&r, cfg);
+    else
+        fail(&r, "model_type", "unknown (want \"chatglm\" or \"glm\"; GLM-4-0414 \"glm4\" is a different architecture)");
+    get_eos(&r, cfg);
+    cfg->pad_id = get_int(&r, "pad_token_id", 0, cfg->n_eos ? cfg->eos_ids[0] : 0, 1);
+    if (!r.failed && cfg->n_heads % cfg->n_kv)
+        fail(&r, "multi_query_group_num", "KV groups must divide num_attention_heads");
+    if (!r.failed && (cfg->head_dim % 2 || cfg->rot_dim % 2 || cfg->rot_dim > cfg->head_dim))
+        fail(&r, cfg->layout == LAYOUT_HF ? "head_dim" : "kv_channels", "head dim must be even");
+    cJSON_Delete(root);
+    return r.failed ? -1 : 0;
+}
+
+int config_check_tp(const glm_config *c, int tp, char *err, size_t errlen) {
+    const char *heads = "num_attention_heads";
+    const char *kv = c->layout == LAYOUT_HF ? "num_key_value_heads" : "multi_query_group_num";
+    if (tp < 1 || c->n_heads % tp) {
+        snprintf(err, errlen, "tensor parallel size %d does not divide %s = %d", tp, heads, c->n_heads);
+        return -1;
+    }
+    if (c->n_kv % tp && tp % c->n_kv) {
+        snprintf(err, errlen, "tensor parallel size %d neither divides nor is a multiple of %s = %d", tp, kv,
+                 c->n_kv);
+        return -1;
+    }
+    if (tp > c->ffn || tp > c->vocab) {
+        snprintf(err, errlen, "tensor parallel size %d exceeds the FFN width or vocabulary", tp);
+        return -1;
+    }
+    return 0;
+}
+
+uint64_t config_hash(const glm_config *c) {
+    /* Over the fields, not the struct's padding. */
+    double vals[] = {c->layout, c->n_layers, c->hidden, c->ffn, c->n_heads, c->n_kv, c->head_dim,
+                     c->rot_dim, c->vocab, c->seq_len, c->rope_base, c->eps, c->qkv_bias};
+    return util_fnv(UTIL_FNV_INIT, vals, sizeof vals);
+}

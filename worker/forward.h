@@ -1,0 +1,27 @@
+/* forward.h: the GLM-4 forward pass, written once against kernels.h and comm.h.
+ *
+ * Runs one glm_step through all layers on this rank's shard (two all-reduces of
+ * [T, H] per layer), then the vocab-parallel LM head on the rows the step asks
+ * for, gathered to rank 0. Every rank calls forward_run with the same step. */
+#ifndef GLMTP_FORWARD_H
+#define GLMTP_FORWARD_H
+
+#include "kvcache.h"
+#include "model.h"
+#include "step.h"
+
+typedef struct glm_forward glm_forward;
+
+/* Keeps m and kv (not owned); owns scratch that grows with the largest step. */
+glm_forward *forward_create(glm_model *m, kv_cache *kv);
+void forward_free(glm_forward *f); /* accepts NULL */
+
+/* logits: rank 0 host memory [n_logits, vocab] fp32 (ignored elsewhere; may be
+ * NULL on other ranks). hidden: NULL, or host [n_logits, H] fp32 on rank 0 that
+ * receives the output of the final RMSNorm (before the LM head). */
+void forward_run(glm_forward *f, const glm_step *s, float *logits, float *hidden);
+
+/* Seconds spent in all-reduce and in the whole of forward_run so far. */
+void forward_times(const glm_forward *f, double *allreduce_s, double *total_s);
+
+#endif

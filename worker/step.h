@@ -1,0 +1,38 @@
+/* step.h: the work of one forward step, as rank 0 plans it and every rank runs it.
+ *
+ * A flat, ragged batch (as in vLLM): n_tokens tokens from n_seqs sequences, each
+ * token with its sequence index and position; per sequence a block table row.
+ * logit_rows lists the tokens whose logits rank 0 wants back (the last token of
+ * each sampling sequence, or every token when scoring).
+ *
+ * Rank 0 fills a step and calls step_bcast; other ranks receive into an empty one.
+ * (This packing is the seam where the protobuf StepPlan of the serving issue goes.) */
+#ifndef GLMTP_STEP_H
+#define GLMTP_STEP_H
+
+#include <stdint.h>
+
+#include "../comm/comm.h"
+#include "kvcache.h"
+
+typedef struct glm_step {
+    int n_tokens, n_seqs, max_blocks, n_logits, block_size;
+    int32_t *ids;          /* [n_tokens] */
+    int32_t *pos;          /* [n_tokens] */
+    int32_t *seq;          /* [n_tokens] */
+    int32_t *slots;        /* [n_tokens] derived: KV slot of each token */
+    int32_t *block_tables; /* [n_seqs * max_blocks], -1 padded */
+    int32_t *logit_rows;   /* [n_logits] token indices */
+} glm_step;
+
+/* Allocates the arrays for the given sizes (zeroed). Aborts on OOM. */
+void step_alloc(glm_step *s, int n_tokens, int n_seqs, int max_blocks, int n_logits, int block_size);
+void step_free(glm_step *s);
+/* Sets row `seq` of the block tables from a sequence's table. */
+void step_set_table(glm_step *s, int seq, const kv_seq *kvs);
+/* Derives slots from positions and block tables (rank 0, after filling). */
+void step_fill_slots(glm_step *s);
+/* Rank 0's step to every rank (collective). Non-root s must be empty (zeroed). */
+void step_bcast(comm *c, glm_step *s);
+
+#endif
