@@ -40,17 +40,46 @@ static void widen_row(float *dst, const kweight *W, int n) {
     }
 }
 
+/* Four rows against one token: x is loaded once per four weights, and the four
+ * accumulators are independent chains, so the loop streams W at memory speed. */
+static void dot4(float *o, const float *x, const kweight *W, int n0, int K) {
+    float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+    if (W->dtype == KDT_F32) {
+        const float *w0 = (const float *)W->data + (size_t)n0 * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+        for (int k = 0; k < K; k++) {
+            float v = x[k];
+            a0 += v * w0[k]; a1 += v * w1[k]; a2 += v * w2[k]; a3 += v * w3[k];
+        }
+    } else {
+        const uint16_t *w0 = (const uint16_t *)W->data + (size_t)n0 * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+        for (int k = 0; k < K; k++) {
+            float v = x[k];
+            a0 += v * bf16_to_f32(w0[k]); a1 += v * bf16_to_f32(w1[k]);
+            a2 += v * bf16_to_f32(w2[k]); a3 += v * bf16_to_f32(w3[k]);
+        }
+    }
+    o[0] = a0; o[1] = a1; o[2] = a2; o[3] = a3;
+}
+
 static void gemv(float *out, const float *x, const kweight *W, int T) {
-    int N = W->rows, K = W->cols;
+    int N = W->rows, K = W->cols, quads = N / 4;
 #pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) {
+    for (int q = 0; q < quads; q++) {
+        for (int t = 0; t < T; t++) {
+            float o[4];
+            dot4(o, x + (size_t)t * K, W, 4 * q, K);
+            for (int r = 0; r < 4; r++) out[(size_t)t * N + 4 * q + r] = o[r];
+        }
+    }
+    for (int n = 4 * quads; n < N; n++) /* tail rows */
         for (int t = 0; t < T; t++) {
             const float *xt = x + (size_t)t * K;
             out[(size_t)t * N + n] = W->dtype == KDT_F32
                                          ? dot_f32(xt, (const float *)W->data + (size_t)n * K, K)
                                          : dot_bf16(xt, (const uint16_t *)W->data + (size_t)n * K, K);
         }
-    }
 }
 
 /* 4 tokens x 4 rows of dot products over K, accumulators kept in registers. */

@@ -1,0 +1,898 @@
+/* test_kernels: every CPU kernel against a naive reference loop written here
+ * in double precision from the spec (docs: kernels/kernels.h, /work/shared/
+ * glm4-spec.md §2), on seeded random inputs with odd sizes that reach the
+ * edge paths (GEMV vs GEMM, panel/token tails, paged KV blocks, ...).
+ *
+ * Each numeric comparison goes through check(): |got - want| <= atol + rtol*|want|
+ * element-wise, printing the max abs diff and PASS/FAIL; boolean properties
+ * (sampling) go through expect(). The last line is "N passed, M failed";
+ * the exit status is 1 on any failure.
+ *
+ * The references deliberately do not call the code under test: bf16/f16 bits
+ * are decoded here with ldexp from their fields, not with dtype.h. rng.h is
+ * only used to make inputs (and as the sampler's documented generator). */
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../kernels/dtype.h"
+#include "../kernels/kernels.h"
+#include "../kernels/rng.h"
+
+static int n_pass, n_fail;
+static kbackend kb;
+#define K_ (kb.iface)
+
+/* ---------------------------------------------------------------- helpers */
+
+static void check(const char *name, const float *got, const double *want, size_t n, double atol, double rtol) {
+    double maxd = 0.0;
+    size_t n_bad = 0, first_bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        double g = got[i], w = want[i], diff;
+        if (isnan(g) || isnan(w))
+            diff = (isnan(g) && isnan(w)) ? 0.0 : INFINITY;
+        else
+            diff = (g == w) ? 0.0 : fabs(g - w); /* g == w also covers +-inf */
+        if (diff != 0.0 && !(diff <= atol + rtol * fabs(w))) {
+            if (!n_bad) first_bad = i;
+            n_bad++;
+        }
+        if (diff > maxd || isnan(diff)) maxd = diff;
+    }
+    int ok = n_bad == 0;
+    printf("%s  %-58s n=%-6zu max_abs_diff=%-10.3g (atol=%.2g rtol=%.2g)\n", ok ? "PASS" : "FAIL", name, n, maxd, atol,
+           rtol);
+    if (!ok)
+        printf("      %zu bad elements; first at [%zu]: got %.9g want %.9g\n", n_bad, first_bad, (double)got[first_bad],
+               want[first_bad]);
+    if (ok)
+        n_pass++;
+    else
+        n_fail++;
+}
+
+static void expect(int ok, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    printf("%s  ", ok ? "PASS" : "FAIL");
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+    if (ok)
+        n_pass++;
+    else
+        n_fail++;
+}
+
+__attribute__((noinline)) static void *xmalloc(size_t n) {
+    void *p = calloc(1, n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+    return p;
+}
+
+/* Backend memory holding a copy of host data. */
+static void *dev_copy(const void *host, size_t bytes) {
+    void *d = K_->alloc(kb.ctx, bytes);
+    K_->to_device(kb.ctx, d, host, bytes);
+    return d;
+}
+
+static uint64_t g_rng = 0x5eed0001;
+static float urand(float lo, float hi) { return lo + (hi - lo) * (float)rng_uniform(&g_rng); }
+static void fill_uniform(float *x, size_t n, float lo, float hi) {
+    for (size_t i = 0; i < n; i++) x[i] = urand(lo, hi);
+}
+static void fill_normal(float *x, size_t n, float scale) {
+    for (size_t i = 0; i < n; i++) x[i] = scale * rng_normal(&g_rng);
+}
+
+/* bf16: 1 sign, 8 exponent (bias 127), 7 mantissa bits. Decoded from the fields. */
+static double ref_bf16(uint16_t h) {
+    int sign = h >> 15, e = (h >> 7) & 0xff, m = h & 0x7f;
+    double v;
+    if (e == 0xff)
+        v = m ? NAN : INFINITY;
+    else if (e == 0)
+        v = ldexp((double)m, -126 - 7);
+    else
+        v = ldexp(1.0 + m / 128.0, e - 127);
+    return sign ? -v : v;
+}
+
+/* IEEE binary16: 1 sign, 5 exponent (bias 15), 10 mantissa bits. */
+static double ref_f16(uint16_t h) {
+    int sign = h >> 15, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    double v;
+    if (e == 0x1f)
+        v = m ? NAN : INFINITY;
+    else if (e == 0)
+        v = ldexp((double)m, -14 - 10);
+    else
+        v = ldexp(1.0 + m / 1024.0, e - 15);
+    return sign ? -v : v;
+}
+
+/* Random bf16 values: the top 16 bits of a random float (any bf16 will do). */
+static void fill_bf16(uint16_t *w, size_t n, float lo, float hi) {
+    for (size_t i = 0; i < n; i++) {
+        float f = urand(lo, hi);
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        w[i] = (uint16_t)(u >> 16);
+    }
+}
+
+/* Host weight in a given dtype with its exact values as doubles. */
+typedef struct {
+    void *host;
+    double *val;
+    kdtype dt;
+} hweight;
+
+static hweight make_weight(kdtype dt, size_t n, float lo, float hi) {
+    hweight w = {NULL, xmalloc(n * sizeof(double)), dt};
+    if (dt == KDT_F32) {
+        float *f = xmalloc(n * 4);
+        fill_uniform(f, n, lo, hi);
+        for (size_t i = 0; i < n; i++) w.val[i] = f[i];
+        w.host = f;
+    } else if (dt == KDT_BF16) {
+        uint16_t *b = xmalloc(n * 2);
+        fill_bf16(b, n, lo, hi);
+        for (size_t i = 0; i < n; i++) w.val[i] = ref_bf16(b[i]);
+        w.host = b;
+    } else { /* f16: bits of a uniform value in [lo, hi], |lo|,|hi| <= 1, built by hand */
+        uint16_t *b = xmalloc(n * 2);
+        for (size_t i = 0; i < n; i++) {
+            float f = urand(lo, hi);
+            int sign = f < 0;
+            double a = fabs(f);
+            uint16_t bits = 0;
+            if (a >= ldexp(1.0, -14)) {
+                int e;
+                double fr = frexp(a, &e); /* a = fr * 2^e, fr in [0.5, 1) */
+                int m = (int)((fr * 2.0 - 1.0) * 1024.0);
+                bits = (uint16_t)(((e - 1 + 15) << 10) | m);
+            } else {
+                bits = (uint16_t)(a * ldexp(1.0, 24)); /* subnormal */
+            }
+            b[i] = (uint16_t)(bits | (sign << 15));
+            w.val[i] = ref_f16(b[i]);
+        }
+        w.host = b;
+    }
+    return w;
+}
+
+static void free_hweight(hweight *w) {
+    free(w->host);
+    free(w->val);
+}
+
+static kweight upload(const hweight *w, int rows, int cols) {
+    kweight kw;
+    K_->weight_upload(kb.ctx, &kw, w->host, w->dt, rows, cols);
+    return kw;
+}
+
+/* ------------------------------------------------------------ dtype / upload */
+
+static void test_dtype_and_upload(void) {
+    /* f16 known values: 1.0, -2.5, 65504 (max finite), 2^-24 (smallest subnormal),
+     * 1023*2^-24 (largest subnormal), 2^-14 (smallest normal), -0, +inf, -inf,
+     * 0x3555 = 0.333251953125. Widening to f32 is exact, so atol = rtol = 0. */
+    const uint16_t h[] = {0x3C00, 0xC100, 0x7BFF, 0x0001, 0x03FF, 0x0400, 0x8000, 0x7C00, 0xFC00, 0x3555};
+    const double want[] = {1.0,      -2.5,      65504.0,  ldexp(1.0, -24), 1023.0 * ldexp(1.0, -24),
+                           ldexp(1.0, -14), -0.0, INFINITY, -INFINITY, 0.333251953125};
+    enum { NV = sizeof h / sizeof h[0] };
+    kweight w;
+    K_->weight_upload(kb.ctx, &w, h, KDT_F16, 2, 5);
+    expect(w.dtype == KDT_F32 && w.rows == 2 && w.cols == 5, "weight_upload f16 -> dtype F32, rows 2, cols 5 (got %s %dx%d)",
+           kdtype_name(w.dtype), w.rows, w.cols);
+    float got[NV];
+    K_->to_host(kb.ctx, got, w.data, sizeof got);
+    check("weight_upload f16 widened to f32 (known values)", got, want, NV, 0.0, 0.0);
+    expect(signbit(got[6]) != 0, "weight_upload f16 -0 keeps its sign");
+    K_->weight_free(kb.ctx, &w);
+
+    /* Same values through the dtype.h scalar conversion (used by every backend). */
+    float got2[NV];
+    for (int i = 0; i < NV; i++) got2[i] = f16_to_f32(h[i]);
+    check("f16_to_f32 (known values)", got2, want, NV, 0.0, 0.0);
+    uint16_t hnan = 0x7E01;
+    expect(isnan(f16_to_f32(hnan)), "f16_to_f32 NaN stays NaN");
+
+    /* f16 random: every finite pattern's value against the field decoder (exact). */
+    {
+        float *g = xmalloc(65536 * 4);
+        double *r = xmalloc(65536 * sizeof(double));
+        uint16_t *all = xmalloc(65536 * 2);
+        for (int i = 0; i < 65536; i++) all[i] = (uint16_t)i;
+        K_->weight_upload(kb.ctx, &w, all, KDT_F16, 256, 256);
+        K_->to_host(kb.ctx, g, w.data, 65536 * 4);
+        for (int i = 0; i < 65536; i++) r[i] = ref_f16((uint16_t)i);
+        check("weight_upload f16 all 65536 bit patterns", g, r, 65536, 0.0, 0.0);
+        K_->weight_free(kb.ctx, &w);
+        free(g), free(r), free(all);
+    }
+
+    /* bf16 and f32 are kept as given (kernels.h), bit for bit. */
+    uint16_t hb[7] = {0x3F80, 0xC020, 0x0001, 0x7F7F, 0x8000, 0x4049, 0x3EAB};
+    K_->weight_upload(kb.ctx, &w, hb, KDT_BF16, 1, 7);
+    uint16_t back[7];
+    K_->to_host(kb.ctx, back, w.data, sizeof back);
+    expect(w.dtype == KDT_BF16 && memcmp(back, hb, sizeof hb) == 0, "weight_upload bf16 kept as bf16, bit-exact");
+    K_->weight_free(kb.ctx, &w);
+    float hf[5] = {1.5f, -0.0f, 3.4e38f, 1e-45f, -7.25f};
+    K_->weight_upload(kb.ctx, &w, hf, KDT_F32, 5, 1);
+    float backf[5];
+    K_->to_host(kb.ctx, backf, w.data, sizeof backf);
+    expect(w.dtype == KDT_F32 && w.rows == 5 && w.cols == 1 && memcmp(backf, hf, sizeof hf) == 0,
+           "weight_upload f32 kept as f32, bit-exact");
+    K_->weight_free(kb.ctx, &w);
+
+    /* bf16 -> f32 (exact) on known patterns, and f32 -> bf16 round to nearest even. */
+    float gb[7];
+    double wb[7];
+    for (int i = 0; i < 7; i++) gb[i] = bf16_to_f32(hb[i]), wb[i] = ref_bf16(hb[i]);
+    check("bf16_to_f32 (known values)", gb, wb, 7, 0.0, 0.0);
+    /* 1 + 2^-8 is exactly halfway between bf16 1.0 (even) and 1+2^-7: ties to 1.0;
+     * 1 + 3*2^-8 is halfway between 1+2^-7 (odd) and 1+2^-6 (even): ties up;
+     * 1 + 2^-8 + 2^-20 is above halfway: rounds up. */
+    const float rin[] = {1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f, 1.0f + 0x1p-8f + 0x1p-20f, -2.5f, 0.0f};
+    const uint16_t rwant[] = {0x3F80, 0x3F82, 0x3F81, 0xC020, 0x0000};
+    int ok = 1;
+    for (int i = 0; i < 5; i++) ok &= f32_to_bf16(rin[i]) == rwant[i];
+    expect(ok, "f32_to_bf16 round-to-nearest-even on halfway cases");
+    expect(isnan(bf16_to_f32(f32_to_bf16(NAN))), "f32_to_bf16 NaN stays NaN");
+}
+
+/* ------------------------------------------------------------------ matmul */
+
+/* out[t,n] = sum_k x[t,k] W[n,k] (+ b[n]) in double over the exact weight values. */
+static void ref_matmul(double *out, const float *x, const double *W, const double *b, int T, int N, int K) {
+    for (int t = 0; t < T; t++)
+        for (int n = 0; n < N; n++) {
+            double s = 0.0;
+            for (int k = 0; k < K; k++) s += (double)x[(size_t)t * K + k] * W[(size_t)n * K + k];
+            out[(size_t)t * N + n] = s + (b ? b[n] : 0.0);
+        }
+}
+
+static void test_matmul_case(kdtype wdt, int T, int N, int K, int with_bias, int f32_entry) {
+    float *x = xmalloc((size_t)T * K * 4);
+    fill_uniform(x, (size_t)T * K, -1.0f, 1.0f);
+    hweight hw = make_weight(wdt, (size_t)N * K, -1.0f, 1.0f);
+    hweight hb = make_weight(wdt, (size_t)N, -2.0f, 2.0f);
+    kweight W = upload(&hw, N, K), B = upload(&hb, 1, N);
+    double *want = xmalloc((size_t)T * N * sizeof(double));
+    ref_matmul(want, x, hw.val, with_bias ? hb.val : NULL, T, N, K);
+
+    void *dx = dev_copy(x, (size_t)T * K * 4);
+    float *garbage = xmalloc((size_t)T * N * 4);
+    for (size_t i = 0; i < (size_t)T * N; i++) garbage[i] = NAN; /* every output must be written */
+    void *dout = dev_copy(garbage, (size_t)T * N * 4);
+    if (f32_entry)
+        K_->matmul_f32(kb.ctx, dout, dx, &W, T);
+    else
+        K_->matmul(kb.ctx, dout, dx, &W, with_bias ? &B : NULL, T);
+    float *got = xmalloc((size_t)T * N * 4);
+    K_->to_host(kb.ctx, got, dout, (size_t)T * N * 4);
+
+    /* fp32 accumulation of K products of magnitude <= 1 (x, W in [-1,1]):
+     * worst-case bound ~ K * 2^-24 * sum|x w| ~ 129 * 6e-8 * 65 = 5e-4, the
+     * typical error is ~sqrt(K) smaller; 1e-4 absolute (+1e-5 relative for the
+     * bias, |b| <= 2) is ~20x the observed error and ~1000x smaller than any
+     * dropped/duplicated product (~|x w| ~ 0.25). */
+    char name[128];
+    snprintf(name, sizeof name, "%s %s T=%d N=%d K=%d%s", f32_entry ? "matmul_f32" : "matmul", kdtype_name(wdt), T, N,
+             K, with_bias ? " +bias" : "");
+    check(name, got, want, (size_t)T * N, 1e-4, 1e-5);
+
+    K_->free(kb.ctx, dx);
+    K_->free(kb.ctx, dout);
+    K_->weight_free(kb.ctx, &W);
+    K_->weight_free(kb.ctx, &B);
+    free_hweight(&hw), free_hweight(&hb);
+    free(x), free(want), free(got), free(garbage);
+}
+
+static void test_matmul(void) {
+    const int Ts[] = {1, 2, 3, 4, 5, 7, 33}; /* 1..3 GEMV path, >= 4 GEMM with token tails */
+    for (int wi = 0; wi < 2; wi++) {
+        kdtype dt = wi ? KDT_BF16 : KDT_F32;
+        for (size_t i = 0; i < sizeof Ts / sizeof Ts[0]; i++) {
+            test_matmul_case(dt, Ts[i], 37, 129, 0, 0); /* N % 4 = 1 (panel tail), K odd */
+            test_matmul_case(dt, Ts[i], 37, 129, 1, 0);
+        }
+        /* Other shapes: N = 1, 2, 3 (only a partial panel), N multiple of 4, K = 1. */
+        test_matmul_case(dt, 9, 1, 17, 1, 0);
+        test_matmul_case(dt, 6, 3, 1, 1, 0);
+        test_matmul_case(dt, 8, 40, 64, 1, 0);
+        test_matmul_case(dt, 2, 2, 255, 1, 0);
+        /* matmul_f32 (LM head entry), both paths. */
+        test_matmul_case(dt, 1, 37, 129, 0, 1);
+        test_matmul_case(dt, 3, 41, 33, 0, 1);
+        test_matmul_case(dt, 33, 37, 129, 0, 1);
+        test_matmul_case(dt, 12, 64, 96, 0, 1);
+    }
+    /* f16 weights are widened on upload and then multiply like f32. */
+    test_matmul_case(KDT_F16, 2, 37, 129, 1, 0);
+    test_matmul_case(KDT_F16, 7, 37, 129, 1, 0);
+}
+
+/* ----------------------------------------------------------------- rmsnorm */
+
+static void ref_rmsnorm(double *out, const float *x, const double *w, int T, int H, double eps) {
+    for (int t = 0; t < T; t++) {
+        double ss = 0.0;
+        for (int i = 0; i < H; i++) ss += (double)x[(size_t)t * H + i] * x[(size_t)t * H + i];
+        double r = 1.0 / sqrt(ss / H + eps);
+        for (int i = 0; i < H; i++) out[(size_t)t * H + i] = w[i] * x[(size_t)t * H + i] * r;
+    }
+}
+
+static void test_rmsnorm_case(kdtype wdt, int T, int H, float xscale, float eps, int alias) {
+    size_t n = (size_t)T * H;
+    float *x = xmalloc(n * 4);
+    fill_normal(x, n, xscale);
+    if (T > 2) memset(x + (size_t)2 * H, 0, (size_t)H * 4); /* an all-zero row: output 0, not NaN */
+    hweight hw = make_weight(wdt, (size_t)H, -2.0f, 2.0f);
+    kweight w = upload(&hw, 1, H);
+    double *want = xmalloc(n * sizeof(double));
+    ref_rmsnorm(want, x, hw.val, T, H, eps);
+
+    void *dx = dev_copy(x, n * 4);
+    void *dout = alias ? dx : K_->alloc(kb.ctx, n * 4);
+    K_->rmsnorm(kb.ctx, dout, dx, &w, T, eps);
+    float *got = xmalloc(n * 4);
+    K_->to_host(kb.ctx, got, dout, n * 4);
+    /* fp32 sum of H squares (relative error <= H*2^-24 ~ 1e-5 for H = 129 worst
+     * case, ~1e-6 typical), a sqrt and two products: rtol 2e-6 on |w x r|
+     * (which is <= ~8) plus atol 1e-6 for outputs near zero. A misplaced eps,
+     * mean vs sum or a missing weight is off by far more (the small-x cases make
+     * eps matter: mean(x^2) ~ eps there). */
+    char name[128];
+    snprintf(name, sizeof name, "rmsnorm %s T=%d H=%d xscale=%g eps=%g%s", kdtype_name(wdt), T, H, xscale, eps,
+             alias ? " (out == x)" : "");
+    check(name, got, want, n, 1e-6, 2e-6);
+    if (!alias) K_->free(kb.ctx, dout);
+    K_->free(kb.ctx, dx);
+    K_->weight_free(kb.ctx, &w);
+    free_hweight(&hw);
+    free(x), free(want), free(got);
+}
+
+static void test_rmsnorm(void) {
+    test_rmsnorm_case(KDT_F32, 5, 129, 1.0f, 1.5625e-7f, 0);
+    test_rmsnorm_case(KDT_BF16, 5, 129, 1.0f, 1.5625e-7f, 0);
+    test_rmsnorm_case(KDT_BF16, 3, 129, 1.0f, 1.5625e-7f, 1);
+    test_rmsnorm_case(KDT_F32, 4, 37, 3.0f, 1.5625e-7f, 1);
+    test_rmsnorm_case(KDT_BF16, 1, 1, 1.0f, 1.5625e-7f, 0);
+    test_rmsnorm_case(KDT_BF16, 7, 4096, 1.0f, 1.5625e-7f, 0);
+    test_rmsnorm_case(KDT_F32, 3, 33, 1e-3f, 1e-6f, 0); /* eps comparable to mean(x^2) */
+    test_rmsnorm_case(KDT_BF16, 3, 33, 1e-3f, 1e-6f, 1);
+}
+
+/* --------------------------------------------------------------- embedding */
+
+static void test_embedding_case(kdtype dt, int V, int H, int T) {
+    hweight hE = make_weight(dt, (size_t)V * H, -1.0f, 1.0f);
+    kweight E = upload(&hE, V, H);
+    int32_t *ids = xmalloc((size_t)T * 4);
+    for (int t = 0; t < T; t++) ids[t] = (int32_t)(rng_next(&g_rng) % (uint64_t)V);
+    ids[0] = V - 1; /* last row */
+    if (T > 1) ids[1] = 0;
+    if (T > 2) ids[2] = ids[1]; /* repeated id */
+    double *want = xmalloc((size_t)T * H * sizeof(double));
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < H; i++) want[(size_t)t * H + i] = hE.val[(size_t)ids[t] * H + i];
+    void *dids = dev_copy(ids, (size_t)T * 4);
+    void *dout = K_->alloc(kb.ctx, (size_t)T * H * 4);
+    K_->embedding(kb.ctx, dout, &E, dids, T);
+    float *got = xmalloc((size_t)T * H * 4);
+    K_->to_host(kb.ctx, got, dout, (size_t)T * H * 4);
+    char name[128];
+    snprintf(name, sizeof name, "embedding %s V=%d H=%d T=%d", kdtype_name(dt), V, H, T);
+    check(name, got, want, (size_t)T * H, 0.0, 0.0); /* a copy (bf16->f32 exact): bit-exact */
+    K_->free(kb.ctx, dids), K_->free(kb.ctx, dout);
+    K_->weight_free(kb.ctx, &E);
+    free_hweight(&hE);
+    free(ids), free(want), free(got);
+}
+
+static void test_embedding(void) {
+    test_embedding_case(KDT_BF16, 101, 37, 9);
+    test_embedding_case(KDT_F32, 101, 37, 9);
+    test_embedding_case(KDT_F16, 13, 5, 4);
+    test_embedding_case(KDT_BF16, 3, 129, 1);
+}
+
+/* ------------------------------------------------------ swiglu, add, gather */
+
+static void test_swiglu(void) {
+    const int cases[][2] = {{1, 1}, {3, 37}, {5, 129}, {2, 13696 / 8}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int T = cases[c][0], F = cases[c][1];
+        size_t n = (size_t)T * F;
+        float *gu = xmalloc(2 * n * 4);
+        fill_normal(gu, 2 * n, 3.0f);
+        if (F > 8) { /* extremes of the gate: exp over/underflow in fp32 */
+            gu[0] = -200.0f, gu[1] = 200.0f, gu[2] = -88.0f, gu[3] = 89.0f, gu[4] = 0.0f, gu[5] = -1e-30f;
+        }
+        double *want = xmalloc(n * sizeof(double));
+        for (int t = 0; t < T; t++)
+            for (int i = 0; i < F; i++) {
+                double g = gu[(size_t)t * 2 * F + i], u = gu[(size_t)t * 2 * F + F + i];
+                want[(size_t)t * F + i] = g / (1.0 + exp(-g)) * u; /* silu(gate) * up, gate = first half */
+            }
+        void *dgu = dev_copy(gu, 2 * n * 4);
+        void *dout = K_->alloc(kb.ctx, n * 4);
+        K_->swiglu(kb.ctx, dout, dgu, T, F);
+        float *got = xmalloc(n * 4);
+        K_->to_host(kb.ctx, got, dout, n * 4);
+        /* expf (<= 1-2 ulp) + 3 fp32 ops: rtol 1e-6; atol 1e-6 for outputs near
+         * 0. Swapping the halves or dropping the sigmoid is O(1) wrong. */
+        char name[96];
+        snprintf(name, sizeof name, "swiglu T=%d F=%d", T, F);
+        check(name, got, want, n, 1e-6, 1e-6);
+        K_->free(kb.ctx, dgu), K_->free(kb.ctx, dout);
+        free(gu), free(want), free(got);
+    }
+}
+
+static void test_add(void) {
+    const size_t ns[] = {1, 7, 1001, 4096 * 3 + 5};
+    for (size_t c = 0; c < sizeof ns / sizeof ns[0]; c++) {
+        size_t n = ns[c];
+        float *x = xmalloc(n * 4), *y = xmalloc((n + 1) * 4);
+        fill_normal(x, n, 10.0f);
+        fill_normal(y, n + 1, 1.0f);
+        double *want = xmalloc(n * sizeof(double));
+        for (size_t i = 0; i < n; i++) want[i] = (double)x[i] + y[i];
+        void *dx = dev_copy(x, n * 4), *dy = dev_copy(y, (n + 1) * 4);
+        K_->add(kb.ctx, dx, dy, n);
+        float *got = xmalloc((n + 1) * 4);
+        K_->to_host(kb.ctx, got, dx, n * 4);
+        /* One fp32 rounding of the sum: <= 0.5 ulp = 2^-24 relative. */
+        char name[64];
+        snprintf(name, sizeof name, "add n=%zu", n);
+        check(name, got, want, n, 0.0, 0x1p-24);
+        K_->free(kb.ctx, dx), K_->free(kb.ctx, dy);
+        free(x), free(y), free(want), free(got);
+    }
+}
+
+static void test_gather_rows(void) {
+    /* kernels.h does not say out may alias x, so only out != x is tested. */
+    const int R = 11, W = 37;
+    float *x = xmalloc((size_t)R * W * 4);
+    fill_normal(x, (size_t)R * W, 1.0f);
+    const int rows_sets[][9] = {{10, 0, 5, 5, 3, 10, 1, 9, 2}, {4}, {0, 1, 2, 3, 4, 5, 6, 7, 8}};
+    const int ns[] = {9, 1, 9};
+    const int widths[] = {W, W, 1};
+    void *dx = dev_copy(x, (size_t)R * W * 4);
+    for (int c = 0; c < 3; c++) {
+        int n = ns[c], w = widths[c];
+        double *want = xmalloc((size_t)n * w * sizeof(double));
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < w; j++) want[(size_t)i * w + j] = x[(size_t)rows_sets[c][i] * w + j];
+        void *dout = K_->alloc(kb.ctx, (size_t)n * w * 4);
+        K_->gather_rows(kb.ctx, dout, dx, rows_sets[c], n, w);
+        float *got = xmalloc((size_t)n * w * 4);
+        K_->to_host(kb.ctx, got, dout, (size_t)n * w * 4);
+        char name[64];
+        snprintf(name, sizeof name, "gather_rows n=%d width=%d", n, w);
+        check(name, got, want, (size_t)n * w, 0.0, 0.0); /* a copy: bit-exact */
+        K_->free(kb.ctx, dout);
+        free(want), free(got);
+    }
+    K_->free(kb.ctx, dx);
+    free(x);
+}
+
+/* -------------------------------------------------------------------- rope */
+
+/* GPT-J adjacent pairs on dims [0, rot_dim) of each of n_heads heads starting
+ * at column col0 of every row: angle = pos * base^(-2j/rot_dim),
+ * (x0, x1) -> (x0 c - x1 s, x1 c + x0 s). In place on the double copy. */
+static void ref_rope(double *v, const int32_t *pos, int T, int ld, int col0, int n_heads, int d, int rot_dim,
+                     double base) {
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < n_heads; h++)
+            for (int j = 0; j < rot_dim / 2; j++) {
+                double a = pos[t] * pow(base, -2.0 * j / rot_dim), c = cos(a), s = sin(a);
+                size_t o = (size_t)t * ld + col0 + (size_t)h * d + 2 * j;
+                double x0 = v[o], x1 = v[o + 1];
+                v[o] = x0 * c - x1 * s;
+                v[o + 1] = x1 * c + x0 * s;
+            }
+}
+
+static void test_rope_case(int n_q, int n_kv, int d, int rot_dim, float base) {
+    /* Rows laid out like the fused qkv: [q heads | k heads | v heads | 3 spare],
+     * rope applied to q (n_q heads at offset 0) and to k (n_kv heads at offset
+     * n_q*d); v and the spare columns must stay as they are. */
+    static const int32_t pos[] = {0, 1, 2, 7, 100, /* small */ 4095, 32768, 65535, 99999, 100000 /* large */};
+    const int T = 10, T_small = 5;
+    int ld = (n_q + 2 * n_kv) * d + 3;
+    size_t n = (size_t)T * ld;
+    float *x = xmalloc(n * 4);
+    fill_uniform(x, n, -1.0f, 1.0f);
+    double *want = xmalloc(n * sizeof(double));
+    for (size_t i = 0; i < n; i++) want[i] = x[i];
+    ref_rope(want, pos, T, ld, 0, n_q, d, rot_dim, base);
+    ref_rope(want, pos, T, ld, n_q * d, n_kv, d, rot_dim, base);
+
+    void *dx = dev_copy(x, n * 4), *dpos = dev_copy(pos, sizeof pos);
+    K_->rope(kb.ctx, dx, dpos, T, ld, n_q, d, rot_dim, base);
+    K_->rope(kb.ctx, (float *)dx + (size_t)n_q * d, dpos, T, ld, n_kv, d, rot_dim, base);
+    float *got = xmalloc(n * 4);
+    K_->to_host(kb.ctx, got, dx, n * 4);
+
+    /* Split the elements: rotated dims (by position group) vs untouched ones. */
+    size_t cap = n;
+    float *gs = xmalloc(cap * 4), *gl = xmalloc(cap * 4), *gu = xmalloc(cap * 4);
+    double *ws = xmalloc(cap * sizeof(double)), *wl = xmalloc(cap * sizeof(double)), *wu = xmalloc(cap * sizeof(double));
+    size_t ns = 0, nl = 0, nu = 0;
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < ld; c++) {
+            size_t i = (size_t)t * ld + c;
+            int rotated = c < (n_q + n_kv) * d && c % d < rot_dim;
+            if (!rotated)
+                gu[nu] = got[i], wu[nu++] = want[i];
+            else if (t < T_small)
+                gs[ns] = got[i], ws[ns++] = want[i];
+            else
+                gl[nl] = got[i], wl[nl++] = want[i];
+        }
+    /* Tolerance: the kernel's angle is fp32 (pos as float times an fp32 inverse
+     * frequency from powf and a division), so the angle carries a relative error
+     * of a few ulp: |da| <= ~4 * 2^-24 * pos. A rotation error da moves each
+     * output by at most |da| * |(x0, x1)| <= |da| * sqrt(2) (inputs in [-1, 1]).
+     * Hence atol = 1e-6 (fp32 sin/cos and the 2 products) + 4*2^-24*sqrt(2)*pos_max:
+     * 3.5e-5 for pos <= 100, 3.4e-2 for pos <= 100000. The large-position
+     * bound is loose on purpose: a float32 angle of 1e5 rad has an ulp of
+     * 0.0078, which is the spec's own precision (angles in fp32). Wrong pairs,
+     * sign, base or rot_dim show up at small positions, where the bound is tight. */
+    double tol_small = 1e-6 + 4.0 * 0x1p-24 * sqrt(2.0) * 100.0;
+    double tol_large = 1e-6 + 4.0 * 0x1p-24 * sqrt(2.0) * 100000.0;
+    char name[128];
+    snprintf(name, sizeof name, "rope d=%d rot=%d base=%g nq=%d nkv=%d pos<=100", d, rot_dim, base, n_q, n_kv);
+    check(name, gs, ws, ns, tol_small, 0.0);
+    snprintf(name, sizeof name, "rope d=%d rot=%d base=%g nq=%d nkv=%d pos<=100000", d, rot_dim, base, n_q, n_kv);
+    check(name, gl, wl, nl, tol_large, 0.0);
+    snprintf(name, sizeof name, "rope d=%d rot=%d base=%g untouched dims (>= rot_dim, v, pad)", d, rot_dim, base);
+    check(name, gu, wu, nu, 0.0, 0.0);
+
+    K_->free(kb.ctx, dx), K_->free(kb.ctx, dpos);
+    free(x), free(want), free(got);
+    free(gs), free(gl), free(gu), free(ws), free(wl), free(wu);
+}
+
+static void test_rope(void) {
+    const float bases[] = {1e4f, 5e6f};
+    for (int b = 0; b < 2; b++) {
+        test_rope_case(3, 1, 16, 8, bases[b]);
+        test_rope_case(4, 2, 128, 64, bases[b]);
+    }
+    test_rope_case(2, 1, 16, 16, 1e4f); /* rot_dim == d: whole head rotated */
+}
+
+/* ------------------------------------------------------ kv_store + attention */
+
+#define NSEQ 4
+#define BS 4
+#define MAXB 4
+#define NBLK 16
+#define POISON 1000.0f /* cache contents nobody wrote: any read of them ruins the result */
+
+typedef struct {
+    int s, p;
+} tok;
+
+static void test_attention_case(int n_kv, int q_per_kv, int d) {
+    int n_q = n_kv * q_per_kv;
+    /* Block tables: non-contiguous, shuffled; unused entries point at block 13,
+     * which only holds poison. Sequence lengths after the two steps: 11, 6, 1, 14. */
+    const int32_t tables[NSEQ][MAXB] = {{7, 2, 9, 13}, {4, 12, 13, 13}, {0, 13, 13, 13}, {15, 3, 11, 5}};
+    /* Step 1: prefill history of three sequences in one batch (seq 3 first).
+     * Step 2: mixed batch: a decode token of seq 1, a prefill chunk of seq 0
+     * (positions 5..10, which must see positions 0..4 from step 1 and their
+     * predecessors within the chunk), decode of seq 3, first token of seq 2. */
+    tok step1[5 + 5 + 13], step2[9];
+    int T1 = 0, T2 = 0;
+    for (int p = 0; p < 13; p++) step1[T1++] = (tok){3, p};
+    for (int p = 0; p < 5; p++) step1[T1++] = (tok){0, p};
+    for (int p = 0; p < 5; p++) step1[T1++] = (tok){1, p};
+    step2[T2++] = (tok){1, 5};
+    for (int p = 5; p < 11; p++) step2[T2++] = (tok){0, p};
+    step2[T2++] = (tok){3, 13};
+    step2[T2++] = (tok){2, 0};
+
+    int kvw = n_kv * d, qw = n_q * d, ld = qw + 2 * kvw + 3;
+    /* Per (sequence, position) q/k/v, contiguous for the reference. */
+    float *Q = xmalloc((size_t)NSEQ * 16 * qw * 4), *Kx = xmalloc((size_t)NSEQ * 16 * kvw * 4),
+          *Vx = xmalloc((size_t)NSEQ * 16 * kvw * 4);
+    fill_normal(Q, (size_t)NSEQ * 16 * qw, 1.5f); /* peaky enough softmax */
+    fill_normal(Kx, (size_t)NSEQ * 16 * kvw, 1.0f);
+    fill_normal(Vx, (size_t)NSEQ * 16 * kvw, 1.0f);
+#define QAT(s, p) (Q + ((size_t)(s) * 16 + (p)) * qw)
+#define KAT(s, p) (Kx + ((size_t)(s) * 16 + (p)) * kvw)
+#define VAT(s, p) (Vx + ((size_t)(s) * 16 + (p)) * kvw)
+
+    size_t cache_n = (size_t)NBLK * BS * kvw;
+    float *poison = xmalloc(cache_n * 4);
+    for (size_t i = 0; i < cache_n; i++) poison[i] = POISON;
+    void *kc = dev_copy(poison, cache_n * 4), *vc = dev_copy(poison, cache_n * 4);
+    double *kc_want = xmalloc(cache_n * sizeof(double)), *vc_want = xmalloc(cache_n * sizeof(double));
+    for (size_t i = 0; i < cache_n; i++) kc_want[i] = vc_want[i] = POISON;
+    void *dtables = dev_copy(tables, sizeof tables);
+
+    for (int step = 0; step < 2; step++) {
+        const tok *tk = step ? step2 : step1;
+        int T = step ? T2 : T1;
+        float *qkv = xmalloc((size_t)T * ld * 4);
+        int32_t pos[32], seq[32], slots[32];
+        int max_pos = 0;
+        for (int t = 0; t < T; t++) {
+            int s = tk[t].s, p = tk[t].p;
+            memcpy(qkv + (size_t)t * ld, QAT(s, p), (size_t)qw * 4);
+            memcpy(qkv + (size_t)t * ld + qw, KAT(s, p), (size_t)kvw * 4);
+            memcpy(qkv + (size_t)t * ld + qw + kvw, VAT(s, p), (size_t)kvw * 4);
+            for (int c = qw + 2 * kvw; c < ld; c++) qkv[(size_t)t * ld + c] = -POISON;
+            pos[t] = p, seq[t] = s;
+            slots[t] = tables[s][p / BS] * BS + p % BS;
+            if (p > max_pos) max_pos = p;
+            for (int i = 0; i < kvw; i++) {
+                kc_want[(size_t)slots[t] * kvw + i] = KAT(s, p)[i];
+                vc_want[(size_t)slots[t] * kvw + i] = VAT(s, p)[i];
+            }
+        }
+        void *dqkv = dev_copy(qkv, (size_t)T * ld * 4), *dpos = dev_copy(pos, (size_t)T * 4),
+             *dseq = dev_copy(seq, (size_t)T * 4), *dslots = dev_copy(slots, (size_t)T * 4);
+        kattn_batch b = {T, dpos, dseq, dslots, dtables, MAXB, BS, max_pos};
+        K_->kv_store(kb.ctx, kc, vc, (float *)dqkv + qw, (float *)dqkv + qw + kvw, ld, kvw, &b);
+
+        char name[128];
+        float *cache = xmalloc(cache_n * 4);
+        K_->to_host(kb.ctx, cache, kc, cache_n * 4);
+        snprintf(name, sizeof name, "kv_store K step %d n_kv=%d d=%d (paged, rest untouched)", step + 1, n_kv, d);
+        check(name, cache, kc_want, cache_n, 0.0, 0.0); /* a copy: bit-exact */
+        K_->to_host(kb.ctx, cache, vc, cache_n * 4);
+        snprintf(name, sizeof name, "kv_store V step %d n_kv=%d d=%d (paged, rest untouched)", step + 1, n_kv, d);
+        check(name, cache, vc_want, cache_n, 0.0, 0.0);
+        free(cache);
+
+        /* Reference: naive causal softmax attention on the contiguous arrays. */
+        double scale = 1.0 / sqrt((double)d);
+        double *want = xmalloc((size_t)T * qw * sizeof(double)), sc[16];
+        for (int t = 0; t < T; t++) {
+            int s = tk[t].s, p = tk[t].p;
+            for (int h = 0; h < n_q; h++) {
+                int g = h / q_per_kv;
+                const float *qv = QAT(s, p) + (size_t)h * d;
+                double mx = -INFINITY, sum = 0.0;
+                for (int u = 0; u <= p; u++) {
+                    double dot = 0.0;
+                    for (int i = 0; i < d; i++) dot += (double)qv[i] * KAT(s, u)[(size_t)g * d + i];
+                    sc[u] = dot * scale;
+                    if (sc[u] > mx) mx = sc[u];
+                }
+                for (int u = 0; u <= p; u++) sum += (sc[u] = exp(sc[u] - mx));
+                for (int i = 0; i < d; i++) {
+                    double o = 0.0;
+                    for (int u = 0; u <= p; u++) o += sc[u] / sum * VAT(s, u)[(size_t)g * d + i];
+                    want[(size_t)t * qw + (size_t)h * d + i] = o;
+                }
+            }
+        }
+        float *nanbuf = xmalloc((size_t)T * qw * 4);
+        for (size_t i = 0; i < (size_t)T * qw; i++) nanbuf[i] = NAN;
+        void *dout = dev_copy(nanbuf, (size_t)T * qw * 4);
+        K_->attention(kb.ctx, dout, dqkv, ld, kc, vc, &b, n_q, n_kv, q_per_kv, d, (float)scale);
+        float *got = xmalloc((size_t)T * qw * 4);
+        K_->to_host(kb.ctx, got, dout, (size_t)T * qw * 4);
+        /* fp32 dot products of d terms (|q k| ~ 1.5 * sqrt(d) scaled), expf and a
+         * weighted sum of <= 14 values of |v| <~ 4: errors ~1e-6. atol 2e-5 +
+         * rtol 1e-4 is ~10x that; reading one poisoned or wrong-sequence key/value,
+         * an off-by-one in the causal limit or the wrong KV group is O(0.1..1000). */
+        snprintf(name, sizeof name, "attention step %d (%s) n_kv=%d q_per_kv=%d d=%d T=%d", step + 1,
+                 step ? "mixed decode+prefill" : "multi-seq prefill", n_kv, q_per_kv, d, T);
+        check(name, got, want, (size_t)T * qw, 2e-5, 1e-4);
+
+        K_->free(kb.ctx, dqkv), K_->free(kb.ctx, dpos), K_->free(kb.ctx, dseq), K_->free(kb.ctx, dslots);
+        K_->free(kb.ctx, dout);
+        free(qkv), free(want), free(got), free(nanbuf);
+    }
+    K_->free(kb.ctx, kc), K_->free(kb.ctx, vc), K_->free(kb.ctx, dtables);
+    free(Q), free(Kx), free(Vx), free(poison), free(kc_want), free(vc_want);
+#undef QAT
+#undef KAT
+#undef VAT
+}
+
+static void test_attention(void) {
+    test_attention_case(1, 2, 16);
+    test_attention_case(2, 4, 16);
+    test_attention_case(1, 4, 16);
+    test_attention_case(2, 2, 16);
+    test_attention_case(2, 16, 128); /* GLM-4-9B chat shapes, tp = 1 */
+    test_attention_case(1, 1, 5);    /* MHA, odd head dim */
+}
+
+/* ------------------------------------------------------------------ sample */
+
+static int sample1(const float *logits, int V, float temperature, int top_k, float top_p, uint64_t *rng) {
+    ksample_params p = {temperature, top_k, top_p, rng};
+    void *d = dev_copy(logits, (size_t)V * 4);
+    int id = -1;
+    K_->sample(kb.ctx, &id, d, 1, V, &p);
+    K_->free(kb.ctx, d);
+    return id;
+}
+
+/* Draw n samples (one row at a time, same rng) and count them per token. */
+static void sample_counts(const float *logits, int V, float temperature, int top_k, float top_p, uint64_t seed,
+                          int n, int *counts) {
+    uint64_t rng = seed;
+    ksample_params p = {temperature, top_k, top_p, &rng};
+    void *d = dev_copy(logits, (size_t)V * 4);
+    for (int i = 0; i < V; i++) counts[i] = 0;
+    for (int i = 0; i < n; i++) {
+        int id = -1;
+        K_->sample(kb.ctx, &id, d, 1, V, &p);
+        if (id >= 0 && id < V) counts[id]++;
+    }
+    K_->free(kb.ctx, d);
+}
+
+static void test_sample(void) {
+    uint64_t rng = 1;
+    /* Greedy: temperature 0 is argmax; ties go to the lowest id. */
+    {
+        const float l[] = {-1.0f, 3.0f, 0.5f, 3.0f, 2.9f};
+        int id = sample1(l, 5, 0.0f, 0, 1.0f, &rng);
+        expect(id == 1, "sample temperature 0 -> argmax, tie -> lowest id (got %d, want 1)", id);
+        const float l2[] = {-5.0f, -4.0f, -3.0f, -2.0f, -1.0f, -0.5f, -7.0f};
+        id = sample1(l2, 7, 0.0f, 0, 1.0f, &rng);
+        expect(id == 5, "sample temperature 0, all-negative logits (got %d, want 5)", id);
+        const float l3[] = {0.0f, 1.0f, 2.0f, 3.0f, 4.0f, 5.0f, 6.0f, 7.0f, 8.0f, 9.0f, 10.0f};
+        id = sample1(l3, 11, 0.0f, 50, 0.5f, &rng);
+        expect(id == 10, "sample temperature 0 ignores top_k/top_p, argmax is last id (got %d, want 10)", id);
+    }
+    /* top_k = 1 and a tiny top_p are argmax even at temperature > 0: many draws. */
+    {
+        const float l[] = {0.1f, 0.3f, 0.2f, 0.29f, -1.0f, 0.0f, 0.25f};
+        int c[7], okk, okp;
+        sample_counts(l, 7, 1.5f, 1, 1.0f, 77, 500, c);
+        okk = c[1] == 500;
+        expect(okk, "sample top_k=1 temperature 1.5 -> argmax in 500/500 draws (got %d)", c[1]);
+        sample_counts(l, 7, 1.0f, 0, 1e-6f, 78, 500, c);
+        okp = c[1] == 500;
+        expect(okp, "sample top_p=1e-6 temperature 1 -> argmax in 500/500 draws (got %d)", c[1]);
+    }
+    /* Determinism: the same seed gives the same draws; different seeds differ. */
+    {
+        enum { V = 50, N = 200 };
+        float l[V];
+        for (int i = 0; i < V; i++) l[i] = 0.05f * (float)(i % 7);
+        int a[N], b[N], c[N];
+        uint64_t ra = 42, rb = 42, rc = 43;
+        for (int i = 0; i < N; i++) {
+            a[i] = sample1(l, V, 1.0f, 0, 1.0f, &ra);
+            b[i] = sample1(l, V, 1.0f, 0, 1.0f, &rb);
+            c[i] = sample1(l, V, 1.0f, 0, 1.0f, &rc);
+        }
+        expect(memcmp(a, b, sizeof a) == 0 && ra == rb, "sample same seed -> same %d draws and same rng state", N);
+        int diff = 0;
+        for (int i = 0; i < N; i++) diff += a[i] != c[i];
+        expect(diff > N / 2, "sample different seeds -> different draws (%d of %d differ)", diff, N);
+        expect(ra != 42, "sample advances the row's rng state");
+    }
+    /* A batch of rows with their own params/rngs draws exactly what each row
+     * would draw alone (a request's draws do not depend on its batch). */
+    {
+        enum { V = 9, R = 4 };
+        float l[R * V];
+        fill_normal(l, R * V, 2.0f);
+        uint64_t rb[R] = {11, 12, 13, 14}, rs[R] = {11, 12, 13, 14};
+        ksample_params p[R] = {{1.0f, 0, 1.0f, &rb[0]}, {0.7f, 3, 1.0f, &rb[1]}, {0.0f, 0, 1.0f, &rb[2]},
+                               {1.3f, 0, 0.8f, &rb[3]}};
+        int ok = 1;
+        void *d = dev_copy(l, sizeof l);
+        for (int it = 0; it < 50; it++) {
+            int ids[R];
+            K_->sample(kb.ctx, ids, d, R, V, p);
+            for (int r = 0; r < R; r++)
+                ok &= ids[r] == sample1(l + r * V, V, p[r].temperature, p[r].top_k, p[r].top_p, &rs[r]);
+        }
+        K_->free(kb.ctx, d);
+        expect(ok, "sample batch of %d rows == each row alone (50 steps)", R);
+    }
+    /* Empirical frequencies: 20000 draws from softmax(l / T). The standard error
+     * of a frequency is <= sqrt(0.25/20000) = 0.0035, so 0.02 is > 5 sigma (and
+     * the seed is fixed). check() is used with atol 0.02 on the frequencies. */
+    {
+        enum { V = 4, N = 20000 };
+        const float l[V] = {0.5f, -1.0f, 1.2f, 0.1f};
+        const float temps[] = {1.0f, 2.0f, 0.5f};
+        for (int ti = 0; ti < 3; ti++) {
+            int c[V];
+            sample_counts(l, V, temps[ti], 0, 1.0f, 1000 + ti, N, c);
+            double want[V], z = 0.0;
+            float got[V];
+            for (int i = 0; i < V; i++) z += exp(l[i] / (double)temps[ti]);
+            for (int i = 0; i < V; i++) want[i] = exp(l[i] / (double)temps[ti]) / z, got[i] = (float)c[i] / N;
+            char name[96];
+            snprintf(name, sizeof name, "sample frequencies, 20000 draws, temperature %g", temps[ti]);
+            check(name, got, want, V, 0.02, 0.0);
+        }
+    }
+    /* top_k = 2: never outside the top 2, which keep their renormalised odds. */
+    {
+        enum { V = 6, N = 20000 };
+        const float l[V] = {0.0f, 1.0f, -0.5f, 0.8f, 0.9f, -2.0f}; /* top 2: ids 1 and 4 */
+        int c[V];
+        sample_counts(l, V, 1.0f, 2, 1.0f, 555, N, c);
+        int outside = N - c[1] - c[4];
+        expect(outside == 0, "sample top_k=2 never returns a token outside the top 2 (%d of %d did)", outside, N);
+        double p1 = exp(1.0) / (exp(1.0) + exp(0.9));
+        float got[2] = {(float)c[1] / N, (float)c[4] / N};
+        double want[2] = {p1, 1.0 - p1};
+        check("sample top_k=2 frequencies (renormalised over the top 2)", got, want, 2, 0.02, 0.0);
+    }
+    /* top_p = 0.7 on probs [0.5, 0.3, 0.2]: the nucleus is {0, 1} (0.5 < 0.7 <= 0.8). */
+    {
+        enum { V = 3, N = 20000 };
+        const float l[V] = {logf(0.5f), logf(0.3f), logf(0.2f)};
+        int c[V];
+        sample_counts(l, V, 1.0f, 0, 0.7f, 999, N, c);
+        expect(c[2] == 0, "sample top_p=0.7 on [0.5,0.3,0.2] never returns id 2 (%d of %d did)", c[2], N);
+        float got[2] = {(float)c[0] / N, (float)c[1] / N};
+        double want[2] = {0.5 / 0.8, 0.3 / 0.8};
+        check("sample top_p=0.7 frequencies (renormalised 0.625/0.375)", got, want, 2, 0.02, 0.0);
+        /* Shuffled order: same nucleus whatever the ids. */
+        const float l2[V] = {logf(0.2f), logf(0.5f), logf(0.3f)};
+        sample_counts(l2, V, 1.0f, 0, 0.7f, 998, N, c);
+        expect(c[0] == 0 && c[1] > 0 && c[2] > 0, "sample top_p=0.7 on [0.2,0.5,0.3] returns only ids 1,2 (%d/%d/%d)",
+               c[0], c[1], c[2]);
+    }
+}
+
+/* -------------------------------------------------------------------- main */
+
+int main(void) {
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    kb = kernels_cpu_create(0);
+    printf("backend %s, act_bytes %zu\n", K_->name, K_->act_bytes);
+    if (K_->act_bytes != 4) {
+        printf("these references assume fp32 activations\n");
+        return 1;
+    }
+    test_dtype_and_upload();
+    test_matmul();
+    test_rmsnorm();
+    test_embedding();
+    test_swiglu();
+    test_add();
+    test_gather_rows();
+    test_rope();
+    test_attention();
+    test_sample();
+    K_->sync(kb.ctx);
+    K_->destroy(kb.ctx);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    printf("time %.2f s\n", (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec));
+    printf("%d passed, %d failed\n", n_pass, n_fail);
+    return n_fail ? 1 : 0;
+}
