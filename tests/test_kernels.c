@@ -313,11 +313,17 @@ static void test_matmul(void) {
             test_matmul_case(dt, Ts[i], 37, 129, 0, 0); /* N % 4 = 1 (panel tail), K odd */
             test_matmul_case(dt, Ts[i], 37, 129, 1, 0);
         }
-        /* Other shapes: N = 1, 2, 3 (only a partial panel), N multiple of 4, K = 1. */
+        /* Other shapes. GEMM: N = 1, 3 (only a partial panel), N multiple of 4,
+         * K = 1. GEMV (4-row groups + tail rows): N = 2, 3 (tail only), N
+         * multiple of 4 (no tail), N = 4 (one group), K = 1. */
         test_matmul_case(dt, 9, 1, 17, 1, 0);
         test_matmul_case(dt, 6, 3, 1, 1, 0);
         test_matmul_case(dt, 8, 40, 64, 1, 0);
         test_matmul_case(dt, 2, 2, 255, 1, 0);
+        test_matmul_case(dt, 1, 3, 129, 1, 0);
+        test_matmul_case(dt, 3, 40, 63, 1, 0);
+        test_matmul_case(dt, 1, 4, 7, 1, 0);
+        test_matmul_case(dt, 2, 43, 1, 1, 0);
         /* matmul_f32 (LM head entry), both paths. */
         test_matmul_case(dt, 1, 37, 129, 0, 1);
         test_matmul_case(dt, 3, 41, 33, 0, 1);
@@ -865,6 +871,17 @@ static void test_sample(void) {
         sample_counts(l2, V, 1.0f, 0, 0.7f, 998, N, c);
         expect(c[0] == 0 && c[1] > 0 && c[2] > 0, "sample top_p=0.7 on [0.2,0.5,0.3] returns only ids 1,2 (%d/%d/%d)",
                c[0], c[1], c[2]);
+    }
+    /* Logits masked to -inf (padding vocab rows, spec §2.7) are never drawn. */
+    {
+        enum { V = 7, N = 20000 };
+        const float l[V] = {-INFINITY, 0.3f, -INFINITY, -0.2f, 0.0f, -INFINITY, 0.1f};
+        int c[V], c2[V], c3[V];
+        sample_counts(l, V, 1.0f, 0, 1.0f, 4242, N, c);
+        sample_counts(l, V, 0.8f, 5, 0.95f, 4243, N, c2);
+        sample_counts(l, V, 0.0f, 0, 1.0f, 4244, 10, c3);
+        expect(c[0] + c[2] + c[5] == 0 && c2[0] + c2[2] + c2[5] == 0 && c3[1] == 10,
+               "sample never draws -inf logits (plain, top_k=5 top_p=0.95, greedy)");
     }
 }
 

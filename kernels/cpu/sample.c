@@ -43,11 +43,14 @@ static int sample_row(const float *l, int V, const ksample_params *p, cand *c) {
         for (int i = 0; i < n; i++) sum += exp((double)c[i].v - mx);
     }
     double u = rng_uniform(p->rng) * sum, acc = 0.0;
+    int last = 0; /* last candidate with weight: the answer if u rounds up to sum */
     for (int i = 0; i < n; i++) {
-        acc += exp((double)c[i].v - mx);
+        double w = exp((double)c[i].v - mx);
+        acc += w;
+        if (w > 0.0) last = i;
         if (u < acc) return c[i].id;
     }
-    return c[n - 1].id;
+    return c[last].id;
 }
 
 void cpu_sample(void *ctx, int *out_ids, const float *logits, int n, int V, const ksample_params *p) {
