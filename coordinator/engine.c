@@ -29,17 +29,33 @@ int engine_check_args(comm *c, int argc, char **argv) {
     return 0;
 }
 
+/* Rank `first`'s message, copied into msg on every rank (collective): the ranks
+ * that did not fail print why the job stops, not only that it does. */
+static void share_error(comm *c, int first, char *msg, size_t len) {
+    size_t *bytes = malloc(sizeof *bytes * (size_t)c->size);
+    char *all = c->rank == 0 ? malloc(len * (size_t)c->size) : NULL;
+    if (!bytes || (c->rank == 0 && !all)) abort();
+    for (int r = 0; r < c->size; r++) bytes[r] = len;
+    c->iface->gather(c->ctx, msg, all, bytes);
+    if (c->rank == 0) memcpy(msg, all + len * (size_t)first, len);
+    c->iface->bcast(c->ctx, msg, len);
+    msg[len - 1] = 0;
+    free(all);
+    free(bytes);
+}
+
 int engine_open(engine *e, comm *c, const char *dir, int kv_tokens, int block_size, int threads) {
     memset(e, 0, sizeof *e);
     e->comm = c;
     e->kb = kernels_cpu_create(threads);
-    char err[2048];
+    char err[2048] = "";
     int rc = model_load(&e->m, dir, e->kb, c, err, sizeof err);
     int first = comm_first_failed(c, rc != 0);
+    if (first >= 0) share_error(c, first, err, sizeof err);
     if (rc) {
         engine_error(c, "%s", err);
     } else if (first >= 0) {
-        engine_error(c, "stopping: rank %d failed to load the model", first);
+        engine_error(c, "stopping: rank %d failed to load the model: %s", first, err);
     }
     if (first >= 0) {
         engine_close(e);
@@ -54,8 +70,11 @@ int engine_open(engine *e, comm *c, const char *dir, int kv_tokens, int block_si
     int n_blocks = (kv_tokens + block_size - 1) / block_size;
     e->kv = kv_create(e->m, n_blocks, block_size);
     e->fw = forward_create(e->m, e->kv);
-    if (c->rank == 0 && kv_blocks_init(&e->blocks, n_blocks, block_size)) {
-        engine_error(c, "out of memory for the KV block pool");
+    /* Agreed on, or the other ranks would wait in the first step for rank 0. */
+    int oom = c->rank == 0 && kv_blocks_init(&e->blocks, n_blocks, block_size);
+    if (comm_first_failed(c, oom) >= 0) {
+        engine_error(c, "%s", c->rank == 0 ? "out of memory for the KV block pool"
+                                           : "stopping: rank 0 is out of memory for the KV block pool");
         engine_close(e);
         return 1;
     }
@@ -72,4 +91,28 @@ void engine_close(engine *e) {
     model_free(e->m);
     if (e->kb.iface) e->kb.iface->destroy(e->kb.ctx);
     memset(e, 0, sizeof *e);
+}
+
+void engine_step(engine *e, glm_step *s, float *logits, float *hidden) {
+    step_bcast(e->comm, s);
+    forward_run(e->fw, s, logits, hidden);
+}
+
+/* An empty step is the end-of-work message. */
+void engine_finish(engine *e) {
+    glm_step s = {0};
+    step_bcast(e->comm, &s);
+}
+
+void engine_follow(engine *e) {
+    for (;;) {
+        glm_step s = {0};
+        step_bcast(e->comm, &s);
+        if (s.n_tokens == 0) {
+            step_free(&s);
+            return;
+        }
+        forward_run(e->fw, &s, NULL, NULL);
+        step_free(&s);
+    }
 }

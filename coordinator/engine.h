@@ -25,6 +25,14 @@ typedef struct engine {
 int engine_open(engine *e, comm *c, const char *dir, int kv_tokens, int block_size, int threads);
 void engine_close(engine *e);
 
+/* Rank 0 drives, the other ranks follow: rank 0 calls engine_step for each
+ * step it plans (sent to every rank, then run) and engine_finish once at the
+ * end; every other rank calls engine_follow, which runs steps until then.
+ * logits / hidden as in forward_run (rank 0 host memory). */
+void engine_step(engine *e, glm_step *s, float *logits, float *hidden);
+void engine_finish(engine *e);
+void engine_follow(engine *e);
+
 /* Collective check that all ranks were started with the same arguments. */
 int engine_check_args(comm *c, int argc, char **argv);
 

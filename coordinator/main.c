@@ -11,10 +11,13 @@ static void usage(FILE *f) {
             "usage: [mpirun -np N] glmtp COMMAND [options]\n"
             "  make-model --out DIR [--preset tiny|glm-4-9b|glm-4-9b-chat|glm-4-9b-chat-1m] [--layout chatglm|hf]\n"
             "             [--dtype bf16|f32] [--seed S] [--layers N] [--kv-groups N] [--vocab N] [--shards N]\n"
-            "             [--rope-ratio R]\n"
+            "             [--rope-ratio R] [--tokenizer tokenizer.model]\n"
             "  score      --model DIR --ids 1,2,3 [--incremental] [--dump hidden|logits] [--top K]\n"
-            "  generate   --model DIR --ids 1,2,3 [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]\n"
-            "             [--seed S] [--ignore-eos]\n"
+            "  generate   --model DIR --input prompts.jsonl [--output out.jsonl] | --ids 1,2,3\n"
+            "             [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--ignore-eos]\n"
+            "             [--step-tokens N] [--kv-tokens N]\n"
+            "  chat       --model DIR [--system TEXT] [--max-new-tokens N] [--temperature T] ...\n"
+            "  tokenize   --model DIR [--prefix] [--chat [--no-generation-prompt]] [--decode] < input\n"
             "  bench      decode --model DIR [--tokens N] [--context C]\n"
             "common: --threads N (per rank; default all cores), --block-size B (KV block, default 16),\n"
             "        GLMTP_COMM_TIMEOUT=seconds (collective timeout, default 600)\n");
@@ -27,11 +30,13 @@ int main(int argc, char **argv) {
     }
     const char *cmd = argv[1];
     if (strcmp(cmd, "make-model") == 0) return cmd_make_model(argc - 2, argv + 2);
+    if (strcmp(cmd, "tokenize") == 0) return cmd_tokenize(argc - 2, argv + 2);
 
     int (*run)(comm *, int, char **) = NULL;
     if (strcmp(cmd, "score") == 0) run = cmd_score;
     else if (strcmp(cmd, "generate") == 0) run = cmd_generate;
     else if (strcmp(cmd, "bench") == 0) run = cmd_bench;
+    else if (strcmp(cmd, "chat") == 0) run = cmd_chat;
     if (!run) {
         fprintf(stderr, "glmtp: unknown command '%s'\n", cmd);
         usage(stderr);

@@ -278,6 +278,22 @@ static int write_index(const char *dir, plan *p, int n_files, char *err, size_t 
     return rc;
 }
 
+/* Copies src to dir/name (the tokenizer vocabulary beside the weights). */
+static int copy_file(const char *src, const char *dir, const char *name, char *err, size_t errlen) {
+    size_t len;
+    char *data = util_read_file(src, &len, err, errlen);
+    if (!data) return -1;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    int rc = 0;
+    if (!f || fwrite(data, 1, len, f) != len) rc = -1;
+    if (f && fclose(f) != 0) rc = -1;
+    if (rc) snprintf(err, errlen, "%s: write failed: %s", path, strerror(errno));
+    free(data);
+    return rc;
+}
+
 int cmd_make_model(int argc, char **argv) {
     args a;
     args_init(&a, argc, argv);
@@ -291,6 +307,7 @@ int cmd_make_model(int argc, char **argv) {
     long vocab = args_int(&a, "--vocab", 0, 1, 1 << 24);
     long shards = args_int(&a, "--shards", 1, 1, 1000);
     double rope_ratio = args_num(&a, "--rope-ratio", 0, 1e-6, 1e12);
+    const char *tok_src = args_str(&a, "--tokenizer", NULL);
     char err[1024];
     int rc = 1;
     plan p = {0};
@@ -352,6 +369,10 @@ int cmd_make_model(int argc, char **argv) {
         }
     }
     if (shards > 1 && write_index(out, &p, (int)shards, err, sizeof err)) {
+        fprintf(stderr, "glmtp make-model: %s\n", err);
+        goto done;
+    }
+    if (tok_src && copy_file(tok_src, out, "tokenizer.model", err, sizeof err)) {
         fprintf(stderr, "glmtp make-model: %s\n", err);
         goto done;
     }

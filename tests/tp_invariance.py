@@ -97,7 +97,7 @@ def main():
                 rows = [json.loads(l)["logits"] for l in out.splitlines()]
                 gen_out, _ = run(launch + [a.glmtp, "generate", "--model", d, "--ids", ids_s[:ids_s.index(",", 20)],
                                            "--max-new-tokens", "64", "--ignore-eos"])
-                gen = json.loads(gen_out)["ids"]
+                gen = json.loads(gen_out)["token_ids"]
                 nbytes = rank_bytes(err)
                 if tp == 1:
                     ref_rows, ref_gen, ref_bytes = rows, gen, nbytes[0]

@@ -1,9 +1,11 @@
 /* config.json parsing for both GLM-4 checkpoint layouts (see config.h). */
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "config.h"
 #include "util.h"
@@ -93,11 +95,21 @@ static int get_int_alias(reader *r, const char *a, const char *b, int min) {
     return has_a ? va : vb;
 }
 
+/* A token id: a whole number in [0, 2^31). */
+static int is_id(const cJSON *v) {
+    return cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble <= 2147483647.0 &&
+           v->valuedouble == floor(v->valuedouble);
+}
+
 static void get_eos(reader *r, glm_config *c) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(r->root, "eos_token_id");
     c->n_eos = 0;
     if (!v) return;
     if (cJSON_IsNumber(v)) {
+        if (!is_id(v)) {
+            fail(r, "eos_token_id", "must be a non-negative integer");
+            return;
+        }
         c->eos_ids[c->n_eos++] = (int)v->valuedouble;
         return;
     }
@@ -107,7 +119,7 @@ static void get_eos(reader *r, glm_config *c) {
     }
     const cJSON *e;
     cJSON_ArrayForEach(e, v) {
-        if (!cJSON_IsNumber(e) || e->valuedouble < 0) {
+        if (!is_id(e)) {
             fail(r, "eos_token_id", "must hold non-negative integers");
             return;
         }
@@ -152,7 +164,7 @@ static void parse_hf(reader *r, glm_config *c) {
     c->seq_len = get_int(r, "max_position_embeddings", 1, 0, 0);
     c->rope_base = get_num(r, "rope_theta", 10000.0, 1);
     double prf = get_num(r, "partial_rotary_factor", 0.5, 1);
-    c->rot_dim = (int)(c->head_dim * prf);
+    c->rot_dim = prf <= 1.0 ? (int)(c->head_dim * prf) : 0; /* no float -> int conversion out of range */
     if (prf > 1.0 || c->rot_dim % 2) fail(r, "partial_rotary_factor", "must give an even number of rotary dims <= head_dim");
     c->eps = (float)get_num(r, "rms_norm_eps", 1e-5, 0);
     c->qkv_bias = get_bool(r, "attention_bias", 1);
@@ -165,6 +177,15 @@ int config_load(glm_config *cfg, const char *dir, char *err, size_t errlen) {
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
     memset(cfg, 0, sizeof *cfg);
+    struct stat st;
+    if (stat(dir, &st) != 0) {
+        snprintf(err, errlen, "%s: model directory not found: %s", dir, strerror(errno));
+        return -1;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "%s: not a directory (--model wants the checkpoint's directory)", dir);
+        return -1;
+    }
     size_t len = 0;
     char *text = util_read_file(path, &len, err, errlen);
     if (!text) return -1;
@@ -189,26 +210,39 @@ int config_load(glm_config *cfg, const char *dir, char *err, size_t errlen) {
     cfg->pad_id = get_int(&r, "pad_token_id", 0, cfg->n_eos ? cfg->eos_ids[0] : 0, 1);
     if (!r.failed && cfg->n_heads % cfg->n_kv)
         fail(&r, "multi_query_group_num", "KV groups must divide num_attention_heads");
-    if (!r.failed && (cfg->head_dim % 2 || cfg->rot_dim % 2 || cfg->rot_dim > cfg->head_dim))
-        fail(&r, cfg->layout == LAYOUT_HF ? "head_dim" : "kv_channels", "head dim must be even");
+    const char *hd = cfg->layout == LAYOUT_HF ? "head_dim" : "kv_channels";
+    if (!r.failed && (cfg->head_dim < 2 || cfg->head_dim % 2 || cfg->rot_dim % 2 || cfg->rot_dim > cfg->head_dim)) {
+        char m[160];
+        snprintf(m, sizeof m, "head dim %d (hidden size / heads when absent) must be even and at least 2",
+                 cfg->head_dim);
+        fail(&r, hd, m);
+    }
+    /* Weight dimensions are ints: the fused QKV rows and gate+up rows must fit. */
+    if (!r.failed && (int64_t)(cfg->n_heads + 2 * (int64_t)cfg->n_kv) * cfg->head_dim > 2147483647)
+        fail(&r, hd, "query and KV heads times head dim exceed 2^31");
+    if (!r.failed && 2 * (int64_t)cfg->ffn > 2147483647)
+        fail(&r, cfg->layout == LAYOUT_HF ? "intermediate_size" : "ffn_hidden_size", "must be below 2^30");
     cJSON_Delete(root);
     return r.failed ? -1 : 0;
 }
 
 int config_check_tp(const glm_config *c, int tp, char *err, size_t errlen) {
-    const char *heads = "num_attention_heads";
     const char *kv = c->layout == LAYOUT_HF ? "num_key_value_heads" : "multi_query_group_num";
+    const char *ffn = c->layout == LAYOUT_HF ? "intermediate_size" : "ffn_hidden_size";
+    const char *vocab = c->layout == LAYOUT_HF ? "vocab_size" : "padded_vocab_size";
     if (tp < 1 || c->n_heads % tp) {
-        snprintf(err, errlen, "tensor parallel size %d does not divide %s = %d", tp, heads, c->n_heads);
+        snprintf(err, errlen, "field 'num_attention_heads': %d heads cannot be split over %d ranks "
+                 "(the tensor parallel size must divide them)", c->n_heads, tp);
         return -1;
     }
     if (c->n_kv % tp && tp % c->n_kv) {
-        snprintf(err, errlen, "tensor parallel size %d neither divides nor is a multiple of %s = %d", tp, kv,
-                 c->n_kv);
+        snprintf(err, errlen, "field '%s': %d KV groups cannot be split over %d ranks "
+                 "(the tensor parallel size must divide them or be a multiple of them)", kv, c->n_kv, tp);
         return -1;
     }
     if (tp > c->ffn || tp > c->vocab) {
-        snprintf(err, errlen, "tensor parallel size %d exceeds the FFN width or vocabulary", tp);
+        snprintf(err, errlen, "field '%s': %d is less than the tensor parallel size %d", tp > c->ffn ? ffn : vocab,
+                 tp > c->ffn ? c->ffn : c->vocab, tp);
         return -1;
     }
     return 0;

@@ -167,6 +167,28 @@ static int load_qkv(loader *ld, glm_layer *L, int l, uint8_t *scratch) {
     return 0;
 }
 
+/* Every tensor present with the shape config.json implies, in load order, before
+ * anything is allocated from config sizes: a config that disagrees with the
+ * checkpoint is named as such instead of failing an allocation it sized. */
+static int check_shapes(loader *ld) {
+    const glm_config *c = &ld->m->cfg;
+    int H = c->hidden, F = c->ffn, V = c->vocab, nq = c->n_heads * c->head_dim, nk = c->n_kv * c->head_dim;
+    if (!get(ld, "embed", 0, V, H) || !get(ld, "final_ln", 0, 0, H) || !get(ld, "lm_head", 0, V, H)) return -1;
+    for (int l = 0; l < c->n_layers; l++) {
+        if (!get(ld, "ln1", l, 0, H) || !get(ld, "ln2", l, 0, H)) return -1;
+        if (c->layout == LAYOUT_CHATGLM) {
+            if (!get(ld, "qkv", l, nq + 2 * nk, H) || (c->qkv_bias && !get(ld, "qkv_b", l, 0, nq + 2 * nk)))
+                return -1;
+        } else {
+            if (!get(ld, "q", l, nq, H) || !get(ld, "k", l, nk, H) || !get(ld, "v", l, nk, H)) return -1;
+            if (c->qkv_bias && (!get(ld, "q_b", l, 0, nq) || !get(ld, "k_b", l, 0, nk) || !get(ld, "v_b", l, 0, nk)))
+                return -1;
+        }
+        if (!get(ld, "dense", l, H, nq) || !get(ld, "h4h", l, 2 * F, H) || !get(ld, "down", l, H, F)) return -1;
+    }
+    return 0;
+}
+
 static int load_layer(loader *ld, int l, uint8_t *scratch) {
     const glm_config *c = &ld->m->cfg;
     const glm_shard *s = &ld->m->shard;
@@ -204,9 +226,14 @@ int model_load(glm_model **out, const char *dir, kbackend kb, comm *cm, char *er
     m->comm = cm;
     loader ld = {dir, NULL, m, err, errlen};
     uint8_t *scratch = NULL;
-    if (config_load(&m->cfg, dir, err, errlen) || config_check_tp(&m->cfg, cm->size, err, errlen)) goto fail;
+    if (config_load(&m->cfg, dir, err, errlen)) goto fail;
+    char why[512];
+    if (config_check_tp(&m->cfg, cm->size, why, sizeof why)) {
+        snprintf(err, errlen, "%s/config.json: %s", dir, why);
+        goto fail;
+    }
     shard_plan(&m->shard, &m->cfg, cm->size, cm->rank);
-    if (st_open_dir(&ld.st, dir, err, errlen)) goto fail;
+    if (st_open_dir(&ld.st, dir, err, errlen) || check_shapes(&ld)) goto fail;
 
     const glm_config *c = &m->cfg;
     const glm_shard *s = &m->shard;

@@ -101,11 +101,12 @@ static int parse_entry(const cJSON *e, st_tensor *t, const uint8_t *data, size_t
             return -1;
         }
         t->shape[i] = (int64_t)d;
-        elems *= d;
-        if (elems > (1ull << 50)) {
+        /* Checked before multiplying: [2^32, 2^32] would wrap the count to 0. */
+        if (d && elems > (1ull << 50) / d) {
             snprintf(err, errlen, "%s: tensor '%s': shape too large", path, name);
             return -1;
         }
+        elems *= d;
     }
     uint64_t b, en;
     if (cJSON_GetArraySize(off) != 2 || json_u64(cJSON_GetArrayItem(off, 0), &b) ||
@@ -160,6 +161,11 @@ static int add_file(st_set *s, const char *path, char *err, size_t errlen) {
         close(fd);
         return -1;
     }
+    if (!S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "%s: not a regular file", path);
+        close(fd);
+        return -1;
+    }
     f->size = (size_t)st.st_size;
     if (f->size < 8) {
         snprintf(err, errlen, "%s: truncated: %zu bytes, shorter than the 8-byte header length", path, f->size);
@@ -180,11 +186,27 @@ static int add_file(st_set *s, const char *path, char *err, size_t errlen) {
                  path, (unsigned long long)hlen, f->size);
         return -1;
     }
-    cJSON *root = cJSON_ParseWithLength((const char *)f->map + 8, (size_t)hlen);
-    if (!root || !cJSON_IsObject(root)) {
+    const char *hdr = (const char *)f->map + 8, *end = hdr;
+    cJSON *root = cJSON_ParseWithLengthOpts(hdr, (size_t)hlen, &end, 0);
+    if (!root) {
+        snprintf(err, errlen, "%s: header is not valid JSON (error at byte %zu of %llu)", path,
+                 (size_t)(end - hdr), (unsigned long long)hlen);
+        return -1;
+    }
+    if (!cJSON_IsObject(root)) {
         snprintf(err, errlen, "%s: header is not a JSON object", path);
         cJSON_Delete(root);
         return -1;
+    }
+    /* Only padding may follow the JSON: anything else means a wrong header length. */
+    for (const char *p = end; p < hdr + hlen; p++) {
+        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
+            snprintf(err, errlen,
+                     "%s: header length %llu is wrong: the JSON ends at byte %zu, followed by non-space bytes",
+                     path, (unsigned long long)hlen, (size_t)(end - hdr));
+            cJSON_Delete(root);
+            return -1;
+        }
     }
     const uint8_t *data = f->map + 8 + hlen;
     size_t data_size = f->size - 8 - (size_t)hlen;
@@ -283,7 +305,14 @@ static int open_index(st_set *s, const char *dir, const char *index_path, char *
                 break;
             }
             snprintf(path, sizeof path, "%s/%s", dir, e->valuestring);
-            if (!has_file(s, path) && (rc = add_file(s, path, err, errlen)) != 0) break;
+            if (has_file(s, path)) continue;
+            if (access(path, R_OK) != 0) {
+                snprintf(err, errlen, "%s: tensor '%s': cannot open its shard %s: %s", index_path, e->string, path,
+                         strerror(errno));
+                rc = -1;
+                break;
+            }
+            if ((rc = add_file(s, path, err, errlen)) != 0) break;
         }
     }
     if (rc == 0) rc = finish(s, err, errlen);

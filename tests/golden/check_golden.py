@@ -70,9 +70,9 @@ def main():
                   + ("" if ok else f" at row {where[0]} col {where[1]}: glmtp {where[2]} reference {where[3]}"))
     gen = json.loads(run(launcher + [a.glmtp, "generate", "--model", model, "--ids", ",".join(map(str, ids[:4])),
                                      "--max-new-tokens", str(len(ref["greedy_from_4"])), "--ignore-eos"]))
-    ok = gen["ids"] == ref["greedy_from_4"]
+    ok = gen["token_ids"] == ref["greedy_from_4"]
     failed |= not ok
-    print(f"{'ok  ' if ok else 'FAIL'} {a.case} {a.layout} greedy {gen['ids']}" + ("" if ok else f" reference {ref['greedy_from_4']}"))
+    print(f"{'ok  ' if ok else 'FAIL'} {a.case} {a.layout} greedy {gen['token_ids']}" + ("" if ok else f" reference {ref['greedy_from_4']}"))
     sys.exit(1 if failed else 0)
 
 

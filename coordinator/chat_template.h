@@ -1,0 +1,40 @@
+/* chat_template.h: GLM-4 chat prompt as token ids (glm4-spec.md 4.5).
+ *
+ *   [gMASK]<sop>
+ *   per message: if it carries tools: <|system|> "\n" preamble + one block per tool
+ *                then, if content is non-empty: <|role|> metadata "\n" content
+ *   generation prompt: <|assistant|>   (no newline)
+ *
+ * Role markers are inserted by id; message text is encoded as plain text, so a
+ * user writing "<|assistant|>" gets ordinary tokens, never a control token. */
+#ifndef GLMTP_CHAT_TEMPLATE_H
+#define GLMTP_CHAT_TEMPLATE_H
+
+#include <cjson/cJSON.h>
+#include <stddef.h>
+
+#include "tokenizer.h"
+
+typedef struct chat_message {
+    const char *role;     /* system | user | assistant | observation */
+    const char *content;  /* may be "" */
+    const char *metadata; /* may be NULL (tool name on assistant tool calls) */
+    const cJSON *tools;   /* NULL or an array of {"type":"function","function":{...}} */
+} chat_message;
+
+/* The built-in tool preamble, or the one in DIR/tokenizer_config.json's
+ * chat_template when present. Returns a malloc'ed string. */
+char *chat_tool_preamble(const char *model_dir);
+
+/* Encodes messages; tools (NULL or an array) are rendered first, as a system
+ * block, like tools attached to the first message. *ids is malloc'ed (caller
+ * frees). Returns 0, or -1 with a message naming the offending field
+ * ("field 'messages[2].role': ...") in err. */
+int chat_encode(const tokenizer *t, const chat_message *msgs, int n, const cJSON *tools, const char *preamble,
+                int add_generation_prompt, int **ids /* OUT */, int *n_ids /* OUT */, char *err, size_t errlen);
+
+/* JSON as Python's json.dumps(v, indent=4, ensure_ascii=False) writes it (the
+ * template's tojson). Returns a malloc'ed string. */
+char *chat_json_indent4(const cJSON *v);
+
+#endif

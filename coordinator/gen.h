@@ -1,0 +1,68 @@
+/* gen.h: batch generation on rank 0: many requests share every forward step.
+ *
+ * Scheduling (a static form of continuous batching): each step first carries
+ * one decode token for every running request, then fills the rest of the step's
+ * token budget with prompt chunks of waiting requests in order (chunked
+ * prefill). A request is admitted when the KV pool can hold its prompt plus
+ * max_new tokens, so nothing is ever preempted here; finished requests free
+ * their blocks for the next ones. Sampling is per request (own seed), so a
+ * request's tokens do not depend on what it is batched with. */
+#ifndef GLMTP_GEN_H
+#define GLMTP_GEN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine.h"
+#include "tokenizer.h"
+
+typedef struct gen_request {
+    /* input, owned by the request */
+    int *prompt;
+    int n_prompt;
+    int max_new;
+    float temperature; /* 0: greedy */
+    float top_p;
+    int top_k;
+    uint64_t seed;
+    char **stop; /* stop strings */
+    int n_stop;
+    int strip_leading; /* drop whitespace before the first visible character (chat replies) */
+    int ignore_eos;    /* keep going past the model's stop ids (benchmarks, tests) */
+    /* output */
+    int *out; /* generated ids, stop token excluded */
+    int n_out;
+    char *text; /* decoded, NUL-terminated (NULL without a tokenizer) */
+    size_t text_len;
+    const char *finish; /* "stop", "length", or NULL while running */
+    /* private */
+    int cap_out, n_fed, admitted;
+    size_t text_cap;
+    tok_decoder dec;
+    kv_seq kv;
+    uint64_t rng;
+} gen_request;
+
+/* Called on rank 0 for each new piece of a request's text (may be empty when a
+ * token ends mid-character). */
+typedef void (*gen_stream_fn)(void *user, gen_request *r, const char *delta, size_t len);
+
+typedef struct gen_options {
+    int step_tokens;     /* token budget per step (prefill chunk size) */
+    int progress;        /* 1: progress on stderr */
+    gen_stream_fn on_text; /* optional */
+    void *user;
+} gen_options;
+
+/* Runs all requests to completion (rank 0; the other ranks are in engine_follow).
+ * tok may be NULL (no text). Requests whose prompt plus max_new exceed the KV
+ * pool must have been refused by the caller (gen_fits). */
+void gen_run(engine *e, const tokenizer *tok, gen_request *reqs, int n, const gen_options *o);
+
+/* Whether a request of this size can ever be admitted into e's KV pool. */
+int gen_fits(const engine *e, int n_prompt, int max_new);
+
+/* Frees a request's input and output; accepts NULL. */
+void gen_request_free(gen_request *r);
+
+#endif
