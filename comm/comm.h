@@ -1,10 +1,13 @@
 /* comm.h: ranks and collectives. One interface, several implementations:
- *   comm_mpi.c    - MPI (CPU ranks, and later GPU ranks sharing one device)
+ *   comm_mpi.c    - MPI (CPU ranks, and GPU ranks sharing one device)
  *   comm_single.c - one rank, no MPI library (build with -DGLMTP_MPI=OFF)
- *   (NCCL comes with the CUDA backend and implements the same table.)
+ *   comm_nccl.c   - NCCL all-reduce on GPU ranks, the rest through the MPI
+ *                   comm it was made from (comm_nccl.h; CUDA builds)
  *
- * Buffers passed to collectives are backend memory; the MPI and single
- * implementations require host-addressable memory (the CPU backend's).
+ * All-reduce buffers are backend memory. The MPI and single implementations
+ * need host-addressable memory unless comm_set_device_copy says how to stage
+ * device buffers through the host. gather, bcast and allgather always take
+ * host memory.
  * Every collective has a timeout: a rank that waits longer than timeout_s for its
  * peers prints what it was waiting in and aborts the whole job (no hang). */
 #ifndef GLMTP_COMM_H
@@ -34,6 +37,7 @@ typedef struct comm_iface {
 typedef struct comm {
     int rank, size;             /* in the job */
     int local_rank, local_size; /* on this node (GPU choice) */
+    double timeout_s;           /* collective timeout in force */
     const comm_iface *iface;
     void *ctx;
 } comm;
@@ -43,6 +47,15 @@ typedef struct comm {
 comm *comm_create(int *argc, char ***argv, double timeout_s, char *err, size_t errlen);
 /* Finalizes and frees; accepts NULL. */
 void comm_destroy(comm *c);
+
+/* Copies between backend (device) memory and host memory, synchronously:
+ * the kernels_iface to_host / to_device signature. */
+typedef void (*comm_copy_fn)(void *ctx, void *dst, const void *src, size_t bytes);
+/* Makes allreduce_sum of a comm from comm_create accept device buffers: each
+ * is copied to the host, reduced there (bf16 summed in fp32) and copied back.
+ * NULL functions restore host buffers. The comm keeps ctx (not owned); reset
+ * before the backend behind it goes away. */
+void comm_set_device_copy(comm *c, comm_copy_fn to_host, comm_copy_fn to_device, void *ctx);
 
 /* Agreement on failure: every rank passes whether it failed; returns the lowest
  * failing rank, or -1 when all succeeded. A collective: call on every rank. */

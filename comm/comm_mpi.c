@@ -1,6 +1,7 @@
-/* MPI communicator for CPU ranks. Collectives are non-blocking calls polled
- * against a deadline, so a dead or stuck peer ends the job with a message
- * instead of hanging it: MPI itself has no timeout on a blocking collective. */
+/* MPI communicator for CPU ranks (and GPU ranks through host staging, see
+ * comm_set_device_copy). Collectives are non-blocking calls polled against a
+ * deadline, so a dead or stuck peer ends the job with a message instead of
+ * hanging it: MPI itself has no timeout on a blocking collective. */
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,9 +11,15 @@
 #include "comm.h"
 
 typedef struct mpi_ctx {
-    int rank;
+    int rank, size;
     double timeout_s;
     unsigned long n_calls; /* collectives issued, for the timeout message */
+    /* Device staging for all-reduce (comm_set_device_copy); NULL: host buffers. */
+    comm_copy_fn to_host, to_device;
+    void *dev_ctx;
+    void *stage;   /* host copy of the buffer as stored */
+    void *stage32; /* bf16 widened to fp32 for the sum */
+    size_t stage_bytes, stage32_bytes;
 } mpi_ctx;
 
 static void mpi_check(int rc, const char *call, int rank, const char *file, int line) {
@@ -54,16 +61,57 @@ static void wait_req(mpi_ctx *m, MPI_Request *req, const char *what) {
     }
 }
 
-static void mpi_allreduce(void *ctx, void *buf, size_t n, kdtype dt) {
-    mpi_ctx *m = ctx;
-    if (dt != KDT_F32) {
-        fprintf(stderr, "glmtp: rank %d: MPI all-reduce supports F32 buffers only, got %s\n", m->rank,
-                kdtype_name(dt));
-        MPI_Abort(MPI_COMM_WORLD, 3);
+static void *grow(void **p, size_t *cap, size_t bytes) {
+    if (bytes > *cap) {
+        free(*p);
+        *p = malloc(bytes);
+        if (!*p) {
+            fprintf(stderr, "glmtp: out of host memory for an all-reduce staging buffer of %zu bytes\n", bytes);
+            MPI_Abort(MPI_COMM_WORLD, 3);
+        }
+        *cap = bytes;
     }
+    return *p;
+}
+
+static void sum_f32(mpi_ctx *m, float *buf, size_t n) {
     MPI_Request req;
     MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &req), m->rank);
     wait_req(m, &req, "all-reduce");
+}
+
+/* F32 host buffers are reduced in place. Otherwise the buffer is brought to the
+ * host (device buffers through to_host), bf16 is widened to fp32, summed with
+ * MPI_FLOAT, rounded back once, and returned (to_device). */
+static void mpi_allreduce(void *ctx, void *buf, size_t n, kdtype dt) {
+    mpi_ctx *m = ctx;
+    if (dt != KDT_F32 && dt != KDT_BF16) {
+        fprintf(stderr, "glmtp: rank %d: MPI all-reduce supports F32 and BF16 buffers, got %s\n", m->rank,
+                kdtype_name(dt));
+        MPI_Abort(MPI_COMM_WORLD, 3);
+    }
+    if (m->size == 1 || n == 0) return;
+    if (dt == KDT_F32 && !m->to_host) {
+        sum_f32(m, buf, n);
+        return;
+    }
+    size_t bytes = n * kdtype_size(dt);
+    void *host = buf;
+    if (m->to_host) {
+        host = grow(&m->stage, &m->stage_bytes, bytes);
+        m->to_host(m->dev_ctx, host, buf, bytes);
+    }
+    if (dt == KDT_F32) {
+        sum_f32(m, host, n);
+    } else {
+        float *f = grow(&m->stage32, &m->stage32_bytes, n * sizeof(float));
+        const uint16_t *h = host;
+        for (size_t i = 0; i < n; i++) f[i] = bf16_to_f32(h[i]);
+        sum_f32(m, f, n);
+        uint16_t *o = host;
+        for (size_t i = 0; i < n; i++) o[i] = f32_to_bf16(f[i]);
+    }
+    if (m->to_device) m->to_device(m->dev_ctx, buf, host, bytes);
 }
 
 static void mpi_gather(void *ctx, const void *send, void *recv, const size_t *bytes) {
@@ -114,7 +162,10 @@ static void mpi_abort(void *ctx, int code) {
 }
 
 static void mpi_finalize(void *ctx) {
-    (void)ctx;
+    mpi_ctx *m = ctx;
+    free(m->stage);
+    free(m->stage32);
+    m->stage = m->stage32 = NULL;
     MPI_Finalize();
 }
 
@@ -149,10 +200,20 @@ comm *comm_create(int *argc, char ***argv, double timeout_s, char *err, size_t e
     MPI_CHECK(MPI_Comm_size(node, &c->local_size), c->rank);
     MPI_Comm_free(&node);
     m->rank = c->rank;
+    m->size = c->size;
     m->timeout_s = timeout_s > 0 ? timeout_s : 600.0;
+    c->timeout_s = m->timeout_s;
     c->iface = &mpi_iface;
     c->ctx = m;
     return c;
+}
+
+void comm_set_device_copy(comm *c, comm_copy_fn to_host, comm_copy_fn to_device, void *ctx) {
+    if (c->iface != &mpi_iface) return; /* another communicator: it moves device buffers itself */
+    mpi_ctx *m = c->ctx;
+    m->to_host = to_host;
+    m->to_device = to_device;
+    m->dev_ctx = ctx;
 }
 
 void comm_destroy(comm *c) {

@@ -49,6 +49,27 @@ static void measure_bandwidth(size_t bytes, int reps, double *copy_gbs, double *
     free(b);
 }
 
+/* Device memory bandwidth through the backend's own add kernel (STREAM add:
+ * x += y reads two arrays and writes one), best of `reps`; for GPU backends,
+ * whose memory the host loops above cannot measure. */
+static double measure_backend_add(const engine *e, size_t bytes, int reps) {
+    const kernels_iface *k = e->kb.iface;
+    size_t n = bytes / k->act_bytes;
+    void *x = k->alloc(e->kb.ctx, bytes), *y = k->alloc(e->kb.ctx, bytes);
+    double best = 1e30;
+    k->add(e->kb.ctx, x, y, n); /* warm-up */
+    k->sync(e->kb.ctx);
+    for (int r = 0; r < reps; r++) {
+        double t0 = util_now();
+        k->add(e->kb.ctx, x, y, n);
+        k->sync(e->kb.ctx);
+        if (util_now() - t0 < best) best = util_now() - t0;
+    }
+    k->free(e->kb.ctx, x);
+    k->free(e->kb.ctx, y);
+    return 3.0 * (double)bytes / best / 1e9;
+}
+
 int cmd_bench(comm *c, int argc, char **argv) {
     if (engine_check_args(c, argc, argv)) return 1;
     args a;
@@ -58,6 +79,7 @@ int cmd_bench(comm *c, int argc, char **argv) {
     int tokens = (int)args_int(&a, "--tokens", 16, 1, 1 << 20);
     int context = (int)args_int(&a, "--context", 16, 1, 1 << 24);
     int threads = (int)args_int(&a, "--threads", 0, 0, 1024);
+    const char *device = args_str(&a, "--device", "cpu"), *comm_kind = args_str(&a, "--comm", NULL);
     int rc = 1;
     engine e = {0};
     int *ids = NULL;
@@ -71,7 +93,7 @@ int cmd_bench(comm *c, int argc, char **argv) {
         engine_error(c, "bench: %s", a.err);
         goto done;
     }
-    if (engine_open(&e, c, dir, context + tokens + 2, 16, threads)) goto done;
+    if (engine_open(&e, c, dir, context + tokens + 2, 16, threads, device, comm_kind)) goto done;
     const glm_config *cfg = &e.m->cfg;
     if (context + tokens + 2 > cfg->seq_len) {
         engine_error(c, "bench: --context + --tokens exceed the context length %d", cfg->seq_len);
@@ -108,7 +130,11 @@ int cmd_bench(comm *c, int argc, char **argv) {
     }
     forward_times(e.fw, &ar1, &tot);
     double copy_gbs, read_gbs;
-    measure_bandwidth((size_t)1 << 30, 5, &copy_gbs, &read_gbs);
+    int on_gpu = strcmp(device, "cpu") != 0;
+    if (on_gpu)
+        copy_gbs = read_gbs = measure_backend_add(&e, (size_t)1 << 30, 5);
+    else
+        measure_bandwidth((size_t)1 << 30, 5, &copy_gbs, &read_gbs);
     /* Per token every weight is read once, except the embedding (one row). */
     size_t emb = (size_t)e.m->embed.rows * e.m->embed.cols * kdtype_size(e.m->embed.dtype);
     double bytes = (double)(e.m->bytes_sharded + e.m->bytes_replicated - emb);
@@ -118,6 +144,9 @@ int cmd_bench(comm *c, int argc, char **argv) {
                dir, c->size, omp_get_max_threads(), context, tokens);
         printf("# layers %d, hidden %d, weights read per token per rank %.3f GB (%s)\n", cfg->n_layers, cfg->hidden,
                bytes / 1e9, kdtype_name(e.m->layers[0].qkv.dtype));
+        printf("# device %s; bandwidth limit measured in this run: %s\n", device,
+               on_gpu ? "device memory, the backend's add kernel (x += y: 2 reads + 1 write), in both bw columns"
+                      : "host memory, STREAM copy (read + write) and read");
         printf("%-10s %12s %14s %12s %12s %12s %10s %10s %10s %10s\n", "mode", "prefill", "decode/token", "tokens/s",
                "weights", "copy bw", "read bw", "vs copy", "vs read", "allreduce");
         printf("%-10s %12s %14s %12s %12s %12s %10s %10s %10s %10s\n", "", "(s)", "(ms)", "", "(GB/s)", "(GB/s)",

@@ -90,6 +90,7 @@ int cmd_chat(comm *c, int argc, char **argv) {
     d.top_k = (int)args_int(&a, "--top-k", d.top_k, 0, 1 << 30);
     uint64_t seed = (uint64_t)args_int(&a, "--seed", 0, 0, 2147483647L);
     int threads = (int)args_int(&a, "--threads", 0, 0, 1024);
+    const char *device = args_str(&a, "--device", "cpu"), *comm_kind = args_str(&a, "--comm", NULL);
     int kv_tokens = (int)args_int(&a, "--kv-tokens", 32768, 16, 1 << 30);
     if (!a.failed && !dir) snprintf(a.err, sizeof a.err, "--model DIR is required"), a.failed = 1;
     int rc = args_finish(&a) ? 1 : 0;
@@ -110,7 +111,7 @@ int cmd_chat(comm *c, int argc, char **argv) {
     engine e = {0};
     rc = 1;
     if (comm_first_failed(c, failed) >= 0) goto done;
-    if (engine_open(&e, c, dir, kv_tokens, 16, threads)) goto done;
+    if (engine_open(&e, c, dir, kv_tokens, 16, threads, device, comm_kind)) goto done;
     if (c->rank != 0) {
         engine_follow(&e);
         rc = 0;

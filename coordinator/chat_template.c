@@ -243,3 +243,43 @@ fail:
     free(b.v);
     return -1;
 }
+
+int chat_encode_json(const tokenizer *t, const cJSON *msgs, const cJSON *tools, const char *preamble,
+                     int add_generation_prompt, int **ids, int *n_ids, char *err, size_t errlen) {
+    int n = cJSON_GetArraySize(msgs);
+    if (!cJSON_IsArray(msgs) || n == 0) {
+        snprintf(err, errlen, "field 'messages': must be a non-empty list of {role, content}");
+        return -1;
+    }
+    if (tools && !cJSON_IsNull(tools) && !cJSON_IsArray(tools)) {
+        snprintf(err, errlen, "field 'tools': must be a list");
+        return -1;
+    }
+    chat_message *m = calloc((size_t)n, sizeof *m);
+    if (!m) abort();
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        const cJSON *e = cJSON_GetArrayItem(msgs, i);
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(e, "role");
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(e, "content");
+        const cJSON *meta = cJSON_GetObjectItemCaseSensitive(e, "metadata");
+        const cJSON *mt = cJSON_GetObjectItemCaseSensitive(e, "tools");
+        const char *bad = !cJSON_IsObject(e) || !cJSON_IsString(role)               ? "role': missing or not a string"
+                          : content && !cJSON_IsString(content) && !cJSON_IsNull(content) ? "content': must be a string"
+                          : meta && !cJSON_IsString(meta) && !cJSON_IsNull(meta)        ? "metadata': must be a string"
+                          : mt && !cJSON_IsArray(mt) && !cJSON_IsNull(mt)               ? "tools': must be a list"
+                                                                                        : NULL;
+        if (bad) {
+            snprintf(err, errlen, "field 'messages[%d].%s", i, bad);
+            rc = -1;
+            break;
+        }
+        m[i] = (chat_message){role->valuestring, cJSON_IsString(content) ? content->valuestring : "",
+                              cJSON_IsString(meta) ? meta->valuestring : NULL, cJSON_IsArray(mt) ? mt : NULL};
+    }
+    if (rc == 0)
+        rc = chat_encode(t, m, n, cJSON_IsArray(tools) ? tools : NULL, preamble, add_generation_prompt, ids, n_ids,
+                         err, errlen);
+    free(m);
+    return rc;
+}

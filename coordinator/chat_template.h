@@ -33,6 +33,11 @@ char *chat_tool_preamble(const char *model_dir);
 int chat_encode(const tokenizer *t, const chat_message *msgs, int n, const cJSON *tools, const char *preamble,
                 int add_generation_prompt, int **ids /* OUT */, int *n_ids /* OUT */, char *err, size_t errlen);
 
+/* The same from JSON: msgs a list of {role, content, metadata?, tools?},
+ * tools NULL or a list. Malformed JSON gives -1 and "field 'messages[1].content': ...". */
+int chat_encode_json(const tokenizer *t, const cJSON *msgs, const cJSON *tools, const char *preamble,
+                     int add_generation_prompt, int **ids /* OUT */, int *n_ids /* OUT */, char *err, size_t errlen);
+
 /* JSON as Python's json.dumps(v, indent=4, ensure_ascii=False) writes it (the
  * template's tojson). Returns a malloc'ed string. */
 char *chat_json_indent4(const cJSON *v);

@@ -5,6 +5,9 @@
 
 #include "../worker/util.h"
 #include "engine.h"
+#ifdef GLMTP_HAVE_NCCL
+#include "../comm/comm_nccl.h"
+#endif
 
 void engine_error(const comm *c, const char *fmt, ...) {
     char msg[2048];
@@ -44,20 +47,102 @@ static void share_error(comm *c, int first, char *msg, size_t len) {
     free(bytes);
 }
 
-int engine_open(engine *e, comm *c, const char *dir, int kv_tokens, int block_size, int threads) {
+/* ---- backend factory: the only place that knows which backends exist ---- */
+
+/* This rank's backend, and for GPU ranks the communicator the model's
+ * all-reduces go through (*mc; the NCCL one is owned by e). Returns 0, or -1
+ * with err. Every rank has the same arguments, so argument errors are the same
+ * on every rank; device errors are agreed on by the caller. */
+static int open_backend(engine *e, comm *c, const char *device, const char *comm_kind, int threads, char *err,
+                        size_t errlen) {
+    if (comm_kind && strcmp(comm_kind, "mpi") != 0 && strcmp(comm_kind, "nccl") != 0) {
+        snprintf(err, errlen, "unknown --comm '%s' (mpi or nccl)", comm_kind);
+        return -1;
+    }
+    if (!device || strcmp(device, "cpu") == 0) {
+        if (comm_kind && strcmp(comm_kind, "nccl") == 0) {
+            snprintf(err, errlen, "--comm nccl needs --device cuda");
+            return -1;
+        }
+        e->kb = kernels_cpu_create(threads);
+        return 0;
+    }
+    if (strcmp(device, "cuda") != 0) {
+        snprintf(err, errlen, "unknown --device '%s' (cpu or cuda)", device);
+        return -1;
+    }
+#ifdef GLMTP_HAVE_CUDA
+    e->kb = kernels_cuda_create(c->local_rank, err, errlen);
+    return e->kb.iface ? 0 : -1;
+#else
+    (void)c, (void)threads;
+    snprintf(err, errlen, "--device cuda: this glmtp was built without CUDA (configure with -DGLMTP_CUDA=ON)");
+    return -1;
+#endif
+}
+
+/* Collective, after every rank has its backend. GPU ranks all-reduce device
+ * buffers: through NCCL on the backend's stream, or (--comm mpi, one rank, or
+ * no NCCL in this build) through MPI with host staging. */
+static int open_comm(engine *e, comm *c, const char *device, const char *comm_kind, comm **mc, char *err,
+                     size_t errlen) {
+    *mc = c;
+    if (!device || strcmp(device, "cuda") != 0) return 0;
+    int want_nccl = c->size > 1 && !(comm_kind && strcmp(comm_kind, "mpi") == 0);
+#ifdef GLMTP_HAVE_NCCL
+    if (want_nccl) {
+        e->nccl = comm_nccl_create(c, kernels_cuda_stream(e->kb), err, errlen);
+        if (!e->nccl) return -1;
+        *mc = e->nccl;
+        return 0;
+    }
+#else
+    if (want_nccl && comm_kind) { /* asked for by name: say why not */
+        snprintf(err, errlen, "--comm nccl: this glmtp was built without NCCL (-DGLMTP_NCCL=OFF)");
+        return -1;
+    }
+#endif
+    (void)want_nccl, (void)err, (void)errlen;
+    comm_set_device_copy(c, e->kb.iface->to_host, e->kb.iface->to_device, e->kb.ctx);
+    return 0;
+}
+
+/* Undoes open_comm and open_backend (the NCCL comm first: it uses the
+ * backend's stream; the MPI comm's staging hook before the backend behind it). */
+static void close_backend(engine *e) {
+#ifdef GLMTP_HAVE_NCCL
+    comm_nccl_destroy(e->nccl);
+#endif
+    e->nccl = NULL;
+    if (e->comm) comm_set_device_copy(e->comm, NULL, NULL, NULL);
+    if (e->kb.iface) e->kb.iface->destroy(e->kb.ctx);
+    e->kb.iface = NULL;
+}
+
+/* ---- end of the backend factory ---- */
+
+/* Agreement on a step that may fail on some ranks: 0 when every rank is fine,
+ * else 1 after every rank printed the first failing rank's message. */
+static int agree(comm *c, int rc, char *err, size_t errlen, const char *what) {
+    int first = comm_first_failed(c, rc != 0);
+    if (first >= 0) share_error(c, first, err, errlen);
+    if (rc)
+        engine_error(c, "%s", err);
+    else if (first >= 0)
+        engine_error(c, "stopping: rank %d failed to %s: %s", first, what, err);
+    return first >= 0;
+}
+
+int engine_open(engine *e, comm *c, const char *dir, int kv_tokens, int block_size, int threads,
+                const char *device, const char *comm_kind) {
     memset(e, 0, sizeof *e);
     e->comm = c;
-    e->kb = kernels_cpu_create(threads);
     char err[2048] = "";
-    int rc = model_load(&e->m, dir, e->kb, c, err, sizeof err);
-    int first = comm_first_failed(c, rc != 0);
-    if (first >= 0) share_error(c, first, err, sizeof err);
-    if (rc) {
-        engine_error(c, "%s", err);
-    } else if (first >= 0) {
-        engine_error(c, "stopping: rank %d failed to load the model: %s", first, err);
-    }
-    if (first >= 0) {
+    comm *mc = c;
+    if (agree(c, open_backend(e, c, device, comm_kind, threads, err, sizeof err), err, sizeof err,
+              "set up its device") ||
+        agree(c, open_comm(e, c, device, comm_kind, &mc, err, sizeof err), err, sizeof err, "set up its communicator") ||
+        agree(c, model_load(&e->m, dir, e->kb, mc, err, sizeof err), err, sizeof err, "load the model")) {
         engine_close(e);
         return 1;
     }
@@ -89,7 +174,7 @@ void engine_close(engine *e) {
     forward_free(e->fw);
     if (e->m) kv_free(e->m, e->kv);
     model_free(e->m);
-    if (e->kb.iface) e->kb.iface->destroy(e->kb.ctx);
+    close_backend(e);
     memset(e, 0, sizeof *e);
 }
 

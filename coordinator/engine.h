@@ -13,6 +13,7 @@
 
 typedef struct engine {
     comm *comm;
+    comm *nccl; /* GPU ranks' NCCL communicator (owned), NULL otherwise */
     kbackend kb;
     glm_model *m;
     kv_cache *kv;
@@ -21,8 +22,12 @@ typedef struct engine {
 } engine;
 
 /* Collective. KV capacity: n_tokens positions in blocks of block_size.
- * Returns 0, or 1 after every rank has printed why it stops. */
-int engine_open(engine *e, comm *c, const char *dir, int kv_tokens, int block_size, int threads);
+ * device: "cpu" (threads per rank, 0 = all cores) or "cuda" (GPU node-local
+ * rank modulo visible GPUs). comm_kind: NULL (default: NCCL for cuda with more
+ * than one rank), "nccl" or "mpi" (all-reduce through the host; lets ranks
+ * share a GPU). Returns 0, or 1 after every rank has printed why it stops. */
+int engine_open(engine *e, comm *c, const char *dir, int kv_tokens, int block_size, int threads,
+                const char *device, const char *comm_kind);
 void engine_close(engine *e);
 
 /* Rank 0 drives, the other ranks follow: rank 0 calls engine_step for each

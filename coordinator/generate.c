@@ -16,7 +16,7 @@
 #include "requests.h"
 
 typedef struct gen_cli {
-    const char *dir, *input, *output, *ids, *tok_path;
+    const char *dir, *input, *output, *ids, *tok_path, *device, *comm_kind;
     int threads, block_size, step_tokens, kv_tokens, ignore_eos;
     req_defaults d;
 } gen_cli;
@@ -38,6 +38,8 @@ static int parse_cli(comm *c, gen_cli *o, int argc, char **argv) {
     o->d.seed = (uint64_t)args_int(&a, "--seed", 0, 0, 2147483647L);
     o->ignore_eos = args_flag(&a, "--ignore-eos");
     o->threads = (int)args_int(&a, "--threads", 0, 0, 1024);
+    o->device = args_str(&a, "--device", "cpu");
+    o->comm_kind = args_str(&a, "--comm", NULL);
     o->block_size = (int)args_int(&a, "--block-size", 16, 1, 1 << 20);
     o->step_tokens = (int)args_int(&a, "--step-tokens", 512, 1, 1 << 24);
     o->kv_tokens = (int)args_int(&a, "--kv-tokens", 0, 1, 1 << 30);
@@ -168,7 +170,7 @@ int cmd_generate(comm *c, int argc, char **argv) {
     engine e = {0};
     if (comm_first_failed(c, failed) >= 0) goto done;
     c->iface->bcast(c->ctx, &kv_tokens, sizeof kv_tokens);
-    if (engine_open(&e, c, o.dir, kv_tokens, o.block_size, o.threads)) goto done;
+    if (engine_open(&e, c, o.dir, kv_tokens, o.block_size, o.threads, o.device, o.comm_kind)) goto done;
     if (c->rank != 0) {
         engine_follow(&e);
         rc = 0;

@@ -20,6 +20,8 @@ static void usage(FILE *f) {
             "  tokenize   --model DIR [--prefix] [--chat [--no-generation-prompt]] [--decode] < input\n"
             "  bench      decode --model DIR [--tokens N] [--context C]\n"
             "common: --threads N (per rank; default all cores), --block-size B (KV block, default 16),\n"
+            "        --device cpu|cuda (cuda: one GPU per node-local rank, bf16), --comm mpi|nccl (GPU all-reduce;\n"
+            "        default nccl with more than one rank, mpi lets ranks share a GPU),\n"
             "        GLMTP_COMM_TIMEOUT=seconds (collective timeout, default 600)\n");
 }
 

@@ -18,20 +18,7 @@
 #include "../worker/util.h"
 #include "args.h"
 #include "commands.h"
-
-/* Shapes from glm4-spec.md section 1 (the published config.json files). */
-typedef struct preset {
-    const char *name;
-    int layers, hidden, ffn, heads, head_dim, kv, vocab, seq_len;
-    double rope_ratio;
-} preset;
-
-static const preset presets[] = {
-    {"tiny", 2, 128, 300, 8, 16, 2, 151552, 4096, 500},
-    {"glm-4-9b", 40, 4096, 13696, 32, 128, 2, 151552, 8192, 1},
-    {"glm-4-9b-chat", 40, 4096, 13696, 32, 128, 2, 151552, 131072, 500},
-    {"glm-4-9b-chat-1m", 40, 4096, 13696, 32, 128, 4, 151552, 1048576, 10000},
-};
+#include "presets.h"
 
 /* The stop ids of the GLM-4 chat models, written when the vocabulary has them. */
 static const int glm4_eos[] = {151329, 151336, 151338};
@@ -315,14 +302,11 @@ int cmd_make_model(int argc, char **argv) {
         fprintf(stderr, "glmtp make-model: %s\n", a.err);
         goto done;
     }
-    const preset *pre = NULL;
-    for (size_t i = 0; i < sizeof presets / sizeof *presets; i++)
-        if (strcmp(presets[i].name, pname) == 0) pre = &presets[i];
+    const preset *pre = preset_find(pname);
     int hf = strcmp(layout, "hf") == 0;
     kdtype dt = strcmp(dtype, "f32") == 0 ? KDT_F32 : KDT_BF16;
     if (!pre) {
-        fprintf(stderr, "glmtp make-model: unknown preset '%s' (tiny, glm-4-9b, glm-4-9b-chat, glm-4-9b-chat-1m)\n",
-                pname);
+        fprintf(stderr, "glmtp make-model: unknown preset '%s' (%s)\n", pname, preset_names());
         goto done;
     }
     if (!hf && strcmp(layout, "chatglm") != 0) {

@@ -91,51 +91,11 @@ static void parse_stop(req_line *r, int line, const cJSON *o) {
 }
 
 static void parse_messages(const req_context *c, req_line *r, int line, const cJSON *o, const cJSON *msgs) {
-    int n = cJSON_GetArraySize(msgs);
-    if (!cJSON_IsArray(msgs) || n == 0) {
-        set_error(r, line, "field 'messages': must be a non-empty list of {role, content}");
-        return;
-    }
-    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(o, "tools");
-    if (tools && !cJSON_IsNull(tools) && !cJSON_IsArray(tools)) {
-        set_error(r, line, "field 'tools': must be a list");
-        return;
-    }
-    chat_message *m = calloc((size_t)n, sizeof *m);
-    if (!m) abort();
-    for (int i = 0; i < n; i++) {
-        const cJSON *e = cJSON_GetArrayItem(msgs, i);
-        const cJSON *role = cJSON_GetObjectItemCaseSensitive(e, "role");
-        const cJSON *content = cJSON_GetObjectItemCaseSensitive(e, "content");
-        const cJSON *meta = cJSON_GetObjectItemCaseSensitive(e, "metadata");
-        const cJSON *mt = cJSON_GetObjectItemCaseSensitive(e, "tools");
-        if (!cJSON_IsObject(e) || !cJSON_IsString(role)) {
-            set_error(r, line, "field 'messages[%d].role': missing or not a string", i);
-            break;
-        }
-        if (content && !cJSON_IsString(content) && !cJSON_IsNull(content)) {
-            set_error(r, line, "field 'messages[%d].content': must be a string", i);
-            break;
-        }
-        if (meta && !cJSON_IsString(meta) && !cJSON_IsNull(meta)) {
-            set_error(r, line, "field 'messages[%d].metadata': must be a string", i);
-            break;
-        }
-        if (mt && !cJSON_IsArray(mt) && !cJSON_IsNull(mt)) {
-            set_error(r, line, "field 'messages[%d].tools': must be a list", i);
-            break;
-        }
-        m[i] = (chat_message){role->valuestring, cJSON_IsString(content) ? content->valuestring : "",
-                              cJSON_IsString(meta) ? meta->valuestring : NULL, cJSON_IsArray(mt) ? mt : NULL};
-    }
-    if (!r->error) {
-        char err[1024] = "";
-        if (chat_encode(c->tok, m, n, cJSON_IsArray(tools) ? tools : NULL, c->preamble, 1, &r->g.prompt,
-                        &r->g.n_prompt, err, sizeof err))
-            set_error(r, line, "%s", err);
-        r->g.strip_leading = 1;
-    }
-    free(m);
+    char err[1024] = "";
+    if (chat_encode_json(c->tok, msgs, cJSON_GetObjectItemCaseSensitive(o, "tools"), c->preamble, 1, &r->g.prompt,
+                         &r->g.n_prompt, err, sizeof err))
+        set_error(r, line, "%s", err);
+    r->g.strip_leading = 1;
 }
 
 static void parse_ids(const req_context *c, req_line *r, int line, const cJSON *v) {

@@ -61,6 +61,7 @@ int cmd_score(comm *c, int argc, char **argv) {
     int top = (int)args_int(&a, "--top", 5, 0, 1000);
     int incremental = args_flag(&a, "--incremental");
     int threads = (int)args_int(&a, "--threads", 0, 0, 1024);
+    const char *device = args_str(&a, "--device", "cpu"), *comm_kind = args_str(&a, "--comm", NULL);
     int block_size = (int)args_int(&a, "--block-size", 16, 1, 1 << 20);
     int *ids = NULL, n = 0, rc = 1;
     engine e = {0};
@@ -75,7 +76,7 @@ int cmd_score(comm *c, int argc, char **argv) {
         engine_error(c, "score: %s", a.err);
         goto done;
     }
-    if (engine_open(&e, c, dir, n, block_size, threads)) goto done;
+    if (engine_open(&e, c, dir, n, block_size, threads, device, comm_kind)) goto done;
     const glm_config *cfg = &e.m->cfg;
     if (plan_check_ids(c, ids, n, cfg, "--ids")) goto done;
 

@@ -1,5 +1,6 @@
 /* tokenize_cmd.c: `glmtp tokenize`, the tokenizer on stdin/stdout.
  *   glmtp tokenize --model DIR [--tokenizer FILE] [--prefix]   text  -> [ids] (one JSON line)
+ *   glmtp tokenize --model DIR --chat [--no-generation-prompt]  [messages] or {"messages","tools"} -> [ids]
  *   glmtp tokenize --model DIR --decode                        [ids] -> text (exactly, no newline added)
  *   glmtp tokenize --model DIR --bench [--repeat N]            text  -> {"bytes":..,"mb_per_s":..} */
 #include <cjson/cJSON.h>
@@ -9,6 +10,7 @@
 #include <time.h>
 
 #include "args.h"
+#include "chat_template.h"
 #include "tokenizer.h"
 
 int cmd_tokenize(int argc, char **argv);
@@ -116,6 +118,27 @@ static int do_bench(const tokenizer *t, const char *in, size_t len, long repeat,
     return 0;
 }
 
+/* Chat messages (a JSON list, or an object with "messages" and "tools") to the
+ * ids the model is given. */
+static int do_chat(const tokenizer *t, const char *dir, const char *in, size_t len, int add_generation_prompt) {
+    cJSON *root = cJSON_ParseWithLength(in, len);
+    const cJSON *msgs = cJSON_IsArray(root) ? root : cJSON_GetObjectItemCaseSensitive(root, "messages");
+    const cJSON *tools = cJSON_IsObject(root) ? cJSON_GetObjectItemCaseSensitive(root, "tools") : NULL;
+    char *preamble = chat_tool_preamble(dir ? dir : ".");
+    char err[1024] = "";
+    int *ids = NULL, n = 0, rc = 1;
+    if (!root)
+        fprintf(stderr, "glmtp tokenize: stdin: not JSON\n");
+    else if (chat_encode_json(t, msgs, tools, preamble, add_generation_prompt, &ids, &n, err, sizeof err))
+        fprintf(stderr, "glmtp tokenize: stdin: %s\n", err);
+    else
+        rc = print_ids(NULL, 0, ids, n) ? 1 : 0;
+    free(ids);
+    free(preamble);
+    cJSON_Delete(root);
+    return rc;
+}
+
 int cmd_tokenize(int argc, char **argv) {
     args a;
     args_init(&a, argc, argv);
@@ -124,6 +147,8 @@ int cmd_tokenize(int argc, char **argv) {
     int prefix = args_flag(&a, "--prefix");
     int decode = args_flag(&a, "--decode");
     int bench = args_flag(&a, "--bench");
+    int chat = args_flag(&a, "--chat");
+    int no_gen = args_flag(&a, "--no-generation-prompt");
     long repeat = args_int(&a, "--repeat", 5, 1, 1000000);
     if (args_finish(&a)) {
         fprintf(stderr, "glmtp tokenize: %s\n", a.err);
@@ -135,8 +160,8 @@ int cmd_tokenize(int argc, char **argv) {
         fprintf(stderr, "glmtp tokenize: --model DIR (or --tokenizer FILE) is required\n");
         return 2;
     }
-    if (decode + bench > 1 || (prefix && decode)) {
-        fprintf(stderr, "glmtp tokenize: --decode, --bench and --prefix do not combine that way\n");
+    if (decode + bench + chat > 1 || (prefix && (decode || chat)) || (no_gen && !chat)) {
+        fprintf(stderr, "glmtp tokenize: --decode, --bench, --chat and --prefix do not combine that way\n");
         return 2;
     }
     char path[4096];
@@ -167,6 +192,8 @@ int cmd_tokenize(int argc, char **argv) {
         rc = do_decode(t, in);
     } else if (bench) {
         rc = do_bench(t, in, len, repeat, load_s);
+    } else if (chat) {
+        rc = do_chat(t, dir, in, len, !no_gen);
     } else {
         int *ids, n;
         int pre[2] = {tok_special_id(t, "[gMASK]"), tok_special_id(t, "<sop>")};

@@ -8,6 +8,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "tokenizer.h"
 
+#include <errno.h>
 #include <pcre2.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -34,7 +35,12 @@ static const char *const SPECIALS[] = {
  *   (PCRE2 10.42 has Unicode 14.0). Adding characters PCRE2 already knows is
  *   harmless, so a newer PCRE2 changes nothing.
  * tests/test_tokenizer.c checks every code point's class against tiktoken's
- * (golden "classes"), so a drift either way shows up there. */
+ * (golden "classes"), so a drift either way shows up there.
+ *
+ * The pattern backtracks at most linearly (\s*[\r\n]+ steps back through a
+ * whitespace run to its last newline), so PCRE2's match limits, which guard
+ * against exponential patterns, are lifted (see tok_load): with the default
+ * limit of 10 million steps, a run of ~10 million spaces would fail. */
 #define WS "\\t\\n\\x{0B}\\f\\r\\x{20}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
 #define L_NEW                                                                                                        \
     "\\x{1C89}-\\x{1C8A}\\x{A7CB}-\\x{A7CD}\\x{A7DA}-\\x{A7DC}\\x{105C0}-\\x{105F3}\\x{10D4A}-\\x{10D65}"              \
@@ -49,13 +55,13 @@ static const char *const SPECIALS[] = {
 #define CLS_L "\\p{L}" L_NEW
 #define CLS_N "\\p{N}" N_NEW
 static const char PATTERN[] =
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)"          /* contractions */
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)"             /* contractions */
     "|[^\\r\\n" CLS_L CLS_N "]?[" CLS_L "]+"    /* [^\r\n\p{L}\p{N}]?\p{L}+ */
-    "|[" CLS_N "]{1,3}"                         /* \p{N}{1,3} */
+    "|[" CLS_N "]{1,3}"                        /* \p{N}{1,3} */
     "| ?[^" WS CLS_L CLS_N "]+[\\r\\n]*"        /*  ?[^\s\p{L}\p{N}]+[\r\n]* */
-    "|[" WS "]*[\\r\\n]+"                   /* \s*[\r\n]+ */
-    "|[" WS "]+(?![^" WS "])"               /* \s+(?!\S) */
-    "|[" WS "]+";                           /* \s+ */
+    "|[" WS "]*[\\r\\n]+"                      /* \s*[\r\n]+ */
+    "|[" WS "]+(?![^" WS "])"                  /* \s+(?!\S) */
+    "|[" WS "]+";                              /* \s+ */
 #undef CLS_L
 #undef CLS_N
 
@@ -85,7 +91,8 @@ struct tokenizer {
     size_t max_len;      /* longest token (regular or special) */
     size_t special_len[N_SPECIAL];
     pcre2_code *re;
-    int jit; /* 1 when re is JIT-compiled */
+    pcre2_match_context *mctx; /* limits lifted; read-only, shared by all threads */
+    int jit;                   /* 1 when re is JIT-compiled */
 };
 
 static inline uint64_t mix64(uint64_t h) {
@@ -95,7 +102,8 @@ static inline uint64_t mix64(uint64_t h) {
     return h;
 }
 
-/* Hash of a short byte string; only needs to be consistent within a process. */
+/* Hash of a short byte string (8 bytes at a time, native byte order: it only
+ * needs to be consistent within a process). */
 static inline uint64_t hash_bytes(const unsigned char *p, size_t n) {
     uint64_t h = 0x9E3779B97F4A7C15ull ^ ((uint64_t)n * 0xff51afd7ed558ccdull);
     while (n >= 8) {
@@ -107,7 +115,7 @@ static inline uint64_t hash_bytes(const unsigned char *p, size_t n) {
         n -= 8;
     }
     uint64_t v = 0;
-    switch (n) { /* little-endian-agnostic: bytes go to fixed shifts */
+    switch (n) {
     case 7: v |= (uint64_t)p[6] << 48; /* fall through */
     case 6: v |= (uint64_t)p[5] << 40; /* fall through */
     case 5: v |= (uint64_t)p[4] << 32; /* fall through */
@@ -180,7 +188,7 @@ static long b64decode(const unsigned char *s, size_t n, unsigned char *out) {
     size_t o = 0;
     for (size_t i = 0; i < n; i += 4) {
         int v[4];
-        for (int k = 0; k < 4; k++) {
+        for (size_t k = 0; k < 4; k++) {
             if (i + k >= n - pad) v[k] = 0;
             else if ((v[k] = b64val(s[i + k])) < 0) return -1;
         }
@@ -200,7 +208,7 @@ static int is_space(unsigned char c) {
 static unsigned char *read_file(const char *path, size_t *len, char *err, size_t errlen) {
     FILE *f = fopen(path, "rb");
     if (!f) {
-        snprintf(err, errlen, "%s: cannot open tokenizer file", path);
+        snprintf(err, errlen, "%s: cannot open tokenizer file: %s", path, strerror(errno));
         return NULL;
     }
     size_t cap = 1 << 22, n = 0;
@@ -320,7 +328,7 @@ int tok_load(tokenizer **out, const char *path, char *err, size_t errlen) {
         snprintf(err, errlen, "%s: out of memory", path);
         goto err;
     }
-    /* Second pass only to report the line of a duplicate: line = id + 1. */
+    /* Every line holds one token, so token id's line is id + 1. */
     for (uint32_t id = 0; id < n; id++) {
         int dup = insert(t, id);
         if (dup >= 0) {
@@ -360,8 +368,18 @@ int tok_load(tokenizer **out, const char *path, char *err, size_t errlen) {
         goto err;
     }
     /* JIT is several times faster; without it (no JIT support on this
-     * platform) the interpreter gives the same matches. */
-    t->jit = pcre2_jit_compile(t->re, PCRE2_JIT_COMPLETE) == 0;
+     * platform, or GLMTP_TOK_NO_JIT=1 set to test that path) the interpreter
+     * gives the same matches. */
+    t->mctx = pcre2_match_context_create(NULL);
+    if (!t->mctx) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        goto err;
+    }
+    pcre2_set_match_limit(t->mctx, UINT32_MAX);
+    pcre2_set_depth_limit(t->mctx, UINT32_MAX);
+    pcre2_set_heap_limit(t->mctx, UINT32_MAX);
+    const char *nojit = getenv("GLMTP_TOK_NO_JIT");
+    t->jit = !(nojit && *nojit && strcmp(nojit, "0") != 0) && pcre2_jit_compile(t->re, PCRE2_JIT_COMPLETE) == 0;
     free(text);
     *out = t;
     return 0;
@@ -374,6 +392,7 @@ err:
 void tok_free(tokenizer *t) {
     if (!t) return;
     pcre2_code_free(t->re);
+    pcre2_match_context_free(t->mctx);
     free(t->blob);
     free(t->off);
     free(t->slots);
@@ -500,12 +519,12 @@ static int merge_large(const tokenizer *t, const unsigned char *p, size_t n, idv
     uint32_t *next_rank = malloc(n * sizeof(uint32_t));
     mcand *heap = malloc(3 * n * sizeof(mcand)); /* <= n-1 initial + 2 per merge */
     int rc = -1;
-    if (!end || !prev || !next_rank || !heap) goto done;
+    if (!end || !prev || !next_rank || !heap || n >= UINT32_MAX) goto done;
     size_t hn = 0;
     for (size_t i = 0; i < n; i++) {
         end[i] = (uint32_t)i + 1;
         prev[i] = i ? (uint32_t)i - 1 : UINT32_MAX;
-        next_rank[i] = i + 1 < n ? lookup(t, p + i, 2) : NO_RANK;
+        next_rank[i] = i + 1 < n ? t->pair_rank[p[i] << 8 | p[i + 1]] : NO_RANK;
         if (next_rank[i] != NO_RANK) heap_push(heap, &hn, (mcand){next_rank[i], (uint32_t)i});
     }
     while (hn) {
@@ -556,13 +575,28 @@ static int encode_piece(const tokenizer *t, const unsigned char *p, size_t n, id
  * regex engine error. */
 static int next_piece(const tokenizer *t, const unsigned char *s, size_t len, size_t pos, pcre2_match_data *md,
                       size_t *end /* OUT */) {
-    int rc = t->jit ? pcre2_jit_match(t->re, s, len, pos, 0, md, NULL) : pcre2_match(t->re, s, len, pos, 0, md, NULL);
+    PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+    int rc;
+    if (t->jit) {
+        rc = pcre2_jit_match(t->re, s, len, pos, 0, md, t->mctx);
+    } else {
+        /* The interpreter re-validates the UTF-8 from pos to the subject's
+         * end on every call (MATCH_INVALID_UTF ignores NO_UTF_CHECK), which
+         * is quadratic over a long text; so match in a window, and widen it
+         * when the result could depend on what lies past the window: no
+         * match, or a match ending within a character (4 bytes) of its end.
+         * The pattern looks ahead one character at most. */
+        for (size_t win = 256;; win *= 4) {
+            size_t wend = len - pos <= win ? len : pos + win;
+            rc = pcre2_match(t->re, s, wend, pos, 0, md, t->mctx);
+            if (wend == len || (rc >= 0 && ov[1] + 4 < wend) || (rc < 0 && rc != PCRE2_ERROR_NOMATCH)) break;
+        }
+    }
     if (rc == PCRE2_ERROR_NOMATCH) {
         *end = len;
         return 0;
     }
     if (rc < 0) return -1;
-    PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
     if (ov[0] < pos || ov[1] <= ov[0] || ov[1] > len) return -1; /* the pattern has no empty matches */
     *end = ov[0] > pos ? ov[0] : ov[1];
     return 0;

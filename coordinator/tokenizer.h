@@ -22,7 +22,9 @@
  *   decode to their text.
  *
  * A loaded tokenizer is read-only: any number of threads may encode/decode
- * with it at once. */
+ * with it at once. The regex runs under PCRE2's JIT when available; setting
+ * GLMTP_TOK_NO_JIT=1 before tok_load forces the (slower, same-result)
+ * interpreter, so tests can cover that path. */
 #ifndef GLMTP_TOKENIZER_H
 #define GLMTP_TOKENIZER_H
 

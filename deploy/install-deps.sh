@@ -9,6 +9,8 @@ pkgs=(build-essential cmake pkg-config git
       libprotobuf-c-dev protobuf-c-compiler  # control channel and step plan (proto/)
       libpcre2-dev                        # tokenizer pre-tokenizer regex
       libcjson-dev                        # config.json and safetensors headers
+      libopenblas-dev                     # bench: the plain-BLAS GEMM that prefill is compared with
+      gnuplot-nox                         # deploy/scaling.sh plots
       python3)
 
 missing=()

@@ -2,7 +2,7 @@
  *
  * A backend is {iface, ctx}: a table of function pointers plus its private state.
  * Implementations: kernels/cpu/ (fp32 activations, bf16/f32 weights, OpenMP) and
- * kernels/cuda/ (bf16 activations, cuBLASLt; later issue). No member may be NULL.
+ * kernels/cuda/ (bf16 activations, cuBLASLt). No member may be NULL.
  *
  * Memory: every "dev" pointer below lives in backend memory, got from alloc()
  * (host memory on CPU, GPU memory on CUDA). Activations are in the backend's
@@ -22,7 +22,8 @@
 #include "dtype.h"
 
 /* A weight matrix (or vector: rows = 1) in backend memory; dtype is the storage
- * type the backend chose (CPU keeps bf16 and f32 as given, widens f16 to f32). */
+ * type the backend chose (CPU keeps bf16 and f32 as given, widens f16 to f32;
+ * CUDA stores matrices bf16 and vectors f32). */
 typedef struct kweight {
     void *data;
     kdtype dtype;
@@ -96,7 +97,9 @@ typedef struct kernels_iface {
     void (*add)(void *ctx, void *x, const void *y, size_t n);
     /* out[i, :] = x[rows[i], :] for i < n; rows in host memory; width in elements. */
     void (*gather_rows)(void *ctx, void *out, const void *x, const int *rows, int n, int width);
-    /* out_ids[i] (host) = sample of logits[i, :V] (dev [n, V] fp32). */
+    /* out_ids[i] (host) = sample of logits[i, :V], [n, V] fp32 in backend memory,
+     * or in host memory: rank 0 samples the vocab-parallel logits after gathering
+     * them to the host (coordinator/gen.c), so backends must accept both. */
     void (*sample)(void *ctx, int *out_ids, const float *logits, int n, int V, const ksample_params *p);
     /* Waits for queued work (no-op on CPU). */
     void (*sync)(void *ctx);
@@ -109,7 +112,27 @@ typedef struct kbackend {
     void *ctx;
 } kbackend;
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* CPU backend; n_threads <= 0 uses all cores (OpenMP). Never fails. */
 kbackend kernels_cpu_create(int n_threads);
+
+#ifdef GLMTP_HAVE_CUDA
+/* CUDA backend (kernels/cuda/) on device `device` modulo the number of visible
+ * devices (callers pass the node-local rank, so ranks spread over a node's GPUs
+ * and several ranks may share one). bf16 activations and KV cache, fp32 logits;
+ * matrices stored bf16, vectors (rows = 1: norms, biases) fp32. Returns
+ * {NULL, NULL} with the reason in err when there is no usable device. */
+kbackend kernels_cuda_create(int device, char *err, size_t errlen);
+/* The cudaStream_t every op of a CUDA backend is queued on (for NCCL); NULL
+ * for any other backend. */
+void *kernels_cuda_stream(kbackend kb);
+#endif
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -591,7 +591,8 @@ int main(int argc, char **argv) {
         printf("%d passed, %d failed\n", n_pass, n_fail);
         return 1;
     }
-    check(1, "load %s", argv[1]);
+    const char *nojit = getenv("GLMTP_TOK_NO_JIT");
+    check(1, "load %s (regex: %s)", argv[1], nojit && *nojit && strcmp(nojit, "0") ? "PCRE2 interpreter, GLMTP_TOK_NO_JIT set" : "PCRE2 JIT if available");
     size_t glen;
     char *gtext = read_text(argv[2], &glen);
     cJSON *g = gtext ? cJSON_ParseWithLength(gtext, glen) : NULL;

@@ -1,0 +1,205 @@
+/* Causal GQA attention over the paged bf16 KV cache, prefill and decode in one
+ * kernel (kernels.h: token t of sequence seq[t] attends to positions
+ * 0..pos[t] through its block table; local q head h uses KV head h / q_per_kv).
+ *
+ * One block of ATT_WARPS warps per (q head, token, split). A warp takes one key
+ * position at a time: each lane holds EPL = d/32 (rounded up to 1, 2, 4, 8) of
+ * the d dims of q, the key and the value, the dot product is a warp sum, and the
+ * softmax is online (running max m, sum l, unnormalised output acc, all fp32).
+ * The block's warps then merge their (m, l, acc) through shared memory.
+ *
+ * Long contexts with few (token, head) pairs (decode) are split along the
+ * sequence (flash-decoding): each split writes its (m, l, acc) to scratch and
+ * attention_combine merges them, so a single decode token still fills the GPU.
+ * out [T, n_q * d] bf16; q [T, ld_q] bf16 (head h at column h * d). */
+#include <math.h>
+#include <string.h>
+
+#include "cuda_common.cuh"
+
+#define ATT_WARPS 4
+#define MIN_SPLIT_POS 64 /* fewer positions per split than this costs more to merge than it saves */
+#define MAX_SPLITS 256
+
+typedef struct attn_args {
+    bf16 *out;
+    float *part_o;  /* [T, n_q, n_split, d] unnormalised outputs, when n_split > 1 */
+    float *part_ml; /* [T, n_q, n_split, 2] running max and sum */
+    const bf16 *q;
+    const bf16 *kc, *vc;
+    const int32_t *pos, *seq, *tables;
+    int ld_q, max_blocks, block_size, n_kv, q_per_kv, d, split_len, n_split;
+    float scale;
+} attn_args;
+
+/* EPL consecutive dims of one cache row into fp32; a 4/8/16-byte load when the
+ * row is exactly 32 * EPL wide (then every lane's slice is aligned, as cache
+ * rows start at multiples of d elements of a cudaMalloc'ed buffer). */
+template <int EPL>
+static __device__ __forceinline__ void load_row(float *dst, const bf16 *row, int lane, int d) {
+    const bf16 *src = row + lane * EPL;
+    if constexpr (EPL >= 2) {
+        if (d == 32 * EPL) {
+            unsigned u[EPL / 2];
+            if constexpr (EPL == 8) {
+                uint4 v = *(const uint4 *)src;
+                u[0] = v.x, u[1] = v.y, u[2] = v.z, u[3] = v.w;
+            } else if constexpr (EPL == 4) {
+                uint2 v = *(const uint2 *)src;
+                u[0] = v.x, u[1] = v.y;
+            } else {
+                u[0] = *(const unsigned *)src;
+            }
+#pragma unroll
+            for (int e = 0; e < EPL; e += 2) { /* little-endian: the lower address is the low half */
+                dst[e] = __uint_as_float(u[e / 2] << 16);
+                dst[e + 1] = __uint_as_float(u[e / 2] & 0xffff0000u);
+            }
+            return;
+        }
+    }
+#pragma unroll
+    for (int e = 0; e < EPL; e++) dst[e] = lane * EPL + e < d ? bf2f(src[e]) : 0.0f;
+}
+
+template <int EPL>
+static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_kernel(attn_args a) {
+    __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
+    __shared__ float sm_acc[ATT_WARPS][32 * EPL];
+    int h = blockIdx.x, t = blockIdx.y, sp = blockIdx.z, n_q = gridDim.x;
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, d = a.d;
+    int g = h / a.q_per_kv, s = a.seq[t], np = a.pos[t] + 1;
+    int p0 = sp * a.split_len, p1 = min(np, p0 + a.split_len);
+
+    float qr[EPL], acc[EPL], kf[EPL], vf[EPL];
+    const bf16 *qv = a.q + (size_t)t * a.ld_q + (size_t)h * d;
+#pragma unroll
+    for (int e = 0; e < EPL; e++) {
+        int i = lane * EPL + e;
+        qr[e] = i < d ? bf2f(qv[i]) : 0.0f; /* q rows need not be aligned: plain loads */
+        acc[e] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    const int32_t *table = a.tables + (size_t)s * a.max_blocks;
+    for (int p = p0 + w; p < p1; p += ATT_WARPS) {
+        int blk = table[p / a.block_size];
+        size_t row = (((size_t)blk * a.block_size + p % a.block_size) * a.n_kv + g) * d;
+        load_row<EPL>(kf, a.kc + row, lane, d);
+        load_row<EPL>(vf, a.vc + row, lane, d);
+        float dot = 0.0f;
+#pragma unroll
+        for (int e = 0; e < EPL; e++) dot += qr[e] * kf[e];
+        float sc = warp_sum(dot) * a.scale;
+        float m_new = fmaxf(m, sc);
+        float corr = expf(m - m_new), pw = expf(sc - m_new); /* expf(-inf) = 0 on the first key */
+        l = l * corr + pw;
+#pragma unroll
+        for (int e = 0; e < EPL; e++) acc[e] = acc[e] * corr + pw * vf[e];
+        m = m_new;
+    }
+
+    /* Merge the warps: weights exp(m_w - M); a warp that saw no key has l = 0. */
+    if (lane == 0) sm_m[w] = m, sm_l[w] = l;
+#pragma unroll
+    for (int e = 0; e < EPL; e++) sm_acc[w][lane * EPL + e] = acc[e];
+    __syncthreads();
+    float M = -INFINITY;
+    for (int i = 0; i < ATT_WARPS; i++) M = fmaxf(M, sm_m[i]);
+    float L = 0.0f, f[ATT_WARPS];
+    for (int i = 0; i < ATT_WARPS; i++) {
+        f[i] = sm_l[i] > 0.0f ? expf(sm_m[i] - M) : 0.0f;
+        L += sm_l[i] * f[i];
+    }
+    size_t th = (size_t)t * n_q + h;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+        float o = 0.0f;
+        for (int k = 0; k < ATT_WARPS; k++) o += sm_acc[k][i] * f[k];
+        if (a.n_split == 1)
+            a.out[th * d + i] = f2bf(o / L); /* L > 0: position 0 is always in split 0 */
+        else
+            a.part_o[(th * a.n_split + sp) * d + i] = o;
+    }
+    if (a.n_split > 1 && threadIdx.x == 0) {
+        a.part_ml[(th * a.n_split + sp) * 2] = M;
+        a.part_ml[(th * a.n_split + sp) * 2 + 1] = L;
+    }
+}
+
+/* One block per (head, token): merges the splits' partial results. */
+static __global__ void attention_combine_kernel(bf16 *out, const float *part_o, const float *part_ml, int n_split,
+                                                int d) {
+    int h = blockIdx.x, t = blockIdx.y, n_q = gridDim.x;
+    size_t th = (size_t)t * n_q + h;
+    const float *ml = part_ml + th * n_split * 2;
+    float M = -INFINITY, L = 0.0f;
+    for (int s = 0; s < n_split; s++)
+        if (ml[2 * s + 1] > 0.0f) M = fmaxf(M, ml[2 * s]);
+    for (int s = 0; s < n_split; s++)
+        if (ml[2 * s + 1] > 0.0f) L += ml[2 * s + 1] * expf(ml[2 * s] - M);
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+        float o = 0.0f;
+        for (int s = 0; s < n_split; s++)
+            if (ml[2 * s + 1] > 0.0f) o += part_o[(th * n_split + s) * d + i] * expf(ml[2 * s] - M);
+        out[th * d + i] = f2bf(o / L);
+    }
+}
+
+// kernel launchers
+
+template <int EPL>
+static void attention_launch(cudaStream_t s, dim3 grid, const attn_args &a) {
+    attention_kernel<EPL><<<grid, ATT_WARPS * 32, 0, s>>>(a);
+    CUDA_CHECK_LAUNCH();
+}
+
+static void attention_cuda(cuda_ctx *c, bf16 *out, const bf16 *q, int ld_q, const bf16 *kc, const bf16 *vc,
+                           const kattn_batch *b, int n_q, int n_kv, int q_per_kv, int d, float scale) {
+    int T = b->n_tokens;
+    if (T <= 0 || n_q <= 0) return;
+    if (d > 256 || T > 65535) {
+        fprintf(stderr, "glmtp: rank %s: cuda attention: head dim %d (max 256) or %d tokens in a step (max 65535)\n",
+                glmtp_check_rank(), d, T);
+        abort();
+    }
+    /* Split the sequence only when the (head, token) blocks cannot fill the GPU:
+     * aim at ~8 blocks of ATT_WARPS warps per SM. */
+    int n_pos = b->max_pos + 1, blocks = T * n_q, n_split = 1, target = 8 * c->sm_count;
+    if (blocks < target && n_pos > MIN_SPLIT_POS) {
+        n_split = CEIL_DIV(target, blocks);
+        if (n_split > CEIL_DIV(n_pos, MIN_SPLIT_POS)) n_split = CEIL_DIV(n_pos, MIN_SPLIT_POS);
+        if (n_split > MAX_SPLITS) n_split = MAX_SPLITS;
+    }
+    attn_args a;
+    memset(&a, 0, sizeof a);
+    a.out = out, a.q = q, a.kc = kc, a.vc = vc;
+    a.pos = b->pos, a.seq = b->seq, a.tables = b->block_tables;
+    a.ld_q = ld_q, a.max_blocks = b->max_blocks, a.block_size = b->block_size;
+    a.n_kv = n_kv, a.q_per_kv = q_per_kv, a.d = d, a.scale = scale;
+    a.n_split = n_split, a.split_len = CEIL_DIV(n_pos, n_split);
+    if (n_split > 1) {
+        size_t n_part = (size_t)T * n_q * n_split;
+        float *part = (float *)cuda_scratch(c, &c->attn_part, n_part * ((size_t)d + 2) * sizeof(float));
+        a.part_o = part;
+        a.part_ml = part + n_part * d;
+    }
+    dim3 grid((unsigned)n_q, (unsigned)T, (unsigned)n_split);
+    if (d <= 32)
+        attention_launch<1>(c->stream, grid, a);
+    else if (d <= 64)
+        attention_launch<2>(c->stream, grid, a);
+    else if (d <= 128)
+        attention_launch<4>(c->stream, grid, a);
+    else
+        attention_launch<8>(c->stream, grid, a);
+    if (n_split > 1) {
+        attention_combine_kernel<<<dim3((unsigned)n_q, (unsigned)T), 128, 0, c->stream>>>(out, a.part_o, a.part_ml,
+                                                                                        n_split, d);
+        CUDA_CHECK_LAUNCH();
+    }
+}
+
+void cuda_op_attention(void *ctx, void *out, const void *q, int ld_q, const void *kcache, const void *vcache,
+                       const kattn_batch *b, int n_q, int n_kv, int q_per_kv, int d, float scale) {
+    attention_cuda((cuda_ctx *)ctx, (bf16 *)out, (const bf16 *)q, ld_q, (const bf16 *)kcache, (const bf16 *)vcache, b,
+                   n_q, n_kv, q_per_kv, d, scale);
+}

@@ -1,0 +1,222 @@
+/* CUDA backend: context, memory, weight upload and the kernels_iface table.
+ * The ops live one per file beside this one (see cuda_backend.h).
+ *
+ * Memory: alloc is cudaMalloc + zero fill; to_device/to_host are copies on the
+ * backend's stream followed by a wait for it, so they are synchronous and
+ * ordered after every queued kernel (the stream is non-blocking: copies on the
+ * legacy default stream would not be). Frees wait for the stream too.
+ *
+ * Weights: matrices are stored bf16 (f32 and f16 host data rounded to nearest
+ * even on the host during upload); vectors (rows = 1: RMSNorm weights, the QKV
+ * bias) are stored fp32, which is exact for bf16 checkpoints and keeps f32 ones
+ * exact, and costs nothing next to the matrices. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_common.cuh"
+
+#define LT_WORKSPACE_BYTES ((size_t)32 << 20) /* cuBLASLt's recommendation for Hopper */
+#define UPLOAD_CHUNK ((size_t)16 << 20)       /* elements converted per host staging chunk */
+
+void *cuda_scratch(cuda_ctx *c, cuda_buf *b, size_t bytes) {
+    if (bytes <= b->bytes && b->p) return b->p;
+    size_t n = bytes > 2 * b->bytes ? bytes : 2 * b->bytes;
+    if (n < 256) n = 256;
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    CUDA_CHECK(cudaFree(b->p));
+    b->p = NULL;
+    b->bytes = 0;
+    CUDA_CHECK(cudaMalloc(&b->p, n));
+    b->bytes = n;
+    return b->p;
+}
+
+void cuda_buf_free(cuda_ctx *c, cuda_buf *b) {
+    (void)c;
+    if (b->p) CUDA_CHECK(cudaFree(b->p));
+    b->p = NULL;
+    b->bytes = 0;
+}
+
+static void *cuda_alloc(void *ctx, size_t bytes) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    void *p = NULL;
+    size_t n = bytes ? bytes : 1; /* callers may ask for empty buffers; they still get a unique pointer */
+    cudaError_t e = cudaMalloc(&p, n);
+    if (e != cudaSuccess) {
+        size_t free_b = 0, total_b = 0;
+        (void)cudaGetLastError(); /* clear the non-sticky allocation error */
+        (void)cudaMemGetInfo(&free_b, &total_b);
+        fprintf(stderr, "glmtp: rank %s: device %d: out of GPU memory allocating %zu bytes (%s; %zu of %zu bytes free)\n",
+                glmtp_check_rank(), c->device, bytes, cudaGetErrorString(e), free_b, total_b);
+        abort();
+    }
+    CUDA_CHECK(cudaMemsetAsync(p, 0, n, c->stream));
+    return p;
+}
+
+static void cuda_free(void *ctx, void *p) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (!p) return;
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    CUDA_CHECK(cudaFree(p));
+}
+
+static void cuda_to_device(void *ctx, void *dst, const void *src, size_t bytes) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (!bytes) return;
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+}
+
+static void cuda_to_host(void *ctx, void *dst, const void *src, size_t bytes) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (!bytes) return;
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+}
+
+static float host_elem(const void *src, kdtype dt, size_t i) {
+    switch (dt) {
+    case KDT_BF16: return bf16_to_f32(((const uint16_t *)src)[i]);
+    case KDT_F16: return f16_to_f32(((const uint16_t *)src)[i]);
+    default: return ((const float *)src)[i];
+    }
+}
+
+/* Converts host data to the storage type in chunks through one staging buffer
+ * (a whole f32 embedding converted at once would double host memory). */
+static void upload_converted(cuda_ctx *c, void *dst, const void *src, kdtype dt, size_t n, kdtype to) {
+    size_t es = kdtype_size(to), chunk = n < UPLOAD_CHUNK ? n : UPLOAD_CHUNK;
+    void *tmp = malloc(chunk * es);
+    if (!tmp) {
+        fprintf(stderr, "glmtp: cuda backend: out of host memory staging a weight upload\n");
+        abort();
+    }
+    for (size_t i0 = 0; i0 < n; i0 += chunk) {
+        size_t m = n - i0 < chunk ? n - i0 : chunk;
+        if (to == KDT_F32)
+            for (size_t i = 0; i < m; i++) ((float *)tmp)[i] = host_elem(src, dt, i0 + i);
+        else
+            for (size_t i = 0; i < m; i++) ((uint16_t *)tmp)[i] = f32_to_bf16(host_elem(src, dt, i0 + i));
+        cuda_to_device(c, (char *)dst + i0 * es, tmp, m * es);
+    }
+    free(tmp);
+}
+
+static void cuda_weight_upload(void *ctx, kweight *w, const void *host, kdtype dt, int rows, int cols) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    size_t n = (size_t)rows * cols;
+    kdtype to = rows == 1 ? KDT_F32 : KDT_BF16;
+    w->rows = rows;
+    w->cols = cols;
+    w->dtype = to;
+    w->data = cuda_alloc(c, n * kdtype_size(to));
+    if (dt == to)
+        cuda_to_device(c, w->data, host, n * kdtype_size(to));
+    else
+        upload_converted(c, w->data, host, dt, n, to);
+}
+
+static void cuda_weight_free(void *ctx, kweight *w) {
+    if (!w) return;
+    cuda_free(ctx, w->data);
+    w->data = NULL;
+}
+
+static void cuda_sync(void *ctx) { CUDA_CHECK(cudaStreamSynchronize(((cuda_ctx *)ctx)->stream)); }
+
+static void cuda_destroy(void *ctx) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (!c) return;
+    CUDA_CHECK(cudaSetDevice(c->device)); /* another thread may have left a different device current */
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    cuda_matmul_release(c);
+    cuda_buf *bufs[] = {&c->gemm_f32, &c->attn_part, &c->rows, &c->gather_tmp, &c->argmax, &c->rope_inv};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) cuda_buf_free(c, bufs[i]);
+    if (c->lt_workspace) CUDA_CHECK(cudaFree(c->lt_workspace));
+    if (c->lt) CUBLAS_CHECK(cublasLtDestroy(c->lt));
+    CUDA_CHECK(cudaStreamDestroy(c->stream));
+    free(c->host_row);
+    free(c);
+}
+
+static const kernels_iface cuda_iface = {
+    /* .name          = */ "cuda",
+    /* .act_bytes     = */ 2,
+    /* .alloc         = */ cuda_alloc,
+    /* .free          = */ cuda_free,
+    /* .to_device     = */ cuda_to_device,
+    /* .to_host       = */ cuda_to_host,
+    /* .weight_upload = */ cuda_weight_upload,
+    /* .weight_free   = */ cuda_weight_free,
+    /* .embedding     = */ cuda_op_embedding,
+    /* .rmsnorm       = */ cuda_op_rmsnorm,
+    /* .matmul        = */ cuda_op_matmul,
+    /* .matmul_f32    = */ cuda_op_matmul_f32,
+    /* .rope          = */ cuda_op_rope,
+    /* .kv_store      = */ cuda_op_kv_store,
+    /* .attention     = */ cuda_op_attention,
+    /* .swiglu        = */ cuda_op_swiglu,
+    /* .add           = */ cuda_op_add,
+    /* .gather_rows   = */ cuda_op_gather_rows,
+    /* .sample        = */ cuda_op_sample,
+    /* .sync          = */ cuda_sync,
+    /* .destroy       = */ cuda_destroy,
+};
+
+/* Failures a user can cause (no device, wrong device, old GPU) come back in
+ * err; anything after the device is chosen is a broken invariant and aborts. */
+kbackend kernels_cuda_create(int device, char *err, size_t errlen) {
+    kbackend none = {NULL, NULL};
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+        snprintf(err, errlen, "no CUDA device: %s", e != cudaSuccess ? cudaGetErrorString(e) : "none visible");
+        (void)cudaGetLastError();
+        return none;
+    }
+    int dev = (device < 0 ? 0 : device) % n;
+    int major = 0, minor = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+    if (major < 8) {
+        snprintf(err, errlen, "CUDA device %d has compute capability %d.%d; the CUDA backend needs 8.0 or newer (bf16)",
+                 dev, major, minor);
+        return none;
+    }
+    e = cudaSetDevice(dev);
+    if (e != cudaSuccess) {
+        snprintf(err, errlen, "cannot use CUDA device %d: %s", dev, cudaGetErrorString(e));
+        return none;
+    }
+    cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
+    if (!c) {
+        snprintf(err, errlen, "out of host memory");
+        return none;
+    }
+    c->device = dev;
+    CUDA_CHECK(cudaDeviceGetAttribute(&c->sm_count, cudaDevAttrMultiProcessorCount, dev));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+    CUBLAS_CHECK(cublasLtCreate(&c->lt));
+    c->lt_workspace_bytes = LT_WORKSPACE_BYTES;
+    CUDA_CHECK(cudaMalloc(&c->lt_workspace, c->lt_workspace_bytes));
+    c->rope_rot = -1;
+
+    char name[256] = "?";
+    cudaDeviceProp prop;
+    if (cudaGetDeviceProperties(&prop, dev) == cudaSuccess) snprintf(name, sizeof name, "%s", prop.name);
+    size_t free_b = 0, total_b = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    fprintf(stderr, "glmtp: rank %s: cuda backend on device %d of %d: %s, compute %d.%d, %d SMs, %.1f of %.1f GiB free\n",
+            glmtp_check_rank(), dev, n, name, major, minor, c->sm_count, free_b / 1073741824.0,
+            total_b / 1073741824.0);
+    kbackend b = {&cuda_iface, c};
+    return b;
+}
+
+void *kernels_cuda_stream(kbackend kb) {
+    if (kb.iface != &cuda_iface) return NULL;
+    return (void *)((cuda_ctx *)kb.ctx)->stream;
+}

@@ -1,0 +1,62 @@
+/* cuda_common.cuh: device helpers shared by the op files (bf16 conversion,
+ * weight element access, warp and block reductions) and the launch helpers.
+ * Only small inline functions live here; every op's kernels stay in its file. */
+#ifndef GLMTP_CUDA_COMMON_CUH
+#define GLMTP_CUDA_COMMON_CUH
+
+#include <cuda_bf16.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "cuda_backend.h"
+
+typedef __nv_bfloat16 bf16;
+
+#define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
+
+/* Grid size for grid-stride loops over n elements: enough blocks to fill the
+ * device a few times over, never more than the work needs. */
+static inline unsigned grid_for(const cuda_ctx *c, size_t n, int threads) {
+    size_t want = (n + (size_t)threads - 1) / (size_t)threads, cap = (size_t)c->sm_count * 32;
+    if (want > cap) want = cap;
+    return (unsigned)(want > 0 ? want : 1);
+}
+
+static __device__ __forceinline__ float bf2f(bf16 v) { return __bfloat162float(v); }
+static __device__ __forceinline__ bf16 f2bf(float v) { return __float2bfloat16(v); } /* round to nearest even */
+
+/* Element i of a weight as fp32: matrices are stored bf16, vectors fp32 (see
+ * weight_upload in cuda_backend.cu), and the small ops accept either. */
+static __device__ __forceinline__ float wload(const void *p, int dtype, size_t i) {
+    return dtype == KDT_F32 ? ((const float *)p)[i] : bf2f(((const bf16 *)p)[i]);
+}
+
+static __device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+static __device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread
+ * gets the result. Safe to call more than once per kernel. */
+static __device__ __forceinline__ float block_sum(float v) {
+    __shared__ float part[32];
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads(); /* a previous call may still be reading part[] */
+    if (lane == 0) part[w] = v;
+    __syncthreads();
+    if (w == 0) {
+        v = lane < nw ? part[lane] : 0.0f;
+        v = warp_sum(v);
+        if (lane == 0) part[0] = v;
+    }
+    __syncthreads();
+    return part[0];
+}
+
+#endif

@@ -1,0 +1,210 @@
+/* GEMM: out [T, N] = x [T, K] W^T (+ bias [N]), W [N, K] (kernels.h). x bf16;
+ * out bf16 (matmul) or fp32 (matmul_f32, the LM head); fp32 accumulation.
+ *
+ * bf16 weights go through cuBLASLt. Row-major out = x W^T is, in cuBLASLt's
+ * column-major terms, D [N x T] = op(A) B with A = W seen as K x N (ld K,
+ * transposed) and B = x seen as K x T (ld K). Descriptors and the heuristic's
+ * algorithm are cached per (N, K, T, output type, pointer alignments): the
+ * heuristic costs tens of microseconds, a decode step runs ~160 GEMMs.
+ *
+ * With a bias the GEMM writes fp32 into scratch and a small kernel adds the
+ * bias and rounds once, so out = bf16(x W^T + b) as on the CPU (a bf16 GEMM
+ * output plus bias would round twice).
+ *
+ * fp32 weights (only vectors are stored fp32: a [1, K] weight, e.g. a one-row
+ * vocab shard) and shapes cuBLASLt has no algorithm for take a simple kernel:
+ * one warp per output element. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_common.cuh"
+
+#define PLAN_SLOTS 128
+
+struct lt_plan {
+    int used, fallback;
+    int N, K, T;
+    cudaDataType_t otype;
+    unsigned align_w, align_x, align_o;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t lw, lx, lo;
+    cublasLtMatmulAlgo_t algo;
+};
+
+/* ------------------------------------------------------------------ kernels */
+
+template <typename OutT>
+static __device__ __forceinline__ OutT to_out(float v);
+template <>
+__device__ __forceinline__ float to_out<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ bf16 to_out<bf16>(float v) { return f2bf(v); }
+
+/* One warp per output element (t, n): lanes stride over K, then a warp sum. */
+template <typename OutT>
+static __global__ void matmul_warp_kernel(OutT *out, const bf16 *x, const void *W, int wdtype, const void *bias,
+                                          int bdtype, int T, int N, int K) {
+    size_t n_out = (size_t)T * N, warps = (size_t)gridDim.x * blockDim.x / 32;
+    int lane = threadIdx.x & 31;
+    for (size_t o = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32; o < n_out; o += warps) {
+        size_t t = o / N, n = o % N;
+        const bf16 *xr = x + t * K;
+        float s = 0.0f;
+        for (int k = lane; k < K; k += 32) s += bf2f(xr[k]) * wload(W, wdtype, n * K + k);
+        s = warp_sum(s);
+        if (lane == 0) {
+            if (bias) s += wload(bias, bdtype, n);
+            out[o] = to_out<OutT>(s);
+        }
+    }
+}
+
+static __global__ void bias_round_kernel(bf16 *out, const float *acc, const void *bias, int bdtype, size_t n, int N) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = f2bf(acc[i] + wload(bias, bdtype, i % N));
+}
+
+/* --------------------------------------------------------- cuBLASLt plans */
+
+static unsigned align_of(const void *p) {
+    unsigned a = 256;
+    while (a > 1 && ((uintptr_t)p % a) != 0) a >>= 1;
+    return a;
+}
+
+static void plan_destroy(lt_plan *p) {
+    if (!p->used) return;
+    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(p->lw));
+    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(p->lx));
+    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(p->lo));
+    CUBLAS_CHECK(cublasLtMatmulDescDestroy(p->op));
+    memset(p, 0, sizeof *p);
+}
+
+void cuda_matmul_release(cuda_ctx *c) {
+    if (!c->plans) return;
+    for (int i = 0; i < PLAN_SLOTS; i++) plan_destroy(&c->plans[i]);
+    free(c->plans);
+    c->plans = NULL;
+}
+
+static void set_pref_u32(cublasLtMatmulPreference_t pref, cublasLtMatmulPreferenceAttributes_t a, uint32_t v) {
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, a, &v, sizeof v));
+}
+
+static void plan_init(cuda_ctx *c, lt_plan *p) {
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lw, CUDA_R_16BF, (uint64_t)p->K, (uint64_t)p->N, (int64_t)p->K));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lx, CUDA_R_16BF, (uint64_t)p->K, (uint64_t)p->T, (int64_t)p->K));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lo, p->otype, (uint64_t)p->N, (uint64_t)p->T, (int64_t)p->N));
+
+    /* Split-K partial sums in fp32 first: the in-place and output-type schemes
+     * accumulate in the output type, which for bf16 output breaks the fp32
+     * accumulation contract. Only if that leaves no algorithm, any scheme (still
+     * deterministic: in-place reduction is serialised by counters); only if
+     * there is still none, the warp kernel. */
+    uint32_t masks[2] = {p->otype == CUDA_R_32F ? (uint32_t)CUBLASLT_REDUCTION_SCHEME_MASK
+                                                 : (uint32_t)CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE,
+                         (uint32_t)CUBLASLT_REDUCTION_SCHEME_MASK};
+    p->fallback = 1;
+    for (int attempt = 0; attempt < 2 && p->fallback; attempt++) {
+        cublasLtMatmulPreference_t pref;
+        CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+        uint64_t ws = c->lt_workspace_bytes;
+        CUBLAS_CHECK(
+            cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+        set_pref_u32(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, masks[attempt]);
+        set_pref_u32(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, p->align_w);
+        set_pref_u32(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, p->align_x);
+        set_pref_u32(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, p->align_o);
+        set_pref_u32(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, p->align_o);
+        cublasLtMatmulHeuristicResult_t res;
+        memset(&res, 0, sizeof res);
+        int n_res = 0;
+        cublasStatus_t st =
+            cublasLtMatmulAlgoGetHeuristic(c->lt, p->op, p->lw, p->lx, p->lo, p->lo, pref, 1, &res, &n_res);
+        CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+        if (st == CUBLAS_STATUS_SUCCESS && n_res > 0 && res.state == CUBLAS_STATUS_SUCCESS) {
+            p->algo = res.algo;
+            p->fallback = 0;
+        } else if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED) {
+            CUBLAS_CHECK(st); /* a real error, not "no algorithm for this shape" */
+        }
+    }
+}
+
+static lt_plan *plan_get(cuda_ctx *c, int N, int K, int T, cudaDataType_t otype, const void *W, const void *x,
+                         const void *out) {
+    unsigned aw = align_of(W), ax = align_of(x), ao = align_of(out);
+    if (!c->plans) {
+        c->plans = (lt_plan *)calloc(PLAN_SLOTS, sizeof(lt_plan));
+        if (!c->plans) abort();
+        c->n_plans = PLAN_SLOTS;
+    }
+    for (int i = 0; i < PLAN_SLOTS; i++) {
+        lt_plan *p = &c->plans[i];
+        if (p->used && p->N == N && p->K == K && p->T == T && p->otype == otype && p->align_w == aw &&
+            p->align_x == ax && p->align_o == ao)
+            return p;
+    }
+    lt_plan *p = &c->plans[c->next_plan]; /* round-robin eviction */
+    c->next_plan = (c->next_plan + 1) % PLAN_SLOTS;
+    plan_destroy(p);
+    p->N = N, p->K = K, p->T = T, p->otype = otype;
+    p->align_w = aw, p->align_x = ax, p->align_o = ao;
+    plan_init(c, p);
+    p->used = 1;
+    return p;
+}
+
+// kernel launchers
+
+template <typename OutT>
+static void matmul_warp_cuda(const cuda_ctx *c, OutT *out, const bf16 *x, const kweight *W, const kweight *bias,
+                             int T) {
+    size_t threads = (size_t)T * W->rows * 32;
+    matmul_warp_kernel<OutT><<<grid_for(c, threads, 256), 256, 0, c->stream>>>(
+        out, x, W->data, W->dtype, bias ? bias->data : NULL, bias ? bias->dtype : KDT_F32, T, W->rows, W->cols);
+    CUDA_CHECK_LAUNCH();
+}
+
+/* out (otype: CUDA_R_16BF or CUDA_R_32F) = x W^T, no bias. Returns 0, or -1
+ * when cuBLASLt cannot do it (the caller uses the warp kernel). */
+static int matmul_lt(cuda_ctx *c, void *out, cudaDataType_t otype, const bf16 *x, const kweight *W, int T) {
+    if (W->dtype != KDT_BF16) return -1;
+    lt_plan *p = plan_get(c, W->rows, W->cols, T, otype, W->data, x, out);
+    if (p->fallback) return -1;
+    float alpha = 1.0f, beta = 0.0f;
+    CUBLAS_CHECK(cublasLtMatmul(c->lt, p->op, &alpha, W->data, p->lw, x, p->lx, &beta, out, p->lo, out, p->lo,
+                                &p->algo, c->lt_workspace, c->lt_workspace_bytes, c->stream));
+    return 0;
+}
+
+void cuda_op_matmul(void *ctx, void *out, const void *x, const kweight *W, const kweight *bias, int T) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    const bf16 *xb = (const bf16 *)x;
+    if (T <= 0 || W->rows <= 0) return;
+    if (!bias) {
+        if (matmul_lt(c, out, CUDA_R_16BF, xb, W, T)) matmul_warp_cuda<bf16>(c, (bf16 *)out, xb, W, NULL, T);
+        return;
+    }
+    size_t n = (size_t)T * W->rows;
+    float *acc = (float *)cuda_scratch(c, &c->gemm_f32, n * sizeof(float));
+    if (matmul_lt(c, acc, CUDA_R_32F, xb, W, T)) {
+        matmul_warp_cuda<bf16>(c, (bf16 *)out, xb, W, bias, T);
+        return;
+    }
+    bias_round_kernel<<<grid_for(c, n, 256), 256, 0, c->stream>>>((bf16 *)out, acc, bias->data, bias->dtype, n,
+                                                                   W->rows);
+    CUDA_CHECK_LAUNCH();
+}
+
+void cuda_op_matmul_f32(void *ctx, float *out, const void *x, const kweight *W, int T) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    const bf16 *xb = (const bf16 *)x;
+    if (T <= 0 || W->rows <= 0) return;
+    if (matmul_lt(c, out, CUDA_R_32F, xb, W, T)) matmul_warp_cuda<float>(c, out, xb, W, NULL, T);
+}

@@ -1,0 +1,62 @@
+/* RoPE, GLM-4 flavour (spec §2.5): GPT-J rotation of adjacent pairs in dims
+ * [0, rot_dim) of each of the first n_heads d-wide heads of every row of
+ * qkv [T, ld] bf16, in place; dims [rot_dim, d) untouched.
+ *
+ * The inverse frequencies are computed on the host with the CPU backend's
+ * exact expression (1 / powf(base, 2j/rot_dim)) and cached on the device per
+ * (base, rot_dim), so both backends rotate by the same fp32 angles
+ * (float)pos * inv[j]; sincosf here is the accurate one (no fast math), within
+ * 2 ulp of the host's cosf/sinf. */
+#include <stdlib.h>
+
+#include "cuda_common.cuh"
+
+static __global__ void rope_kernel(bf16 *qkv, const int32_t *pos, const float *inv, int T, int ld, int n_heads, int d,
+                                   int half) {
+    size_t n = (size_t)T * n_heads * half;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        int j = (int)(i % half);
+        size_t th = i / half;
+        int h = (int)(th % n_heads), t = (int)(th / n_heads);
+        float a = (float)pos[t] * inv[j], s, c;
+        sincosf(a, &s, &c);
+        bf16 *v = qkv + (size_t)t * ld + (size_t)h * d + 2 * j;
+        float x0 = bf2f(v[0]), x1 = bf2f(v[1]);
+        v[0] = f2bf(x0 * c - x1 * s);
+        v[1] = f2bf(x1 * c + x0 * s);
+    }
+}
+
+/* Device table of inv[j] for this (base, rot_dim); recomputed only when they
+ * change (one model uses one pair, so once per run). */
+static const float *rope_table(cuda_ctx *c, float base, int rot_dim) {
+    int half = rot_dim / 2;
+    if (c->rope_inv.p && c->rope_base == base && c->rope_rot == rot_dim) return (const float *)c->rope_inv.p;
+    float *inv = (float *)malloc(sizeof(float) * (size_t)half);
+    if (!inv) abort();
+    for (int j = 0; j < half; j++) inv[j] = 1.0f / powf(base, (float)(2 * j) / (float)rot_dim);
+    float *dev = (float *)cuda_scratch(c, &c->rope_inv, sizeof(float) * (size_t)half);
+    CUDA_CHECK(cudaMemcpyAsync(dev, inv, sizeof(float) * (size_t)half, cudaMemcpyHostToDevice, c->stream));
+    CUDA_CHECK(cudaStreamSynchronize(c->stream)); /* inv is freed next */
+    free(inv);
+    c->rope_base = base;
+    c->rope_rot = rot_dim;
+    return dev;
+}
+
+// kernel launchers
+
+static void rope_cuda(cuda_ctx *c, bf16 *qkv, const int32_t *pos, int T, int ld, int n_heads, int d, int rot_dim,
+                      float base) {
+    int half = rot_dim / 2;
+    size_t n = (size_t)T * n_heads * half;
+    if (n == 0) return;
+    const float *inv = rope_table(c, base, rot_dim);
+    rope_kernel<<<grid_for(c, n, 256), 256, 0, c->stream>>>(qkv, pos, inv, T, ld, n_heads, d, half);
+    CUDA_CHECK_LAUNCH();
+}
+
+void cuda_op_rope(void *ctx, void *qkv, const int32_t *pos, int T, int ld, int n_heads, int d, int rot_dim,
+                  float base) {
+    rope_cuda((cuda_ctx *)ctx, (bf16 *)qkv, pos, T, ld, n_heads, d, rot_dim, base);
+}

@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""glmtp tokenize --chat against ids made with tiktoken from the rendered
+GLM-4 chat template (tests/chat/cases.json, written by make_chat_golden.py):
+every role, multi-turn history, tools at request and message level, the
+generation prompt on and off, and special-token text in user content encoded
+as plain text. Also: a bad role and bad JSON fail with the field named.
+usage: check_chat.py GLMTP VOCAB_DIR"""
+import json
+import os
+import subprocess
+import sys
+
+passed = failed = 0
+
+
+def check(name, ok, detail=""):
+    global passed, failed
+    passed += bool(ok)
+    failed += not ok
+    print(f"{'ok  ' if ok else 'FAIL'} {name}" + (f": {detail}" if detail else ""), flush=True)
+
+
+def tokenize(glmtp, vocab_dir, payload, gen=True):
+    cmd = [glmtp, "tokenize", "--model", vocab_dir, "--chat"] + ([] if gen else ["--no-generation-prompt"])
+    return subprocess.run(cmd, input=payload, capture_output=True, text=True, timeout=60)
+
+
+def main():
+    glmtp, vocab_dir = sys.argv[1], sys.argv[2]
+    here = os.path.dirname(os.path.abspath(__file__))
+    cases = json.load(open(os.path.join(here, "cases.json")))["cases"]
+    for c in cases:
+        payload = json.dumps({"messages": c["messages"], "tools": c["tools"]}, ensure_ascii=False)
+        p = tokenize(glmtp, vocab_dir, payload, c["add_generation_prompt"])
+        got = json.loads(p.stdout) if p.returncode == 0 else None
+        first = None if got is None else next((i for i, (x, y) in enumerate(zip(got, c["ids"])) if x != y),
+                                              None if len(got) == len(c["ids"]) else min(len(got), len(c["ids"])))
+        check(c["name"], got == c["ids"], "" if got == c["ids"] else f"first difference at {first}; {p.stderr.strip()}")
+    p = tokenize(glmtp, vocab_dir, json.dumps([{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}]))
+    check("unknown role names the field", p.returncode != 0 and "messages[1].role" in p.stderr, p.stderr.strip())
+    p = tokenize(glmtp, vocab_dir, json.dumps([{"role": "user", "content": 5}]))
+    check("non-string content names the field", p.returncode != 0 and "messages[0].content" in p.stderr, p.stderr.strip())
+    p = tokenize(glmtp, vocab_dir, "[{not json")
+    check("bad JSON is refused", p.returncode != 0 and "not JSON" in p.stderr, p.stderr.strip())
+    print(f"{passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

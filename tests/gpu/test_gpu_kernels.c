@@ -1,0 +1,619 @@
+/* test_gpu_kernels: every op of the CUDA backend against the CPU backend (the
+ * reference, itself checked against naive loops by tests/test_kernels.c), on
+ * seeded random inputs, through the kernels_iface both implement.
+ *
+ * Inputs are rounded to bf16 first and both backends get the same values (the
+ * CPU as fp32), so a difference is the CUDA kernel's own error: fp32
+ * accumulation order, and the one rounding of its bf16 output. Each check is
+ * |gpu - cpu| <= atol + rtol * |cpu| element-wise; rtol 2^-8 is one bf16 unit
+ * in the last place at the bottom of a binade (a correctly rounded bf16 result
+ * is within half of that), atol covers fp32 order differences where the value
+ * cancels to near zero. Sentinels behind outputs catch writes past the end.
+ *
+ * Without a usable CUDA device it prints "skipped: no CUDA device" and exits 0,
+ * so the CPU-only ctest run stays green. Last line: "N passed, M failed". */
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../../comm/comm.h"
+#include "../../kernels/dtype.h"
+#include "../../kernels/kernels.h"
+#include "../../kernels/rng.h"
+#ifdef GLMTP_HAVE_NCCL
+#include "../../comm/comm_nccl.h"
+#endif
+
+#define BF16_RTOL (1.0 / 256.0)
+#define SENTINEL 0x7fa5u /* a bf16 NaN pattern nothing computes */
+#define PAD 64           /* sentinel elements behind each checked output */
+
+static int n_pass, n_fail;
+static kbackend G, C; /* CUDA under test, CPU reference */
+static uint64_t g_rng = 0x6a09e667;
+
+/* ---------------------------------------------------------------- helpers */
+
+static void *xmalloc(size_t n) {
+    void *p = calloc(1, n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "out of host memory\n");
+        exit(2);
+    }
+    return p;
+}
+
+static void tally(int ok) {
+    if (ok)
+        n_pass++;
+    else
+        n_fail++;
+}
+
+static void check(const char *name, const float *got, const float *want, size_t n, double atol, double rtol) {
+    double maxd = 0.0;
+    size_t n_bad = 0, first = 0;
+    for (size_t i = 0; i < n; i++) {
+        double g = got[i], w = want[i], d = (g == w) ? 0.0 : fabs(g - w);
+        if (isnan(g) != isnan(w)) d = INFINITY;
+        if (isnan(g) && isnan(w)) d = 0.0;
+        if (!(d <= atol + rtol * fabs(w))) {
+            if (!n_bad) first = i;
+            n_bad++;
+        }
+        if (d > maxd || isnan(d)) maxd = d;
+    }
+    printf("%s  %-62s n=%-8zu max_abs_diff=%-10.3g (atol=%.2g rtol=%.2g)\n", n_bad ? "FAIL" : "PASS", name, n, maxd,
+           atol, rtol);
+    if (n_bad)
+        printf("      %zu bad; first at [%zu]: gpu %.9g cpu %.9g\n", n_bad, first, (double)got[first],
+               (double)want[first]);
+    tally(!n_bad);
+}
+
+static void expect(int ok, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    printf("%s  ", ok ? "PASS" : "FAIL");
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+    tally(ok);
+}
+
+static float bfr(float x) { return bf16_to_f32(f32_to_bf16(x)); } /* round to a bf16 value */
+
+static float *rand_bf16(size_t n, float lo, float hi) {
+    float *x = xmalloc(n * 4);
+    for (size_t i = 0; i < n; i++) x[i] = bfr(lo + (hi - lo) * (float)rng_uniform(&g_rng));
+    return x;
+}
+
+/* GPU activation buffer of n bf16 values (+PAD sentinels) holding x. */
+static void *g_act(const float *x, size_t n) {
+    uint16_t *h = xmalloc((n + PAD) * 2);
+    for (size_t i = 0; i < n; i++) h[i] = x ? f32_to_bf16(x[i]) : (uint16_t)SENTINEL;
+    for (size_t i = n; i < n + PAD; i++) h[i] = SENTINEL;
+    void *d = G.iface->alloc(G.ctx, (n + PAD) * 2);
+    G.iface->to_device(G.ctx, d, h, (n + PAD) * 2);
+    free(h);
+    return d;
+}
+
+/* n bf16 values of a GPU buffer as fp32; checks the PAD sentinels behind them. */
+static float *g_get(const char *name, const void *d, size_t n) {
+    uint16_t *h = xmalloc((n + PAD) * 2);
+    G.iface->to_host(G.ctx, h, d, (n + PAD) * 2);
+    float *f = xmalloc(n * 4);
+    for (size_t i = 0; i < n; i++) f[i] = bf16_to_f32(h[i]);
+    int ok = 1;
+    for (size_t i = n; i < n + PAD; i++) ok &= h[i] == SENTINEL;
+    if (!ok) expect(0, "%s: wrote past the end of its output", name);
+    free(h);
+    return f;
+}
+
+/* CPU activation buffer (fp32) holding x. */
+static void *c_act(const float *x, size_t n) {
+    void *d = C.iface->alloc(C.ctx, n * 4 + 4);
+    if (x) C.iface->to_device(C.ctx, d, x, n * 4);
+    return d;
+}
+
+static void *g_ints(const int32_t *x, size_t n) {
+    void *d = G.iface->alloc(G.ctx, n * 4 + 4);
+    G.iface->to_device(G.ctx, d, x, n * 4);
+    return d;
+}
+
+static void *c_ints(const int32_t *x, size_t n) {
+    void *d = C.iface->alloc(C.ctx, n * 4 + 4);
+    C.iface->to_device(C.ctx, d, x, n * 4);
+    return d;
+}
+
+/* The same host weight uploaded to both backends. */
+static void upload2(kweight *g, kweight *c, const void *host, kdtype dt, int rows, int cols) {
+    G.iface->weight_upload(G.ctx, g, host, dt, rows, cols);
+    C.iface->weight_upload(C.ctx, c, host, dt, rows, cols);
+}
+
+static void free2(kweight *g, kweight *c) {
+    G.iface->weight_free(G.ctx, g);
+    C.iface->weight_free(C.ctx, c);
+}
+
+/* ------------------------------------------------------------ weight upload */
+
+static void test_upload(void) {
+    int rows = 37, cols = 70;
+    size_t n = (size_t)rows * cols;
+    float *f = xmalloc(n * 4);
+    uint16_t *h16 = xmalloc(n * 2), *b16 = xmalloc(n * 2), *back = xmalloc(n * 2);
+    for (size_t i = 0; i < n; i++) {
+        f[i] = 3.0f * rng_normal(&g_rng);
+        b16[i] = f32_to_bf16(f[i]);
+        uint32_t u; /* an f16 bit pattern of a normal number: exponent 1..30 */
+        u = (uint32_t)(rng_next(&g_rng) & 0x83ffu) | ((uint32_t)(1 + rng_next(&g_rng) % 30) << 10);
+        h16[i] = (uint16_t)u;
+    }
+    const struct { kdtype dt; const void *src; const char *name; } cases[] = {
+        {KDT_F32, f, "f32"}, {KDT_BF16, b16, "bf16"}, {KDT_F16, h16, "f16"}};
+    for (int k = 0; k < 3; k++) {
+        kweight w;
+        G.iface->weight_upload(G.ctx, &w, cases[k].src, cases[k].dt, rows, cols);
+        G.iface->to_host(G.ctx, back, w.data, n * 2);
+        int ok = w.dtype == KDT_BF16 && w.rows == rows && w.cols == cols;
+        for (size_t i = 0; ok && i < n; i++) {
+            float v = cases[k].dt == KDT_F32 ? f[i] : cases[k].dt == KDT_BF16 ? bf16_to_f32(b16[i]) : f16_to_f32(h16[i]);
+            ok = back[i] == f32_to_bf16(v); /* matrices: bf16, rounded to nearest even on the host */
+        }
+        expect(ok, "upload %s matrix [%d, %d] -> bf16, bit-exact rounding", cases[k].name, rows, cols);
+        G.iface->weight_free(G.ctx, &w);
+        /* vectors (rows = 1) are kept fp32: exact for every source type */
+        G.iface->weight_upload(G.ctx, &w, cases[k].src, cases[k].dt, 1, cols);
+        float *vb = xmalloc((size_t)cols * 4);
+        G.iface->to_host(G.ctx, vb, w.data, (size_t)cols * 4);
+        ok = w.dtype == KDT_F32;
+        for (int i = 0; ok && i < cols; i++) {
+            float v = cases[k].dt == KDT_F32 ? f[i] : cases[k].dt == KDT_BF16 ? bf16_to_f32(b16[i]) : f16_to_f32(h16[i]);
+            ok = vb[i] == v;
+        }
+        expect(ok, "upload %s vector [1, %d] -> f32, exact", cases[k].name, cols);
+        G.iface->weight_free(G.ctx, &w);
+        free(vb);
+    }
+    free(f), free(h16), free(b16), free(back);
+}
+
+/* ---------------------------------------------- embedding, norm, small ops */
+
+static void test_embedding(void) {
+    int V = 300, H = 96, T = 9;
+    float *E = rand_bf16((size_t)V * H, -2, 2);
+    int32_t ids[] = {0, 299, 5, 5, 17, 150, 298, 1, 0};
+    kweight ge, ce;
+    upload2(&ge, &ce, E, KDT_F32, V, H);
+    void *gi = g_ints(ids, T), *ci = c_ints(ids, T), *go = g_act(NULL, (size_t)T * H), *co = c_act(NULL, (size_t)T * H);
+    G.iface->embedding(G.ctx, go, &ge, gi, T);
+    C.iface->embedding(C.ctx, co, &ce, ci, T);
+    float *got = g_get("embedding", go, (size_t)T * H);
+    check("embedding V=300 H=96 T=9 (a copy: exact)", got, co, (size_t)T * H, 0.0, 0.0);
+    free(got), free(E), free2(&ge, &ce);
+    G.iface->free(G.ctx, gi), G.iface->free(G.ctx, go), C.iface->free(C.ctx, ci), C.iface->free(C.ctx, co);
+}
+
+static void test_rmsnorm_case(int T, int H, float xscale, int alias) {
+    float *x = rand_bf16((size_t)T * H, -xscale, xscale), *w = rand_bf16((size_t)H, 0.5f, 1.5f);
+    kweight gw, cw;
+    upload2(&gw, &cw, w, KDT_F32, 1, H);
+    void *gx = g_act(x, (size_t)T * H), *cx = c_act(x, (size_t)T * H);
+    void *go = alias ? gx : g_act(NULL, (size_t)T * H), *co = alias ? cx : c_act(NULL, (size_t)T * H);
+    G.iface->rmsnorm(G.ctx, go, gx, &gw, T, 1.5625e-07f);
+    C.iface->rmsnorm(C.ctx, co, cx, &cw, T, 1.5625e-07f);
+    char name[128];
+    snprintf(name, sizeof name, "rmsnorm T=%d H=%d |x|<=%g%s", T, H, xscale, alias ? " in place" : "");
+    float *got = g_get(name, go, (size_t)T * H);
+    /* fp32 sum of squares in another order (~1e-7 relative), then one bf16 rounding */
+    check(name, got, co, (size_t)T * H, 1e-6, BF16_RTOL);
+    free(got), free(x), free(w), free2(&gw, &cw);
+    G.iface->free(G.ctx, gx), C.iface->free(C.ctx, cx);
+    if (!alias) G.iface->free(G.ctx, go), C.iface->free(C.ctx, co);
+}
+
+static void test_small_ops(void) {
+    test_rmsnorm_case(4, 4096, 1.0f, 0);
+    test_rmsnorm_case(3, 100, 30.0f, 0);
+    test_rmsnorm_case(2, 4096, 0.01f, 1);
+
+    /* SwiGLU: fp32 silu(g) * u with expf on both sides (<= 2 ulp apart), one rounding. */
+    for (int k = 0; k < 2; k++) {
+        int T = k ? 5 : 2, F = k ? 37 : 13696;
+        float *gu = rand_bf16((size_t)T * 2 * F, -6, 6);
+        void *gg = g_act(gu, (size_t)T * 2 * F), *cg = c_act(gu, (size_t)T * 2 * F);
+        void *go = g_act(NULL, (size_t)T * F), *co = c_act(NULL, (size_t)T * F);
+        G.iface->swiglu(G.ctx, go, gg, T, F);
+        C.iface->swiglu(C.ctx, co, cg, T, F);
+        char name[96];
+        snprintf(name, sizeof name, "swiglu T=%d F=%d", T, F);
+        float *got = g_get(name, go, (size_t)T * F);
+        check(name, got, co, (size_t)T * F, 1e-6, BF16_RTOL);
+        free(got), free(gu);
+        G.iface->free(G.ctx, gg), G.iface->free(G.ctx, go), C.iface->free(C.ctx, cg), C.iface->free(C.ctx, co);
+    }
+
+    /* Residual add: aligned (8-wide path + tail) and offset by one element (scalar path). */
+    for (int off = 0; off < 2; off++) {
+        size_t n = 4096 * 3 + 5;
+        float *x = rand_bf16(n + 1, -4, 4), *y = rand_bf16(n + 1, -4, 4);
+        void *gx = g_act(x, n + 1), *gy = g_act(y, n + 1), *cx = c_act(x, n + 1), *cy = c_act(y, n + 1);
+        G.iface->add(G.ctx, (uint16_t *)gx + off, (uint16_t *)gy + off, n);
+        C.iface->add(C.ctx, (float *)cx + off, (float *)cy + off, n);
+        char name[96];
+        snprintf(name, sizeof name, "add n=%zu %s", n, off ? "offset (scalar path)" : "aligned (vector path)");
+        float *got = g_get(name, gx, n + 1);
+        check(name, got, cx, n + 1, 0.0, BF16_RTOL); /* the fp32 sum is exact; one rounding */
+        free(got), free(x), free(y);
+        G.iface->free(G.ctx, gx), G.iface->free(G.ctx, gy), C.iface->free(C.ctx, cx), C.iface->free(C.ctx, cy);
+    }
+
+    /* Row gather: a copy; rows from the host. Also in place with rows[i] >= i
+     * (compaction), where reading all rows first equals the CPU's row-by-row memmove. */
+    {
+        int width = 96, nx = 6;
+        float *x = rand_bf16((size_t)nx * width, -1, 1);
+        const int rows[] = {5, 0, 5, 3}, rows_in_place[] = {1, 3, 4};
+        void *gx = g_act(x, (size_t)nx * width), *cx = c_act(x, (size_t)nx * width);
+        void *go = g_act(NULL, 4 * (size_t)width), *co = c_act(NULL, 4 * (size_t)width);
+        G.iface->gather_rows(G.ctx, go, gx, rows, 4, width);
+        C.iface->gather_rows(C.ctx, co, cx, rows, 4, width);
+        float *got = g_get("gather_rows", go, 4 * (size_t)width);
+        check("gather_rows rows {5,0,5,3} (a copy: exact)", got, co, 4 * (size_t)width, 0.0, 0.0);
+        free(got);
+        G.iface->gather_rows(G.ctx, gx, gx, rows_in_place, 3, width);
+        C.iface->gather_rows(C.ctx, cx, cx, rows_in_place, 3, width);
+        got = g_get("gather_rows in place", gx, (size_t)nx * width);
+        check("gather_rows in place rows {1,3,4} (exact)", got, cx, (size_t)nx * width, 0.0, 0.0);
+        free(got), free(x);
+        G.iface->free(G.ctx, gx), G.iface->free(G.ctx, go), C.iface->free(C.ctx, cx), C.iface->free(C.ctx, co);
+    }
+}
+
+/* ------------------------------------------------------------------ matmul */
+
+static void test_matmul_case(int T, int N, int K, int with_bias, int f32_out, kdtype wdt) {
+    float *x = rand_bf16((size_t)T * K, -1, 1), *w = xmalloc((size_t)N * K * 4);
+    float ws = 1.5f / sqrtf((float)K);
+    for (size_t i = 0; i < (size_t)N * K; i++) w[i] = bfr(ws * (2.0f * (float)rng_uniform(&g_rng) - 1.0f));
+    float *b = rand_bf16((size_t)N, -0.5f, 0.5f);
+    kweight gw, cw, gb, cb;
+    upload2(&gw, &cw, w, wdt == KDT_BF16 ? KDT_F32 : wdt, N, K); /* f32 host data of bf16 values */
+    upload2(&gb, &cb, b, KDT_F32, 1, N);
+    void *gx = g_act(x, (size_t)T * K), *cx = c_act(x, (size_t)T * K);
+    size_t no = (size_t)T * N;
+    void *co = c_act(NULL, no), *go;
+    float *got;
+    char name[128];
+    snprintf(name, sizeof name, "matmul%s T=%d N=%d K=%d%s%s", f32_out ? "_f32" : "", T, N, K,
+             with_bias ? " +bias" : "", N == 1 ? " (f32 vector weight)" : "");
+    if (f32_out) {
+        float *h = xmalloc((no + PAD) * 4);
+        for (size_t i = 0; i < no + PAD; i++) h[i] = -12345.0f;
+        go = G.iface->alloc(G.ctx, (no + PAD) * 4);
+        G.iface->to_device(G.ctx, go, h, (no + PAD) * 4);
+        G.iface->matmul_f32(G.ctx, go, gx, &gw, T);
+        C.iface->matmul_f32(C.ctx, co, cx, &cw, T);
+        G.iface->to_host(G.ctx, h, go, (no + PAD) * 4);
+        int ok = 1;
+        for (size_t i = no; i < no + PAD; i++) ok &= h[i] == -12345.0f;
+        if (!ok) expect(0, "%s: wrote past the end of its output", name);
+        got = h;
+    } else {
+        go = g_act(NULL, no);
+        G.iface->matmul(G.ctx, go, gx, &gw, with_bias ? &gb : NULL, T);
+        C.iface->matmul(C.ctx, co, cx, &cw, with_bias ? &cb : NULL, T);
+        got = g_get(name, go, no);
+    }
+    /* Both sum the same K exact products in fp32, in different orders: |diff|
+     * <~ sqrt(K) * 2^-24 * sum|x w| ~ 1e-6 * sqrt(K) here (|out| ~ 1), so atol
+     * 1e-5 * sqrt(K) is ~10x that; bf16 output adds one rounding (rtol). */
+    check(name, got, co, no, 1e-5 * sqrt((double)K), f32_out ? 1e-5 : BF16_RTOL);
+    free(got), free(x), free(w), free(b), free2(&gw, &cw), free2(&gb, &cb);
+    G.iface->free(G.ctx, gx), G.iface->free(G.ctx, go), C.iface->free(C.ctx, cx), C.iface->free(C.ctx, co);
+}
+
+static void test_matmul(void) {
+    test_matmul_case(1, 4608, 4096, 1, 0, KDT_BF16); /* GLM-4-9B QKV, decode */
+    test_matmul_case(1, 4096, 13696, 0, 0, KDT_BF16); /* dense_4h_to_h, decode */
+    test_matmul_case(7, 300, 128, 0, 0, KDT_BF16);
+    test_matmul_case(33, 96, 128, 1, 0, KDT_BF16);
+    test_matmul_case(130, 1000, 256, 1, 0, KDT_BF16); /* prefill-sized */
+    test_matmul_case(5, 37, 5, 1, 0, KDT_BF16);       /* odd K: maybe no cuBLASLt algorithm */
+    test_matmul_case(3, 1, 64, 1, 0, KDT_BF16);       /* one row: stored f32, warp kernel */
+    test_matmul_case(2, 20000, 4096, 0, 1, KDT_BF16); /* LM head slice, fp32 out */
+    test_matmul_case(17, 333, 96, 0, 1, KDT_BF16);
+    test_matmul_case(4, 1, 32, 0, 1, KDT_BF16);
+}
+
+/* -------------------------------------------------------------------- rope */
+
+static void test_rope_case(int n_q, int n_kv, int d, int rot, float base) {
+    const int32_t pos[] = {0, 1, 7, 4095, 32768, 100000};
+    int T = 6, ld = (n_q + 2 * n_kv) * d + 3;
+    float *x = rand_bf16((size_t)T * ld, -2, 2);
+    void *gx = g_act(x, (size_t)T * ld), *cx = c_act(x, (size_t)T * ld), *gp = g_ints(pos, T), *cp = c_ints(pos, T);
+    G.iface->rope(G.ctx, gx, gp, T, ld, n_q + n_kv, d, rot, base);
+    C.iface->rope(C.ctx, cx, cp, T, ld, n_q + n_kv, d, rot, base);
+    char name[128];
+    snprintf(name, sizeof name, "rope n_q=%d n_kv=%d d=%d rot=%d base=%g (+V, padding untouched)", n_q, n_kv, d, rot,
+             base);
+    float *got = g_get(name, gx, (size_t)T * ld);
+    /* same fp32 angles (inv from the same host expression); device sincosf vs host
+     * cosf/sinf <= 2 ulp; then one rounding. Columns not rotated must be exact. */
+    check(name, got, cx, (size_t)T * ld, 1e-5, BF16_RTOL);
+    int exact = 1;
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < ld; c++) {
+            int rotated = c < (n_q + n_kv) * d && c % d < rot;
+            if (!rotated) exact &= got[(size_t)t * ld + c] == x[(size_t)t * ld + c];
+        }
+    expect(exact, "rope d=%d rot=%d: dims past rot_dim, V heads and padding untouched", d, rot);
+    free(got), free(x);
+    G.iface->free(G.ctx, gx), G.iface->free(G.ctx, gp), C.iface->free(C.ctx, cx), C.iface->free(C.ctx, cp);
+}
+
+static void test_rope(void) {
+    test_rope_case(4, 2, 128, 64, 5e6f);
+    test_rope_case(32, 2, 128, 64, 1e8f);
+    test_rope_case(3, 1, 16, 8, 1e4f);
+    test_rope_case(2, 1, 16, 16, 1e4f);
+}
+
+/* ------------------------------------------------------ kv_store + attention */
+
+#define POISON 1000.0f /* cache slots nobody wrote: reading one ruins the result */
+
+typedef struct {
+    int s, p;
+} tok;
+
+/* One step of kv_store + attention on both backends with tokens tk[0..T), the
+ * caches given (GPU bf16, CPU fp32), and a fresh q/k/v per token. */
+static void attn_step(const char *what, const tok *tk, int T, const int32_t *tables, int n_seqs, int max_blocks,
+                      int bs, int n_kv, int q_per_kv, int d, void *gk, void *gv, void *ck, void *cv, size_t cache_n) {
+    int n_q = n_kv * q_per_kv, qw = n_q * d, kvw = n_kv * d, ld = qw + 2 * kvw + 1;
+    float *qkv = rand_bf16((size_t)T * ld, -1.5f, 1.5f);
+    int32_t *pos = xmalloc((size_t)T * 4), *seq = xmalloc((size_t)T * 4), *slots = xmalloc((size_t)T * 4);
+    int max_pos = 0;
+    for (int t = 0; t < T; t++) {
+        pos[t] = tk[t].p, seq[t] = tk[t].s;
+        slots[t] = tables[tk[t].s * max_blocks + tk[t].p / bs] * bs + tk[t].p % bs;
+        if (tk[t].p > max_pos) max_pos = tk[t].p;
+    }
+    void *gq = g_act(qkv, (size_t)T * ld), *cq = c_act(qkv, (size_t)T * ld);
+    void *g_i[4] = {g_ints(pos, T), g_ints(seq, T), g_ints(slots, T), g_ints(tables, (size_t)n_seqs * max_blocks)};
+    void *c_i[4] = {c_ints(pos, T), c_ints(seq, T), c_ints(slots, T), c_ints(tables, (size_t)n_seqs * max_blocks)};
+    kattn_batch gb = {T, g_i[0], g_i[1], g_i[2], g_i[3], max_blocks, bs, max_pos};
+    kattn_batch cb = {T, c_i[0], c_i[1], c_i[2], c_i[3], max_blocks, bs, max_pos};
+    G.iface->kv_store(G.ctx, gk, gv, (uint16_t *)gq + qw, (uint16_t *)gq + qw + kvw, ld, kvw, &gb);
+    C.iface->kv_store(C.ctx, ck, cv, (float *)cq + qw, (float *)cq + qw + kvw, ld, kvw, &cb);
+    char name[160];
+    snprintf(name, sizeof name, "kv_store %s n_kv=%d d=%d (paged, rest untouched)", what, n_kv, d);
+    float *kgot = g_get(name, gk, cache_n), *vgot = g_get(name, gv, cache_n);
+    int ok = 1;
+    for (size_t i = 0; i < cache_n; i++) ok &= kgot[i] == ((float *)ck)[i] && vgot[i] == ((float *)cv)[i];
+    expect(ok, "%s: K and V caches bit-exact", name);
+    free(kgot), free(vgot);
+
+    void *go = g_act(NULL, (size_t)T * qw), *co = c_act(NULL, (size_t)T * qw);
+    float scale = 1.0f / sqrtf((float)d);
+    G.iface->attention(G.ctx, go, gq, ld, gk, gv, &gb, n_q, n_kv, q_per_kv, d, scale);
+    C.iface->attention(C.ctx, co, cq, ld, ck, cv, &cb, n_q, n_kv, q_per_kv, d, scale);
+    snprintf(name, sizeof name, "attention %s n_kv=%d q/kv=%d d=%d T=%d", what, n_kv, q_per_kv, d, T);
+    float *got = g_get(name, go, (size_t)T * qw);
+    /* Same bf16 q, k, v; fp32 scores and softmax in another order (online, split)
+     * differ by ~1e-6; the output, an average of |v| <= 1.5, is rounded once. */
+    check(name, got, co, (size_t)T * qw, 1e-4, BF16_RTOL);
+    free(got), free(qkv), free(pos), free(seq), free(slots);
+    G.iface->free(G.ctx, gq), G.iface->free(G.ctx, go), C.iface->free(C.ctx, cq), C.iface->free(C.ctx, co);
+    for (int i = 0; i < 4; i++) G.iface->free(G.ctx, g_i[i]), C.iface->free(C.ctx, c_i[i]);
+}
+
+static void alloc_caches(size_t cache_n, void **gk, void **gv, void **ck, void **cv) {
+    float *poison = xmalloc(cache_n * 4);
+    for (size_t i = 0; i < cache_n; i++) poison[i] = POISON;
+    *gk = g_act(poison, cache_n), *gv = g_act(poison, cache_n);
+    *ck = c_act(poison, cache_n), *cv = c_act(poison, cache_n);
+    free(poison);
+}
+
+static void free_caches(void *gk, void *gv, void *ck, void *cv) {
+    G.iface->free(G.ctx, gk), G.iface->free(G.ctx, gv), C.iface->free(C.ctx, ck), C.iface->free(C.ctx, cv);
+}
+
+/* tests/test_kernels.c's paged case: four sequences, shuffled non-contiguous
+ * blocks (unused entries point at a poison-only block), a multi-sequence
+ * prefill, then a mixed step (decode tokens, a prefill chunk continuing a
+ * sequence, a sequence's first token). */
+static void test_attention_paged(int n_kv, int q_per_kv, int d) {
+    enum { NSEQ = 4, BS = 4, MAXB = 4, NBLK = 16 };
+    const int32_t tables[NSEQ * MAXB] = {7, 2, 9, 13, 4, 12, 13, 13, 0, 13, 13, 13, 15, 3, 11, 5};
+    tok s1[23], s2[9];
+    int T1 = 0, T2 = 0;
+    for (int p = 0; p < 13; p++) s1[T1++] = (tok){3, p};
+    for (int p = 0; p < 5; p++) s1[T1++] = (tok){0, p};
+    for (int p = 0; p < 5; p++) s1[T1++] = (tok){1, p};
+    s2[T2++] = (tok){1, 5};
+    for (int p = 5; p < 11; p++) s2[T2++] = (tok){0, p};
+    s2[T2++] = (tok){3, 13};
+    s2[T2++] = (tok){2, 0};
+    size_t cache_n = (size_t)NBLK * BS * n_kv * d;
+    void *gk, *gv, *ck, *cv;
+    alloc_caches(cache_n, &gk, &gv, &ck, &cv);
+    attn_step("multi-seq prefill", s1, T1, tables, NSEQ, MAXB, BS, n_kv, q_per_kv, d, gk, gv, ck, cv, cache_n);
+    attn_step("mixed decode+prefill", s2, T2, tables, NSEQ, MAXB, BS, n_kv, q_per_kv, d, gk, gv, ck, cv, cache_n);
+    free_caches(gk, gv, ck, cv);
+}
+
+/* One long sequence (shuffled blocks of 16): a prefill of `ctx` tokens, then
+ * two decode-like tokens at different depths, few enough (token, head) pairs
+ * that the GPU splits the sequence (flash-decoding) and the shallower token has
+ * empty splits. */
+static void test_attention_long(int n_kv, int q_per_kv, int d, int ctx) {
+    int bs = 16, nblk = (ctx + bs) / bs + 1, max_blocks = nblk;
+    int32_t *tables = xmalloc((size_t)max_blocks * 4);
+    for (int i = 0; i < nblk; i++) tables[i] = i;
+    for (int i = nblk - 1; i > 0; i--) { /* shuffle */
+        int j = (int)(rng_next(&g_rng) % (uint64_t)(i + 1)), t = tables[i];
+        tables[i] = tables[j], tables[j] = t;
+    }
+    size_t cache_n = (size_t)nblk * bs * n_kv * d;
+    void *gk, *gv, *ck, *cv;
+    alloc_caches(cache_n, &gk, &gv, &ck, &cv);
+    tok *pre = xmalloc(sizeof(tok) * (size_t)ctx);
+    for (int p = 0; p < ctx; p++) pre[p] = (tok){0, p};
+    char what[64];
+    snprintf(what, sizeof what, "long prefill %d", ctx);
+    attn_step(what, pre, ctx, tables, 1, max_blocks, bs, n_kv, q_per_kv, d, gk, gv, ck, cv, cache_n);
+    tok dec[2] = {{0, ctx}, {0, ctx / 3}}; /* the second rewrites an earlier slot: fine for the check */
+    snprintf(what, sizeof what, "decode at %d and %d (split)", ctx, ctx / 3);
+    attn_step(what, dec, 2, tables, 1, max_blocks, bs, n_kv, q_per_kv, d, gk, gv, ck, cv, cache_n);
+    free_caches(gk, gv, ck, cv);
+    free(pre), free(tables);
+}
+
+static void test_attention(void) {
+    test_attention_paged(1, 2, 16);
+    test_attention_paged(2, 4, 16);
+    test_attention_paged(2, 16, 128); /* GLM-4-9B chat, tp 1 */
+    test_attention_paged(4, 8, 128);  /* chat-1m */
+    test_attention_paged(1, 1, 5);    /* odd head dim: scalar loads */
+    test_attention_paged(2, 2, 64);   /* 2 dims per lane */
+    test_attention_paged(1, 2, 256);  /* 8 dims per lane */
+    test_attention_long(2, 16, 128, 2000);
+    test_attention_long(1, 4, 64, 700);
+}
+
+/* ------------------------------------------------------------------ sample */
+
+static void test_sample(void) {
+    enum { N = 4, V = 1000 };
+    float *l = xmalloc(sizeof(float) * N * V);
+    for (int i = 0; i < N * V; i++) l[i] = 2.0f * rng_normal(&g_rng);
+    l[0 * V + 10] = l[0 * V + 500] = 50.0f;    /* tie: the lower id wins */
+    for (int i = 0; i < V; i++) l[1 * V + i] = -INFINITY;
+    l[1 * V + 777] = -3.0f;                     /* one finite logit among -inf */
+    l[2 * V + V - 1] = 60.0f;                   /* last id */
+    void *gl = G.iface->alloc(G.ctx, sizeof(float) * N * V);
+    G.iface->to_device(G.ctx, gl, l, sizeof(float) * N * V);
+    /* greedy rows on the GPU, sampled rows through the CPU sampler: same ids,
+     * same generator states afterwards, whether the logits are on the GPU or host */
+    for (int mode = 0; mode < 3; mode++) {
+        uint64_t rg[N], rc[N];
+        ksample_params pg[N], pc[N];
+        for (int i = 0; i < N; i++) {
+            rg[i] = rc[i] = 1000 + (uint64_t)i;
+            float temp = mode == 0 ? 0.0f : (i % 2 ? 0.8f : 0.0f);
+            pg[i] = (ksample_params){temp, mode == 2 ? 40 : 0, mode == 2 ? 0.9f : 1.0f, &rg[i]};
+            pc[i] = (ksample_params){temp, pg[i].top_k, pg[i].top_p, &rc[i]};
+        }
+        int ig[N], ic[N], ih[N];
+        G.iface->sample(G.ctx, ig, gl, N, V, pg);
+        C.iface->sample(C.ctx, ic, l, N, V, pc);
+        int ok = 1;
+        for (int i = 0; i < N; i++) ok &= ig[i] == ic[i] && rg[i] == rc[i];
+        expect(ok, "sample %s, device logits: ids %d %d %d %d (cpu %d %d %d %d)",
+               mode == 0 ? "greedy" : mode == 1 ? "mixed greedy/temperature" : "mixed, top-k/top-p", ig[0], ig[1],
+               ig[2], ig[3], ic[0], ic[1], ic[2], ic[3]);
+        for (int i = 0; i < N; i++) rg[i] = 1000 + (uint64_t)i;
+        G.iface->sample(G.ctx, ih, l, N, V, pg); /* host logits: the CPU path */
+        ok = 1;
+        for (int i = 0; i < N; i++) ok &= ih[i] == ic[i] && rg[i] == rc[i];
+        expect(ok, "sample mode %d, host logits: same ids as the CPU backend", mode);
+        if (mode == 0) expect(ig[0] == 10 && ig[1] == 777 && ig[2] == V - 1, "argmax tie/-inf/last-id cases");
+    }
+    G.iface->free(G.ctx, gl);
+    free(l);
+}
+
+/* ------------------------------------------------------------ NCCL, 1 rank */
+
+#ifdef GLMTP_HAVE_NCCL
+/* The NCCL communicator on one rank: setup through the base comm, all-reduces
+ * queued on the backend's stream (a sum over one rank leaves the data as it
+ * is), more of them than the watchdog's ring holds, and teardown. */
+static void test_nccl_single(int *argc, char ***argv) {
+    char err[512];
+    comm *base = comm_create(argc, argv, 60, err, sizeof err);
+    if (!base || base->size != 1) {
+        expect(0, "nccl: a one-rank base comm (%s)", base ? "more than one rank" : err);
+        comm_destroy(base);
+        return;
+    }
+    comm *nc = comm_nccl_create(base, kernels_cuda_stream(G), err, sizeof err);
+    expect(nc != NULL, "nccl: comm_nccl_create on one rank%s%s", nc ? "" : ": ", nc ? "" : err);
+    if (nc) {
+        size_t n = 4096 * 5;
+        float *x = rand_bf16(n, -3, 3);
+        void *d = g_act(x, n);
+        for (int i = 0; i < 300; i++) nc->iface->allreduce_sum(nc->ctx, d, n, KDT_BF16);
+        float *got = g_get("nccl all-reduce", d, n);
+        check("nccl all-reduce bf16 x300 on one rank (identity)", got, x, n, 0.0, 0.0);
+        void *f = G.iface->alloc(G.ctx, n * 4);
+        G.iface->to_device(G.ctx, f, x, n * 4);
+        nc->iface->allreduce_sum(nc->ctx, f, n, KDT_F32);
+        G.iface->to_host(G.ctx, got, f, n * 4);
+        check("nccl all-reduce f32 on one rank (identity)", got, x, n, 0.0, 0.0);
+        G.iface->free(G.ctx, f), G.iface->free(G.ctx, d);
+        free(got), free(x);
+        comm_nccl_destroy(nc);
+    }
+    comm_destroy(base);
+}
+#endif
+
+/* -------------------------------------------------------------------- main */
+
+int main(int argc, char **argv) {
+    int n_dev = 0;
+    cudaError_t e = cudaGetDeviceCount(&n_dev);
+    if (e != cudaSuccess || n_dev == 0) {
+        printf("skipped: no CUDA device (%s)\n", e != cudaSuccess ? cudaGetErrorString(e) : "none visible");
+        return 0;
+    }
+    char err[512];
+    G = kernels_cuda_create(0, err, sizeof err);
+    if (!G.iface) {
+        printf("skipped: no CUDA device (%s)\n", err);
+        return 0;
+    }
+    C = kernels_cpu_create(0);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    printf("backends: %s (act_bytes %zu) vs %s\n", G.iface->name, G.iface->act_bytes, C.iface->name);
+    test_upload();
+    test_embedding();
+    test_small_ops();
+    test_matmul();
+    test_rope();
+    test_attention();
+    test_sample();
+#ifdef GLMTP_HAVE_NCCL
+    test_nccl_single(&argc, &argv);
+#else
+    (void)argc, (void)argv;
+    printf("(built without NCCL: no communicator test)\n");
+#endif
+    G.iface->sync(G.ctx);
+    G.iface->destroy(G.ctx);
+    C.iface->destroy(C.ctx);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    printf("time %.2f s\n", (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec));
+    printf("%d passed, %d failed\n", n_pass, n_fail);
+    return n_fail ? 1 : 0;
+}
