@@ -1,167 +1,311 @@
-/* glmtp bench decode: single-sequence decode time per token, with the memory
- * bandwidth of this machine measured in the same run as its physical limit.
- * Decode is bound by reading the weights once per token, so the figure that
- * matters is (weight bytes read per token / time per token) / bandwidth. */
+/* glmtp bench: prefill, decode and offline-throughput figures, each beside the
+ * physical limit measured in the same run (memory bandwidth for decode, a
+ * plain GEMM of the same shapes for prefill, the all-reduce share of step
+ * time), as a table and as JSON; and --model-only, the analytic model for
+ * hardware this machine does not have (bench_model.c).
+ * Rank 0 plans and times every step; the other ranks follow (engine_follow),
+ * so a figure is the job's, not one rank's. */
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "../kernels/rng.h"
 #include "../worker/util.h"
 #include "args.h"
+#include "bench.h"
+#include "bench_limits.h"
 #include "commands.h"
 #include "engine.h"
-#include "step_plan.h"
+#include "gen.h"
+#include "presets.h"
 
-/* STREAM-style copy and read over buffers far larger than the caches; best of
- * `reps`. copy counts bytes read + written (STREAM convention). */
-static void measure_bandwidth(size_t bytes, int reps, double *copy_gbs, double *read_gbs) {
-    size_t n = bytes / sizeof(float);
-    float *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float));
-    if (!a || !b) abort();
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) a[i] = (float)(i & 1023), b[i] = 0.0f;
-    double best_c = 1e30, best_r = 1e30, sink = 0.0;
-    for (int r = 0; r < reps; r++) {
-        double t0 = util_now();
-#pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < n; i++) b[i] = a[i];
-        double t1 = util_now();
-        /* Four independent accumulators so the adds are not latency-bound. */
-        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-#pragma omp parallel for simd schedule(static) reduction(+ : s0, s1, s2, s3)
-        for (size_t i = 0; i < n; i += 4) {
-            s0 += b[i];
-            s1 += b[i + 1];
-            s2 += b[i + 2];
-            s3 += b[i + 3];
-        }
-        double t2 = util_now();
-        float s = s0 + s1 + s2 + s3;
-        sink += s;
-        if (t1 - t0 < best_c) best_c = t1 - t0;
-        if (t2 - t1 < best_r) best_r = t2 - t1;
-    }
-    *copy_gbs = 2.0 * (double)bytes / best_c / 1e9;
-    *read_gbs = (double)bytes / best_r / 1e9 + (sink == 12345.0 ? 1e-9 : 0.0);
-    free(a);
-    free(b);
+static int sum_list_max(const int *v, int n) {
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (v[i] > m) m = v[i];
+    return m;
 }
 
-/* Device memory bandwidth through the backend's own add kernel (STREAM add:
- * x += y reads two arrays and writes one), best of `reps`; for GPU backends,
- * whose memory the host loops above cannot measure. */
-static double measure_backend_add(const engine *e, size_t bytes, int reps) {
-    const kernels_iface *k = e->kb.iface;
-    size_t n = bytes / k->act_bytes;
-    void *x = k->alloc(e->kb.ctx, bytes), *y = k->alloc(e->kb.ctx, bytes);
-    double best = 1e30;
-    k->add(e->kb.ctx, x, y, n); /* warm-up */
-    k->sync(e->kb.ctx);
-    for (int r = 0; r < reps; r++) {
-        double t0 = util_now();
-        k->add(e->kb.ctx, x, y, n);
-        k->sync(e->kb.ctx);
-        if (util_now() - t0 < best) best = util_now() - t0;
+/* --preset: a checkpoint of random weights made once under $TMPDIR and reused. */
+static int preset_dir(comm *c, const bench_opts *o, char *dir, size_t len) {
+    const char *tmp = getenv("TMPDIR");
+    snprintf(dir, len, "%s/glmtp-bench-%s-L%d-%s", tmp ? tmp : "/tmp", o->preset, o->layers, o->dtype);
+    int failed = 0;
+    if (c->rank == 0) {
+        char cfg[4200];
+        snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+        if (access(cfg, F_OK) != 0) {
+            char layers[16];
+            snprintf(layers, sizeof layers, "%d", o->layers);
+            char *argv[] = {"--preset", (char *)o->preset, "--layers", layers, "--dtype", (char *)o->dtype,
+                            "--out", dir, "--seed", "1"};
+            failed = cmd_make_model(10, argv) != 0;
+        }
     }
-    k->free(e->kb.ctx, x);
-    k->free(e->kb.ctx, y);
-    return 3.0 * (double)bytes / best / 1e9;
+    return comm_first_failed(c, failed) >= 0 ? -1 : 0;
+}
+
+/* A step of one token for each of nseq sequences at position pos. */
+static void decode_step(engine *e, kv_seq *seqs, int nseq, int pos, uint64_t *rng, float *logits) {
+    int max_blocks = 0;
+    for (int s = 0; s < nseq; s++)
+        if (seqs[s].n_blocks > max_blocks) max_blocks = seqs[s].n_blocks;
+    glm_step st = {0};
+    step_alloc(&st, nseq, nseq, max_blocks, nseq, e->blocks.block_size);
+    for (int s = 0; s < nseq; s++) {
+        st.ids[s] = (int)(rng_next(rng) % (uint64_t)e->m->cfg.vocab);
+        st.pos[s] = pos;
+        st.seq[s] = s;
+        st.logit_rows[s] = s;
+        step_set_table(&st, s, &seqs[s]);
+    }
+    step_fill_slots(&st);
+    engine_step(e, &st, logits, NULL);
+    step_free(&st);
+}
+
+/* Decode at batch B with C tokens of context each. The cache is not filled by a
+ * prefill: step time does not depend on the cached values, only on how many. */
+static void run_decode(engine *e, const bench_opts *o, const bench_machine *mc, int B, int C, bench_row *r) {
+    kv_seq *seqs = calloc((size_t)B, sizeof *seqs);
+    float *logits = malloc(sizeof(float) * (size_t)B * e->m->cfg.vocab);
+    if (!seqs || !logits) abort();
+    for (int s = 0; s < B; s++)
+        if (kv_seq_reserve(&e->blocks, &seqs[s], C + o->steps + 2)) abort(); /* pool sized for the largest */
+    uint64_t rng = 1;
+    decode_step(e, seqs, B, C, &rng, logits); /* warm-up */
+    decode_step(e, seqs, B, C + 1, &rng, logits);
+    double ar0, tot0, ar1, tot1;
+    forward_times(e->fw, &ar0, &tot0);
+    double t0 = util_now();
+    for (int i = 0; i < o->steps; i++) decode_step(e, seqs, B, C + 2 + i, &rng, logits);
+    double dt = (util_now() - t0) / o->steps;
+    forward_times(e->fw, &ar1, &tot1);
+    for (int s = 0; s < B; s++) kv_seq_release(&e->blocks, &seqs[s]);
+    free(seqs);
+    free(logits);
+    /* Bytes every rank reads per step: its weights (not the embedding table) and its KV. */
+    double kv_tok = 2.0 * e->m->cfg.n_layers * e->kv->width * e->kb.iface->act_bytes;
+    double bytes = (double)mc->weight_bytes + (double)B * (C + 1) * kv_tok;
+    *r = (bench_row){0};
+    r->batch = B;
+    r->context = C;
+    r->seconds = dt;
+    r->tokens_per_s = B / dt;
+    r->gbps = bytes * mc->tp / dt / 1e9; /* all ranks share this machine's memory */
+    r->limit = mc->mem_gbs;
+    r->ratio = r->gbps / r->limit;
+    r->allreduce_share = tot1 > tot0 ? (ar1 - ar0) / (tot1 - tot0) : 0;
+}
+
+static void run_prefill(engine *e, const bench_machine *mc, int len, bench_row *r) {
+    kv_seq seq = {0};
+    if (kv_seq_reserve(&e->blocks, &seq, len)) abort();
+    uint64_t rng = 3;
+    glm_step st = {0};
+    step_alloc(&st, len, 1, seq.n_blocks, 1, e->blocks.block_size);
+    for (int t = 0; t < len; t++) {
+        st.ids[t] = (int)(rng_next(&rng) % (uint64_t)e->m->cfg.vocab);
+        st.pos[t] = t;
+    }
+    st.logit_rows[0] = len - 1;
+    step_set_table(&st, 0, &seq);
+    step_fill_slots(&st);
+    float *logits = malloc(sizeof(float) * (size_t)e->m->cfg.vocab);
+    if (!logits) abort();
+    double ar0, tot0, ar1, tot1;
+    forward_times(e->fw, &ar0, &tot0);
+    double t0 = util_now();
+    glm_step copy = st; /* engine_step broadcasts; rank 0 keeps ownership */
+    engine_step(e, &copy, logits, NULL);
+    double dt = util_now() - t0;
+    forward_times(e->fw, &ar1, &tot1);
+    step_free(&st);
+    free(logits);
+    kv_seq_release(&e->blocks, &seq);
+    const glm_config *c = &e->m->cfg;
+    const glm_shard *s = &e->m->shard;
+    double linear = 2.0 * len * (double)mc->linear_params; /* per rank */
+    double attn = 2.0 * (double)len * len * s->nq * c->head_dim * c->n_layers;
+    *r = (bench_row){0};
+    r->len = len;
+    r->seconds = dt;
+    r->tokens_per_s = len / dt;
+    r->gflops = (linear + attn) / dt / 1e9;
+    r->linear_gflops = linear / dt / 1e9;
+    r->limit = mc->gemm_gflops;
+    r->ratio = r->linear_gflops / r->limit;
+    r->allreduce_share = tot1 > tot0 ? (ar1 - ar0) / (tot1 - tot0) : 0;
+}
+
+static void run_throughput(engine *e, const bench_opts *o, bench_row *r) {
+    int n = o->requests;
+    gen_request *reqs = calloc((size_t)n, sizeof *reqs);
+    if (!reqs) abort();
+    uint64_t rng = 11;
+    for (int i = 0; i < n; i++) {
+        reqs[i].prompt = malloc(sizeof(int) * (size_t)o->in_len);
+        if (!reqs[i].prompt) abort();
+        for (int t = 0; t < o->in_len; t++) reqs[i].prompt[t] = (int)(rng_next(&rng) % (uint64_t)e->m->cfg.vocab);
+        reqs[i].n_prompt = o->in_len;
+        reqs[i].max_new = o->out_len;
+        reqs[i].top_p = 1.0f;
+        reqs[i].ignore_eos = 1;
+    }
+    double ar0, tot0, ar1, tot1;
+    forward_times(e->fw, &ar0, &tot0);
+    gen_options go = {o->step_tokens, 0, NULL, NULL};
+    double t0 = util_now();
+    gen_run(e, NULL, reqs, n, &go);
+    double dt = util_now() - t0;
+    forward_times(e->fw, &ar1, &tot1);
+    long out = 0;
+    for (int i = 0; i < n; i++) {
+        out += reqs[i].n_out;
+        gen_request_free(&reqs[i]);
+    }
+    free(reqs);
+    *r = (bench_row){0};
+    r->requests = n;
+    r->seconds = dt;
+    r->tokens_per_s = out / dt;
+    r->total_tokens_per_s = (out + (double)n * o->in_len) / dt;
+    r->allreduce_share = tot1 > tot0 ? (ar1 - ar0) / (tot1 - tot0) : 0;
+}
+
+static int parse(comm *c, bench_opts *o, int argc, char **argv) {
+    memset(o, 0, sizeof *o);
+    o->mode = argc > 0 && argv[0][0] != '-' ? argv[0] : "";
+    int skip = o->mode[0] ? 1 : 0;
+    args a;
+    args_init(&a, argc - skip, argv + skip);
+    o->model_only = args_flag(&a, "--model-only");
+    o->dir = args_str(&a, "--model", NULL);
+    o->preset = args_str(&a, "--preset", NULL);
+    o->layers = (int)args_int(&a, "--layers", 0, 1, 1000);
+    o->dtype = args_str(&a, "--dtype", "bf16");
+    o->json = args_str(&a, "--json", NULL);
+    o->device = args_str(&a, "--device", "cpu");
+    o->comm_kind = args_str(&a, "--comm", NULL);
+    o->threads = (int)args_int(&a, "--threads", 0, 0, 1024);
+    o->steps = (int)args_int(&a, "--steps", 8, 1, 1 << 20);
+    o->requests = (int)args_int(&a, "--requests", 16, 1, 1 << 20);
+    o->in_len = (int)args_int(&a, "--input", 64, 1, 1 << 24);
+    o->out_len = (int)args_int(&a, "--output", 32, 1, 1 << 24);
+    o->step_tokens = (int)args_int(&a, "--step-tokens", 512, 1, 1 << 24);
+    o->gpu = args_str(&a, "--gpu", "h100");
+    o->link = args_str(&a, "--link", "nvlink4");
+    o->tp = (int)args_int(&a, "--tp", 1, 1, 4096);
+    o->measured = args_str(&a, "--measured", NULL);
+    const char *lens = args_str(&a, "--lens", o->model_only ? "131072,1048576" : "128,512");
+    const char *batches = args_str(&a, "--batch", "1,8");
+    const char *contexts = args_str(&a, "--context", o->model_only ? "0,131072" : "128,1024");
+    if (!a.failed) args_int_list(&a, "--lens", lens, &o->lens, &o->n_lens);
+    if (!a.failed) args_int_list(&a, "--batch", batches, &o->batches, &o->n_batches);
+    if (!a.failed) args_int_list(&a, "--context", contexts, &o->contexts, &o->n_contexts);
+    for (int i = 0; !a.failed && i < o->n_lens; i++)
+        if (o->lens[i] < 1) snprintf(a.err, sizeof a.err, "--lens: lengths must be >= 1"), a.failed = 1;
+    for (int i = 0; !a.failed && i < o->n_batches; i++)
+        if (o->batches[i] < 1) snprintf(a.err, sizeof a.err, "--batch: sizes must be >= 1"), a.failed = 1;
+    for (int i = 0; !a.failed && !o->model_only && i < o->n_contexts; i++)
+        if (o->contexts[i] < 1) snprintf(a.err, sizeof a.err, "--context: lengths must be >= 1"), a.failed = 1;
+    if (!a.failed && !o->model_only && strcmp(o->mode, "prefill") && strcmp(o->mode, "decode") &&
+        strcmp(o->mode, "throughput"))
+        snprintf(a.err, sizeof a.err, "unknown mode '%s' (prefill, decode, throughput, or --model-only)", o->mode),
+            a.failed = 1;
+    if (!a.failed && !o->model_only && !!o->dir == !!o->preset)
+        snprintf(a.err, sizeof a.err, "give --model DIR or --preset NAME"), a.failed = 1;
+    if (!a.failed && o->preset && !preset_find(o->preset))
+        snprintf(a.err, sizeof a.err, "unknown preset '%s' (%s)", o->preset, preset_names()), a.failed = 1;
+    if (!a.failed && o->preset && !o->layers) o->layers = preset_find(o->preset)->layers;
+    if (!a.failed && strcmp(o->dtype, "bf16") && strcmp(o->dtype, "f32"))
+        snprintf(a.err, sizeof a.err, "--dtype must be bf16 or f32"), a.failed = 1;
+    int rc = args_finish(&a);
+    if (rc) engine_error(c, "bench: %s", a.err);
+    args_free(&a);
+    return rc;
+}
+
+static void free_opts(bench_opts *o) {
+    free(o->lens);
+    free(o->batches);
+    free(o->contexts);
 }
 
 int cmd_bench(comm *c, int argc, char **argv) {
     if (engine_check_args(c, argc, argv)) return 1;
-    args a;
-    args_init(&a, argc > 0 ? argc - 1 : 0, argv + 1);
-    const char *mode = argc > 0 ? argv[0] : "";
-    const char *dir = args_str(&a, "--model", NULL);
-    int tokens = (int)args_int(&a, "--tokens", 16, 1, 1 << 20);
-    int context = (int)args_int(&a, "--context", 16, 1, 1 << 24);
-    int threads = (int)args_int(&a, "--threads", 0, 0, 1024);
-    const char *device = args_str(&a, "--device", "cpu"), *comm_kind = args_str(&a, "--comm", NULL);
+    bench_opts o;
+    if (parse(c, &o, argc, argv)) {
+        free_opts(&o);
+        return 1;
+    }
+    if (o.model_only) {
+        int rc = c->rank == 0 ? bench_model_report(&o) : 0;
+        free_opts(&o);
+        return rc;
+    }
+    char dir[4096];
     int rc = 1;
     engine e = {0};
-    int *ids = NULL;
-    float *logits = NULL;
-    if (strcmp(mode, "decode") != 0) {
-        engine_error(c, "bench: unknown mode '%s' (decode)", mode);
-        goto done;
-    }
-    if (!a.failed && !dir) snprintf(a.err, sizeof a.err, "--model DIR is required"), a.failed = 1;
-    if (args_finish(&a)) {
-        engine_error(c, "bench: %s", a.err);
-        goto done;
-    }
-    if (engine_open(&e, c, dir, context + tokens + 2, 16, threads, device, comm_kind)) goto done;
-    const glm_config *cfg = &e.m->cfg;
-    if (context + tokens + 2 > cfg->seq_len) {
-        engine_error(c, "bench: --context + --tokens exceed the context length %d", cfg->seq_len);
-        goto done;
-    }
-    uint64_t rng = 1;
-    ids = malloc(sizeof(int) * (size_t)context);
-    logits = malloc(sizeof(float) * (size_t)cfg->vocab);
-    if (!ids || !logits) abort();
-    for (int i = 0; i < context; i++) ids[i] = (int)(rng_next(&rng) % (uint64_t)cfg->vocab);
-    kv_seq seq = {0};
-    if (c->rank == 0 && kv_seq_reserve(&e.blocks, &seq, context + tokens + 2)) abort();
+    if (o.preset && preset_dir(c, &o, dir, sizeof dir)) goto done;
+    const char *model = o.preset ? dir : o.dir;
 
-    double t_prefill = 0, t_decode = 0, ar0 = 0, ar1 = 0, tot;
-    int pos = 0, next = ids[0];
-    for (int i = -1; i < tokens + 2; i++) { /* -1: prefill; 0, 1: warm-up decode steps */
-        glm_step s = {0};
-        if (c->rank == 0) {
-            if (i < 0)
-                plan_one_seq(&s, &seq, ids, 0, context, 16, 0);
-            else
-                plan_one_seq(&s, &seq, &next, pos, 1, 16, 0);
-        }
-        step_bcast(c, &s);
-        if (i == 2) forward_times(e.fw, &ar0, &tot);
-        double t0 = util_now();
-        forward_run(e.fw, &s, logits, NULL);
-        double dt = util_now() - t0;
-        pos += s.n_tokens;
-        step_free(&s);
-        if (i < 0) t_prefill = dt;
-        if (i >= 2) t_decode += dt;
-        if (c->rank == 0) next = (int)(rng_next(&rng) % (uint64_t)cfg->vocab);
-    }
-    forward_times(e.fw, &ar1, &tot);
-    double copy_gbs, read_gbs;
-    int on_gpu = strcmp(device, "cpu") != 0;
-    if (on_gpu)
-        copy_gbs = read_gbs = measure_backend_add(&e, (size_t)1 << 30, 5);
+    int kv = 1;
+    if (strcmp(o.mode, "decode") == 0)
+        kv = sum_list_max(o.batches, o.n_batches) * (sum_list_max(o.contexts, o.n_contexts) + o.steps + 2 + 16);
+    else if (strcmp(o.mode, "prefill") == 0)
+        kv = sum_list_max(o.lens, o.n_lens) + 16;
     else
-        measure_bandwidth((size_t)1 << 30, 5, &copy_gbs, &read_gbs);
-    /* Per token every weight is read once, except the embedding (one row). */
-    size_t emb = (size_t)e.m->embed.rows * e.m->embed.cols * kdtype_size(e.m->embed.dtype);
-    double bytes = (double)(e.m->bytes_sharded + e.m->bytes_replicated - emb);
-    double per_tok = t_decode / tokens, gbs = bytes / per_tok / 1e9;
-    if (c->rank == 0) {
-        printf("# glmtp bench decode: model %s, tp %d, %d threads/rank, context %d, %d timed tokens (2 warm-up)\n",
-               dir, c->size, omp_get_max_threads(), context, tokens);
-        printf("# layers %d, hidden %d, weights read per token per rank %.3f GB (%s)\n", cfg->n_layers, cfg->hidden,
-               bytes / 1e9, kdtype_name(e.m->layers[0].qkv.dtype));
-        printf("# device %s; bandwidth limit measured in this run: %s\n", device,
-               on_gpu ? "device memory, the backend's add kernel (x += y: 2 reads + 1 write), in both bw columns"
-                      : "host memory, STREAM copy (read + write) and read");
-        printf("%-10s %12s %14s %12s %12s %12s %10s %10s %10s %10s\n", "mode", "prefill", "decode/token", "tokens/s",
-               "weights", "copy bw", "read bw", "vs copy", "vs read", "allreduce");
-        printf("%-10s %12s %14s %12s %12s %12s %10s %10s %10s %10s\n", "", "(s)", "(ms)", "", "(GB/s)", "(GB/s)",
-               "(GB/s)", "(%)", "(%)", "(%)");
-        printf("%-10s %12.3f %14.3f %12.2f %12.2f %12.2f %10.2f %10.1f %10.1f %10.1f\n", "decode", t_prefill,
-               per_tok * 1e3, 1.0 / per_tok, gbs, copy_gbs, read_gbs, 100.0 * gbs / copy_gbs, 100.0 * gbs / read_gbs,
-               100.0 * (ar1 - ar0) / t_decode);
-        fflush(stdout);
-        kv_seq_release(&e.blocks, &seq);
+        kv = o.requests * (o.in_len + o.out_len + 16);
+    if (engine_open(&e, c, model, kv, 16, o.threads, o.device, o.comm_kind)) goto done;
+    const glm_config *cfg = &e.m->cfg;
+    int ctx_need = strcmp(o.mode, "decode") == 0 ? sum_list_max(o.contexts, o.n_contexts) + o.steps + 2
+                   : strcmp(o.mode, "prefill") == 0 ? sum_list_max(o.lens, o.n_lens)
+                                                    : o.in_len + o.out_len;
+    if (comm_first_failed(c, ctx_need > cfg->seq_len) >= 0) {
+        engine_error(c, "bench: %d tokens per sequence exceed the context length %d", ctx_need, cfg->seq_len);
+        goto done;
     }
+    if (c->rank != 0) {
+        engine_follow(&e);
+        rc = 0;
+        goto done;
+    }
+
+    bench_machine mc;
+    bench_machine_measure(&e, &o, &mc);
+    int n_rows = strcmp(o.mode, "decode") == 0 ? o.n_batches * o.n_contexts
+                 : strcmp(o.mode, "prefill") == 0 ? o.n_lens
+                                                  : 1;
+    bench_row *rows = calloc((size_t)n_rows, sizeof *rows);
+    if (!rows) abort();
+    if (strcmp(o.mode, "decode") == 0) {
+        for (int b = 0; b < o.n_batches; b++)
+            for (int k = 0; k < o.n_contexts; k++)
+                run_decode(&e, &o, &mc, o.batches[b], o.contexts[k], &rows[b * o.n_contexts + k]);
+    } else if (strcmp(o.mode, "prefill") == 0) {
+        for (int i = 0; i < o.n_lens; i++) {
+            /* The GEMM limit at the same token count (capped: its rate is flat past a few thousand rows). */
+            int T = o.lens[i] < 4096 ? o.lens[i] : 4096;
+            limits_gemm_layer(&e, T, &mc.gemm_gflops, &mc.gemm_what);
+            run_prefill(&e, &mc, o.lens[i], &rows[i]);
+        }
+    } else {
+        run_throughput(&e, &o, &rows[0]);
+    }
+    engine_finish(&e);
+    bench_print(&o, &mc, model, rows, n_rows, stdout);
     rc = 0;
+    if (o.json && bench_write_json(&o, &mc, model, rows, n_rows, o.json)) {
+        engine_error(c, "bench: %s: cannot write", o.json);
+        rc = 1;
+    }
+    free(rows);
 done:
-    free(ids);
-    free(logits);
     engine_close(&e);
-    args_free(&a);
+    free_opts(&o);
     return rc;
 }

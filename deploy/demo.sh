@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
 # Demo: builds glmtp, makes a tiny GLM-4-shaped model with random weights on the
-# spot, and runs tensor-parallel generation on 2 CPU ranks under mpirun.
+# spot (with the real GLM-4 tokenizer), and runs batch generation on 2 CPU ranks
+# under mpirun: raw prompts and chat messages in, JSONL out. The weights are
+# random, so the text is gibberish; the pipeline is the real one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/install-deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release > /dev/null
 cmake --build build -j"$(nproc)" --target glmtp
-model=build/demo/tiny
-./build/glmtp make-model --preset tiny --out "$model" --seed 1
+demo=build/demo
+mkdir -p "$demo"
+./build/glmtp make-model --preset tiny --out "$demo/tiny" --seed 1 --tokenizer tests/data/glm4-tokenizer/tokenizer.model
+cat > "$demo/prompts.jsonl" <<'JSONL'
+{"id": "greedy", "prompt": "The capital of France is", "max_new_tokens": 16}
+{"id": "chat", "messages": [{"role": "system", "content": "You are concise."}, {"role": "user", "content": "你好，介绍一下你自己。"}], "max_new_tokens": 24}
+{"id": "sampled", "prompt": "Once upon a time", "max_new_tokens": 24, "temperature": 0.8, "top_p": 0.9, "seed": 42}
+{"id": "stop", "prompt": "1, 2, 3,", "max_new_tokens": 32, "stop": ["\n"]}
+JSONL
 if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
 export OMP_NUM_THREADS=1
-# [gMASK] <sop> <|user|> ... <|assistant|> as token ids (text in and out comes with the tokenizer).
-mpirun -np 2 --oversubscribe ./build/glmtp generate --model "$model" \
-  --ids 151331,151333,151336,198,9703,151337 --max-new-tokens 24 --temperature 0.8 --top-p 0.9 --seed 42
-mpirun -np 2 --oversubscribe ./build/glmtp score --model "$model" --ids 151331,151333,151336,198,9703 --top 3
+mpirun -np 2 --oversubscribe ./build/glmtp generate --model "$demo/tiny" --input "$demo/prompts.jsonl" \
+  --output "$demo/out.jsonl"
+cat "$demo/out.jsonl"

@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""glmtp bench: every mode runs under mpirun -np 2 on a tiny model and writes
+well-formed JSON with every field present and positive (times are never
+asserted); --model-only prints the hand-computed glm-4-9b-chat figures; bad
+options fail with a clear message; deploy/scaling.sh writes its CSV and PNG.
+usage: bench_check.py GLMTP REPO_ROOT --mpirun "mpiexec --oversubscribe" """
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+
+passed = failed = 0
+
+
+def check(name, ok, detail=""):
+    global passed, failed
+    passed += bool(ok)
+    failed += not ok
+    print(f"{'ok  ' if ok else 'FAIL'} {name}" + (f": {detail}" if detail else ""), flush=True)
+
+
+def run(cmd, env=None):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+
+FIELDS = {"decode": ["batch", "context", "step_ms", "tokens_per_s", "moved_gbs", "limit_gbs", "ratio"],
+          "prefill": ["tokens", "seconds", "tokens_per_s", "gflops", "linear_gflops", "limit_gflops", "ratio"],
+          "throughput": ["requests", "input", "output", "seconds", "output_tokens_per_s", "total_tokens_per_s"]}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("glmtp")
+    ap.add_argument("root")
+    ap.add_argument("--mpirun", default="")
+    a = ap.parse_args()
+    launch = shlex.split(a.mpirun) + ["-np", "2"] if a.mpirun else []
+    with tempfile.TemporaryDirectory() as tmp:
+        model = f"{tmp}/m"
+        run([a.glmtp, "make-model", "--preset", "tiny", "--vocab", "2000", "--out", model, "--seed", "2"])
+        modes = {"decode": ["--batch", "1,3", "--context", "8,40", "--steps", "2"],
+                 "prefill": ["--lens", "16,64"],
+                 "throughput": ["--requests", "3", "--input", "12", "--output", "5"]}
+        for mode, opts in modes.items():
+            js = f"{tmp}/{mode}.json"
+            p = run(launch + [a.glmtp, "bench", mode, "--model", model, "--json", js] + opts)
+            check(f"bench {mode} runs", p.returncode == 0, "" if p.returncode == 0 else p.stderr[-300:])
+            if p.returncode:
+                continue
+            j = json.load(open(js))
+            rows = j.get("results", [])
+            want_rows = {"decode": 4, "prefill": 2, "throughput": 1}[mode]
+            ok = len(rows) == want_rows and j.get("tp") == (2 if launch else 1) and j["limits"]["memory_gbs"] > 0
+            bad = [(f, r.get(f)) for r in rows for f in FIELDS[mode] + ["allreduce_share"]
+                   if not isinstance(r.get(f), (int, float)) or (r[f] <= 0 and f != "allreduce_share") or r[f] < 0]
+            check(f"bench {mode} JSON: fields present and positive", ok and not bad, str(bad[:3]))
+            check(f"bench {mode} prints a table with a units row", "(%)" in p.stdout and "#" in p.stdout)
+        env = dict(os.environ, TMPDIR=tmp)
+        p = run([a.glmtp, "bench", "decode", "--preset", "tiny", "--layers", "1", "--batch", "1", "--context", "4",
+                 "--steps", "1"], env)
+        check("bench --preset makes and uses a random-weight model", p.returncode == 0 and
+              os.path.exists(f"{tmp}/glmtp-bench-tiny-L1-bf16/config.json"), p.stderr[-200:])
+
+        p = run([a.glmtp, "bench", "--model-only", "--gpu", "h100", "--tp", "1", "--link", "nvlink4",
+                 "--preset", "glm-4-9b-chat"])
+        check("model-only tp=1: 17.558 GB per decode step, 40 KiB KV/token",
+              p.returncode == 0 and "read per decode step 17.558 GB" in p.stdout and "KV 40.0 KiB/token" in p.stdout,
+              p.stdout[:300])
+        p = run([a.glmtp, "bench", "--model-only", "--gpu", "h100", "--tp", "4", "--preset", "glm-4-9b-chat"])
+        check("model-only tp=4: 20 KiB KV per token per rank", p.returncode == 0 and "KV 20.0 KiB/token" in p.stdout)
+
+        for name, cmd, want in (
+                ("tp not dividing heads", ["--model-only", "--tp", "3"], "cannot be split over 3 ranks"),
+                ("unknown preset", ["decode", "--preset", "glm-5"], "unknown preset"),
+                ("zero length", ["prefill", "--model", model, "--lens", "0"], "--lens"),
+                ("zero batch", ["decode", "--model", model, "--batch", "0"], "--batch"),
+                ("unknown mode", ["sideways", "--model", model], "unknown mode"),
+                ("unknown gpu", ["--model-only", "--gpu", "tpu"], "unknown --gpu")):
+            p = run([a.glmtp, "bench"] + cmd)
+            check(f"bad option: {name}", p.returncode != 0 and want in p.stderr, p.stderr.strip()[:200])
+
+        if a.mpirun:
+            out = f"{tmp}/sweep"
+            p = run(["bash", f"{a.root}/deploy/scaling.sh", "--glmtp", a.glmtp, "--model", model, "--max-tp", "2",
+                     "--oversubscribe", "--out", out])
+            csv = open(f"{out}/scaling.csv").read().splitlines() if os.path.exists(f"{out}/scaling.csv") else []
+            check("scaling.sh writes a CSV row per tp", p.returncode == 0 and len(csv) == 3 and
+                  csv[0].startswith("tp,"), p.stderr[-300:])
+            png = open(f"{out}/scaling.png", "rb").read(8) if os.path.exists(f"{out}/scaling.png") else b""
+            check("scaling.sh writes a PNG", png.startswith(b"\x89PNG"))
+    print(f"{passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
