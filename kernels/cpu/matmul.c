@@ -10,7 +10,7 @@
 
 #include "cpu.h"
 
-#define GEMV_MAX_T 4
+#define GEMV_MAX_T 8
 #define PANEL_ROWS 4
 #define TOK_BLOCK 4
 
