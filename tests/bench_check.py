@@ -12,14 +12,8 @@ import subprocess
 import sys
 import tempfile
 
-passed = failed = 0
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    passed += bool(ok)
-    failed += not ok
-    print(f"{'ok  ' if ok else 'FAIL'} {name}" + (f": {detail}" if detail else ""), flush=True)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from testlib import check, finish  # noqa: E402
 
 
 def run(cmd, env=None):
@@ -91,8 +85,7 @@ def main():
                   csv[0].startswith("tp,"), p.stderr[-300:])
             png = open(f"{out}/scaling.png", "rb").read(8) if os.path.exists(f"{out}/scaling.png") else b""
             check("scaling.sh writes a PNG", png.startswith(b"\x89PNG"))
-    print(f"{passed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+    finish()
 
 
 if __name__ == "__main__":

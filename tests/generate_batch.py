@@ -21,14 +21,8 @@ import subprocess
 import sys
 import tempfile
 
-passed = failed = 0
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    passed += bool(ok)
-    failed += not ok
-    print(f"{'ok  ' if ok else 'FAIL'} {name}" + (f": {detail}" if detail else ""), flush=True)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from testlib import check, finish  # noqa: E402
 
 
 def generate(launch, glmtp, model, lines, tmp, extra=()):
@@ -115,8 +109,7 @@ def main():
         rc, recs, err = generate([], a.glmtp, broken, lines[:1], tmp)
         check("malformed tokenizer.model: error names the file and line",
               rc != 0 and "tokenizer.model:3" in err, err.strip()[:200])
-    print(f"{passed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+    finish()
 
 
 if __name__ == "__main__":

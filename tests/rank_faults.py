@@ -17,14 +17,8 @@ import sys
 import tempfile
 import time
 
-passed = failed = 0
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    passed += bool(ok)
-    failed += not ok
-    print(f"{'ok  ' if ok else 'FAIL'} {name}" + (f": {detail}" if detail else ""), flush=True)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from testlib import check, finish  # noqa: E402
 
 
 def run(cmd, cwd=None, timeout=60):
@@ -68,8 +62,7 @@ def main():
         rc, err, dt = run(mpirun + ["-np", "1", glmtp, "score", "--model", f"{tmp}/m2", "--ids", "1,2", ":",
                                     "-np", "1", "false"])
         check("a rank that dies at start ends the job", rc not in (0, None) and dt < 30, f"exit {rc}, {dt:.1f} s")
-    print(f"{passed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+    finish()
 
 
 if __name__ == "__main__":

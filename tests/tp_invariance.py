@@ -16,18 +16,13 @@ import random
 import re
 import shlex
 import subprocess
+import os
 import sys
 import tempfile
 
 TOL = 1e-4
-passed = failed = 0
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    passed += bool(ok)
-    failed += not ok
-    print(f"{'ok  ' if ok else 'FAIL'} {name}" + (f": {detail}" if detail else ""), flush=True)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from testlib import check, finish  # noqa: E402
 
 
 def run(cmd):
@@ -119,8 +114,7 @@ def main():
                 worst = max(abs(s - shard1 / tp) / (shard1 / tp) for s in got.values())
                 check(f"{name} tp={tp} per-rank sharded bytes", ok,
                       f"worst rank {100 * worst:+.1f}% off shard1/tp" + ("" if ok else f"; got {got} want {want}"))
-    print(f"{passed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+    finish()
 
 
 if __name__ == "__main__":

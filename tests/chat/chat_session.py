@@ -9,17 +9,12 @@ import argparse
 import json
 import shlex
 import subprocess
+import os
 import sys
 import tempfile
 
-passed = failed = 0
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    passed += bool(ok)
-    failed += not ok
-    print(f"{'ok  ' if ok else 'FAIL'} {name}" + (f": {detail}" if detail else ""), flush=True)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from testlib import check, finish  # noqa: E402
 
 
 def generate(glmtp, model, messages, tmp):
@@ -61,8 +56,7 @@ def main():
               f"{replies[2:3]} vs {[r3]}")
         check("a history past the context is refused, the session goes on",
               "exceeds the context of 128 tokens" in p.stderr and len(replies) == 4, p.stderr[-300:])
-    print(f"{passed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+    finish()
 
 
 if __name__ == "__main__":

@@ -10,14 +10,8 @@ import os
 import subprocess
 import sys
 
-passed = failed = 0
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    passed += bool(ok)
-    failed += not ok
-    print(f"{'ok  ' if ok else 'FAIL'} {name}" + (f": {detail}" if detail else ""), flush=True)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from testlib import check, finish  # noqa: E402
 
 
 def tokenize(glmtp, vocab_dir, payload, gen=True):
@@ -42,8 +36,7 @@ def main():
     check("non-string content names the field", p.returncode != 0 and "messages[0].content" in p.stderr, p.stderr.strip())
     p = tokenize(glmtp, vocab_dir, "[{not json")
     check("bad JSON is refused", p.returncode != 0 and "not JSON" in p.stderr, p.stderr.strip())
-    print(f"{passed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+    finish()
 
 
 if __name__ == "__main__":
