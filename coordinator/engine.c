@@ -189,13 +189,23 @@ void engine_finish(engine *e) {
     step_bcast(e->comm, &s);
 }
 
+/* An empty step with one sequence: followers wait again (an idle server sends
+ * it so that their collective timeout does not fire). */
+void engine_keepalive(engine *e) {
+    glm_step s = {0};
+    s.n_seqs = 1;
+    step_bcast(e->comm, &s);
+}
+
 void engine_follow(engine *e) {
     for (;;) {
         glm_step s = {0};
         step_bcast(e->comm, &s);
-        if (s.n_tokens == 0) {
+        if (s.n_tokens == 0) { /* the end, or a keepalive (n_seqs 1) */
+            int end = s.n_seqs == 0;
             step_free(&s);
-            return;
+            if (end) return;
+            continue;
         }
         forward_run(e->fw, &s, NULL, NULL);
         step_free(&s);

@@ -36,6 +36,8 @@ void engine_close(engine *e);
  * logits / hidden as in forward_run (rank 0 host memory). */
 void engine_step(engine *e, glm_step *s, float *logits, float *hidden);
 void engine_finish(engine *e);
+/* Rank 0, idle: keeps followers' collective timeout from firing. */
+void engine_keepalive(engine *e);
 void engine_follow(engine *e);
 
 /* Collective check that all ranks were started with the same arguments. */

@@ -59,8 +59,7 @@ static int hit_stop_string(gen_request *r, size_t delta) {
     return 0;
 }
 
-/* Appends a sampled token; decides whether the request is finished. */
-static void accept_token(engine *e, const tokenizer *tok, gen_request *r, int id, const gen_options *o, char *buf,
+void gen_accept_token(engine *e, const tokenizer *tok, gen_request *r, int id, const gen_options *o, char *buf,
                          size_t cap) {
     if (!r->ignore_eos && is_stop_id(&e->m->cfg, id)) {
         r->finish = "stop";
@@ -186,7 +185,7 @@ void gen_run(engine *e, const tokenizer *tok, gen_request *reqs, int n, const ge
         e->kb.iface->sample(e->kb.ctx, sampled, logits, n_logits, V, sp);
         for (int i = 0; i < n_logits; i++) {
             gen_request *r = &reqs[rows_req[i]];
-            accept_token(e, tok, r, sampled[i], o, dbuf, dcap);
+            gen_accept_token(e, tok, r, sampled[i], o, dbuf, dcap);
             generated++;
             if (r->finish) kv_seq_release(&e->blocks, &r->kv);
         }

@@ -62,6 +62,13 @@ void gen_run(engine *e, const tokenizer *tok, gen_request *reqs, int n, const ge
 /* Whether a request of this size can ever be admitted into e's KV pool. */
 int gen_fits(const engine *e, int n_prompt, int max_new);
 
+/* Appends sampled token id to r (text through tok when not NULL, o->on_text
+ * called with the new text) and sets r->finish when it is a stop id, a stop
+ * string appeared, or max_new is reached. buf: scratch of cap bytes, at least
+ * 3 * (tok_max_token_len + 4). For schedulers other than gen_run (serve). */
+void gen_accept_token(engine *e, const tokenizer *tok, gen_request *r, int id, const gen_options *o, char *buf,
+                      size_t cap);
+
 /* Frees a request's input and output; accepts NULL. */
 void gen_request_free(gen_request *r);
 

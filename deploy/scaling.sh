@@ -32,7 +32,9 @@ for tp in 1 2 4 8; do
   threads=$(( cores / tp )); [ "$threads" -ge 1 ] || threads=1
   if [ "$mode" = decode ]; then args=(--batch 1 --context 64); else args=(--lens 256); fi
   echo "scaling.sh: tp=$tp ($threads threads per rank)" >&2
-  mpirun $over -np "$tp" "$glmtp" bench "$mode" "${model[@]}" "${args[@]}" --threads "$threads" \
+  # --bind-to none: Open MPI binds each rank to one core by default, which would
+  # squeeze a rank's OpenMP threads onto that core.
+  mpirun $over --bind-to none -np "$tp" "$glmtp" bench "$mode" "${model[@]}" "${args[@]}" --threads "$threads" \
     --json "$out/tp$tp.json" "${extra[@]}" > "$out/tp$tp.txt"
 done
 python3 - "$out" "$mode" <<'PY'
