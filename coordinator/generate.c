@@ -163,7 +163,18 @@ int cmd_generate(comm *c, int argc, char **argv) {
             lines[i].g.ignore_eos = o.ignore_eos;
             if (!lines[i].error) need += lines[i].g.n_prompt + lines[i].g.max_new + o.block_size;
         }
-        kv_tokens = o.kv_tokens ? o.kv_tokens : (int)(need < (1 << 30) ? need : 1 << 30);
+        /* By default the pool holds every request at once, but takes at most a
+         * quarter of this machine's memory per rank (on CPU the cache is fp32);
+         * requests beyond it wait for blocks to come free. */
+        long cap = 1L << 30;
+        if (!failed) {
+            glm_shard sh;
+            shard_plan(&sh, &cfg, c->size, 0);
+            double per_token = 2.0 * cfg.n_layers * sh.nkv * cfg.head_dim * 4.0;
+            double budget = 0.25 * (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE) / c->local_size;
+            if (budget / per_token < (double)cap) cap = (long)(budget / per_token);
+        }
+        kv_tokens = o.kv_tokens ? o.kv_tokens : (int)(need < cap ? need : cap);
         if (kv_tokens < o.block_size) kv_tokens = o.block_size;
     }
     int rc = 1;

@@ -17,7 +17,10 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "engine.h"
 #include "glmtp.pb-c.h"
+#include "requests.h"
+#include "tokenizer.h"
 
 enum srv_kind { SRV_NEW, SRV_CANCEL, SRV_GONE, SRV_FRAME };
 
@@ -72,15 +75,12 @@ void srv_item_free(srv_item *it); /* accepts NULL */
 /* The network thread's body (arg: server *). */
 void *srv_net_main(void *arg);
 
-struct engine;
-struct tokenizer;
-struct req_context;
 typedef struct srv_sched_options {
     int step_tokens;
     int idle_keepalive_s;
 } srv_sched_options;
 /* Runs the engine loop until stopping and every request is answered. */
-void srv_sched_run(server *s, struct engine *e, const struct tokenizer *tok, const struct req_context *ctx,
+void srv_sched_run(server *s, engine *e, const tokenizer *tok, const req_context *ctx,
                    const srv_sched_options *o);
 
 #endif
