@@ -199,10 +199,10 @@ static int on_readable(net *nt, conn *c) {
                 snprintf(msg, sizeof msg, "truncated frame: end of stream after %zu of %zu body bytes",
                          c->in_body ? c->body_got : 0, c->in_body ? c->body_len : (size_t)4);
                 send_error(c, GLMTP__ERROR__CODE__BAD_FRAME, msg, 1);
-                c->hdr_got = 0, c->in_body = 0;
+                c->hdr_got = 0, c->in_body = 0, c->dead = 1;
                 return 0;
             }
-            return c->wlen ? (c->close_after = 1, 0) : -1;
+            return -1; /* a disconnect: its requests are cancelled */
         }
         if (!c->in_body) {
             c->hdr_got += (size_t)k;

@@ -10,7 +10,7 @@
 
 #include "cpu.h"
 
-#define GEMV_MAX_T 8
+#define GEMV_MAX_T 16
 #define PANEL_ROWS 4
 #define TOK_BLOCK 4
 
@@ -63,11 +63,45 @@ static void dot4(float *o, const float *x, const kweight *W, int n0, int K) {
     o[0] = a0; o[1] = a1; o[2] = a2; o[3] = a3;
 }
 
+/* Four rows against two tokens: each weight is widened once for both tokens. */
+static void dot4x2(float *o0, float *o1, const float *x0, const float *x1, const kweight *W, int n0, int K) {
+    float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f, b0 = 0.0f, b1 = 0.0f, b2 = 0.0f, b3 = 0.0f;
+    if (W->dtype == KDT_F32) {
+        const float *w0 = (const float *)W->data + (size_t)n0 * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+#pragma omp simd reduction(+ : a0, a1, a2, a3, b0, b1, b2, b3)
+        for (int k = 0; k < K; k++) {
+            float u = x0[k], v = x1[k], c0 = w0[k], c1 = w1[k], c2 = w2[k], c3 = w3[k];
+            a0 += u * c0; a1 += u * c1; a2 += u * c2; a3 += u * c3;
+            b0 += v * c0; b1 += v * c1; b2 += v * c2; b3 += v * c3;
+        }
+    } else {
+        const uint16_t *w0 = (const uint16_t *)W->data + (size_t)n0 * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+#pragma omp simd reduction(+ : a0, a1, a2, a3, b0, b1, b2, b3)
+        for (int k = 0; k < K; k++) {
+            float u = x0[k], v = x1[k];
+            float c0 = bf16_to_f32(w0[k]), c1 = bf16_to_f32(w1[k]), c2 = bf16_to_f32(w2[k]), c3 = bf16_to_f32(w3[k]);
+            a0 += u * c0; a1 += u * c1; a2 += u * c2; a3 += u * c3;
+            b0 += v * c0; b1 += v * c1; b2 += v * c2; b3 += v * c3;
+        }
+    }
+    o0[0] = a0; o0[1] = a1; o0[2] = a2; o0[3] = a3;
+    o1[0] = b0; o1[1] = b1; o1[2] = b2; o1[3] = b3;
+}
+
 static void gemv(float *out, const float *x, const kweight *W, int T) {
     int N = W->rows, K = W->cols, quads = N / 4;
 #pragma omp parallel for schedule(static)
     for (int q = 0; q < quads; q++) {
-        for (int t = 0; t < T; t++) {
+        int t = 0;
+        for (; t + 2 <= T; t += 2) {
+            float o0[4], o1[4];
+            dot4x2(o0, o1, x + (size_t)t * K, x + (size_t)(t + 1) * K, W, 4 * q, K);
+            for (int r = 0; r < 4; r++) {
+                out[(size_t)t * N + 4 * q + r] = o0[r];
+                out[(size_t)(t + 1) * N + 4 * q + r] = o1[r];
+            }
+        }
+        for (; t < T; t++) {
             float o[4];
             dot4(o, x + (size_t)t * K, W, 4 * q, K);
             for (int r = 0; r < 4; r++) out[(size_t)t * N + 4 * q + r] = o[r];
