@@ -10,6 +10,7 @@ int cmd_score(comm *c, int argc, char **argv);
 int cmd_generate(comm *c, int argc, char **argv);
 int cmd_bench(comm *c, int argc, char **argv);
 int cmd_chat(comm *c, int argc, char **argv);
+int cmd_serve(comm *c, int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 
 #endif

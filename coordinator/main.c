@@ -17,6 +17,9 @@ static void usage(FILE *f) {
             "             [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--ignore-eos]\n"
             "             [--step-tokens N] [--kv-tokens N]\n"
             "  chat       --model DIR [--system TEXT] [--max-new-tokens N] [--temperature T] ...\n"
+            "  serve      --model DIR [--listen 127.0.0.1:7070|unix:/path] [--auth-token-file F] [--max-queue N]\n"
+            "             [--max-frame BYTES] [--step-tokens N] [--kv-tokens N] [--step-log FILE] [sampling defaults]\n"
+            "             (client: glmtp-client --connect ADDR ...)\n"
             "  tokenize   --model DIR [--prefix] [--chat [--no-generation-prompt]] [--decode] < input\n"
             "  bench      decode --model DIR [--tokens N] [--context C]\n"
             "common: --threads N (per rank; default all cores), --block-size B (KV block, default 16),\n"
@@ -39,6 +42,14 @@ int main(int argc, char **argv) {
     else if (strcmp(cmd, "generate") == 0) run = cmd_generate;
     else if (strcmp(cmd, "bench") == 0) run = cmd_bench;
     else if (strcmp(cmd, "chat") == 0) run = cmd_chat;
+#ifdef GLMTP_HAVE_SERVE
+    else if (strcmp(cmd, "serve") == 0) run = cmd_serve;
+#else
+    else if (strcmp(cmd, "serve") == 0) {
+        fprintf(stderr, "glmtp: serve: this glmtp was built without protoc-c/libprotobuf-c (-DGLMTP_SERVE=OFF)\n");
+        return 2;
+    }
+#endif
     if (!run) {
         fprintf(stderr, "glmtp: unknown command '%s'\n", cmd);
         usage(stderr);

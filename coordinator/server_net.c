@@ -16,9 +16,11 @@
 #include "wire.h"
 
 #define MAX_CONNS 1024
+#define MAX_PENDING (64 << 20) /* bytes queued for one client before it is dropped */
 
 typedef struct conn {
-    int fd, serial, authed, close_after, dead;
+    int fd, serial, authed, close_after, dead, shut;
+    double dead_t; /* when it was marked dead: lingers at most 2 s */
     uint8_t hdr[4];
     size_t hdr_got;
     uint8_t *body;
@@ -182,6 +184,15 @@ static void handle_frame(net *nt, conn *c) {
 
 /* Reads what is there. Returns -1 when the connection is to be closed now. */
 static int on_readable(net *nt, conn *c) {
+    if (c->dead) { /* discard what the peer still sends, so that close() does not reset the error away */
+        uint8_t junk[4096];
+        for (;;) {
+            ssize_t k = read(c->fd, junk, sizeof junk);
+            if (k < 0 && errno == EINTR) continue;
+            if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
+            return k <= 0 ? -1 : 0;
+        }
+    }
     for (;;) {
         uint8_t *dst;
         size_t want;
@@ -199,7 +210,7 @@ static int on_readable(net *nt, conn *c) {
                 snprintf(msg, sizeof msg, "truncated frame: end of stream after %zu of %zu body bytes",
                          c->in_body ? c->body_got : 0, c->in_body ? c->body_len : (size_t)4);
                 send_error(c, GLMTP__ERROR__CODE__BAD_FRAME, msg, 1);
-                c->hdr_got = 0, c->in_body = 0, c->dead = 1;
+                c->hdr_got = 0, c->in_body = 0, c->dead = 1, c->dead_t = util_now();
                 return 0;
             }
             return -1; /* a disconnect: its requests are cancelled */
@@ -213,7 +224,7 @@ static int on_readable(net *nt, conn *c) {
                 snprintf(msg, sizeof msg, "frame of %u bytes is over the limit of %u bytes (--max-frame)", len,
                          nt->s->max_frame);
                 send_error(c, GLMTP__ERROR__CODE__BAD_FRAME, msg, 1);
-                c->dead = 1;
+                c->dead = 1, c->dead_t = util_now();
                 return 0;
             }
             c->body = malloc(len ? len : 1);
@@ -226,7 +237,7 @@ static int on_readable(net *nt, conn *c) {
             c->in_body = 0, c->hdr_got = 0;
             handle_frame(nt, c);
             if (c->close_after) {
-                c->dead = 1;
+                c->dead = 1, c->dead_t = util_now();
                 return 0;
             }
         }
@@ -242,7 +253,7 @@ static int on_writable(conn *c) {
         memmove(c->wbuf, c->wbuf + k, c->wlen - (size_t)k);
         c->wlen -= (size_t)k;
     }
-    return c->close_after ? -1 : 0;
+    return c->close_after && !c->dead ? -1 : 0;
 }
 
 static void drain(int fd) {
@@ -266,7 +277,12 @@ void *srv_net_main(void *arg) {
         for (srv_item *it = out, *nx; it; it = nx) {
             nx = it->next;
             conn *c = find(&nt, it->conn);
-            if (c) queue_bytes(c, it->buf, it->len);
+            if (c && c->wlen > MAX_PENDING) { /* a client that does not read: drop it (its requests are cancelled) */
+                if (!c->dead) fprintf(stderr, "glmtp: serve: connection %d: over %d bytes unread, closing\n", c->serial, MAX_PENDING);
+                c->dead = 1, c->dead_t = 0, c->wlen = 0;
+            } else if (c) {
+                queue_bytes(c, it->buf, it->len);
+            }
             if (c && it->close_after) c->close_after = 1;
             srv_item_free(it);
         }
@@ -281,7 +297,7 @@ void *srv_net_main(void *arg) {
         if (lfd >= 0) pf[np++] = (struct pollfd){s->listen_fd, POLLIN, 0};
         int base = np;
         for (int i = 0; i < nt.n; i++)
-            pf[np++] = (struct pollfd){nt.c[i]->fd, (short)((nt.c[i]->dead ? 0 : POLLIN) | (nt.c[i]->wlen ? POLLOUT : 0)), 0};
+            pf[np++] = (struct pollfd){nt.c[i]->fd, (short)(POLLIN | (nt.c[i]->wlen ? POLLOUT : 0)), 0};
         if (poll(pf, (nfds_t)np, 1000) < 0) {
             if (errno == EINTR) continue;
             fprintf(stderr, "glmtp: serve: poll: %s\n", strerror(errno));
@@ -305,9 +321,13 @@ void *srv_net_main(void *arg) {
             conn *c = nt.c[i];
             short re = pf[base + i].revents;
             int bad = 0;
-            if (re & (POLLIN | POLLHUP | POLLERR) && !c->dead) bad = on_readable(&nt, c) < 0;
+            if (re & (POLLIN | POLLHUP | POLLERR)) bad = on_readable(&nt, c) < 0;
             if (!bad && (c->wlen || c->close_after)) bad = on_writable(c) < 0;
-            if (!bad && c->dead && !c->wlen) bad = 1;
+            if (!bad && c->dead && !c->wlen && !c->shut) { /* error written: end our side, wait for theirs */
+                if (shutdown(c->fd, SHUT_WR) < 0) bad = 1;
+                c->shut = 1;
+            }
+            if (!bad && c->dead && util_now() - c->dead_t > 2.0) bad = 1;
             if (bad || (re & (POLLERR | POLLNVAL))) close_conn(&nt, i);
         }
         if (lfd >= 0 && pf[lfd].revents & POLLIN) {

@@ -55,17 +55,27 @@ static void send_error(sched *q, int conn, const char *id, Glmtp__Error__Code co
     send_response(q, conn, &r);
 }
 
-/* Streams what r has produced since the last delta (text and ids). */
-static void send_delta(sched *q, sreq *r) {
-    if (r->conn_gone || (r->g.text_len <= r->sent_text && r->g.n_out <= r->sent_ids)) return;
+/* Streams what r has produced since the last delta (text and ids). Until r
+ * is finished the text's last (longest stop string - 1) bytes are held back,
+ * so that a stop string spanning tokens is never streamed, and the cut is
+ * moved to a UTF-8 character boundary. */
+static void send_delta(sched *q, sreq *r, int final) {
+    size_t upto = r->g.text_len, hold = 0;
+    for (int i = 0; !final && i < r->g.n_stop; i++)
+        if (strlen(r->g.stop[i]) > hold + 1) hold = strlen(r->g.stop[i]) - 1;
+    upto = upto > r->sent_text + hold ? upto - hold : r->sent_text;
+    while (!final && upto > r->sent_text && ((unsigned char)r->g.text[upto] & 0xC0) == 0x80) upto--;
+    if (r->conn_gone || (upto <= r->sent_text && r->g.n_out <= r->sent_ids)) return;
     Glmtp__Delta d = GLMTP__DELTA__INIT;
-    char *t = r->g.text ? r->g.text + r->sent_text : "";
+    char save = 0, *t = r->g.text ? r->g.text + r->sent_text : "";
+    if (r->g.text) save = r->g.text[upto], r->g.text[upto] = 0;
     d.text = t;
     d.n_token_ids = (size_t)(r->g.n_out - r->sent_ids), d.token_ids = r->g.out + r->sent_ids;
     Glmtp__GenerateResponse g = GLMTP__GENERATE_RESPONSE__INIT;
     g.request_id = r->id, g.body_case = GLMTP__GENERATE_RESPONSE__BODY_DELTA, g.delta = &d;
     send_response(q, r->conn, &g);
-    r->sent_text = r->g.text_len, r->sent_ids = r->g.n_out;
+    if (r->g.text) r->g.text[upto] = save;
+    r->sent_text = upto, r->sent_ids = r->g.n_out;
 }
 
 static void send_final(sched *q, sreq *r, const char *reason) {
@@ -81,7 +91,7 @@ static void send_final(sched *q, sreq *r, const char *reason) {
             r->g.text[r->g.text_len] = 0;
         }
     }
-    if (r->stream) send_delta(q, r);
+    if (r->stream) send_delta(q, r, 1);
     Glmtp__Usage u = GLMTP__USAGE__INIT;
     u.has_prompt_tokens = u.has_completion_tokens = 1;
     u.prompt_tokens = r->g.n_prompt, u.completion_tokens = r->g.n_out;
@@ -339,12 +349,15 @@ static void make_plan(sched *q, plan *p, int budget) {
     }
 }
 
+/* One JSON line: step number, its wall time, tokens, and per request
+ * [id, tokens in this step, tokens in its KV after it, "p"refill or "d"ecode]. */
 static void log_step(sched *q, const plan *p, double dt) {
     FILE *f = q->s->step_log;
     if (!f) return;
     fprintf(f, "{\"step\":%ld,\"ms\":%.3f,\"tokens\":%d,\"seqs\":[", q->steps, dt * 1e3, p->tokens);
     for (int i = 0; i < p->n; i++)
-        fprintf(f, "%s[\"%s\",%d,%d]", i ? "," : "", p->req[i]->id, p->chunk[i], p->req[i]->n_fed);
+        fprintf(f, "%s[\"%s\",%d,%d,\"%s\"]", i ? "," : "", p->req[i]->id, p->chunk[i], p->req[i]->n_fed,
+                p->req[i]->n_fed - p->chunk[i] >= p->req[i]->g.n_prompt ? "d" : "p");
     fprintf(f, "]}\n");
     fflush(f);
 }
@@ -409,7 +422,7 @@ static int run_step(sched *q, int budget, float **logits, int *logits_cap, char 
             if (r->stop_ids[k] == sampled[i]) r->g.finish = "stop";
         if (!r->g.finish) gen_accept_token(q->e, q->tok, &r->g, sampled[i], &go, dbuf, dcap);
         q->generated++;
-        if (r->stream && !r->g.finish) send_delta(q, r);
+        if (r->stream && !r->g.finish) send_delta(q, r, 0);
     }
     double dt = util_now() - t0;
     if (dt > 0) q->tps = q->steps == 1 ? n_logits / dt : 0.9 * q->tps + 0.1 * n_logits / dt;

@@ -62,10 +62,12 @@ void step_bcast(comm *c, glm_step *s) {
     size_t lens[] = {nt, nt, nt, nt, nb, nl};
     size_t off = 0;
     if (c->rank == 0)
-        for (int i = 0; i < 6; off += lens[i], i++) memcpy(buf + off, parts[i], lens[i] * sizeof(int32_t));
+        for (int i = 0; i < 6; off += lens[i], i++)
+            if (lens[i]) memcpy(buf + off, parts[i], lens[i] * sizeof(int32_t)); /* empty steps have NULL arrays */
     c->iface->bcast(c->ctx, buf, total * sizeof(int32_t));
     off = 0;
     if (c->rank != 0)
-        for (int i = 0; i < 6; off += lens[i], i++) memcpy(parts[i], buf + off, lens[i] * sizeof(int32_t));
+        for (int i = 0; i < 6; off += lens[i], i++)
+            if (lens[i]) memcpy(parts[i], buf + off, lens[i] * sizeof(int32_t));
     free(buf);
 }
