@@ -7,6 +7,8 @@
  *       [--json] (one JSON record at the end instead of text: text, ids, finish, usage, ttft_ms)
  *       [--disconnect-after N] (close after N deltas: for tests)
  *     --stats | --health | --cancel ID
+ *     --load --requests N --input-len I --output-len O [--rate R] [--seed S] [--vocab V] [--json FILE]
+ *       (load generator: Poisson arrivals, TTFT / TPOT / ITL percentiles, throughput; client_load.h)
  * Exit status: 0 done, 1 the server answered with an error (or unhealthy,
  * or cancel of an unknown id), 2 usage or connection problems. */
 #include <cjson/cJSON.h>
@@ -18,6 +20,7 @@
 #include <unistd.h>
 
 #include "args.h"
+#include "client_load.h"
 #include "glmtp.pb-c.h"
 #include "wire.h"
 
@@ -123,15 +126,22 @@ int main(int argc, char **argv) {
     int stats = args_flag(&a, "--stats"), health = args_flag(&a, "--health"), json = args_flag(&a, "--json");
     int no_stream = args_flag(&a, "--no-stream");
     long disconnect_after = args_int(&a, "--disconnect-after", -1, 0, 1L << 30);
-    int n_modes = !!prompt + !!chat + !!ids_s + stats + health + !!cancel;
+    int load = args_flag(&a, "--load");
+    load_opts lo = {addr, token_file, args_str(&a, "--json-out", NULL), args_num(&a, "--rate", 0, 0, 1e9),
+                    (int)args_int(&a, "--requests", 16, 1, 100000), (int)args_int(&a, "--input-len", 32, 1, 1 << 24),
+                    (int)args_int(&a, "--output-len", 32, 1, 1 << 24), (int)args_int(&a, "--vocab", 150000, 1, 1 << 30),
+                    (uint64_t)args_int(&a, "--seed", 0, 0, 2147483647L)};
+    int n_modes = !!prompt + !!chat + !!ids_s + stats + health + !!cancel + load;
     if (!a.failed && n_modes != 1)
-        snprintf(a.err, sizeof a.err, "give one of --prompt, --chat, --ids, --stats, --health, --cancel"), a.failed = 1;
+        snprintf(a.err, sizeof a.err, "give one of --prompt, --chat, --ids, --stats, --health, --cancel, --load"),
+            a.failed = 1;
     if (args_finish(&a)) {
         fprintf(stderr, "glmtp-client: %s\n", a.err);
         args_free(&a);
         return 2;
     }
     args_free(&a);
+    if (load) return client_load(&lo);
 
     char err[512];
     int fd = wire_connect(addr, err, sizeof err);

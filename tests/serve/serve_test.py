@@ -306,6 +306,17 @@ def main():
         rc, out, err = srv.run("--health")
         check("health after bad input: serving, exit 0", rc == 0 and "serving" in out, out + err)
 
+        # ---- load generator (glmtp-client --load): Poisson arrivals, latency percentiles, JSON ----
+        lj = f"{tmp}/load.json"
+        rc, out, err = srv.run("--load", "--requests", "12", "--input-len", "16", "--output-len", "8", "--rate", "40",
+                               "--seed", "3", "--json-out", lj)
+        lr = json.load(open(lj)) if os.path.exists(lj) else {}
+        fields = [lr.get(k) for k in ("seconds", "requests_per_s", "output_tokens_per_s", "total_tokens_per_s")] + \
+                 [lr.get(d, {}).get(q) for d in ("ttft", "tpot", "itl") for q in ("p50_ms", "p90_ms", "p99_ms")]
+        check("load generator: 12 requests complete, JSON figures present and positive",
+              rc == 0 and lr.get("completed") == 12 and all(isinstance(v, (int, float)) and v > 0 for v in fields),
+              (out + err)[-300:])
+
         # ---- SIGTERM with a request running ----
         pr = srv.gen("--id", "running", "--ids", "151331,151333,7,8", "--max-new-tokens", "3000")
         time.sleep(0.5)
