@@ -119,8 +119,7 @@ static void run_prefill(engine *e, const bench_machine *mc, int len, bench_row *
     double ar0, tot0, ar1, tot1;
     forward_times(e->fw, &ar0, &tot0);
     double t0 = util_now();
-    glm_step copy = st; /* engine_step broadcasts; rank 0 keeps ownership */
-    engine_step(e, &copy, logits, NULL);
+    engine_step(e, &st, logits, NULL);
     double dt = util_now() - t0;
     forward_times(e->fw, &ar1, &tot1);
     step_free(&st);

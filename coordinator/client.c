@@ -21,6 +21,7 @@
 
 #include "args.h"
 #include "client_load.h"
+#include "client_wire.h"
 #include "glmtp.pb-c.h"
 #include "wire.h"
 
@@ -30,16 +31,11 @@ static double now_s(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* client_send, printing the error. */
 static int send_msg(int fd, const Glmtp__ClientMessage *m) {
-    size_t n = glmtp__client_message__get_packed_size(m);
-    uint8_t *b = malloc(n + 4);
     char err[256];
-    if (!b) return -1;
-    wire_put_len(b, (uint32_t)n);
-    glmtp__client_message__pack(m, b + 4);
-    int rc = wire_write_all(fd, b, n + 4, err, sizeof err);
+    int rc = client_send(fd, m, err, sizeof err);
     if (rc) fprintf(stderr, "glmtp-client: %s\n", err);
-    free(b);
     return rc;
 }
 
@@ -150,19 +146,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     Glmtp__ClientMessage cm = GLMTP__CLIENT_MESSAGE__INIT;
-    if (token_file) {
-        char tok[4096];
-        FILE *f = fopen(token_file, "r");
-        if (!f || !fgets(tok, sizeof tok, f)) {
-            fprintf(stderr, "glmtp-client: --auth-token-file %s: cannot read\n", token_file);
-            return 2;
-        }
-        fclose(f);
-        tok[strcspn(tok, "\r\n")] = 0;
-        Glmtp__Auth au = GLMTP__AUTH__INIT;
-        au.token = tok;
-        cm.msg_case = GLMTP__CLIENT_MESSAGE__MSG_AUTH, cm.auth = &au;
-        if (send_msg(fd, &cm)) return 2;
+    if (client_auth(fd, token_file, err, sizeof err)) {
+        fprintf(stderr, "glmtp-client: %s\n", err);
+        return 2;
     }
     Glmtp__Stats st = GLMTP__STATS__INIT;
     Glmtp__Health he = GLMTP__HEALTH__INIT;

@@ -12,6 +12,7 @@
 
 #include "../kernels/rng.h"
 #include "client_load.h"
+#include "client_wire.h"
 #include "glmtp.pb-c.h"
 #include "wire.h"
 
@@ -33,17 +34,6 @@ static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int send_msg(int fd, const Glmtp__ClientMessage *m, char *err, size_t errlen) {
-    size_t n = glmtp__client_message__get_packed_size(m);
-    uint8_t *b = malloc(n + 4);
-    if (!b) return snprintf(err, errlen, "out of memory"), -1;
-    wire_put_len(b, (uint32_t)n);
-    glmtp__client_message__pack(m, b + 4);
-    int rc = wire_write_all(fd, b, n + 4, err, errlen);
-    free(b);
-    return rc;
 }
 
 static void add_gap(load_req *r, double gap) {
@@ -77,26 +67,11 @@ static void *run_one(void *arg) {
     }
     int fd = wire_connect(o->addr, r->err, sizeof r->err);
     if (fd < 0) return NULL;
-    Glmtp__ClientMessage cm = GLMTP__CLIENT_MESSAGE__INIT;
-    char tok[4096];
-    if (o->token_file) {
-        FILE *f = fopen(o->token_file, "r");
-        if (!f || !fgets(tok, sizeof tok, f)) {
-            snprintf(r->err, sizeof r->err, "--auth-token-file %s: cannot read", o->token_file);
-            if (f) fclose(f);
-            close(fd);
-            return NULL;
-        }
-        fclose(f);
-        tok[strcspn(tok, "\r\n")] = 0;
-        Glmtp__Auth au = GLMTP__AUTH__INIT;
-        au.token = tok;
-        cm.msg_case = GLMTP__CLIENT_MESSAGE__MSG_AUTH, cm.auth = &au;
-        if (send_msg(fd, &cm, r->err, sizeof r->err)) {
-            close(fd);
-            return NULL;
-        }
+    if (client_auth(fd, o->token_file, r->err, sizeof r->err)) {
+        close(fd);
+        return NULL;
     }
+    Glmtp__ClientMessage cm = GLMTP__CLIENT_MESSAGE__INIT;
     char rid[64];
     snprintf(rid, sizeof rid, "load-%d-%d", (int)getpid(), r->index);
     Glmtp__GenerateRequest g = GLMTP__GENERATE_REQUEST__INIT;
@@ -109,7 +84,7 @@ static void *run_one(void *arg) {
     g.has_stream = 1, g.stream = 1;
     cm.msg_case = GLMTP__CLIENT_MESSAGE__MSG_GENERATE, cm.generate = &g;
     r->t_send = now_s();
-    if (send_msg(fd, &cm, r->err, sizeof r->err)) {
+    if (client_send(fd, &cm, r->err, sizeof r->err)) {
         close(fd);
         return NULL;
     }
