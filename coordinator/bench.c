@@ -5,6 +5,7 @@
  * hardware this machine does not have (bench_model.c).
  * Rank 0 plans and times every step; the other ranks follow (engine_follow),
  * so a figure is the job's, not one rank's. */
+#include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -101,6 +102,58 @@ static void run_decode(engine *e, const bench_opts *o, const bench_machine *mc, 
     r->allreduce_share = tot1 > tot0 ? (ar1 - ar0) / (tot1 - tot0) : 0;
 }
 
+/* Seconds of one call of the attention op of layer 0 over the prefill step st,
+ * whose K/V the step just stored: the kernel alone, for its FLOP rate. q is
+ * random (the rate does not depend on it). */
+static double time_attention(engine *e, const glm_step *st) {
+    const kernels_iface *k = e->kb.iface;
+    void *ctx = e->kb.ctx;
+    const glm_config *c = &e->m->cfg;
+    const glm_shard *sh = &e->m->shard;
+    int T = st->n_tokens, d = c->head_dim, ld = (sh->nq + 2 * sh->nkv) * d;
+    size_t nq_bytes = (size_t)T * ld * k->act_bytes;
+    unsigned char *host = malloc(nq_bytes);
+    if (!host) abort();
+    uint64_t rng = 17;
+    for (size_t i = 0; i < nq_bytes; i += 2) { /* small random values in either activation type */
+        float v = (float)((int)(rng_next(&rng) % 2001) - 1000) / 1000.0f;
+        if (k->act_bytes == 4) {
+            if (i % 4 == 0) memcpy(host + i, &v, 4);
+        } else {
+            uint16_t b = f32_to_bf16(v);
+            memcpy(host + i, &b, 2);
+        }
+    }
+    void *q = k->alloc(ctx, nq_bytes), *out = k->alloc(ctx, (size_t)T * sh->nq * d * k->act_bytes);
+    int32_t *dv[4];
+    const int32_t *src[4] = {st->pos, st->seq, st->slots, st->block_tables};
+    size_t n[4] = {(size_t)T, (size_t)T, (size_t)T, (size_t)st->n_seqs * st->max_blocks};
+    for (int i = 0; i < 4; i++) {
+        dv[i] = k->alloc(ctx, n[i] * 4);
+        k->to_device(ctx, dv[i], src[i], n[i] * 4);
+    }
+    k->to_device(ctx, q, host, nq_bytes);
+    kattn_batch b = {T, dv[0], dv[1], dv[2], dv[3], st->max_blocks, st->block_size, T - 1, st->pos, st->seq, 1};
+    double best = 1e30;
+    for (int r = 0; r < 3; r++) {
+        b.serial = (uint64_t)r + 1; /* as a new step would: any per-step planning is in the time */
+        k->sync(ctx);
+        double t0 = util_now();
+        k->attention(ctx, out, q, ld, e->kv->k[0], e->kv->v[0], &b, sh->nq, sh->nkv, c->n_heads / c->n_kv, d,
+                     1.0f / sqrtf((float)d));
+        k->sync(ctx);
+        double dt = util_now() - t0;
+        if (dt < best) best = dt;
+    }
+    for (int i = 0; i < 4; i++) k->free(ctx, dv[i]);
+    k->free(ctx, q);
+    k->free(ctx, out);
+    free(host);
+    return best;
+}
+
+/* One prefill of len tokens, timed after a warm-up of the same step (so that
+ * library plans and scratch growth stay out of the figure). */
 static void run_prefill(engine *e, const bench_machine *mc, int len, bench_row *r) {
     kv_seq seq = {0};
     if (kv_seq_reserve(&e->blocks, &seq, len)) abort();
@@ -116,25 +169,29 @@ static void run_prefill(engine *e, const bench_machine *mc, int len, bench_row *
     step_fill_slots(&st);
     float *logits = malloc(sizeof(float) * (size_t)e->m->cfg.vocab);
     if (!logits) abort();
+    engine_step(e, &st, logits, NULL);
     double ar0, tot0, ar1, tot1;
     forward_times(e->fw, &ar0, &tot0);
     double t0 = util_now();
     engine_step(e, &st, logits, NULL);
     double dt = util_now() - t0;
     forward_times(e->fw, &ar1, &tot1);
+    double t_attn = time_attention(e, &st);
     step_free(&st);
     free(logits);
     kv_seq_release(&e->blocks, &seq);
     const glm_config *c = &e->m->cfg;
     const glm_shard *s = &e->m->shard;
     double linear = 2.0 * len * (double)mc->linear_params; /* per rank */
-    double attn = 2.0 * (double)len * len * s->nq * c->head_dim * c->n_layers;
+    /* Causal: QK^T and PV over len*(len+1)/2 (query, key) pairs, 2 FLOPs each per dim. */
+    double attn_layer = 4.0 * ((double)len * (len + 1) / 2) * s->nq * c->head_dim;
     *r = (bench_row){0};
     r->len = len;
     r->seconds = dt;
     r->tokens_per_s = len / dt;
-    r->gflops = (linear + attn) / dt / 1e9;
+    r->gflops = (linear + attn_layer * c->n_layers) / dt / 1e9;
     r->linear_gflops = linear / dt / 1e9;
+    r->attn_gflops = attn_layer / t_attn / 1e9;
     r->limit = mc->gemm_gflops;
     r->ratio = r->linear_gflops / r->limit;
     r->allreduce_share = tot1 > tot0 ? (ar1 - ar0) / (tot1 - tot0) : 0;
@@ -287,8 +344,9 @@ int cmd_bench(comm *c, int argc, char **argv) {
                 run_decode(&e, &o, &mc, o.batches[b], o.contexts[k], &rows[b * o.n_contexts + k]);
     } else if (strcmp(o.mode, "prefill") == 0) {
         for (int i = 0; i < o.n_lens; i++) {
-            /* The GEMM limit at the same token count (capped: its rate is flat past a few thousand rows). */
-            int T = o.lens[i] < 4096 ? o.lens[i] : 4096;
+            /* The GEMM limit at the same token count (capped on the CPU, where it
+             * is slow and its rate is flat past a few thousand rows). */
+            int T = o.lens[i] < 4096 || strcmp(e.kb.iface->name, "cpu") != 0 ? o.lens[i] : 4096;
             limits_gemm_layer(&e, T, &mc.gemm_gflops, &mc.gemm_what);
             run_prefill(&e, &mc, o.lens[i], &rows[i]);
         }

@@ -57,15 +57,16 @@ void bench_print(const bench_opts *o, const bench_machine *mc, const char *model
                     100 * r[i].allreduce_share);
         fprintf(f, "# moved: weights + KV read by all ranks per step / step time; limit: %s\n", mc->mem_what);
     } else if (strcmp(o->mode, "prefill") == 0) {
-        fprintf(f, "%8s %10s %12s %12s %12s %12s %8s %10s\n", "tokens", "time", "tokens/s", "all", "linear",
-                "GEMM", "ratio", "allreduce");
-        fprintf(f, "%8s %10s %12s %12s %12s %12s %8s %10s\n", "", "(s)", "", "(GFLOP/s)", "(GFLOP/s)", "(GFLOP/s)",
-                "(%)", "(%)");
+        fprintf(f, "%8s %10s %12s %12s %12s %12s %8s %10s %12s\n", "tokens", "time", "tokens/s", "all", "linear",
+                "GEMM", "ratio", "allreduce", "attention");
+        fprintf(f, "%8s %10s %12s %12s %12s %12s %8s %10s %12s\n", "", "(s)", "", "(GFLOP/s)", "(GFLOP/s)",
+                "(GFLOP/s)", "(%)", "(%)", "(GFLOP/s)");
         for (int i = 0; i < n; i++)
-            fprintf(f, "%8d %10.3f %12.1f %12.2f %12.2f %12.2f %8.1f %10.1f\n", r[i].len, r[i].seconds,
+            fprintf(f, "%8d %10.3f %12.1f %12.2f %12.2f %12.2f %8.1f %10.1f %12.2f\n", r[i].len, r[i].seconds,
                     r[i].tokens_per_s, r[i].gflops, r[i].linear_gflops, r[i].limit, 100 * r[i].ratio,
-                    100 * r[i].allreduce_share);
-        fprintf(f, "# per rank; GEMM: %s of the block's four weight shapes at the same token count (max 4096)\n",
+                    100 * r[i].allreduce_share, r[i].attn_gflops);
+        fprintf(f, "# per rank; GEMM: %s of the block's four weight shapes at the same token count (max 4096 on "
+                   "the CPU); attention: the attention op of one layer alone, causal FLOPs\n",
                 mc->gemm_what ? mc->gemm_what : "?");
     } else {
         fprintf(f, "%9s %7s %7s %10s %14s %14s %10s\n", "requests", "input", "output", "time", "output tok/s",
@@ -111,6 +112,7 @@ int bench_write_json(const bench_opts *o, const bench_machine *mc, const char *m
             cJSON_AddNumberToObject(x, "gflops", r[i].gflops);
             cJSON_AddNumberToObject(x, "linear_gflops", r[i].linear_gflops);
             cJSON_AddNumberToObject(x, "limit_gflops", r[i].limit);
+            cJSON_AddNumberToObject(x, "attention_gflops", r[i].attn_gflops);
         } else {
             cJSON_AddNumberToObject(x, "requests", r[i].requests);
             cJSON_AddNumberToObject(x, "input", o->in_len);

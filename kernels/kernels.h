@@ -45,6 +45,11 @@ typedef struct kattn_batch {
     int max_blocks;
     int block_size;
     int max_pos; /* largest pos[t] in the step (sizes scratch) */
+    /* Host copies of pos and seq (may be NULL), for backends that plan work on
+     * the host (e.g. group a prefill's tokens into tiles); serial changes with
+     * every step, so a plan made for one layer can serve the step's others. */
+    const int32_t *host_pos, *host_seq;
+    uint64_t serial;
 } kattn_batch;
 
 /* Per-row sampling parameters (host memory). temperature 0 = greedy (argmax);

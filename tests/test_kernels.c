@@ -665,7 +665,7 @@ static void test_attention_case(int n_kv, int q_per_kv, int d) {
         }
         void *dqkv = dev_copy(qkv, (size_t)T * ld * 4), *dpos = dev_copy(pos, (size_t)T * 4),
              *dseq = dev_copy(seq, (size_t)T * 4), *dslots = dev_copy(slots, (size_t)T * 4);
-        kattn_batch b = {T, dpos, dseq, dslots, dtables, MAXB, BS, max_pos};
+        kattn_batch b = {T, dpos, dseq, dslots, dtables, MAXB, BS, max_pos, NULL, NULL, 0};
         K_->kv_store(kb.ctx, kc, vc, (float *)dqkv + qw, (float *)dqkv + qw + kvw, ld, kvw, &b);
 
         char name[128];

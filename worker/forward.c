@@ -20,6 +20,7 @@ struct glm_forward {
     float *logits_host; /* [n_logits, vr] this rank's slice */
     float *gathered;    /* rank 0: [tp][n_logits * vr_r] */
     double t_allreduce, t_total;
+    uint64_t serial; /* steps run, for kattn_batch.serial */
 };
 
 glm_forward *forward_create(glm_model *m, kv_cache *kv) {
@@ -166,7 +167,8 @@ void forward_run(glm_forward *f, const glm_step *s, float *logits, float *hidden
     int max_pos = 0;
     for (int t = 0; t < T; t++)
         if (s->pos[t] > max_pos) max_pos = s->pos[t];
-    kattn_batch b = {T, f->pos, f->seq, f->slots, f->tables, s->max_blocks, s->block_size, max_pos};
+    kattn_batch b = {T,         f->pos,         f->seq,  f->slots, f->tables, s->max_blocks, s->block_size,
+                     max_pos,   s->pos,         s->seq,  ++f->serial};
 
     k->embedding(ctx, f->x, &f->m->embed, f->ids, T);
     for (int l = 0; l < c->n_layers; l++) block(f, l, &b, T);

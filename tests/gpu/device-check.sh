@@ -11,7 +11,12 @@
 #                (compare_greedy.py); bitwise-repeatable greedy and sampled runs;
 #                distance to the bf16 emulation (bf16_emulation.py, when torch is there)
 #   5. bench   - glm-4-9b-chat shapes (40 layers when disk and time allow, else
-#                4): `glmtp bench decode --device cuda` at 1K and 8K context
+#                4), random weights: `glmtp bench decode` (batch 1, 1K context,
+#                against the copy bandwidth measured in the run), `glmtp bench
+#                prefill` at 8K and 32K (linear layers against cuBLASLt GEMMs of
+#                the same shapes; the attention op alone), and HF transformers
+#                (tests/gpu/hf_speed.py, bf16, sdpa) on the same weights;
+#                tests/gpu/check_summary.py puts the ratios together.
 # Without a GPU it still builds, reports "no_gpu" and exits 0. Exit 1 on any failure.
 #
 # Tolerances (bf16 activations against fp32 references): 0.25 on logits and on
@@ -25,7 +30,9 @@
 # entry for them the bundle GLMTP_DEPS (default build-deps/, made on a machine
 # that has them by tests/gpu/pack-deps.sh) is used. NCCL: the system's, else
 # PyTorch's nvidia-nccl wheel, else built without (one rank needs none).
-# Environment: GLMTP_DEPS=DIR, GLMTP_CHECK_LAYERS=N, GLMTP_CHECK_BUDGET=seconds (450).
+# Environment: GLMTP_DEPS=DIR, GLMTP_CHECK_LAYERS=N, GLMTP_CHECK_BUDGET=seconds (450),
+# GLMTP_CHECK_NO_FLASH=1 (also time prefill on the older attention kernel),
+# GLMTP_CHECK_DRY=1 (no GPU: run every step on the CPU backend, small sizes).
 set -o pipefail
 OUT=${1:?usage: tests/gpu/device-check.sh OUTDIR}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -90,6 +97,13 @@ EOF
 }
 
 # ---------------------------------------------------------------- machine
+# GLMTP_CHECK_DRY=1: every later step on the CPU backend at small sizes, to try
+# the script itself on a machine without a GPU (figures meaningless).
+DEV=cuda DECODE_CTX=1024 PREFILL_LENS=8192,32768
+if [ -n "${GLMTP_CHECK_DRY:-}" ]; then
+    DEV=cpu DECODE_CTX=64 PREFILL_LENS=256,512
+    : "${GLMTP_CHECK_LAYERS:=1}"
+fi
 if ! command -v nvcc > /dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
     export PATH=/usr/local/cuda/bin:$PATH # CMake looks for nvcc on PATH
 fi
@@ -149,7 +163,7 @@ step kernels 150 "$BUILD/tests/test_gpu_kernels"
 rc=$?
 if grep -q '^skipped: no CUDA device' "$WORK/kernels.out"; then
     part test_gpu_kernels "$(jstr "$(head -1 "$WORK/kernels.out")")"
-    finish no_gpu
+    [ "$DEV" = cpu ] || finish no_gpu
 fi
 SUMMARY=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$WORK/kernels.out" | tail -1)
 FAILS=$(grep '^FAIL' "$WORK/kernels.out" | head -20 | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().splitlines()))')
@@ -161,7 +175,7 @@ GOLD=()
 for cl in nkv2_r500:chatglm nkv4_r10000:chatglm nkv2_r1:chatglm nkv2_r500:hf; do
     c=${cl%%:*} l=${cl##*:}
     step "golden_${c}_$l" 90 python3 "$ROOT/tests/golden/check_golden.py" "$BIN" "$ROOT/tests/golden/data/$c" "$l" \
-        --tol 0.25 --greedy-tol 0.25 --extra-args "--device cuda"
+        --tol 0.25 --greedy-tol 0.25 --extra-args "--device $DEV"
     rc=$?
     [ $rc = 0 ] || FAILED=1
     GOLD+=("{\"case\": \"$c\", \"layout\": \"$l\", \"exit\": $rc, \"lines\": $(python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read().splitlines()[-8:]))' "$WORK/golden_${c}_$l.out")}")
@@ -173,19 +187,19 @@ TINY=$WORK/tiny
 PROMPT=151331,151333,9703,11,1879,3837,1207
 if step make_tiny 60 "$BIN" make-model --preset tiny --out "$TINY" --seed 3; then
     step greedy 180 python3 "$ROOT/tests/gpu/compare_greedy.py" "$BIN" "$TINY" --ids "$PROMPT" --steps 32 \
-        --tol 0.25 --logit-tol 0.25
+        --tol 0.25 --logit-tol 0.25 --gpu-args "--device $DEV"
     rc=$?
     [ $rc = 0 ] || FAILED=1
     line=$(grep '^{' "$WORK/greedy.out" | tail -1)
     if [ -n "$line" ]; then part tiny_greedy_vs_cpu "$line"; else part tiny_greedy_vs_cpu "{\"exit\": $rc}"; fi
     # Same input twice: bitwise-identical tokens, greedy and sampled.
-    gen() { "$BIN" generate --model "$TINY" --ids "$PROMPT" --max-new-tokens 24 --ignore-eos --device cuda "$@" |
+    gen() { "$BIN" generate --model "$TINY" --ids "$PROMPT" --max-new-tokens 24 --ignore-eos --device $DEV "$@" |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["token_ids"])'; }
     rep() {
         local a b
         a=$(gen "$@") && b=$(gen "$@") && [ -n "$a" ] && [ "$a" = "$b" ] && echo "same: $a"
     }
-    export BIN TINY PROMPT
+    export BIN TINY PROMPT DEV
     step repeat_greedy 60 bash -c "$(declare -f gen rep); rep"
     r1=$?
     step repeat_sampled 60 bash -c "$(declare -f gen rep); rep --temperature 0.8 --top-k 40 --top-p 0.95 --seed 7"
@@ -194,7 +208,7 @@ if step make_tiny 60 "$BIN" make-model --preset tiny --out "$TINY" --seed 3; the
     part repeatable "{\"greedy\": $([ $r1 = 0 ] && echo true || echo false), \"sampled\": $([ $r2 = 0 ] && echo true || echo false)}"
     if python3 -c 'import torch, safetensors' 2> /dev/null; then
         step emulation 120 python3 "$ROOT/tests/gpu/bf16_emulation.py" "$TINY" --ids "$PROMPT,9,13,17,19" --glmtp "$BIN" \
-            --glmtp-args "--device cuda"
+            --glmtp-args "--device $DEV"
         line=$(grep '^{' "$WORK/emulation.out" | tail -1)
         part tiny_gpu_vs_bf16_emulation "${line:-null}" # information: far below the CPU distance if the kernels round as designed
     fi
@@ -204,37 +218,51 @@ else
 fi
 
 # ---------------------------------------------------------------- 5. bench
+# glm-4-9b-chat shapes with random weights, written in both layouts from one
+# seed (the same numbers): glmtp benchmarks the chatglm one, HF transformers
+# the hf one, in this run.
 LAYERS=${GLMTP_CHECK_LAYERS:-}
 if [ -z "$LAYERS" ]; then
     free_kb=$(df -Pk "$WORK" | awk 'NR == 2 {print $4}')
-    if [ "${free_kb:-0}" -gt $((30 * 1024 * 1024)) ] && [ $((BUDGET - $(elapsed))) -gt 200 ]; then LAYERS=40; else LAYERS=4; fi
+    if [ "${free_kb:-0}" -gt $((60 * 1024 * 1024)) ] && [ $((BUDGET - $(elapsed))) -gt 300 ]; then LAYERS=40; else LAYERS=4; fi
 fi
 M9=$WORK/glm4-9b-chat-L$LAYERS
-BENCH=()
+M9HF=$WORK/glm4-9b-chat-L$LAYERS-hf
 # Kept between runs on the same machine; .complete marks a model written to the end.
-if [ -e "$M9/.complete" ] || { rm -rf "$M9" && step make_9b 150 "$BIN" make-model --preset glm-4-9b-chat \
-    --layers "$LAYERS" --out "$M9" && touch "$M9/.complete"; }; then
-    for ctx in 1024 8192; do
-        step "bench_$ctx" 120 "$BIN" bench decode --model "$M9" --device cuda --context $ctx --tokens 64
-        rc=$?
-        [ $rc = 0 ] || FAILED=1
-        BENCH+=("$(python3 - "$WORK/bench_$ctx.out" "$ctx" "$LAYERS" "$rc" <<'EOF'
-import json, sys
-lines = open(sys.argv[1]).read().splitlines()
-row = next((l.split() for l in lines if l.startswith("decode ")), None)
-keys = ["prefill_s", "decode_ms_per_token", "tokens_per_s", "weights_gbs", "bw_gbs", "bw2_gbs", "pct_of_bw",
-        "pct_of_bw2", "allreduce_pct"]
-r = {"context": int(sys.argv[2]), "layers": int(sys.argv[3]), "exit": int(sys.argv[4]),
-     "preamble": [l for l in lines if l.startswith("#")]}
-if row:
-    r.update({k: float(v) for k, v in zip(keys, row[1:])})
-print(json.dumps(r))
-EOF
-)")
-    done
+make9() { # make9 DIR LAYOUT
+    [ -e "$1/.complete" ] && return 0
+    rm -rf "$1" && step "make_9b_$2" 150 "$BIN" make-model --preset glm-4-9b-chat --layers "$LAYERS" --layout "$2" \
+        --seed 1 --out "$1" && touch "$1/.complete"
+}
+# bench_json NAME JSON_FILE EXIT: the bench's JSON (or the exit status) as one part.
+bench_json() {
+    if [ "$3" = 0 ] && [ -s "$2" ]; then part "$1" "$(cat "$2")"; else part "$1" "{\"exit\": $3}"; FAILED=1; fi
+}
+if make9 "$M9" chatglm; then
+    step bench_decode 150 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1 --context "$DECODE_CTX" \
+        --steps 32 --json "$WORK/bench_decode.json"
+    bench_json bench_decode "$WORK/bench_decode.json" $?
+    step bench_prefill 180 "$BIN" bench prefill --model "$M9" --device "$DEV" --lens "$PREFILL_LENS" \
+        --json "$WORK/bench_prefill.json"
+    bench_json bench_prefill "$WORK/bench_prefill.json" $?
+    if [ -n "${GLMTP_CHECK_NO_FLASH:-}" ]; then # the older attention path, for comparison
+        GLMTP_NO_FLASH_PREFILL=1 step bench_prefill_noflash 120 "$BIN" bench prefill --model "$M9" --device "$DEV" \
+            --lens "${PREFILL_LENS%%,*}" --json "$WORK/bench_prefill_noflash.json"
+        bench_json bench_prefill_noflash "$WORK/bench_prefill_noflash.json" $?
+    fi
 else
     FAILED=1
 fi
-part bench "[$(IFS=,; echo "${BENCH[*]}")]"
+if python3 -c 'import torch, transformers' 2> /dev/null && make9 "$M9HF" hf; then
+    step hf_speed 180 python3 "$ROOT/tests/gpu/hf_speed.py" "$M9HF" --prefill "${PREFILL_LENS%%,*}" \
+        --context "${DECODE_CTX%%,*}" --steps 32
+    rc=$?
+    line=$(grep '^{' "$WORK/hf_speed.out" | tail -1)
+    [ -n "$line" ] || line="{\"exit\": $rc}"
+    part hf_transformers "$line"
+    rm -rf "$M9HF" # disk: the next run writes it again
+fi
+# The figures the issue asks for, each as a ratio measured in this run.
+part summary "$(python3 "$ROOT/tests/gpu/check_summary.py" "$PARTS" "$LAYERS")"
 
 [ $FAILED = 0 ] && finish ok || finish failed

@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""The figures of device-check.sh, each as a ratio measured in the same run,
+from the result parts it wrote (PARTS_DIR/NN_name.json). Prints one JSON line.
+
+usage: check_summary.py PARTS_DIR LAYERS
+"""
+import glob
+import json
+import os
+import sys
+
+
+def main():
+    parts = {}
+    for f in glob.glob(os.path.join(sys.argv[1], "*.json")):
+        try:
+            parts[os.path.basename(f)[3:-5]] = json.load(open(f))
+        except ValueError:
+            pass
+    s = {"layers": int(sys.argv[2])}
+    dec, pre = parts.get("bench_decode", {}), parts.get("bench_prefill", {})
+    hf = parts.get("hf_transformers", {})
+    if dec.get("results"):
+        r = dec["results"][0]
+        s["decode_b1_ms"] = r["step_ms"]
+        s["decode_context"] = r["context"]
+        s["decode_floor_ms"] = r["step_ms"] * r["ratio"]  # bytes moved / copy bandwidth measured in the run
+        s["decode_over_floor"] = 1 / r["ratio"] if r["ratio"] else None
+        s["copy_bw_gbs"] = dec["limits"]["memory_gbs"]
+    for r in pre.get("results", []):
+        n = r["tokens"]
+        s[f"prefill_{n}_s"] = r["seconds"]
+        s[f"prefill_{n}_linear_vs_gemm"] = r["ratio"]
+        s[f"prefill_{n}_linear_tflops"] = r["linear_gflops"] / 1e3
+        s[f"prefill_{n}_gemm_tflops"] = r["limit_gflops"] / 1e3
+        s[f"attention_{n}_tflops"] = r["attention_gflops"] / 1e3
+    if hf.get("decode_ms_per_token") and "decode_b1_ms" in s:
+        s["hf_decode_ms"] = hf["decode_ms_per_token"]
+        s["speedup_vs_hf_decode"] = hf["decode_ms_per_token"] / s["decode_b1_ms"]
+    if hf.get("prefill_s") and pre.get("results"):
+        r = next((r for r in pre["results"] if r["tokens"] == hf["prefill_tokens"]), None)
+        if r:
+            s["hf_prefill_s"] = hf["prefill_s"]
+            s["speedup_vs_hf_prefill"] = hf["prefill_s"] / r["seconds"]
+    print(json.dumps(s))
+
+
+if __name__ == "__main__":
+    main()
