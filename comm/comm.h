@@ -32,6 +32,9 @@ typedef struct comm_iface {
     /* Ends every rank of the job with exit status code. Does not return. */
     void (*abort)(void *ctx, int code);
     void (*finalize)(void *ctx);
+    /* 1 when allreduce_sum only queues device work on the backend's stream (no
+     * host copies, no waits), so that a backend graph may record it. */
+    int (*allreduce_capturable)(void *ctx);
 } comm_iface;
 
 typedef struct comm {

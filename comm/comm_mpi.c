@@ -169,6 +169,9 @@ static void mpi_finalize(void *ctx) {
     MPI_Finalize();
 }
 
+/* One rank reduces nothing; more stage through the host. */
+static int mpi_capturable(void *ctx) { return ((mpi_ctx *)ctx)->size == 1; }
+
 static const comm_iface mpi_iface = {
     /* .name          = */ "mpi",
     /* .allreduce_sum = */ mpi_allreduce,
@@ -177,6 +180,7 @@ static const comm_iface mpi_iface = {
     /* .allgather_u64 = */ mpi_allgather_u64,
     /* .abort         = */ mpi_abort,
     /* .finalize      = */ mpi_finalize,
+    /* .allreduce_capturable = */ mpi_capturable,
 };
 
 comm *comm_create(int *argc, char ***argv, double timeout_s, char *err, size_t errlen) {

@@ -119,6 +119,11 @@ static void nccl_allreduce(void *ctx, void *buf, size_t count, kdtype dt) {
     }
     pthread_mutex_unlock(&n->mu);
     NCCL_CHECK(ncclAllReduce(buf, buf, count, t, ncclSum, n->nc, n->stream));
+    /* Recorded into a graph, not run: nothing for the watchdog to time (an
+     * event recorded during capture cannot be queried). */
+    enum cudaStreamCaptureStatus cs;
+    CUDA_CHECK(cudaStreamIsCapturing(n->stream, &cs));
+    if (cs != cudaStreamCaptureStatusNone) return;
     pthread_mutex_lock(&n->mu);
     CUDA_CHECK(cudaEventRecord(n->ev[n->issued % RING], n->stream));
     n->t_issue[n->issued % RING] = now_s();
@@ -150,6 +155,11 @@ static void nccl_abort(void *ctx, int code) {
 
 static void nccl_finalize(void *ctx) { (void)ctx; } /* comm_nccl_destroy does the work */
 
+static int nccl_capturable(void *ctx) {
+    (void)ctx;
+    return 1;
+}
+
 static const comm_iface nccl_iface = {
     /* .name          = */ "nccl",
     /* .allreduce_sum = */ nccl_allreduce,
@@ -158,6 +168,7 @@ static const comm_iface nccl_iface = {
     /* .allgather_u64 = */ nccl_allgather_u64,
     /* .abort         = */ nccl_abort,
     /* .finalize      = */ nccl_finalize,
+    /* .allreduce_capturable = */ nccl_capturable,
 };
 
 /* Every rank learns whether any failed; the lowest failing rank's reason goes

@@ -28,6 +28,11 @@ static void single_abort(void *ctx, int code) {
 
 static void single_finalize(void *ctx) { (void)ctx; }
 
+static int single_capturable(void *ctx) {
+    (void)ctx;
+    return 1; /* one rank: nothing to reduce */
+}
+
 static const comm_iface single_iface = {
     /* .name          = */ "single",
     /* .allreduce_sum = */ single_allreduce,
@@ -36,6 +41,7 @@ static const comm_iface single_iface = {
     /* .allgather_u64 = */ single_allgather_u64,
     /* .abort         = */ single_abort,
     /* .finalize      = */ single_finalize,
+    /* .allreduce_capturable = */ single_capturable,
 };
 
 comm *comm_create(int *argc, char ***argv, double timeout_s, char *err, size_t errlen) {

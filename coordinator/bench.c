@@ -192,6 +192,7 @@ static void run_prefill(engine *e, const bench_machine *mc, int len, bench_row *
     r->gflops = (linear + attn_layer * c->n_layers) / dt / 1e9;
     r->linear_gflops = linear / dt / 1e9;
     r->attn_gflops = attn_layer / t_attn / 1e9;
+    r->attn_s = t_attn;
     r->limit = mc->gemm_gflops;
     r->ratio = r->linear_gflops / r->limit;
     r->allreduce_share = tot1 > tot0 ? (ar1 - ar0) / (tot1 - tot0) : 0;
@@ -316,7 +317,7 @@ int cmd_bench(comm *c, int argc, char **argv) {
         kv = sum_list_max(o.lens, o.n_lens) + 16;
     else
         kv = o.requests * (o.in_len + o.out_len + 16);
-    if (engine_open(&e, c, model, kv, 16, o.threads, o.device, o.comm_kind)) goto done;
+    if (engine_open(&e, c, model, kv, 16, o.threads, o.device, o.comm_kind, ENGINE_GPU_MEM_UTIL)) goto done;
     const glm_config *cfg = &e.m->cfg;
     int ctx_need = strcmp(o.mode, "decode") == 0 ? sum_list_max(o.contexts, o.n_contexts) + o.steps + 2
                    : strcmp(o.mode, "prefill") == 0 ? sum_list_max(o.lens, o.n_lens)

@@ -34,7 +34,7 @@ typedef struct bench_row {
     double seconds; /* per step (decode), per prefill, or whole run (throughput) */
     double tokens_per_s, total_tokens_per_s;
     double gbps, gflops, linear_gflops;
-    double attn_gflops; /* prefill: the attention op of one layer alone */
+    double attn_gflops, attn_s; /* prefill: the attention op of one layer alone */
     double limit, ratio; /* the limit this row is compared with, and the ratio */
     double allreduce_share;
 } bench_row;

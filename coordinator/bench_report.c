@@ -113,6 +113,7 @@ int bench_write_json(const bench_opts *o, const bench_machine *mc, const char *m
             cJSON_AddNumberToObject(x, "linear_gflops", r[i].linear_gflops);
             cJSON_AddNumberToObject(x, "limit_gflops", r[i].limit);
             cJSON_AddNumberToObject(x, "attention_gflops", r[i].attn_gflops);
+            cJSON_AddNumberToObject(x, "attention_layer_seconds", r[i].attn_s);
         } else {
             cJSON_AddNumberToObject(x, "requests", r[i].requests);
             cJSON_AddNumberToObject(x, "input", o->in_len);

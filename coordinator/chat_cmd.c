@@ -91,7 +91,8 @@ int cmd_chat(comm *c, int argc, char **argv) {
     uint64_t seed = (uint64_t)args_int(&a, "--seed", 0, 0, 2147483647L);
     int threads = (int)args_int(&a, "--threads", 0, 0, 1024);
     const char *device = args_str(&a, "--device", "cpu"), *comm_kind = args_str(&a, "--comm", NULL);
-    int kv_tokens = (int)args_int(&a, "--kv-tokens", 32768, 16, 1 << 30);
+    int kv_tokens = (int)args_int(&a, "--kv-tokens", 0, 0, 1 << 30); /* 0: from GPU memory (65536 on CPU) */
+    double mem_util = args_num(&a, "--gpu-memory-utilization", ENGINE_GPU_MEM_UTIL, 0.01, 1.0);
     if (!a.failed && !dir) snprintf(a.err, sizeof a.err, "--model DIR is required"), a.failed = 1;
     int rc = args_finish(&a) ? 1 : 0;
     if (rc) engine_error(c, "chat: %s", a.err);
@@ -111,13 +112,14 @@ int cmd_chat(comm *c, int argc, char **argv) {
     engine e = {0};
     rc = 1;
     if (comm_first_failed(c, failed) >= 0) goto done;
-    if (engine_open(&e, c, dir, kv_tokens, 16, threads, device, comm_kind)) goto done;
+    if (engine_open(&e, c, dir, kv_tokens, 16, threads, device, comm_kind, mem_util)) goto done;
     if (c->rank != 0) {
         engine_follow(&e);
         rc = 0;
         goto done;
     }
-    int limit = e.m->cfg.seq_len < kv_tokens ? e.m->cfg.seq_len : kv_tokens;
+    int pool = e.kv->n_blocks * e.kv->block_size;
+    int limit = e.m->cfg.seq_len < pool ? e.m->cfg.seq_len : pool;
     char *preamble = chat_tool_preamble(dir);
     history h = {0};
     char *sys = system ? strdup(system) : NULL;

@@ -133,8 +133,33 @@ static int agree(comm *c, int rc, char *err, size_t errlen, const char *what) {
     return first >= 0;
 }
 
+/* Bytes of activations a step of this many tokens may need on this rank
+ * (forward.c's buffers, logits of every row): what the KV pool leaves free. */
+#define ACT_RESERVE_TOKENS 8192
+#define DEVICE_SLACK_BYTES (512.0 * 1048576) /* library workspaces, graphs, communicator buffers */
+
+static double activation_bytes(const glm_model *m, int T) {
+    const glm_config *c = &m->cfg;
+    const glm_shard *s = &m->shard;
+    double ld = (double)(s->nq + 2 * s->nkv) * c->head_dim, nf = s->f1 - s->f0;
+    double per = 3.0 * c->hidden + ld + (double)s->nq * c->head_dim + 3 * nf;
+    return (double)T * per * m->kb.iface->act_bytes + 256.0 * (s->v1 - s->v0) * 4;
+}
+
+/* KV tokens this rank can hold: -1 when the backend has no device memory. */
+static long long kv_tokens_fit(const engine *e, double mem_util, double per_token, char *why, size_t len) {
+    size_t free_b, total_b;
+    if (e->kb.iface->mem_info(e->kb.ctx, &free_b, &total_b) != 0) return -1;
+    double used = (double)(total_b - free_b);
+    double room = mem_util * (double)total_b - used - activation_bytes(e->m, ACT_RESERVE_TOKENS) - DEVICE_SLACK_BYTES;
+    long long n = room > 0 ? (long long)(room / per_token) : 0;
+    snprintf(why, len, "%.2f GiB in use after the weights, %.2f of %.2f GiB free, --gpu-memory-utilization %.2f",
+             used / 1073741824.0, free_b / 1073741824.0, total_b / 1073741824.0, mem_util);
+    return n;
+}
+
 int engine_open(engine *e, comm *c, const char *dir, int kv_tokens, int block_size, int threads,
-                const char *device, const char *comm_kind) {
+                const char *device, const char *comm_kind, double mem_util) {
     memset(e, 0, sizeof *e);
     e->comm = c;
     char err[2048] = "";
@@ -152,7 +177,31 @@ int engine_open(engine *e, comm *c, const char *dir, int kv_tokens, int block_si
         engine_close(e);
         return 1;
     }
-    int n_blocks = (kv_tokens + block_size - 1) / block_size;
+    /* The pool: asked for, or what device memory allows; every rank needs the
+     * same block count, so the smallest rank's figure is taken. */
+    double per_token = 2.0 * e->m->cfg.n_layers * e->m->shard.nkv * e->m->cfg.head_dim * e->kb.iface->act_bytes;
+    char why[512] = "";
+    long long fit = kv_tokens_fit(e, mem_util, per_token, why, sizeof why);
+    long long want = kv_tokens > 0 ? kv_tokens : fit >= 0 ? fit : ENGINE_KV_TOKENS_CPU;
+    if (want > (1LL << 30)) want = 1LL << 30;
+    int short_of = kv_tokens > 0 && fit >= 0 && want > fit; /* asked for more than fits */
+    int none = kv_tokens <= 0 && fit >= 0 && want < block_size; /* sized from memory, and none is left */
+    if (short_of || none)
+        snprintf(err, sizeof err, "%s: the KV cache %s (%.0f KiB per token on this rank; %s)", dir,
+                 none ? "has no room in GPU memory after the weights" : "of --kv-tokens does not fit in GPU memory",
+                 per_token / 1024, why);
+    if (agree(c, short_of || none ? -1 : 0, err, sizeof err, "size its KV cache")) {
+        engine_close(e);
+        return 1;
+    }
+    uint64_t *all = malloc(sizeof(uint64_t) * (size_t)c->size);
+    if (!all) abort();
+    c->iface->allgather_u64(c->ctx, (uint64_t)want, all);
+    for (int r = 0; r < c->size; r++)
+        if ((long long)all[r] < want) want = (long long)all[r];
+    free(all);
+    int n_blocks = (int)((want + block_size - 1) / block_size);
+    if (kv_tokens <= 0) n_blocks = (int)(want / block_size); /* sized from memory: round down */
     e->kv = kv_create(e->m, n_blocks, block_size);
     e->fw = forward_create(e->m, e->kv);
     /* Agreed on, or the other ranks would wait in the first step for rank 0. */
@@ -163,9 +212,19 @@ int engine_open(engine *e, comm *c, const char *dir, int kv_tokens, int block_si
         engine_close(e);
         return 1;
     }
-    fprintf(stderr, "glmtp: rank %d/%d: weights %zu bytes (sharded %zu, replicated %zu); KV cache %zu bytes, %d tokens\n",
+    long long tokens = (long long)n_blocks * block_size;
+    int ctx = e->m->cfg.seq_len;
+    fprintf(stderr, "glmtp: rank %d/%d: weights %zu bytes (sharded %zu, replicated %zu); KV cache %zu bytes, %lld tokens\n",
             c->rank, c->size, e->m->bytes_sharded + e->m->bytes_replicated, e->m->bytes_sharded,
-            e->m->bytes_replicated, e->kv->bytes, n_blocks * block_size);
+            e->m->bytes_replicated, e->kv->bytes, tokens);
+    fprintf(stderr, "glmtp: rank %d/%d: %.2f GiB of weights, %.2f GiB of KV cache (%.1f KiB per token%s%s): ",
+            c->rank, c->size, (e->m->bytes_sharded + e->m->bytes_replicated) / 1073741824.0,
+            e->kv->bytes / 1073741824.0, per_token / 1024, fit >= 0 && kv_tokens <= 0 ? "; " : "",
+            fit >= 0 && kv_tokens <= 0 ? why : "");
+    if (tokens >= ctx)
+        fprintf(stderr, "room for %.1f sequences of the full %d-token context\n", (double)tokens / ctx, ctx);
+    else
+        fprintf(stderr, "room for %lld tokens, less than the model's %d-token context\n", tokens, ctx);
     return 0;
 }
 

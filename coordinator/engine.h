@@ -21,13 +21,20 @@ typedef struct engine {
     kv_blocks blocks; /* rank 0 only */
 } engine;
 
-/* Collective. KV capacity: n_tokens positions in blocks of block_size.
+#define ENGINE_GPU_MEM_UTIL 0.90    /* --gpu-memory-utilization default, as vLLM's */
+#define ENGINE_KV_TOKENS_CPU 65536  /* kv_tokens 0 on a backend without device memory */
+
+/* Collective. KV capacity: kv_tokens positions in blocks of block_size; 0 sizes
+ * the pool from device memory: mem_util of the device's total, less what is in
+ * use once the weights are loaded and room for the activations of a large
+ * step (ENGINE_KV_TOKENS_CPU on the CPU). The smallest rank's figure is used
+ * by all. Prints per rank the weight bytes, the pool and the tokens it holds.
  * device: "cpu" (threads per rank, 0 = all cores) or "cuda" (GPU node-local
  * rank modulo visible GPUs). comm_kind: NULL (default: NCCL for cuda with more
  * than one rank), "nccl" or "mpi" (all-reduce through the host; lets ranks
  * share a GPU). Returns 0, or 1 after every rank has printed why it stops. */
 int engine_open(engine *e, comm *c, const char *dir, int kv_tokens, int block_size, int threads,
-                const char *device, const char *comm_kind);
+                const char *device, const char *comm_kind, double mem_util);
 void engine_close(engine *e);
 
 /* Rank 0 drives, the other ranks follow: rank 0 calls engine_step for each

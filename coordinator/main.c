@@ -25,7 +25,10 @@ static void usage(FILE *f) {
             "common: --threads N (per rank; default all cores), --block-size B (KV block, default 16),\n"
             "        --device cpu|cuda (cuda: one GPU per node-local rank, bf16), --comm mpi|nccl (GPU all-reduce;\n"
             "        default nccl with more than one rank, mpi lets ranks share a GPU),\n"
-            "        GLMTP_COMM_TIMEOUT=seconds (collective timeout, default 600)\n");
+            "        --kv-tokens N (KV pool; serve and chat default: sized from GPU memory, 65536 on CPU),\n"
+            "        --gpu-memory-utilization F (share of each GPU's memory for weights + KV + activations, 0.90),\n"
+            "        GLMTP_COMM_TIMEOUT=seconds (collective timeout, default 600),\n"
+            "        GLMTP_NO_CUDA_GRAPHS=1 (decode steps without CUDA graphs)\n");
 }
 
 int main(int argc, char **argv) {

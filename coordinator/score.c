@@ -76,7 +76,7 @@ int cmd_score(comm *c, int argc, char **argv) {
         engine_error(c, "score: %s", a.err);
         goto done;
     }
-    if (engine_open(&e, c, dir, n, block_size, threads, device, comm_kind)) goto done;
+    if (engine_open(&e, c, dir, n, block_size, threads, device, comm_kind, ENGINE_GPU_MEM_UTIL)) goto done;
     const glm_config *cfg = &e.m->cfg;
     if (plan_check_ids(c, ids, n, cfg, "--ids")) goto done;
 

@@ -110,6 +110,21 @@ typedef struct kernels_iface {
     void (*sync)(void *ctx);
     /* Releases the backend itself. */
     void (*destroy)(void *ctx);
+    /* Device memory: 0 with the bytes free and in total on this rank's device,
+     * or -1 where the backend has none of its own (CPU). */
+    int (*mem_info)(void *ctx, size_t *free_bytes, size_t *total_bytes);
+    /* Graphs (CUDA graphs; the CPU has none and returns -1 / NULL):
+     * capture_begin makes the ops that follow be recorded instead of run (0, or
+     * -1 when this backend cannot); capture_end stops recording and returns the
+     * graph ready to launch, or NULL when the capture failed (the ops recorded
+     * are then dropped; nothing ran). A graph keeps the pointers and sizes its
+     * ops were called with. graph_launch queues it (0), or returns -1 when the
+     * graph is stale (scratch memory it used was reallocated since): destroy
+     * it and capture again. Recorded ops must not copy from or to the host. */
+    int (*capture_begin)(void *ctx);
+    void *(*capture_end)(void *ctx);
+    int (*graph_launch)(void *ctx, void *graph);
+    void (*graph_destroy)(void *ctx, void *graph); /* accepts NULL */
 } kernels_iface;
 
 typedef struct kbackend {

@@ -1,12 +1,28 @@
 /* The forward pass (see forward.h). Buffer shapes: T tokens, H hidden,
- * ld = (nq + 2 nkv) d local QKV width, nf local FFN width, vr local vocab rows. */
+ * ld = (nq + 2 nkv) d local QKV width, nf local FFN width, vr local vocab rows.
+ *
+ * Decode steps (one token per sequence, logits for each) on a backend with
+ * graphs run as a recorded graph: the step is padded to a bucket of tokens and
+ * its block tables to a power-of-two width, so that one graph per (tokens,
+ * width) serves every later step of that shape; the padding tokens write their
+ * K/V into the cache's spare block. The device work is recorded once, after an
+ * eager run of the same padded step that sizes every scratch buffer. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../kernels/kernels.h"
 #include "forward.h"
 #include "util.h"
+
+#define GRAPH_MAX_TOKENS 256 /* largest decode batch run as a graph (buckets 1, 2, 4, ...) */
+#define GRAPH_SLOTS 64       /* graphs kept; when full, all are dropped and recorded again */
+
+typedef struct graph_slot {
+    int tokens, max_blocks;
+    void *graph;
+} graph_slot;
 
 struct glm_forward {
     glm_model *m;
@@ -21,6 +37,13 @@ struct glm_forward {
     float *gathered;    /* rank 0: [tp][n_logits * vr_r] */
     double t_allreduce, t_total;
     uint64_t serial; /* steps run, for kattn_batch.serial */
+    /* graphs */
+    int graphs_off;      /* backend or communicator cannot, GLMTP_NO_CUDA_GRAPHS, or a capture failed */
+    int capturing;       /* recording: all-reduce time is not real time */
+    graph_slot graphs[GRAPH_SLOTS];
+    int n_graphs;
+    int32_t *pad;        /* host: the padded step's arrays */
+    size_t pad_cap;      /* int32 elements in pad */
 };
 
 glm_forward *forward_create(glm_model *m, kv_cache *kv) {
@@ -28,10 +51,19 @@ glm_forward *forward_create(glm_model *m, kv_cache *kv) {
     if (!f) abort();
     f->m = m;
     f->kv = kv;
+    const char *off = getenv("GLMTP_NO_CUDA_GRAPHS");
+    f->graphs_off = (off && *off && strcmp(off, "0") != 0) || !m->comm->iface->allreduce_capturable(m->comm->ctx);
     return f;
 }
 
+static void drop_graphs(glm_forward *f) {
+    for (int i = 0; i < f->n_graphs; i++) f->m->kb.iface->graph_destroy(f->m->kb.ctx, f->graphs[i].graph);
+    f->n_graphs = 0;
+}
+
+/* Graphs keep the buffers' addresses: they go first. */
 static void release(glm_forward *f) {
+    drop_graphs(f);
     const kernels_iface *k = f->m->kb.iface;
     void *ctx = f->m->kb.ctx;
     void *bufs[] = {f->x, f->h, f->qkv, f->att, f->o, f->gu, f->a, f->logits_dev,
@@ -44,6 +76,7 @@ static void release(glm_forward *f) {
 void forward_free(glm_forward *f) {
     if (!f) return;
     release(f);
+    free(f->pad);
     free(f);
 }
 
@@ -88,7 +121,7 @@ static void allreduce(glm_forward *f, void *buf, size_t n) {
     double t0 = util_now();
     comm *c = f->m->comm;
     c->iface->allreduce_sum(c->ctx, buf, n, f->m->kb.iface->act_bytes == 4 ? KDT_F32 : KDT_BF16);
-    f->t_allreduce += util_now() - t0;
+    if (!f->capturing) f->t_allreduce += util_now() - t0;
 }
 
 /* One GLMBlock: pre-norm attention and SwiGLU MLP, each closed by an all-reduce. */
@@ -121,15 +154,33 @@ static void block(glm_forward *f, int l, const kattn_batch *b, int T) {
     k->add(ctx, f->x, f->o, th);
 }
 
-/* Vocab-parallel LM head: each rank's [n, vr] slice goes to rank 0, which
- * interleaves the slices into [n, vocab] rows. */
+/* The device part of a step: embedding, the blocks, then for the n logit rows
+ * (rows[i] of the step; rows NULL: rows 0..n-1) the final RMSNorm into f->h and
+ * this rank's vocab slice of their logits into f->logits_dev [n, vr]. */
+static void device_pass(glm_forward *f, const kattn_batch *b, int T, const int *rows, int n) {
+    const glm_config *c = &f->m->cfg;
+    const kernels_iface *k = f->m->kb.iface;
+    void *ctx = f->m->kb.ctx;
+    k->embedding(ctx, f->x, &f->m->embed, f->ids, T);
+    for (int l = 0; l < c->n_layers; l++) block(f, l, b, T);
+    if (n <= 0) return;
+    const void *src = f->x;
+    if (rows) {
+        k->gather_rows(ctx, f->h, f->x, rows, n, c->hidden);
+        src = f->h;
+    }
+    k->rmsnorm(ctx, f->h, src, &f->m->final_ln, n, c->eps);
+    k->matmul_f32(ctx, f->logits_dev, f->h, &f->m->lm_head, n);
+}
+
+/* Vocab-parallel LM head, after device_pass: each rank's [n, vr] slice goes to
+ * rank 0, which interleaves the slices into [n, vocab] rows. */
 static void lm_head(glm_forward *f, int n, float *logits) {
     const glm_config *c = &f->m->cfg;
     const glm_shard *sh = &f->m->shard;
     const kernels_iface *k = f->m->kb.iface;
     comm *cm = f->m->comm;
     int vr = sh->v1 - sh->v0;
-    k->matmul_f32(f->m->kb.ctx, f->logits_dev, f->h, &f->m->lm_head, n);
     k->to_host(f->m->kb.ctx, f->logits_host, f->logits_dev, (size_t)n * vr * sizeof(float));
     size_t *bytes = malloc(sizeof(size_t) * (size_t)cm->size);
     if (!bytes) abort();
@@ -152,43 +203,143 @@ static void lm_head(glm_forward *f, int n, float *logits) {
     free(bytes);
 }
 
+/* The step's arrays into backend memory. */
+static void upload(glm_forward *f, const glm_step *s) {
+    const kernels_iface *k = f->m->kb.iface;
+    void *ctx = f->m->kb.ctx;
+    size_t T = (size_t)s->n_tokens;
+    k->to_device(ctx, f->ids, s->ids, T * 4);
+    k->to_device(ctx, f->pos, s->pos, T * 4);
+    k->to_device(ctx, f->seq, s->seq, T * 4);
+    k->to_device(ctx, f->slots, s->slots, T * 4);
+    k->to_device(ctx, f->tables, s->block_tables, (size_t)s->n_seqs * s->max_blocks * 4);
+}
+
+/* One token per sequence and the logits of each, in step order. */
+static int is_decode(const glm_step *s) {
+    if (s->n_tokens != s->n_seqs || s->n_logits != s->n_tokens) return 0;
+    for (int i = 0; i < s->n_logits; i++)
+        if (s->logit_rows[i] != i) return 0;
+    return 1;
+}
+
+static int pow2_at_least(int x) {
+    int p = 1;
+    while (p < x) p *= 2;
+    return p;
+}
+
+/* s padded to B tokens and block tables of width MB, in f->pad: padding token
+ * t (>= T) is sequence t at position 0 of the spare block. */
+static glm_step pad_step(glm_forward *f, const glm_step *s, int B, int MB) {
+    size_t need = (size_t)B * (5 + (size_t)MB);
+    if (need > f->pad_cap) {
+        free(f->pad);
+        f->pad = malloc(need * sizeof *f->pad);
+        if (!f->pad) abort();
+        f->pad_cap = need;
+    }
+    glm_step p = {B, B, MB, B, s->block_size, NULL, NULL, NULL, NULL, NULL, NULL};
+    p.ids = f->pad, p.pos = p.ids + B, p.seq = p.pos + B, p.slots = p.seq + B, p.logit_rows = p.slots + B;
+    p.block_tables = p.logit_rows + B;
+    int T = s->n_tokens, spare = f->kv->spare_block;
+    for (int t = 0; t < B; t++) {
+        int real = t < T;
+        p.ids[t] = real ? s->ids[t] : 0;
+        p.pos[t] = real ? s->pos[t] : 0;
+        p.seq[t] = real ? s->seq[t] : t;
+        p.slots[t] = real ? s->slots[t] : spare * s->block_size;
+        p.logit_rows[t] = t;
+        int32_t *row = p.block_tables + (size_t)t * MB;
+        for (int j = 0; j < MB; j++) row[j] = -1;
+        if (real)
+            memcpy(row, s->block_tables + (size_t)t * s->max_blocks, sizeof(int32_t) * (size_t)s->max_blocks);
+        else
+            row[0] = spare;
+    }
+    return p;
+}
+
+/* Runs decode step s through a graph when it can: returns 1 when it did
+ * (logits gathered), 0 when the step must run the usual way. */
+static int graph_step(glm_forward *f, const glm_step *s, float *logits) {
+    int T = s->n_tokens;
+    if (f->graphs_off || T > GRAPH_MAX_TOKENS || !is_decode(s)) return 0;
+    const kernels_iface *k = f->m->kb.iface;
+    void *ctx = f->m->kb.ctx;
+    int B = pow2_at_least(T), MB = pow2_at_least(s->max_blocks);
+    glm_step p = pad_step(f, s, B, MB);
+    reserve(f, &p); /* may drop every graph: they keep the old buffers */
+    upload(f, &p);
+    /* max_pos from the table width, not the step: kernels that size their work
+     * by it (attention's sequence splits) then record the same launch shapes
+     * for every step this graph serves. */
+    kattn_batch b = {B, f->pos, f->seq, f->slots, f->tables, MB, s->block_size, MB * s->block_size - 1,
+                     NULL, NULL, ++f->serial};
+    graph_slot *g = NULL;
+    for (int i = 0; i < f->n_graphs; i++)
+        if (f->graphs[i].tokens == B && f->graphs[i].max_blocks == MB) g = &f->graphs[i];
+    if (g && k->graph_launch(ctx, g->graph) == 0) {
+        lm_head(f, T, logits);
+        return 1;
+    }
+    if (g) { /* stale: record it again */
+        k->graph_destroy(ctx, g->graph);
+        *g = f->graphs[--f->n_graphs];
+    }
+    device_pass(f, &b, B, NULL, B); /* this step's results; sizes the scratch the graph will use */
+    if (f->n_graphs == GRAPH_SLOTS) drop_graphs(f);
+    if (k->capture_begin(ctx) == 0) {
+        f->capturing = 1;
+        device_pass(f, &b, B, NULL, B);
+        f->capturing = 0;
+        void *graph = k->capture_end(ctx);
+        if (graph) {
+            f->graphs[f->n_graphs++] = (graph_slot){B, MB, graph};
+        } else {
+            fprintf(stderr, "glmtp: rank %d: recording a decode graph failed; running steps without graphs\n",
+                    f->m->comm->rank);
+            f->graphs_off = 1;
+        }
+    } else {
+        f->graphs_off = 1; /* this backend has no graphs */
+    }
+    lm_head(f, T, logits);
+    return 1;
+}
+
 void forward_run(glm_forward *f, const glm_step *s, float *logits, float *hidden) {
     double t0 = util_now();
-    reserve(f, s);
     const glm_config *c = &f->m->cfg;
     const kernels_iface *k = f->m->kb.iface;
     void *ctx = f->m->kb.ctx;
-    int T = s->n_tokens;
-    k->to_device(ctx, f->ids, s->ids, (size_t)T * 4);
-    k->to_device(ctx, f->pos, s->pos, (size_t)T * 4);
-    k->to_device(ctx, f->seq, s->seq, (size_t)T * 4);
-    k->to_device(ctx, f->slots, s->slots, (size_t)T * 4);
-    k->to_device(ctx, f->tables, s->block_tables, (size_t)s->n_seqs * s->max_blocks * 4);
-    int max_pos = 0;
-    for (int t = 0; t < T; t++)
-        if (s->pos[t] > max_pos) max_pos = s->pos[t];
-    kattn_batch b = {T,         f->pos,         f->seq,  f->slots, f->tables, s->max_blocks, s->block_size,
-                     max_pos,   s->pos,         s->seq,  ++f->serial};
-
-    k->embedding(ctx, f->x, &f->m->embed, f->ids, T);
-    for (int l = 0; l < c->n_layers; l++) block(f, l, &b, T);
-
-    if (s->n_logits > 0) {
-        k->gather_rows(ctx, f->h, f->x, s->logit_rows, s->n_logits, c->hidden);
-        k->rmsnorm(ctx, f->h, f->h, &f->m->final_ln, s->n_logits, c->eps);
-        if (hidden && f->m->comm->rank == 0) {
-            if (k->act_bytes == 4) {
-                k->to_host(ctx, hidden, f->h, (size_t)s->n_logits * c->hidden * 4);
-            } else { /* bf16 activations */
-                size_t n = (size_t)s->n_logits * c->hidden;
-                uint16_t *tmp = malloc(n * 2);
-                if (!tmp) abort();
-                k->to_host(ctx, tmp, f->h, n * 2);
-                for (size_t i = 0; i < n; i++) hidden[i] = bf16_to_f32(tmp[i]);
-                free(tmp);
+    if (hidden || !graph_step(f, s, logits)) {
+        reserve(f, s);
+        upload(f, s);
+        int T = s->n_tokens, max_pos = 0;
+        for (int t = 0; t < T; t++)
+            if (s->pos[t] > max_pos) max_pos = s->pos[t];
+        kattn_batch b = {T,       f->pos, f->seq, f->slots,    f->tables, s->max_blocks, s->block_size,
+                         max_pos, s->pos, s->seq, ++f->serial};
+        /* Logit rows 0..n-1 need no gather. */
+        int identity = s->n_logits == T;
+        for (int i = 0; identity && i < T; i++) identity = s->logit_rows[i] == i;
+        device_pass(f, &b, T, identity ? NULL : s->logit_rows, s->n_logits);
+        if (s->n_logits > 0) {
+            if (hidden && f->m->comm->rank == 0) {
+                if (k->act_bytes == 4) {
+                    k->to_host(ctx, hidden, f->h, (size_t)s->n_logits * c->hidden * 4);
+                } else { /* bf16 activations */
+                    size_t n = (size_t)s->n_logits * c->hidden;
+                    uint16_t *tmp = malloc(n * 2);
+                    if (!tmp) abort();
+                    k->to_host(ctx, tmp, f->h, n * 2);
+                    for (size_t i = 0; i < n; i++) hidden[i] = bf16_to_f32(tmp[i]);
+                    free(tmp);
+                }
             }
+            lm_head(f, s->n_logits, logits);
         }
-        lm_head(f, s->n_logits, logits);
     }
     k->sync(ctx);
     f->t_total += util_now() - t0;

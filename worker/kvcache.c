@@ -12,7 +12,8 @@ kv_cache *kv_create(const glm_model *m, int n_blocks, int block_size) {
     kv->k = calloc((size_t)kv->n_layers, sizeof *kv->k);
     kv->v = calloc((size_t)kv->n_layers, sizeof *kv->v);
     if (!kv->k || !kv->v) abort();
-    size_t per = (size_t)n_blocks * block_size * kv->width * m->kb.iface->act_bytes;
+    kv->spare_block = n_blocks;
+    size_t per = (size_t)(n_blocks + 1) * block_size * kv->width * m->kb.iface->act_bytes;
     for (int l = 0; l < kv->n_layers; l++) {
         kv->k[l] = m->kb.iface->alloc(m->kb.ctx, per);
         kv->v[l] = m->kb.iface->alloc(m->kb.ctx, per);

@@ -1,7 +1,7 @@
 /* kvcache.h: the paged KV cache of one rank, and the block bookkeeping rank 0
  * does for each sequence.
  *
- * Storage: per layer, K and V pools of [n_blocks, block_size, nkv_local, d]
+ * Storage: per layer, K and V pools of [n_blocks + 1, block_size, nkv_local, d]
  * activations in backend memory. A sequence owns a list of block ids (its block
  * table); position p lives in block table[p / block_size] at p % block_size.
  * Every rank holds the same block ids for its own heads, so rank 0 decides the
@@ -13,6 +13,9 @@
 
 typedef struct kv_cache {
     int n_layers, n_blocks, block_size;
+    /* One more block past the n_blocks the pool hands out: where padding tokens
+     * of a fixed-size (graph) step write their K/V harmlessly. */
+    int spare_block;
     int width; /* nkv_local * d elements per slot */
     void **k, **v; /* [n_layers] backend buffers */
     size_t bytes;

@@ -216,6 +216,16 @@ static int load_layer(loader *ld, int l, uint8_t *scratch) {
     return 0;
 }
 
+/* Bytes this rank's weights take in a device backend's memory (matrices bf16,
+ * vectors fp32: kernels.h), known before any is loaded. */
+static double device_weight_bytes(const glm_config *c, const glm_shard *s) {
+    double H = c->hidden, d = c->head_dim, qkv = (double)(s->nq + 2 * s->nkv) * d, nf = s->f1 - s->f0;
+    double mat = (double)c->vocab * H + (double)(s->v1 - s->v0) * H;
+    mat += c->n_layers * (qkv * H + H * s->nq * d + 2 * nf * H + H * nf);
+    double vec = H + c->n_layers * (2 * H + qkv);
+    return 2 * mat + 4 * vec;
+}
+
 int model_load(glm_model **out, const char *dir, kbackend kb, comm *cm, char *err, size_t errlen) {
     glm_model *m = calloc(1, sizeof *m);
     if (!m) {
@@ -233,6 +243,17 @@ int model_load(glm_model **out, const char *dir, kbackend kb, comm *cm, char *er
         goto fail;
     }
     shard_plan(&m->shard, &m->cfg, cm->size, cm->rank);
+    size_t free_b, total_b;
+    if (kb.iface->mem_info(kb.ctx, &free_b, &total_b) == 0) {
+        double need = device_weight_bytes(&m->cfg, &m->shard);
+        if (need > (double)free_b) {
+            snprintf(err, errlen,
+                     "%s: this rank's share of the weights needs %.2f GiB of GPU memory but only %.2f of %.2f GiB "
+                     "is free (use more ranks: --tp splits the weights)",
+                     dir, need / 1073741824.0, free_b / 1073741824.0, total_b / 1073741824.0);
+            goto fail;
+        }
+    }
     if (st_open_dir(&ld.st, dir, err, errlen) || check_shapes(&ld)) goto fail;
 
     const glm_config *c = &m->cfg;

@@ -64,6 +64,28 @@ static void cpu_sync(void *ctx) { (void)ctx; }
 
 static void cpu_destroy(void *ctx) { free(ctx); }
 
+static int cpu_mem_info(void *ctx, size_t *free_bytes, size_t *total_bytes) {
+    (void)ctx, (void)free_bytes, (void)total_bytes;
+    return -1;
+}
+
+static int cpu_capture_begin(void *ctx) {
+    (void)ctx;
+    return -1;
+}
+
+static void *cpu_capture_end(void *ctx) {
+    (void)ctx;
+    return NULL;
+}
+
+static int cpu_graph_launch(void *ctx, void *graph) {
+    (void)ctx, (void)graph;
+    return -1;
+}
+
+static void cpu_graph_destroy(void *ctx, void *graph) { (void)ctx, (void)graph; }
+
 static const kernels_iface cpu_iface = {
     /* .name          = */ "cpu",
     /* .act_bytes     = */ sizeof(float),
@@ -86,6 +108,11 @@ static const kernels_iface cpu_iface = {
     /* .sample        = */ cpu_sample,
     /* .sync          = */ cpu_sync,
     /* .destroy       = */ cpu_destroy,
+    /* .mem_info      = */ cpu_mem_info,
+    /* .capture_begin = */ cpu_capture_begin,
+    /* .capture_end   = */ cpu_capture_end,
+    /* .graph_launch  = */ cpu_graph_launch,
+    /* .graph_destroy = */ cpu_graph_destroy,
 };
 
 kbackend kernels_cpu_create(int n_threads) {

@@ -1,6 +1,9 @@
 /* Causal GQA attention over the paged bf16 KV cache, prefill and decode in one
  * kernel (kernels.h: token t of sequence seq[t] attends to positions
  * 0..pos[t] through its block table; local q head h uses KV head h / q_per_kv).
+ * When the step's host positions are given and the head dim suits it,
+ * attention_prefill.cu first takes the prefill runs on tensor cores and this
+ * kernel gets the other tokens through a token list (tok_list).
  *
  * One block of ATT_WARPS warps per (q head, token, split). A warp takes one key
  * position at a time: each lane holds EPL = d/32 (rounded up to 1, 2, 4, 8) of
@@ -23,11 +26,12 @@
 
 typedef struct attn_args {
     bf16 *out;
-    float *part_o;  /* [T, n_q, n_split, d] unnormalised outputs, when n_split > 1 */
-    float *part_ml; /* [T, n_q, n_split, 2] running max and sum */
+    float *part_o;  /* [n, n_q, n_split, d] unnormalised outputs, when n_split > 1 (n: tokens in the grid) */
+    float *part_ml; /* [n, n_q, n_split, 2] running max and sum */
     const bf16 *q;
     const bf16 *kc, *vc;
     const int32_t *pos, *seq, *tables;
+    const int32_t *tok_list; /* [n] step token of grid row blockIdx.y; NULL: row i is token i */
     int ld_q, max_blocks, block_size, n_kv, q_per_kv, d, split_len, n_split;
     float scale;
 } attn_args;
@@ -66,7 +70,8 @@ template <int EPL>
 static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_kernel(attn_args a) {
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
     __shared__ float sm_acc[ATT_WARPS][32 * EPL];
-    int h = blockIdx.x, t = blockIdx.y, sp = blockIdx.z, n_q = gridDim.x;
+    int h = blockIdx.x, i_row = blockIdx.y, sp = blockIdx.z, n_q = gridDim.x;
+    int t = a.tok_list ? a.tok_list[i_row] : i_row;
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5, d = a.d;
     int g = h / a.q_per_kv, s = a.seq[t], np = a.pos[t] + 1;
     int p0 = sp * a.split_len, p1 = min(np, p0 + a.split_len);
@@ -110,27 +115,28 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_kernel(attn_a
         f[i] = sm_l[i] > 0.0f ? expf(sm_m[i] - M) : 0.0f;
         L += sm_l[i] * f[i];
     }
-    size_t th = (size_t)t * n_q + h;
+    size_t th = (size_t)t * n_q + h, ph = (size_t)i_row * n_q + h; /* output row; partials row */
     for (int i = threadIdx.x; i < d; i += blockDim.x) {
         float o = 0.0f;
         for (int k = 0; k < ATT_WARPS; k++) o += sm_acc[k][i] * f[k];
         if (a.n_split == 1)
             a.out[th * d + i] = f2bf(o / L); /* L > 0: position 0 is always in split 0 */
         else
-            a.part_o[(th * a.n_split + sp) * d + i] = o;
+            a.part_o[(ph * a.n_split + sp) * d + i] = o;
     }
     if (a.n_split > 1 && threadIdx.x == 0) {
-        a.part_ml[(th * a.n_split + sp) * 2] = M;
-        a.part_ml[(th * a.n_split + sp) * 2 + 1] = L;
+        a.part_ml[(ph * a.n_split + sp) * 2] = M;
+        a.part_ml[(ph * a.n_split + sp) * 2 + 1] = L;
     }
 }
 
-/* One block per (head, token): merges the splits' partial results. */
-static __global__ void attention_combine_kernel(bf16 *out, const float *part_o, const float *part_ml, int n_split,
-                                                int d) {
-    int h = blockIdx.x, t = blockIdx.y, n_q = gridDim.x;
-    size_t th = (size_t)t * n_q + h;
-    const float *ml = part_ml + th * n_split * 2;
+/* One block per (head, grid row): merges the splits' partial results. */
+static __global__ void attention_combine_kernel(bf16 *out, const float *part_o, const float *part_ml,
+                                                const int32_t *tok_list, int n_split, int d) {
+    int h = blockIdx.x, i_row = blockIdx.y, n_q = gridDim.x;
+    int t = tok_list ? tok_list[i_row] : i_row;
+    size_t th = (size_t)t * n_q + h, ph = (size_t)i_row * n_q + h; /* output row; partials row */
+    const float *ml = part_ml + ph * n_split * 2;
     float M = -INFINITY, L = 0.0f;
     for (int s = 0; s < n_split; s++)
         if (ml[2 * s + 1] > 0.0f) M = fmaxf(M, ml[2 * s]);
@@ -139,7 +145,7 @@ static __global__ void attention_combine_kernel(bf16 *out, const float *part_o, 
     for (int i = threadIdx.x; i < d; i += blockDim.x) {
         float o = 0.0f;
         for (int s = 0; s < n_split; s++)
-            if (ml[2 * s + 1] > 0.0f) o += part_o[(th * n_split + s) * d + i] * expf(ml[2 * s] - M);
+            if (ml[2 * s + 1] > 0.0f) o += part_o[(ph * n_split + s) * d + i] * expf(ml[2 * s] - M);
         out[th * d + i] = f2bf(o / L);
     }
 }
@@ -161,9 +167,15 @@ static void attention_cuda(cuda_ctx *c, bf16 *out, const bf16 *q, int ld_q, cons
                 glmtp_check_rank(), d, T);
         abort();
     }
+    /* Prefill runs on tensor cores first (when it applies); the general kernel
+     * takes the n tokens left: all T in order (tok_list NULL), or those listed. */
+    const int32_t *tok_list = NULL;
+    int max_pos = b->max_pos;
+    int n = cuda_attention_prefill(c, out, q, ld_q, kc, vc, b, n_q, n_kv, q_per_kv, d, scale, &tok_list, &max_pos);
+    if (n <= 0) return;
     /* Split the sequence only when the (head, token) blocks cannot fill the GPU:
      * aim at ~8 blocks of ATT_WARPS warps per SM. */
-    int n_pos = b->max_pos + 1, blocks = T * n_q, n_split = 1, target = 8 * c->sm_count;
+    int n_pos = max_pos + 1, blocks = n * n_q, n_split = 1, target = 8 * c->sm_count;
     if (blocks < target && n_pos > MIN_SPLIT_POS) {
         n_split = CEIL_DIV(target, blocks);
         if (n_split > CEIL_DIV(n_pos, MIN_SPLIT_POS)) n_split = CEIL_DIV(n_pos, MIN_SPLIT_POS);
@@ -172,17 +184,17 @@ static void attention_cuda(cuda_ctx *c, bf16 *out, const bf16 *q, int ld_q, cons
     attn_args a;
     memset(&a, 0, sizeof a);
     a.out = out, a.q = q, a.kc = kc, a.vc = vc;
-    a.pos = b->pos, a.seq = b->seq, a.tables = b->block_tables;
+    a.pos = b->pos, a.seq = b->seq, a.tables = b->block_tables, a.tok_list = tok_list;
     a.ld_q = ld_q, a.max_blocks = b->max_blocks, a.block_size = b->block_size;
     a.n_kv = n_kv, a.q_per_kv = q_per_kv, a.d = d, a.scale = scale;
     a.n_split = n_split, a.split_len = CEIL_DIV(n_pos, n_split);
     if (n_split > 1) {
-        size_t n_part = (size_t)T * n_q * n_split;
+        size_t n_part = (size_t)n * n_q * n_split;
         float *part = (float *)cuda_scratch(c, &c->attn_part, n_part * ((size_t)d + 2) * sizeof(float));
         a.part_o = part;
         a.part_ml = part + n_part * d;
     }
-    dim3 grid((unsigned)n_q, (unsigned)T, (unsigned)n_split);
+    dim3 grid((unsigned)n_q, (unsigned)n, (unsigned)n_split);
     if (d <= 32)
         attention_launch<1>(c->stream, grid, a);
     else if (d <= 64)
@@ -192,8 +204,8 @@ static void attention_cuda(cuda_ctx *c, bf16 *out, const bf16 *q, int ld_q, cons
     else
         attention_launch<8>(c->stream, grid, a);
     if (n_split > 1) {
-        attention_combine_kernel<<<dim3((unsigned)n_q, (unsigned)T), 128, 0, c->stream>>>(out, a.part_o, a.part_ml,
-                                                                                        n_split, d);
+        attention_combine_kernel<<<dim3((unsigned)n_q, (unsigned)n), 128, 0, c->stream>>>(out, a.part_o, a.part_ml,
+                                                                                        tok_list, n_split, d);
         CUDA_CHECK_LAUNCH();
     }
 }

