@@ -49,8 +49,9 @@ static int preset_dir(comm *c, const bench_opts *o, char *dir, size_t len) {
     return comm_first_failed(c, failed) >= 0 ? -1 : 0;
 }
 
-/* A step of one token for each of nseq sequences at position pos. */
-static void decode_step(engine *e, kv_seq *seqs, int nseq, int pos, uint64_t *rng, float *logits) {
+/* A step of one token for each of nseq sequences at position pos, greedy (the
+ * ids come back, not the logits), as generate and serve run greedy requests. */
+static void decode_step(engine *e, kv_seq *seqs, int nseq, int pos, uint64_t *rng, int *ids) {
     int max_blocks = 0;
     for (int s = 0; s < nseq; s++)
         if (seqs[s].n_blocks > max_blocks) max_blocks = seqs[s].n_blocks;
@@ -64,7 +65,7 @@ static void decode_step(engine *e, kv_seq *seqs, int nseq, int pos, uint64_t *rn
         step_set_table(&st, s, &seqs[s]);
     }
     step_fill_slots(&st);
-    engine_step(e, &st, logits, NULL);
+    engine_step_argmax(e, &st, e->m->cfg.vocab, ids);
     step_free(&st);
 }
 
@@ -72,22 +73,22 @@ static void decode_step(engine *e, kv_seq *seqs, int nseq, int pos, uint64_t *rn
  * prefill: step time does not depend on the cached values, only on how many. */
 static void run_decode(engine *e, const bench_opts *o, const bench_machine *mc, int B, int C, bench_row *r) {
     kv_seq *seqs = calloc((size_t)B, sizeof *seqs);
-    float *logits = malloc(sizeof(float) * (size_t)B * e->m->cfg.vocab);
-    if (!seqs || !logits) abort();
+    int *ids = malloc(sizeof(int) * (size_t)B);
+    if (!seqs || !ids) abort();
     for (int s = 0; s < B; s++)
         if (kv_seq_reserve(&e->blocks, &seqs[s], C + o->steps + 2)) abort(); /* pool sized for the largest */
     uint64_t rng = 1;
-    decode_step(e, seqs, B, C, &rng, logits); /* warm-up */
-    decode_step(e, seqs, B, C + 1, &rng, logits);
+    decode_step(e, seqs, B, C, &rng, ids); /* warm-up */
+    decode_step(e, seqs, B, C + 1, &rng, ids);
     double ar0, tot0, ar1, tot1;
     forward_times(e->fw, &ar0, &tot0);
     double t0 = util_now();
-    for (int i = 0; i < o->steps; i++) decode_step(e, seqs, B, C + 2 + i, &rng, logits);
+    for (int i = 0; i < o->steps; i++) decode_step(e, seqs, B, C + 2 + i, &rng, ids);
     double dt = (util_now() - t0) / o->steps;
     forward_times(e->fw, &ar1, &tot1);
     for (int s = 0; s < B; s++) kv_seq_release(&e->blocks, &seqs[s]);
     free(seqs);
-    free(logits);
+    free(ids);
     /* Bytes every rank reads per step: its weights (not the embedding table) and its KV. */
     double kv_tok = 2.0 * e->m->cfg.n_layers * e->kv->width * e->kb.iface->act_bytes;
     double bytes = (double)mc->weight_bytes + (double)B * (C + 1) * kv_tok;

@@ -238,8 +238,15 @@ void engine_close(engine *e) {
 }
 
 void engine_step(engine *e, glm_step *s, float *logits, float *hidden) {
+    s->argmax_vocab = 0;
     step_bcast(e->comm, s);
     forward_run(e->fw, s, logits, hidden);
+}
+
+void engine_step_argmax(engine *e, glm_step *s, int vocab_limit, int *ids) {
+    s->argmax_vocab = vocab_limit;
+    step_bcast(e->comm, s);
+    forward_run_argmax(e->fw, s, ids);
 }
 
 /* An empty step is the end-of-work message. */
@@ -266,7 +273,10 @@ void engine_follow(engine *e) {
             if (end) return;
             continue;
         }
-        forward_run(e->fw, &s, NULL, NULL);
+        if (s.argmax_vocab > 0)
+            forward_run_argmax(e->fw, &s, NULL);
+        else
+            forward_run(e->fw, &s, NULL, NULL);
         step_free(&s);
     }
 }

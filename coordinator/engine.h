@@ -42,6 +42,9 @@ void engine_close(engine *e);
  * end; every other rank calls engine_follow, which runs steps until then.
  * logits / hidden as in forward_run (rank 0 host memory). */
 void engine_step(engine *e, glm_step *s, float *logits, float *hidden);
+/* Greedy rows only: ids[i] (rank 0) = argmax of logit row i over ids
+ * [0, vocab_limit); the logits stay on the devices. */
+void engine_step_argmax(engine *e, glm_step *s, int vocab_limit, int *ids);
 void engine_finish(engine *e);
 /* Rank 0, idle: keeps followers' collective timeout from firing. */
 void engine_keepalive(engine *e);

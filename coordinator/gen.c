@@ -173,16 +173,22 @@ void gen_run(engine *e, const tokenizer *tok, gen_request *reqs, int n, const ge
             step_set_table(&st, s, &r->kv);
         }
         step_fill_slots(&st);
-        engine_step(e, &st, logits, NULL);
-        step_free(&st);
-
-        for (int i = 0; i < n_logits; i++) {
-            gen_request *r = &reqs[rows_req[i]];
-            float *row = logits + (size_t)i * V;
-            for (int v = n_real; v < V; v++) row[v] = -INFINITY;
-            sp[i] = (ksample_params){r->temperature, r->top_k, r->top_p, &r->rng};
+        int greedy = 1; /* then only ids leave the devices */
+        for (int i = 0; i < n_logits; i++)
+            if (!gen_is_greedy(reqs[rows_req[i]].temperature, reqs[rows_req[i]].top_k)) greedy = 0;
+        if (greedy) {
+            engine_step_argmax(e, &st, n_real, sampled);
+        } else {
+            engine_step(e, &st, logits, NULL);
+            for (int i = 0; i < n_logits; i++) {
+                gen_request *r = &reqs[rows_req[i]];
+                float *row = logits + (size_t)i * V;
+                for (int v = n_real; v < V; v++) row[v] = -INFINITY;
+                sp[i] = (ksample_params){r->temperature, r->top_k, r->top_p, &r->rng};
+            }
+            e->kb.iface->sample(e->kb.ctx, sampled, logits, n_logits, V, sp);
         }
-        e->kb.iface->sample(e->kb.ctx, sampled, logits, n_logits, V, sp);
+        step_free(&st);
         for (int i = 0; i < n_logits; i++) {
             gen_request *r = &reqs[rows_req[i]];
             gen_accept_token(e, tok, r, sampled[i], o, dbuf, dcap);

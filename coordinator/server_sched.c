@@ -404,17 +404,25 @@ static int run_step(sched *q, int budget, float **logits, int *logits_cap, char 
     }
     step_fill_slots(&st);
     double t0 = util_now();
-    engine_step(q->e, &st, *logits, NULL);
+    int greedy = 1; /* then only ids leave the devices */
+    for (int i = 0; i < n_logits; i++)
+        if (!gen_is_greedy(rows[i]->g.temperature, rows[i]->g.top_k)) greedy = 0;
+    if (greedy)
+        engine_step_argmax(q->e, &st, n_real, sampled);
+    else
+        engine_step(q->e, &st, *logits, NULL);
     step_free(&st);
     for (int i = 0; i < p.n; i++) p.req[i]->n_fed += p.chunk[i];
     q->steps++;
     log_step(q, &p, util_now() - t0);
-    for (int i = 0; i < n_logits; i++) {
-        float *row = *logits + (size_t)i * V;
-        for (int v = n_real; v < V; v++) row[v] = -INFINITY;
-        sp[i] = (ksample_params){rows[i]->g.temperature, rows[i]->g.top_k, rows[i]->g.top_p, &rows[i]->g.rng};
+    if (!greedy) {
+        for (int i = 0; i < n_logits; i++) {
+            float *row = *logits + (size_t)i * V;
+            for (int v = n_real; v < V; v++) row[v] = -INFINITY;
+            sp[i] = (ksample_params){rows[i]->g.temperature, rows[i]->g.top_k, rows[i]->g.top_p, &rows[i]->g.rng};
+        }
+        q->e->kb.iface->sample(q->e->kb.ctx, sampled, *logits, n_logits, V, sp);
     }
-    q->e->kb.iface->sample(q->e->kb.ctx, sampled, *logits, n_logits, V, sp);
     gen_options go = {0};
     for (int i = 0; i < n_logits; i++) {
         sreq *r = rows[i];

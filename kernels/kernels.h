@@ -106,6 +106,11 @@ typedef struct kernels_iface {
      * or in host memory: rank 0 samples the vocab-parallel logits after gathering
      * them to the host (coordinator/gen.c), so backends must accept both. */
     void (*sample)(void *ctx, int *out_ids, const float *logits, int n, int V, const ksample_params *p);
+    /* Per row i < n of logits [n, ld] fp32 in backend memory: out_idx[i] and
+     * out_val[i] (host) = the first maximum among columns [0, V) and its value;
+     * NaN never wins; a row with no number gives index 0 and -inf. Greedy
+     * decoding without moving the logits to the host. */
+    void (*argmax)(void *ctx, int *out_idx, float *out_val, const float *logits, int n, int V, int ld);
     /* Waits for queued work (no-op on CPU). */
     void (*sync)(void *ctx);
     /* Releases the backend itself. */

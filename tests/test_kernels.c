@@ -477,6 +477,43 @@ static void test_add(void) {
     }
 }
 
+/* argmax: first maximum among columns [0, V) of rows [n, ld], with its value;
+ * against a double loop written here, plus the rules by name. */
+static void test_argmax(void) {
+    const int n = 4, ld = 50;
+    float *l = xmalloc((size_t)n * ld * 4);
+    fill_normal(l, (size_t)n * ld, 1.0f);
+    l[0 * ld + 3] = l[0 * ld + 30] = 9.0f; /* tie: the lower id */
+    l[1 * ld + 0] = NAN;                   /* NaN never wins, even first */
+    for (int i = 0; i < ld; i++) l[2 * ld + i] = NAN; /* no number: id 0, -inf */
+    l[3 * ld + 45] = 20.0f;                /* past the limit of 40 */
+    for (int V = 40; V <= ld; V += 10) {
+        int idx[4];
+        float val[4];
+        void *dl = dev_copy(l, (size_t)n * ld * 4);
+        K_->argmax(kb.ctx, idx, val, dl, n, V, ld);
+        K_->free(kb.ctx, dl);
+        float got[8];
+        double want[8];
+        for (int r = 0; r < n; r++) {
+            int bi = -1;
+            double bv = -INFINITY;
+            for (int i = 0; i < V; i++)
+                if (l[(size_t)r * ld + i] == l[(size_t)r * ld + i] && l[(size_t)r * ld + i] > bv)
+                    bv = l[(size_t)r * ld + i], bi = i;
+            want[r] = bi < 0 ? 0 : bi, want[4 + r] = bv;
+            got[r] = (float)idx[r], got[4 + r] = val[r];
+        }
+        char name[64];
+        snprintf(name, sizeof name, "argmax V=%d ld=%d (ids, then values)", V, ld);
+        check(name, got, want, 8, 0.0, 0.0);
+        check("argmax tie to the lower id", &got[0], (double[]){3}, 1, 0.0, 0.0);
+        check("argmax row without numbers: id 0", &got[2], (double[]){0}, 1, 0.0, 0.0);
+        if (V == 40) check("argmax ignores ids past the limit", &got[7], (double[]){want[7]}, 1, 0.0, 0.0);
+    }
+    free(l);
+}
+
 static void test_gather_rows(void) {
     /* kernels.h does not say out may alias x, so only out != x is tested. */
     const int R = 11, W = 37;
@@ -903,6 +940,7 @@ int main(void) {
     test_swiglu();
     test_add();
     test_gather_rows();
+    test_argmax();
     test_rope();
     test_attention();
     test_sample();

@@ -203,6 +203,46 @@ static void lm_head(glm_forward *f, int n, float *logits) {
     free(bytes);
 }
 
+/* Greedy LM head, after device_pass: each rank's argmax (and its value) over
+ * its vocab slice cut at vocab_limit, gathered to rank 0, which keeps the
+ * largest value (ties to the lower id: ranks hold ascending id ranges). */
+static void lm_argmax(glm_forward *f, int n, int vocab_limit, int *ids) {
+    const glm_shard *sh = &f->m->shard;
+    const kernels_iface *k = f->m->kb.iface;
+    comm *cm = f->m->comm;
+    int vr = sh->v1 - sh->v0, local = vocab_limit - sh->v0;
+    if (local > vr) local = vr;
+    int32_t *mine = malloc(8 * (size_t)n), *all = cm->rank == 0 ? malloc(8 * (size_t)n * cm->size) : NULL;
+    size_t *bytes = malloc(sizeof(size_t) * (size_t)cm->size);
+    if (!mine || !bytes || (cm->rank == 0 && !all)) abort();
+    int *idx = (int *)mine;
+    float *val = (float *)(mine + n);
+    if (local > 0) {
+        k->argmax(f->m->kb.ctx, idx, val, f->logits_dev, n, local, vr);
+        for (int i = 0; i < n; i++) idx[i] += sh->v0;
+    } else { /* this rank's ids are all past the limit */
+        for (int i = 0; i < n; i++) idx[i] = 0, val[i] = -INFINITY;
+    }
+    for (int r = 0; r < cm->size; r++) bytes[r] = 8 * (size_t)n;
+    cm->iface->gather(cm->ctx, mine, all, bytes);
+    if (cm->rank == 0)
+        for (int i = 0; i < n; i++) {
+            int best = all[i];
+            float bv;
+            memcpy(&bv, &all[n + i], 4);
+            for (int r = 1; r < cm->size; r++) {
+                const int32_t *p = all + (size_t)r * 2 * n;
+                float v;
+                memcpy(&v, &p[n + i], 4);
+                if (v > bv) bv = v, best = p[i];
+            }
+            ids[i] = best;
+        }
+    free(mine);
+    free(all);
+    free(bytes);
+}
+
 /* The step's arrays into backend memory. */
 static void upload(glm_forward *f, const glm_step *s) {
     const kernels_iface *k = f->m->kb.iface;
@@ -239,7 +279,7 @@ static glm_step pad_step(glm_forward *f, const glm_step *s, int B, int MB) {
         if (!f->pad) abort();
         f->pad_cap = need;
     }
-    glm_step p = {B, B, MB, B, s->block_size, NULL, NULL, NULL, NULL, NULL, NULL};
+    glm_step p = {B, B, MB, B, s->block_size, NULL, NULL, NULL, NULL, NULL, NULL, 0};
     p.ids = f->pad, p.pos = p.ids + B, p.seq = p.pos + B, p.slots = p.seq + B, p.logit_rows = p.slots + B;
     p.block_tables = p.logit_rows + B;
     int T = s->n_tokens, spare = f->kv->spare_block;
@@ -260,9 +300,9 @@ static glm_step pad_step(glm_forward *f, const glm_step *s, int B, int MB) {
     return p;
 }
 
-/* Runs decode step s through a graph when it can: returns 1 when it did
- * (logits gathered), 0 when the step must run the usual way. */
-static int graph_step(glm_forward *f, const glm_step *s, float *logits) {
+/* Runs decode step s through a graph when it can: returns 1 when it did (its
+ * logits in f->logits_dev), 0 when the step must run the usual way. */
+static int graph_step(glm_forward *f, const glm_step *s) {
     int T = s->n_tokens;
     if (f->graphs_off || T > GRAPH_MAX_TOKENS || !is_decode(s)) return 0;
     const kernels_iface *k = f->m->kb.iface;
@@ -279,10 +319,7 @@ static int graph_step(glm_forward *f, const glm_step *s, float *logits) {
     graph_slot *g = NULL;
     for (int i = 0; i < f->n_graphs; i++)
         if (f->graphs[i].tokens == B && f->graphs[i].max_blocks == MB) g = &f->graphs[i];
-    if (g && k->graph_launch(ctx, g->graph) == 0) {
-        lm_head(f, T, logits);
-        return 1;
-    }
+    if (g && k->graph_launch(ctx, g->graph) == 0) return 1;
     if (g) { /* stale: record it again */
         k->graph_destroy(ctx, g->graph);
         *g = f->graphs[--f->n_graphs];
@@ -304,44 +341,54 @@ static int graph_step(glm_forward *f, const glm_step *s, float *logits) {
     } else {
         f->graphs_off = 1; /* this backend has no graphs */
     }
-    lm_head(f, T, logits);
     return 1;
+}
+
+/* Runs s up to the logits of its rows in f->logits_dev (hidden: rank 0's
+ * final-norm outputs copied to the host as well). */
+static void device_step(glm_forward *f, const glm_step *s, float *hidden) {
+    const glm_config *c = &f->m->cfg;
+    const kernels_iface *k = f->m->kb.iface;
+    void *ctx = f->m->kb.ctx;
+    if (!hidden && graph_step(f, s)) return;
+    reserve(f, s);
+    upload(f, s);
+    int T = s->n_tokens, max_pos = 0;
+    for (int t = 0; t < T; t++)
+        if (s->pos[t] > max_pos) max_pos = s->pos[t];
+    kattn_batch b = {T, f->pos, f->seq, f->slots, f->tables, s->max_blocks, s->block_size, max_pos, s->pos, s->seq,
+                     ++f->serial};
+    /* Logit rows 0..n-1 need no gather. */
+    int identity = s->n_logits == T;
+    for (int i = 0; identity && i < T; i++) identity = s->logit_rows[i] == i;
+    device_pass(f, &b, T, identity ? NULL : s->logit_rows, s->n_logits);
+    if (s->n_logits > 0 && hidden && f->m->comm->rank == 0) {
+        if (k->act_bytes == 4) {
+            k->to_host(ctx, hidden, f->h, (size_t)s->n_logits * c->hidden * 4);
+        } else { /* bf16 activations */
+            size_t n = (size_t)s->n_logits * c->hidden;
+            uint16_t *tmp = malloc(n * 2);
+            if (!tmp) abort();
+            k->to_host(ctx, tmp, f->h, n * 2);
+            for (size_t i = 0; i < n; i++) hidden[i] = bf16_to_f32(tmp[i]);
+            free(tmp);
+        }
+    }
 }
 
 void forward_run(glm_forward *f, const glm_step *s, float *logits, float *hidden) {
     double t0 = util_now();
-    const glm_config *c = &f->m->cfg;
-    const kernels_iface *k = f->m->kb.iface;
-    void *ctx = f->m->kb.ctx;
-    if (hidden || !graph_step(f, s, logits)) {
-        reserve(f, s);
-        upload(f, s);
-        int T = s->n_tokens, max_pos = 0;
-        for (int t = 0; t < T; t++)
-            if (s->pos[t] > max_pos) max_pos = s->pos[t];
-        kattn_batch b = {T,       f->pos, f->seq, f->slots,    f->tables, s->max_blocks, s->block_size,
-                         max_pos, s->pos, s->seq, ++f->serial};
-        /* Logit rows 0..n-1 need no gather. */
-        int identity = s->n_logits == T;
-        for (int i = 0; identity && i < T; i++) identity = s->logit_rows[i] == i;
-        device_pass(f, &b, T, identity ? NULL : s->logit_rows, s->n_logits);
-        if (s->n_logits > 0) {
-            if (hidden && f->m->comm->rank == 0) {
-                if (k->act_bytes == 4) {
-                    k->to_host(ctx, hidden, f->h, (size_t)s->n_logits * c->hidden * 4);
-                } else { /* bf16 activations */
-                    size_t n = (size_t)s->n_logits * c->hidden;
-                    uint16_t *tmp = malloc(n * 2);
-                    if (!tmp) abort();
-                    k->to_host(ctx, tmp, f->h, n * 2);
-                    for (size_t i = 0; i < n; i++) hidden[i] = bf16_to_f32(tmp[i]);
-                    free(tmp);
-                }
-            }
-            lm_head(f, s->n_logits, logits);
-        }
-    }
-    k->sync(ctx);
+    device_step(f, s, hidden);
+    if (s->n_logits > 0) lm_head(f, s->n_logits, logits);
+    f->m->kb.iface->sync(f->m->kb.ctx);
+    f->t_total += util_now() - t0;
+}
+
+void forward_run_argmax(glm_forward *f, const glm_step *s, int *ids) {
+    double t0 = util_now();
+    device_step(f, s, NULL);
+    if (s->n_logits > 0) lm_argmax(f, s->n_logits, s->argmax_vocab, ids);
+    f->m->kb.iface->sync(f->m->kb.ctx);
     f->t_total += util_now() - t0;
 }
 

@@ -21,6 +21,11 @@ void forward_free(glm_forward *f); /* accepts NULL */
  * receives the output of the final RMSNorm (before the LM head). */
 void forward_run(glm_forward *f, const glm_step *s, float *logits, float *hidden);
 
+/* The same for a step with argmax_vocab > 0: ids (rank 0 host memory,
+ * [n_logits]; may be NULL elsewhere) receives each logit row's argmax over ids
+ * [0, argmax_vocab); no logits leave the devices. */
+void forward_run_argmax(glm_forward *f, const glm_step *s, int *ids);
+
 /* Seconds spent in all-reduce and in the whole of forward_run so far. */
 void forward_times(const glm_forward *f, double *allreduce_s, double *total_s);
 

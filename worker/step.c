@@ -19,6 +19,7 @@ void step_alloc(glm_step *s, int n_tokens, int n_seqs, int max_blocks, int n_log
     s->max_blocks = max_blocks;
     s->n_logits = n_logits;
     s->block_size = block_size;
+    s->argmax_vocab = 0;
     s->ids = alloc_i32(n_tokens);
     s->pos = alloc_i32(n_tokens);
     s->seq = alloc_i32(n_tokens);
@@ -51,9 +52,12 @@ void step_fill_slots(glm_step *s) {
 }
 
 void step_bcast(comm *c, glm_step *s) {
-    int32_t hdr[5] = {s->n_tokens, s->n_seqs, s->max_blocks, s->n_logits, s->block_size};
+    int32_t hdr[6] = {s->n_tokens, s->n_seqs, s->max_blocks, s->n_logits, s->block_size, s->argmax_vocab};
     c->iface->bcast(c->ctx, hdr, sizeof hdr);
-    if (c->rank != 0) step_alloc(s, hdr[0], hdr[1], hdr[2], hdr[3], hdr[4]);
+    if (c->rank != 0) {
+        step_alloc(s, hdr[0], hdr[1], hdr[2], hdr[3], hdr[4]);
+        s->argmax_vocab = hdr[5];
+    }
     /* One message for the arrays: pack on rank 0, unpack elsewhere. */
     size_t nt = (size_t)s->n_tokens, nb = (size_t)s->n_seqs * s->max_blocks, nl = (size_t)s->n_logits;
     size_t total = 4 * nt + nb + nl;

@@ -23,6 +23,9 @@ typedef struct glm_step {
     int32_t *slots;        /* [n_tokens] derived: KV slot of each token */
     int32_t *block_tables; /* [n_seqs * max_blocks], -1 padded */
     int32_t *logit_rows;   /* [n_logits] token indices */
+    /* 0: the logit rows' logits go to rank 0. > 0: only each row's argmax over
+     * ids [0, argmax_vocab) does (greedy decoding; forward_run_argmax). */
+    int argmax_vocab;
 } glm_step;
 
 /* Allocates the arrays for the given sizes (zeroed). Aborts on OOM. */

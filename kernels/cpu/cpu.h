@@ -19,6 +19,7 @@ void cpu_swiglu(void *ctx, void *out, const void *gu, int T, int F);
 void cpu_add(void *ctx, void *x, const void *y, size_t n);
 void cpu_gather_rows(void *ctx, void *out, const void *x, const int *rows, int n, int width);
 void cpu_sample(void *ctx, int *out_ids, const float *logits, int n, int V, const ksample_params *p);
+void cpu_argmax(void *ctx, int *out_idx, float *out_val, const float *logits, int n, int V, int ld);
 
 /* Row r of a weight as fp32 element k (slow path for small ops: norms, embedding). */
 static inline float cpu_weight_at(const kweight *w, size_t i) {

@@ -106,6 +106,7 @@ static const kernels_iface cpu_iface = {
     /* .add           = */ cpu_add,
     /* .gather_rows   = */ cpu_gather_rows,
     /* .sample        = */ cpu_sample,
+    /* .argmax        = */ cpu_argmax,
     /* .sync          = */ cpu_sync,
     /* .destroy       = */ cpu_destroy,
     /* .mem_info      = */ cpu_mem_info,

@@ -24,6 +24,19 @@ static int argmax(const float *l, int V) {
     return best;
 }
 
+void cpu_argmax(void *ctx, int *out_idx, float *out_val, const float *logits, int n, int V, int ld) {
+    (void)ctx;
+    for (int r = 0; r < n; r++) {
+        const float *l = logits + (size_t)r * ld;
+        float bv = -INFINITY;
+        int bi = -1;
+        for (int i = 0; i < V; i++)
+            if (l[i] > bv) bv = l[i], bi = i; /* NaN compares false: never taken */
+        out_idx[r] = bi < 0 ? 0 : bi;
+        out_val[r] = bv;
+    }
+}
+
 static int sample_row(const float *l, int V, const ksample_params *p, cand *c) {
     if (p->temperature <= 0.0f || p->top_k == 1) return argmax(l, V);
     for (int i = 0; i < V; i++) c[i] = (cand){l[i] / p->temperature, i};

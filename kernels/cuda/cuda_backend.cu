@@ -173,6 +173,7 @@ static const kernels_iface cuda_iface = {
     /* .add           = */ cuda_op_add,
     /* .gather_rows   = */ cuda_op_gather_rows,
     /* .sample        = */ cuda_op_sample,
+    /* .argmax        = */ cuda_op_argmax,
     /* .sync          = */ cuda_sync,
     /* .destroy       = */ cuda_destroy,
     /* .mem_info      = */ cuda_mem_info,
@@ -221,8 +222,12 @@ kbackend kernels_cuda_create(int device, char *err, size_t errlen) {
     c->rope_rot = -1;
     /* Read once: a GPU run can compare the tensor-core prefill attention with
      * the general kernel, or switch a broken one off. */
+    const char *ng = getenv("GLMTP_NO_GEMV"); /* compare with cuBLASLt, or switch the GEMV off */
+    c->no_gemv = ng && *ng && strcmp(ng, "0") != 0;
     const char *nf = getenv("GLMTP_NO_FLASH_PREFILL");
     c->no_flash_prefill = nf && *nf && strcmp(nf, "0") != 0;
+    const char *fv = getenv("GLMTP_FLASH_VARIANT"); /* 2: the 128-row prefill kernel; anything else today's */
+    c->flash_variant = fv && !strcmp(fv, "2") ? 2 : 1;
 
     char name[256] = "?";
     cudaDeviceProp prop;
@@ -230,10 +235,11 @@ kbackend kernels_cuda_create(int device, char *err, size_t errlen) {
     size_t free_b = 0, total_b = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
     fprintf(stderr,
-            "glmtp: rank %s: cuda backend on device %d of %d: %s, compute %d.%d, %d SMs, %.1f of %.1f GiB free%s\n",
+            "glmtp: rank %s: cuda backend on device %d of %d: %s, compute %d.%d, %d SMs, %.1f of %.1f GiB free%s%s\n",
             glmtp_check_rank(), dev, n, name, major, minor, c->sm_count, free_b / 1073741824.0,
             total_b / 1073741824.0,
-            c->no_flash_prefill ? " (GLMTP_NO_FLASH_PREFILL: no tensor-core prefill attention)" : "");
+            c->no_flash_prefill ? " (GLMTP_NO_FLASH_PREFILL: no tensor-core prefill attention)" : "",
+            c->flash_variant == 2 ? " (GLMTP_FLASH_VARIANT=2: 128-row prefill attention tiles)" : "");
     kbackend b = {&cuda_iface, c};
     return b;
 }
@@ -241,4 +247,16 @@ kbackend kernels_cuda_create(int device, char *err, size_t errlen) {
 void *kernels_cuda_stream(kbackend kb) {
     if (kb.iface != &cuda_iface) return NULL;
     return (void *)((cuda_ctx *)kb.ctx)->stream;
+}
+
+/* Test hook (declared by tests/gpu/test_gpu_kernels.c, not in kernels.h): set
+ * 1 or 2 switches the prefill attention kernel as GLMTP_FLASH_VARIANT does at
+ * creation (other values change nothing); returns the variant the last
+ * attention call launched (0: none, every token took the general kernel), or
+ * -1 for a backend that is not CUDA. */
+extern "C" int kernels_cuda_flash_variant(kbackend kb, int set) {
+    if (kb.iface != &cuda_iface) return -1;
+    cuda_ctx *c = (cuda_ctx *)kb.ctx;
+    if (set == 1 || set == 2) c->flash_variant = set;
+    return c->flash_ran;
 }

@@ -35,6 +35,7 @@ typedef struct attn_plan {
     size_t host_cap, key_cap;
     uint64_t serial;
     int T;              /* 0: no plan yet */
+    int bm;             /* query rows per tile it was cut into (the kernel variant's) */
     int n_tiles, n_rest, rest_max_pos;
 } attn_plan;
 
@@ -54,9 +55,12 @@ typedef struct cuda_ctx {
     cuda_buf rope_inv;   /* rope: inverse frequencies for (rope_base, rope_rot) */
     attn_plan plan;       /* attention: the step's prefill tiles (attention_prefill.cu) */
     int no_flash_prefill; /* GLMTP_NO_FLASH_PREFILL=1 at creation: every token through the general kernel */
+    int flash_variant;    /* GLMTP_FLASH_VARIANT at creation: 2 = the 128-row prefill kernel, else 1 (64-row) */
+    int flash_ran;        /* the variant the last attention call launched, 0 none (kernels_cuda_flash_variant) */
     float rope_base;
     int rope_rot;
     uint64_t scratch_gen; /* bumped whenever cuda_scratch reallocates: graphs made before are stale */
+    int no_gemv;          /* GLMTP_NO_GEMV=1 at creation: small-T matmuls through cuBLASLt too */
     float *host_row; /* sample: one logits row on the host (malloc) */
     size_t host_row_cap;
 } cuda_ctx;
@@ -102,5 +106,6 @@ void cuda_op_swiglu(void *ctx, void *out, const void *gu, int T, int F);
 void cuda_op_add(void *ctx, void *x, const void *y, size_t n);
 void cuda_op_gather_rows(void *ctx, void *out, const void *x, const int *rows, int n, int width);
 void cuda_op_sample(void *ctx, int *out_ids, const float *logits, int n, int V, const ksample_params *p);
+void cuda_op_argmax(void *ctx, int *out_idx, float *out_val, const float *logits, int n, int V, int ld);
 
 #endif

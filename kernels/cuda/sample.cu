@@ -12,6 +12,7 @@
  * cpu_sample, with no copy to the device and back. */
 #include <limits.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cuda_common.cuh"
 
@@ -50,6 +51,38 @@ static __global__ void argmax_kernel(int32_t *out, const float *logits, int V) {
     }
 }
 
+/* One block per row of [n, ld]: the first maximum among columns [0, V), its
+ * value too (the vocab-parallel LM head compares the ranks' maxima). */
+static __global__ void argmax_val_kernel(int32_t *out_idx, float *out_val, const float *logits, int V, int ld) {
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    const float *l = logits + (size_t)blockIdx.x * ld;
+    float bv = -INFINITY;
+    int bi = INT_MAX;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) take_better(bv, bi, l[i], i);
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        take_better(bv, bi, ov, oi);
+    }
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (lane == 0) sv[w] = bv, si[w] = bi;
+    __syncthreads();
+    if (w == 0) {
+        bv = lane < nw ? sv[lane] : -INFINITY;
+        bi = lane < nw ? si[lane] : INT_MAX;
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            take_better(bv, bi, ov, oi);
+        }
+        if (lane == 0) {
+            out_idx[blockIdx.x] = bi == INT_MAX ? 0 : bi;
+            out_val[blockIdx.x] = bi == INT_MAX ? -INFINITY : bv;
+        }
+    }
+}
+
 static int is_greedy(const ksample_params *p) { return p->temperature <= 0.0f || p->top_k == 1; }
 
 static int on_device(const void *p) {
@@ -70,6 +103,22 @@ static void argmax_cuda(cuda_ctx *c, int *out_ids, const float *logits, int n, i
     CUDA_CHECK_LAUNCH();
     CUDA_CHECK(cudaMemcpyAsync(out_ids, d, sizeof(int32_t) * (size_t)n, cudaMemcpyDeviceToHost, c->stream));
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
+}
+
+void cuda_op_argmax(void *ctx, int *out_idx, float *out_val, const float *logits, int n, int V, int ld) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (n <= 0) return;
+    /* [n] indices then [n] values in one scratch buffer, one copy back */
+    int32_t *d = (int32_t *)cuda_scratch(c, &c->argmax, 8 * (size_t)n);
+    argmax_val_kernel<<<n, 512, 0, c->stream>>>(d, (float *)(d + n), logits, V, ld);
+    CUDA_CHECK_LAUNCH();
+    int32_t *h = (int32_t *)malloc(8 * (size_t)n);
+    if (!h) abort();
+    CUDA_CHECK(cudaMemcpyAsync(h, d, 8 * (size_t)n, cudaMemcpyDeviceToHost, c->stream));
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    memcpy(out_idx, h, 4 * (size_t)n);
+    memcpy(out_val, h + n, 4 * (size_t)n);
+    free(h);
 }
 
 void cuda_op_sample(void *ctx, int *out_ids, const float *logits, int n, int V, const ksample_params *p) {
