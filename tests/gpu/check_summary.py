@@ -47,6 +47,13 @@ def main():
     ng = parts.get("bench_decode_nographs", {})
     if ng.get("results"):
         s["decode_b1_nographs_ms"] = ng["results"][0]["step_ms"]
+    nm = parts.get("bench_decode_nogemv", {})
+    for r in nm.get("results", []):
+        s[f"decode_b{r['batch']}_nogemv_ms"] = r["step_ms"]
+    v2 = parts.get("bench_prefill_v2", {})
+    for r in v2.get("results", []):
+        s[f"prefill_{r['tokens']}_v2_s"] = r["seconds"]
+        s[f"attention_{r['tokens']}_v2_tflops"] = r["attention_gflops"] / 1e3
     nf = parts.get("bench_prefill_noflash", {})
     for r in nf.get("results", []):
         s[f"prefill_{r['tokens']}_noflash_s"] = r["seconds"]

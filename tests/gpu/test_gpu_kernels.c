@@ -338,6 +338,12 @@ static void test_matmul(void) {
     test_matmul_case(2, 20000, 4096, 0, 1, KDT_BF16); /* LM head slice, fp32 out */
     test_matmul_case(17, 333, 96, 0, 1, KDT_BF16);
     test_matmul_case(4, 1, 32, 0, 1, KDT_BF16);
+    /* The small-T GEMV (T <= 8, K % 8 == 0): odd row counts (a warp's second
+     * row past N), every T bucket, bias, fp32 out, a K not a multiple of 256. */
+    test_matmul_case(3, 333, 96, 1, 0, KDT_BF16);
+    test_matmul_case(8, 4097, 4096, 1, 0, KDT_BF16);
+    test_matmul_case(6, 2049, 13696, 0, 1, KDT_BF16);
+    test_matmul_case(1, 151, 1000, 0, 1, KDT_BF16);
 }
 
 /* -------------------------------------------------------------------- rope */
@@ -513,6 +519,18 @@ static int flash_disabled(void) {
     return e && *e && strcmp(e, "0") != 0;
 }
 
+/* kernels/cuda/cuda_backend.cu's test hook (not in kernels.h): set 1 or 2
+ * switches the tensor-core kernel (1: 64-row tiles, 2: 128-row tiles, as
+ * GLMTP_FLASH_VARIANT=2 at creation), other values change nothing; returns the
+ * variant the last attention call launched (0: none). The cases below run
+ * every step through both, then leave the backend as the environment chose. */
+int kernels_cuda_flash_variant(kbackend kb, int set);
+
+static int env_flash_variant(void) {
+    const char *e = getenv("GLMTP_FLASH_VARIANT");
+    return e && !strcmp(e, "2") ? 2 : 1;
+}
+
 /* |got - want| <= tol[i] element-wise (NaN only where want is NaN). */
 static void check_tol(const char *name, const float *got, const float *want, const float *tol, size_t n) {
     double maxd = 0.0, maxr = 0.0;
@@ -651,36 +669,56 @@ static void prefill_step(const char *what, pf_setup *u, const tok *tk, int T, ui
 
     size_t no = (size_t)T * qw;
     float scale = 1.0f / sqrtf((float)d);
-    void *co = c_act(NULL, no), *go[3] = {g_act(NULL, no), g_act(NULL, no), g_act(NULL, no)};
+    /* go[2v - 2], go[2v - 1]: variant v (a new plan, then the cached one);
+     * go[4]: host_pos NULL. The variant that ran last goes first, so the
+     * plan a step finds cached has its tile size (a plan is also rebuilt when
+     * that differs, which would hide a key that misses other tokens). */
+    static int first_v = 1;
+    void *co = c_act(NULL, no), *go[5];
+    for (int k = 0; k < 5; k++) go[k] = g_act(NULL, no);
     C.iface->attention(C.ctx, co, cq, ld, u->ck, u->cv, &cb, n_q, n_kv, q_per_kv, d, scale);
-    G.iface->attention(G.ctx, go[0], gq, ld, u->gk, u->gv, &gb, n_q, n_kv, q_per_kv, d, scale);
-    G.iface->attention(G.ctx, go[1], gq, ld, u->gk, u->gv, &gb, n_q, n_kv, q_per_kv, d, scale);
-    G.iface->attention(G.ctx, go[2], gq, ld, u->gk, u->gv, &gb_old, n_q, n_kv, q_per_kv, d, scale);
+    int ran[2];
+    for (int i = 0; i < 2; i++) {
+        int v = i ? 3 - first_v : first_v;
+        kernels_cuda_flash_variant(G, v);
+        G.iface->attention(G.ctx, go[2 * v - 2], gq, ld, u->gk, u->gv, &gb, n_q, n_kv, q_per_kv, d, scale);
+        G.iface->attention(G.ctx, go[2 * v - 1], gq, ld, u->gk, u->gv, &gb, n_q, n_kv, q_per_kv, d, scale);
+        ran[v - 1] = kernels_cuda_flash_variant(G, 0);
+    }
+    first_v = 3 - first_v;
+    kernels_cuda_flash_variant(G, env_flash_variant());
+    G.iface->attention(G.ctx, go[4], gq, ld, u->gk, u->gv, &gb_old, n_q, n_kv, q_per_kv, d, scale);
     char name[200];
     snprintf(name, sizeof name, "prefill attention %s n_kv=%d q/kv=%d d=%d T=%d", what, n_kv, q_per_kv, d, T);
-    float *got[3];
-    for (int k = 0; k < 3; k++) got[k] = g_get(name, go[k], no);
+    float *got[5];
+    for (int k = 0; k < 5; k++) got[k] = g_get(name, go[k], no);
 
     char nm[240];
-    snprintf(nm, sizeof nm, "%s [host pos/seq]", name);
     float *tol = flash_tol(qkv, ld, tk, T, u->tables, max_blocks, bs, u->ck, u->cv, n_kv, q_per_kv, d, scale, co);
-    check_tol(nm, got[0], co, tol, no);
     snprintf(nm, sizeof nm, "%s [host_pos NULL]", name);
-    check(nm, got[2], co, no, 1e-4, BF16_RTOL);
-    size_t n_diff_cached = 0, n_diff_old = 0;
-    for (size_t i = 0; i < no; i++) {
-        n_diff_cached += memcmp(&got[0][i], &got[1][i], 4) != 0;
-        n_diff_old += memcmp(&got[0][i], &got[2][i], 4) != 0;
+    check(nm, got[4], co, no, 1e-4, BF16_RTOL);
+    for (int v = 1; v <= 2; v++) {
+        const float *a = got[2 * v - 2], *b = got[2 * v - 1];
+        snprintf(nm, sizeof nm, "%s [host pos/seq, variant %d]", name, v);
+        check_tol(nm, a, co, tol, no);
+        size_t n_diff_cached = 0, n_diff_old = 0;
+        for (size_t i = 0; i < no; i++) {
+            n_diff_cached += memcmp(&a[i], &b[i], 4) != 0;
+            n_diff_old += memcmp(&a[i], &got[4][i], 4) != 0;
+        }
+        expect(n_diff_cached == 0, "%s: variant %d, same serial again (cached plan): bit-identical (%zu differ)", what,
+               v, n_diff_cached);
+        if (!want_flash)
+            expect(n_diff_old == 0 && ran[v - 1] == 0,
+                   "%s: variant %d: no run takes the tensor cores: same as host_pos NULL (%zu differ, ran %d)", what, v,
+                   n_diff_old, ran[v - 1]);
+        else if (!flash_disabled())
+            expect(n_diff_old > 0 && ran[v - 1] == v,
+                   "%s: variant %d ran (%d), on tensor cores (%zu of %zu outputs differ from the general kernel)", what,
+                   v, ran[v - 1], n_diff_old, no);
     }
-    expect(n_diff_cached == 0, "%s: same serial again (cached plan): bit-identical (%zu differ)", what, n_diff_cached);
-    if (!want_flash)
-        expect(n_diff_old == 0, "%s: no run takes the tensor cores: same as host_pos NULL (%zu differ)", what,
-               n_diff_old);
-    else if (!flash_disabled())
-        expect(n_diff_old > 0, "%s: tensor-core path taken (%zu of %zu outputs differ from the general kernel)", what,
-               n_diff_old, no);
     free(tol), free(qkv), free(pos), free(seq), free(slots);
-    for (int k = 0; k < 3; k++) free(got[k]), G.iface->free(G.ctx, go[k]);
+    for (int k = 0; k < 5; k++) free(got[k]), G.iface->free(G.ctx, go[k]);
     G.iface->free(G.ctx, gq), C.iface->free(C.ctx, cq), C.iface->free(C.ctx, co);
     for (int i = 0; i < 4; i++) G.iface->free(G.ctx, g_i[i]), C.iface->free(C.ctx, c_i[i]);
 }
@@ -749,11 +787,35 @@ static void test_prefill_attention(void) {
         prefill_step("(d) step 2: 70 at pos 200, decode", &u, tk, T, ++g_serial, 0, 1);
         pf_destroy(&u);
     }
-    /* (e) GLM-4-9B's heads at tp 1 (32 q on 2 KV), 130 tokens: 64 + 64 + 2 */
+    /* (e) GLM-4-9B's heads at tp 1 (32 q on 2 KV), 130 tokens: 64 + 64 + 2
+     * (128 + 2 for variant 2) */
     {
         pf_setup u = pf_create(1, 10, 16, 2, 16, 128);
         T = add_run(tk, 0, 0, 0, 130);
         prefill_step("(e) GLM-4 heads, 130 from pos 0", &u, tk, T, ++g_serial, 0, 1);
+        pf_destroy(&u);
+    }
+    /* (g) variant 2's 128-row tiles: 129 = 128 + 1 (a one-row tile whose
+     * padding warps do nothing), 100 (one partial tile), then chunks at an
+     * offset: 200 at pos 100 (128 + 72, neither starting on a key tile) and
+     * 129 at pos 129 (its one-row tile at pos 257) */
+    {
+        pf_setup u = pf_create(2, 20, 16, 2, 2, 128);
+        T = add_run(tk, 0, 0, 0, 129);
+        T = add_run(tk, T, 1, 0, 100);
+        prefill_step("(g) step 1: 129, 100 from pos 0", &u, tk, T, ++g_serial, 0, 1);
+        T = add_run(tk, 0, 1, 100, 200);
+        T = add_run(tk, T, 0, 129, 129);
+        prefill_step("(g) step 2: 200 at pos 100, 129 at pos 129", &u, tk, T, ++g_serial, 0, 1);
+        pf_destroy(&u);
+    }
+    /* (h) the same for d = 64: 129 from pos 0, then 150 at pos 129 (128 + 22) */
+    {
+        pf_setup u = pf_create(1, 20, 16, 1, 2, 64);
+        T = add_run(tk, 0, 0, 0, 129);
+        prefill_step("(h) step 1: 129 from pos 0", &u, tk, T, ++g_serial, 0, 1);
+        T = add_run(tk, 0, 0, 129, 150);
+        prefill_step("(h) step 2: 150 at pos 129", &u, tk, T, ++g_serial, 0, 1);
         pf_destroy(&u);
     }
     /* (f) shapes the tensor cores must leave alone: unaligned q rows, d 16 */
@@ -777,9 +839,10 @@ static double now_s(void) {
 }
 
 /* A GLM-4-9B-sized prefill (32 q heads on 2 KV heads, d 128) on the GPU alone:
- * the tensor-core path against the general kernel (whose error against the
- * CPU the cases above bound), and both timed. Their difference is at most the
- * tensor-core path's worst case 2^-9 max|v| (bf16 P) plus two roundings. */
+ * the tensor-core path, both variants, against the general kernel (whose
+ * error against the CPU the cases above bound), and all three timed. Their
+ * difference is at most the tensor-core path's worst case 2^-9 max|v| (bf16
+ * P) plus two roundings. */
 static void test_prefill_attention_big(int T) {
     int n_kv = 2, q_per_kv = 16, d = 128, bs = 16, n_q = n_kv * q_per_kv;
     int max_blocks = (T + bs - 1) / bs, qw = n_q * d, kvw = n_kv * d, ld = qw + 2 * kvw;
@@ -795,32 +858,41 @@ static void test_prefill_attention_big(int T) {
     kattn_batch gb = gb_old;
     gb.host_pos = pos, gb.host_seq = seq, gb.serial = ++g_serial;
     G.iface->kv_store(G.ctx, gk, gv, (uint16_t *)gq + qw, (uint16_t *)gq + qw + kvw, ld, kvw, &gb);
-    void *go_f = g_act(NULL, no), *go_o = g_act(NULL, no);
+    /* go[0], go[1]: the tensor-core path, variants 1 and 2; go[2]: host_pos NULL */
+    void *go[3] = {g_act(NULL, no), g_act(NULL, no), g_act(NULL, no)};
     float scale = 1.0f / sqrtf((float)d);
-    double best[2] = {1e30, 1e30};
-    for (int rep = 0; rep < 4; rep++) { /* the first is a warm-up (and builds the plan) */
-        for (int k = 0; k < 2; k++) {
+    double best[3] = {1e30, 1e30, 1e30};
+    int ran[2] = {0, 0};
+    for (int k = 0; k < 3; k++) {
+        if (k < 2) kernels_cuda_flash_variant(G, k + 1);
+        for (int rep = 0; rep < 4; rep++) { /* the first is a warm-up (and builds the plan) */
             G.iface->sync(G.ctx);
             double t0 = now_s();
-            G.iface->attention(G.ctx, k ? go_o : go_f, gq, ld, gk, gv, k ? &gb_old : &gb, n_q, n_kv, q_per_kv, d,
-                               scale);
+            G.iface->attention(G.ctx, go[k], gq, ld, gk, gv, k < 2 ? &gb : &gb_old, n_q, n_kv, q_per_kv, d, scale);
             G.iface->sync(G.ctx);
             double dt = now_s() - t0;
             if (rep > 0 && dt < best[k]) best[k] = dt;
         }
+        if (k < 2) ran[k] = kernels_cuda_flash_variant(G, 0);
     }
-    char name[160];
-    snprintf(name, sizeof name, "prefill attention GLM-4 heads T=%d: host pos/seq vs host_pos NULL", T);
-    float *gf = g_get(name, go_f, no), *gold = g_get(name, go_o, no);
-    check(name, gf, gold, no, 1.5 / 512 + 2e-4, 2 * BF16_RTOL);
+    kernels_cuda_flash_variant(G, env_flash_variant());
+    float *got[3];
+    for (int k = 0; k < 3; k++) got[k] = g_get("prefill attention GLM-4 heads", go[k], no);
+    for (int k = 0; k < 2; k++) {
+        char name[160];
+        snprintf(name, sizeof name, "prefill attention GLM-4 heads T=%d: variant %d vs host_pos NULL", T, k + 1);
+        check(name, got[k], got[2], no, 1.5 / 512 + 2e-4, 2 * BF16_RTOL);
+        if (!flash_disabled()) expect(ran[k] == k + 1, "GLM-4 heads T=%d: variant %d ran (%d)", T, k + 1, ran[k]);
+    }
     double flop = 4.0 * n_q * d * ((double)T * (T + 1) / 2);
-    printf("INFO  prefill attention T=%d n_q=%d n_kv=%d d=%d: host pos/seq %.3f ms (%.1f TFLOP/s), host_pos NULL "
-           "%.3f ms (%.1f TFLOP/s)%s\n",
+    printf("INFO  prefill attention T=%d n_q=%d n_kv=%d d=%d: variant 1 %.3f ms (%.1f TFLOP/s), variant 2 %.3f ms "
+           "(%.1f TFLOP/s, %.2fx), host_pos NULL %.3f ms (%.1f TFLOP/s)%s\n",
            T, n_q, n_kv, d, best[0] * 1e3, flop / best[0] * 1e-12, best[1] * 1e3, flop / best[1] * 1e-12,
+           best[0] / best[1], best[2] * 1e3, flop / best[2] * 1e-12,
            flash_disabled() ? " [GLMTP_NO_FLASH_PREFILL set]" : "");
-    free(gf), free(gold), free(qkv), free(tables), free(pos), free(seq), free(slots);
+    for (int k = 0; k < 3; k++) free(got[k]), G.iface->free(G.ctx, go[k]);
+    free(qkv), free(tables), free(pos), free(seq), free(slots);
     G.iface->free(G.ctx, gq), G.iface->free(G.ctx, gk), G.iface->free(G.ctx, gv);
-    G.iface->free(G.ctx, go_f), G.iface->free(G.ctx, go_o);
     for (int i = 0; i < 4; i++) G.iface->free(G.ctx, g_i[i]);
 }
 
@@ -861,6 +933,24 @@ static void test_sample(void) {
         for (int i = 0; i < N; i++) ok &= ih[i] == ic[i] && rg[i] == rc[i];
         expect(ok, "sample mode %d, host logits: same ids as the CPU backend", mode);
         if (mode == 0) expect(ig[0] == 10 && ig[1] == 777 && ig[2] == V - 1, "argmax tie/-inf/last-id cases");
+    }
+    /* argmax with values, a row stride and a column limit (the vocab-parallel
+     * greedy LM head): the same ids and values as the CPU backend. l[3] gets a
+     * NaN first and a maximum past the limit that must not win. */
+    l[3 * V + 0] = NAN;
+    l[3 * V + V - 2] = 99.0f;
+    G.iface->to_device(G.ctx, gl, l, sizeof(float) * N * V);
+    for (int lim = V - 3; lim <= V; lim += 3) {
+        int ig[N], ic[N];
+        float vg[N], vc[N];
+        G.iface->argmax(G.ctx, ig, vg, gl, N, lim, V);
+        C.iface->argmax(C.ctx, ic, vc, l, N, lim, V);
+        int ok = 1;
+        for (int i = 0; i < N; i++) ok &= ig[i] == ic[i] && vg[i] == vc[i];
+        expect(ok, "argmax limit %d: ids %d %d %d %d (cpu %d %d %d %d)", lim, ig[0], ig[1], ig[2], ig[3], ic[0], ic[1],
+               ic[2], ic[3]);
+        expect(ig[0] == 10 && ig[1] == 777 && (lim == V ? ig[2] == V - 1 && ig[3] == V - 2 : ig[3] != V - 2),
+               "argmax limit %d: tie, -inf row, last id, NaN and the limit", lim);
     }
     G.iface->free(G.ctx, gl);
     free(l);
