@@ -41,7 +41,8 @@
  * Registers: Q fragments d/2, O accumulators d/2, S 32 per thread; at most 168
  * (FA_MIN_CTAS), no spills (nvcc 13.0, sm_80 and sm_90).
  *
- * Variant 2 (GLMTP_FLASH_VARIANT=2, cuda_ctx.flash_variant; d 64 or 128, scale
+ * Variant 2 (the default; GLMTP_FLASH_VARIANT=1 selects the kernel above;
+ * cuda_ctx.flash_variant; d 64 or 128, scale
  * > 0): the FlashAttention-2 tiling. The kernel above reads a K or V fragment
  * (one x4 ldmatrix, 512 bytes) for every two mma, brings each KV tile to
  * shared memory for 64 query rows only, and has four barriers and half a

@@ -226,8 +226,10 @@ kbackend kernels_cuda_create(int device, char *err, size_t errlen) {
     c->no_gemv = ng && *ng && strcmp(ng, "0") != 0;
     const char *nf = getenv("GLMTP_NO_FLASH_PREFILL");
     c->no_flash_prefill = nf && *nf && strcmp(nf, "0") != 0;
-    const char *fv = getenv("GLMTP_FLASH_VARIANT"); /* 2: the 128-row prefill kernel; anything else today's */
-    c->flash_variant = fv && !strcmp(fv, "2") ? 2 : 1;
+    /* 1: the 64-row prefill kernel; else the 128-row one, 2.1x faster on an
+     * H200 (298 against 141 TFLOP/s at 8K tokens, bench/results/2026-11-27-*) */
+    const char *fv = getenv("GLMTP_FLASH_VARIANT");
+    c->flash_variant = fv && !strcmp(fv, "1") ? 1 : 2;
 
     char name[256] = "?";
     cudaDeviceProp prop;
@@ -239,7 +241,7 @@ kbackend kernels_cuda_create(int device, char *err, size_t errlen) {
             glmtp_check_rank(), dev, n, name, major, minor, c->sm_count, free_b / 1073741824.0,
             total_b / 1073741824.0,
             c->no_flash_prefill ? " (GLMTP_NO_FLASH_PREFILL: no tensor-core prefill attention)" : "",
-            c->flash_variant == 2 ? " (GLMTP_FLASH_VARIANT=2: 128-row prefill attention tiles)" : "");
+            c->flash_variant == 1 ? " (GLMTP_FLASH_VARIANT=1: 64-row prefill attention tiles)" : "");
     kbackend b = {&cuda_iface, c};
     return b;
 }

@@ -55,7 +55,7 @@ typedef struct cuda_ctx {
     cuda_buf rope_inv;   /* rope: inverse frequencies for (rope_base, rope_rot) */
     attn_plan plan;       /* attention: the step's prefill tiles (attention_prefill.cu) */
     int no_flash_prefill; /* GLMTP_NO_FLASH_PREFILL=1 at creation: every token through the general kernel */
-    int flash_variant;    /* GLMTP_FLASH_VARIANT at creation: 2 = the 128-row prefill kernel, else 1 (64-row) */
+    int flash_variant;    /* GLMTP_FLASH_VARIANT at creation: 1 = the 64-row prefill kernel, else 2 (128-row) */
     int flash_ran;        /* the variant the last attention call launched, 0 none (kernels_cuda_flash_variant) */
     float rope_base;
     int rope_rot;

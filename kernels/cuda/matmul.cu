@@ -160,15 +160,18 @@ static lt_plan *plan_get(cuda_ctx *c, int N, int K, int T, cudaDataType_t otype,
     return p;
 }
 
-/* Small T (decode): a GEMV that streams W once at close to memory bandwidth,
- * where cuBLASLt's skinny-GEMM kernels left ~40% of it unused (H200, batch-1
- * decode of glm-4-9b-chat at 1.67x the bandwidth floor). Each warp owns
+/* Small T (decode): a GEMV that streams W once, for a T where cuBLASLt's
+ * skinny-GEMM kernels are slower (H200, batch-1 decode of glm-4-9b-chat). Each warp owns
  * GEMV_ROWS rows of W and all T tokens: lanes read 16 bytes (8 bf16) of each
  * row and of each token's x per step, accumulate fp32, then warp sums. x rows
  * are re-read by every warp; they stay in L1/L2 (at most 8 x 27 KB). The bias
  * is added before the one rounding, as on the CPU. Needs K % 8 == 0 and
  * 16-byte aligned W, x and row starts (cudaMalloc'ed buffers; checked). */
-#define GEMV_MAX_T 8
+/* Measured on an H200 (40-layer glm-4-9b-chat decode, bench/results/): T = 1
+ * 6.91 ms per step against 7.27 through cuBLASLt; T = 8 21.7 against 10.4
+ * (each token's x is re-read per 16 bytes of W: load-bound). So T = 1 only,
+ * though the kernel is written for TT tokens. */
+#define GEMV_MAX_T 1
 #define GEMV_ROWS 2
 #define GEMV_WARPS 8
 
@@ -237,14 +240,7 @@ static int gemv_cuda(const cuda_ctx *c, OutT *out, const bf16 *x, const kweight 
     const float *b = bias ? (const float *)bias->data : NULL;
     unsigned grid = (unsigned)CEIL_DIV(N, GEMV_WARPS * GEMV_ROWS);
     const bf16 *w = (const bf16 *)W->data;
-    if (T == 1)
-        gemv_kernel<1, OutT><<<grid, GEMV_WARPS * 32, 0, c->stream>>>(out, x, w, b, T, N, K);
-    else if (T == 2)
-        gemv_kernel<2, OutT><<<grid, GEMV_WARPS * 32, 0, c->stream>>>(out, x, w, b, T, N, K);
-    else if (T <= 4)
-        gemv_kernel<4, OutT><<<grid, GEMV_WARPS * 32, 0, c->stream>>>(out, x, w, b, T, N, K);
-    else
-        gemv_kernel<8, OutT><<<grid, GEMV_WARPS * 32, 0, c->stream>>>(out, x, w, b, T, N, K);
+    gemv_kernel<GEMV_MAX_T, OutT><<<grid, GEMV_WARPS * 32, 0, c->stream>>>(out, x, w, b, T, N, K);
     CUDA_CHECK_LAUNCH();
     return 0;
 }

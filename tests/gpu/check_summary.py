@@ -50,10 +50,10 @@ def main():
     nm = parts.get("bench_decode_nogemv", {})
     for r in nm.get("results", []):
         s[f"decode_b{r['batch']}_nogemv_ms"] = r["step_ms"]
-    v2 = parts.get("bench_prefill_v2", {})
-    for r in v2.get("results", []):
-        s[f"prefill_{r['tokens']}_v2_s"] = r["seconds"]
-        s[f"attention_{r['tokens']}_v2_tflops"] = r["attention_gflops"] / 1e3
+    for v in (1, 2):  # runs that chose a prefill attention variant explicitly
+        for r in parts.get(f"bench_prefill_v{v}", {}).get("results", []):
+            s[f"prefill_{r['tokens']}_v{v}_s"] = r["seconds"]
+            s[f"attention_{r['tokens']}_v{v}_tflops"] = r["attention_gflops"] / 1e3
     nf = parts.get("bench_prefill_noflash", {})
     for r in nf.get("results", []):
         s[f"prefill_{r['tokens']}_noflash_s"] = r["seconds"]

@@ -35,7 +35,7 @@
 # PyTorch's nvidia-nccl wheel, else built without (one rank needs none).
 # Environment: GLMTP_DEPS=DIR, GLMTP_CHECK_LAYERS=N, GLMTP_CHECK_BUDGET=seconds (450),
 # GLMTP_CHECK_NO_FLASH=1 (also time prefill on the older attention kernel),
-# GLMTP_CHECK_FLASH_VARIANT2=1 (also time prefill with GLMTP_FLASH_VARIANT=2),
+# GLMTP_CHECK_FLASH_VARIANT1=1 (also time prefill with the 64-row kernel, GLMTP_FLASH_VARIANT=1),
 # GLMTP_CHECK_SKIP_TP2=1 (skip step 6),
 # GLMTP_CHECK_DRY=1 (no GPU: run every step on the CPU backend, small sizes).
 set -o pipefail
@@ -317,10 +317,10 @@ if make9 "$M9" chatglm; then
     step bench_prefill 180 "$BIN" bench prefill --model "$M9" --device "$DEV" --lens "$PREFILL_LENS" \
         --json "$WORK/bench_prefill.json"
     bench_json bench_prefill "$WORK/bench_prefill.json" $?
-    if [ -n "${GLMTP_CHECK_FLASH_VARIANT2:-}" ]; then # the 128-row prefill attention tiles
-        GLMTP_FLASH_VARIANT=2 step bench_prefill_v2 180 "$BIN" bench prefill --model "$M9" --device "$DEV" \
-            --lens "$PREFILL_LENS" --json "$WORK/bench_prefill_v2.json"
-        bench_json bench_prefill_v2 "$WORK/bench_prefill_v2.json" $?
+    if [ -n "${GLMTP_CHECK_FLASH_VARIANT1:-}" ]; then # the 64-row prefill attention tiles
+        GLMTP_FLASH_VARIANT=1 step bench_prefill_v1 180 "$BIN" bench prefill --model "$M9" --device "$DEV" \
+            --lens "$PREFILL_LENS" --json "$WORK/bench_prefill_v1.json"
+        bench_json bench_prefill_v1 "$WORK/bench_prefill_v1.json" $?
     fi
     if [ -n "${GLMTP_CHECK_NO_FLASH:-}" ]; then # the older attention path, for comparison
         GLMTP_NO_FLASH_PREFILL=1 step bench_prefill_noflash 120 "$BIN" bench prefill --model "$M9" --device "$DEV" \

@@ -338,8 +338,11 @@ static void test_matmul(void) {
     test_matmul_case(2, 20000, 4096, 0, 1, KDT_BF16); /* LM head slice, fp32 out */
     test_matmul_case(17, 333, 96, 0, 1, KDT_BF16);
     test_matmul_case(4, 1, 32, 0, 1, KDT_BF16);
-    /* The small-T GEMV (T <= 8, K % 8 == 0): odd row counts (a warp's second
-     * row past N), every T bucket, bias, fp32 out, a K not a multiple of 256. */
+    /* The T = 1 GEMV (K % 8 == 0): odd row counts (a warp's second row past
+     * N), bias, fp32 out, a K not a multiple of 256; T 3..8 go to cuBLASLt. */
+    test_matmul_case(1, 333, 96, 1, 0, KDT_BF16);
+    test_matmul_case(1, 4097, 4096, 1, 0, KDT_BF16);
+    test_matmul_case(1, 2049, 13696, 0, 1, KDT_BF16);
     test_matmul_case(3, 333, 96, 1, 0, KDT_BF16);
     test_matmul_case(8, 4097, 4096, 1, 0, KDT_BF16);
     test_matmul_case(6, 2049, 13696, 0, 1, KDT_BF16);
@@ -520,15 +523,15 @@ static int flash_disabled(void) {
 }
 
 /* kernels/cuda/cuda_backend.cu's test hook (not in kernels.h): set 1 or 2
- * switches the tensor-core kernel (1: 64-row tiles, 2: 128-row tiles, as
- * GLMTP_FLASH_VARIANT=2 at creation), other values change nothing; returns the
+ * switches the tensor-core kernel (1: 64-row tiles, as GLMTP_FLASH_VARIANT=1
+ * at creation; 2: 128-row tiles, the default), other values change nothing; returns the
  * variant the last attention call launched (0: none). The cases below run
  * every step through both, then leave the backend as the environment chose. */
 int kernels_cuda_flash_variant(kbackend kb, int set);
 
 static int env_flash_variant(void) {
     const char *e = getenv("GLMTP_FLASH_VARIANT");
-    return e && !strcmp(e, "2") ? 2 : 1;
+    return e && !strcmp(e, "1") ? 1 : 2;
 }
 
 /* |got - want| <= tol[i] element-wise (NaN only where want is NaN). */
