@@ -28,7 +28,7 @@ static void usage(FILE *f) {
             "        --kv-tokens N (KV pool; serve and chat default: sized from GPU memory, 65536 on CPU),\n"
             "        --gpu-memory-utilization F (share of each GPU's memory for weights + KV + activations, 0.90),\n"
             "        GLMTP_COMM_TIMEOUT=seconds (collective timeout, default 600),\n"
-            "        GLMTP_NO_CUDA_GRAPHS=1 (decode steps without CUDA graphs)\n");
+            "        GLMTP_NO_CUDA_GRAPHS=1 (decode steps without CUDA graphs); README: other GPU switches\n");
 }
 
 int main(int argc, char **argv) {

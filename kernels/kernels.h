@@ -92,6 +92,11 @@ typedef struct kernels_iface {
      * into the cache at b->slots[t]. kv_width = n_kv_local * d. */
     void (*kv_store)(void *ctx, void *kcache, void *vcache, const void *k, const void *v, int ld, int kv_width,
                      const kattn_batch *b);
+    /* rope on the n_q + n_kv heads of qkv, then kv_store of its K (column
+     * n_q*d) and V (column (n_q+n_kv)*d) rows, kv_width n_kv*d, at b->pos and
+     * b->slots: the same numbers as the two ops, in one pass where fused. */
+    void (*rope_kv_store)(void *ctx, void *qkv, void *kcache, void *vcache, int T, int ld, int n_q, int n_kv, int d,
+                          int rot_dim, float base, const kattn_batch *b);
     /* Causal GQA over the paged cache. q [T, ld_q] (n_q heads of d), out [T, n_q*d].
      * Local q head i uses local KV head i / q_per_kv. Softmax in fp32. */
     void (*attention)(void *ctx, void *out, const void *q, int ld_q, const void *kcache, const void *vcache,
@@ -100,6 +105,11 @@ typedef struct kernels_iface {
     void (*swiglu)(void *ctx, void *out, const void *gu, int T, int F);
     /* x += y, n elements. */
     void (*add)(void *ctx, void *x, const void *y, size_t n);
+    /* x += y, then out = rmsnorm(x) with w (the residual add that closes a
+     * sub-layer and the norm that opens the next): the same numbers as add
+     * followed by rmsnorm. x, y, out [T, H] with H = w->cols; out is neither x
+     * nor y. */
+    void (*add_rmsnorm)(void *ctx, void *x, const void *y, void *out, const kweight *w, int T, float eps);
     /* out[i, :] = x[rows[i], :] for i < n; rows in host memory; width in elements. */
     void (*gather_rows)(void *ctx, void *out, const void *x, const int *rows, int n, int width);
     /* out_ids[i] (host) = sample of logits[i, :V], [n, V] fp32 in backend memory,

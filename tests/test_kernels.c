@@ -477,6 +477,39 @@ static void test_add(void) {
     }
 }
 
+/* add_rmsnorm: x += y then out = rmsnorm(x), against the double-precision
+ * formula, and x itself against x + y. */
+static void test_add_rmsnorm(void) {
+    const int T = 3, H = 64;
+    float *x = xmalloc((size_t)T * H * 4), *y = xmalloc((size_t)T * H * 4), *w = xmalloc((size_t)H * 4);
+    fill_normal(x, (size_t)T * H, 2.0f);
+    fill_normal(y, (size_t)T * H, 2.0f);
+    for (int i = 0; i < H; i++) w[i] = 0.5f + (float)i / H;
+    double *want_x = xmalloc((size_t)T * H * sizeof(double)), *want_o = xmalloc((size_t)T * H * sizeof(double));
+    for (int t = 0; t < T; t++) {
+        double ss = 0;
+        for (int i = 0; i < H; i++) {
+            want_x[t * H + i] = (double)x[t * H + i] + y[t * H + i];
+            ss += want_x[t * H + i] * want_x[t * H + i];
+        }
+        double r = 1.0 / sqrt(ss / H + 1e-5);
+        for (int i = 0; i < H; i++) want_o[t * H + i] = w[i] * want_x[t * H + i] * r;
+    }
+    kweight kw;
+    K_->weight_upload(kb.ctx, &kw, w, KDT_F32, 1, H);
+    void *dx = dev_copy(x, (size_t)T * H * 4), *dy = dev_copy(y, (size_t)T * H * 4);
+    void *dout = K_->alloc(kb.ctx, (size_t)T * H * 4);
+    K_->add_rmsnorm(kb.ctx, dx, dy, dout, &kw, T, 1e-5f);
+    float *gx = xmalloc((size_t)T * H * 4), *go = xmalloc((size_t)T * H * 4);
+    K_->to_host(kb.ctx, gx, dx, (size_t)T * H * 4);
+    K_->to_host(kb.ctx, go, dout, (size_t)T * H * 4);
+    check("add_rmsnorm: x + y", gx, want_x, (size_t)T * H, 1e-6, 1e-6);
+    check("add_rmsnorm: rmsnorm of the sum", go, want_o, (size_t)T * H, 1e-6, 2e-6);
+    K_->free(kb.ctx, dx), K_->free(kb.ctx, dy), K_->free(kb.ctx, dout);
+    K_->weight_free(kb.ctx, &kw);
+    free(x), free(y), free(w), free(want_x), free(want_o), free(gx), free(go);
+}
+
 /* argmax: first maximum among columns [0, V) of rows [n, ld], with its value;
  * against a double loop written here, plus the rules by name. */
 static void test_argmax(void) {
@@ -941,6 +974,7 @@ int main(void) {
     test_add();
     test_gather_rows();
     test_argmax();
+    test_add_rmsnorm();
     test_rope();
     test_attention();
     test_sample();

@@ -115,8 +115,6 @@ static void reserve(glm_forward *f, const glm_step *s) {
     f->cap_logits = nl;
 }
 
-static void *at(void *base, size_t elems, size_t elem_bytes) { return (char *)base + elems * elem_bytes; }
-
 static void allreduce(glm_forward *f, void *buf, size_t n) {
     double t0 = util_now();
     comm *c = f->m->comm;
@@ -124,34 +122,37 @@ static void allreduce(glm_forward *f, void *buf, size_t n) {
     if (!f->capturing) f->t_allreduce += util_now() - t0;
 }
 
-/* One GLMBlock: pre-norm attention and SwiGLU MLP, each closed by an all-reduce. */
+/* One GLMBlock: pre-norm attention and SwiGLU MLP, each closed by an all-reduce.
+ * Each residual add is fused with the norm that follows it: the block's own
+ * post-attention norm, and the next block's input norm (so f->h already holds
+ * it when a block other than the first starts). */
 static void block(glm_forward *f, int l, const kattn_batch *b, int T) {
     const glm_config *c = &f->m->cfg;
     const glm_shard *sh = &f->m->shard;
     const glm_layer *L = &f->m->layers[l];
     const kernels_iface *k = f->m->kb.iface;
     void *ctx = f->m->kb.ctx;
-    size_t ab = k->act_bytes, d = (size_t)c->head_dim;
     int ld = (sh->nq + 2 * sh->nkv) * c->head_dim, nf = sh->f1 - sh->f0;
     size_t th = (size_t)T * c->hidden;
 
-    k->rmsnorm(ctx, f->h, f->x, &L->ln1, T, c->eps);
+    if (l == 0) k->rmsnorm(ctx, f->h, f->x, &L->ln1, T, c->eps);
     k->matmul(ctx, f->qkv, f->h, &L->qkv, L->qkv_b.data ? &L->qkv_b : NULL, T);
-    k->rope(ctx, f->qkv, b->pos, T, ld, sh->nq + sh->nkv, c->head_dim, c->rot_dim, (float)c->rope_base);
-    void *kk = at(f->qkv, sh->nq * d, ab), *vv = at(f->qkv, (sh->nq + sh->nkv) * d, ab);
-    k->kv_store(ctx, f->kv->k[l], f->kv->v[l], kk, vv, ld, sh->nkv * c->head_dim, b);
+    k->rope_kv_store(ctx, f->qkv, f->kv->k[l], f->kv->v[l], T, ld, sh->nq, sh->nkv, c->head_dim, c->rot_dim,
+                     (float)c->rope_base, b);
     k->attention(ctx, f->att, f->qkv, ld, f->kv->k[l], f->kv->v[l], b, sh->nq, sh->nkv, c->n_heads / c->n_kv,
                  c->head_dim, 1.0f / sqrtf((float)c->head_dim));
     k->matmul(ctx, f->o, f->att, &L->dense, NULL, T);
     allreduce(f, f->o, th);
-    k->add(ctx, f->x, f->o, th);
+    k->add_rmsnorm(ctx, f->x, f->o, f->h, &L->ln2, T, c->eps);
 
-    k->rmsnorm(ctx, f->h, f->x, &L->ln2, T, c->eps);
     k->matmul(ctx, f->gu, f->h, &L->h4h, NULL, T);
     k->swiglu(ctx, f->a, f->gu, T, nf);
     k->matmul(ctx, f->o, f->a, &L->down, NULL, T);
     allreduce(f, f->o, th);
-    k->add(ctx, f->x, f->o, th);
+    if (l + 1 < c->n_layers)
+        k->add_rmsnorm(ctx, f->x, f->o, f->h, &f->m->layers[l + 1].ln1, T, c->eps);
+    else
+        k->add(ctx, f->x, f->o, th);
 }
 
 /* The device part of a step: embedding, the blocks, then for the n logit rows

@@ -63,3 +63,11 @@ void cpu_attention(void *ctx, void *out, const void *q, int ld_q, const void *kc
         free(sc);
     }
 }
+
+/* On the CPU the two passes touch rows already in cache: no fused kernel. */
+void cpu_rope_kv_store(void *ctx, void *qkv, void *kcache, void *vcache, int T, int ld, int n_q, int n_kv, int d,
+                       int rot_dim, float base, const kattn_batch *b) {
+    cpu_rope(ctx, qkv, b->pos, T, ld, n_q + n_kv, d, rot_dim, base);
+    float *k = (float *)qkv + (size_t)n_q * d, *v = k + (size_t)n_kv * d;
+    cpu_kv_store(ctx, kcache, vcache, k, v, ld, n_kv * d, b);
+}

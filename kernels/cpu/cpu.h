@@ -17,6 +17,9 @@ void cpu_attention(void *ctx, void *out, const void *q, int ld_q, const void *kc
                    const kattn_batch *b, int n_q, int n_kv, int q_per_kv, int d, float scale);
 void cpu_swiglu(void *ctx, void *out, const void *gu, int T, int F);
 void cpu_add(void *ctx, void *x, const void *y, size_t n);
+void cpu_rope_kv_store(void *ctx, void *qkv, void *kcache, void *vcache, int T, int ld, int n_q, int n_kv, int d,
+                       int rot_dim, float base, const kattn_batch *b);
+void cpu_add_rmsnorm(void *ctx, void *x, const void *y, void *out, const kweight *w, int T, float eps);
 void cpu_gather_rows(void *ctx, void *out, const void *x, const int *rows, int n, int width);
 void cpu_sample(void *ctx, int *out_ids, const float *logits, int n, int V, const ksample_params *p);
 void cpu_argmax(void *ctx, int *out_idx, float *out_val, const float *logits, int n, int V, int ld);

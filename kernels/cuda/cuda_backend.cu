@@ -168,9 +168,11 @@ static const kernels_iface cuda_iface = {
     /* .matmul_f32    = */ cuda_op_matmul_f32,
     /* .rope          = */ cuda_op_rope,
     /* .kv_store      = */ cuda_op_kv_store,
+    /* .rope_kv_store = */ cuda_op_rope_kv_store,
     /* .attention     = */ cuda_op_attention,
     /* .swiglu        = */ cuda_op_swiglu,
     /* .add           = */ cuda_op_add,
+    /* .add_rmsnorm   = */ cuda_op_add_rmsnorm,
     /* .gather_rows   = */ cuda_op_gather_rows,
     /* .sample        = */ cuda_op_sample,
     /* .argmax        = */ cuda_op_argmax,
@@ -222,6 +224,9 @@ kbackend kernels_cuda_create(int device, char *err, size_t errlen) {
     c->rope_rot = -1;
     /* Read once: a GPU run can compare the tensor-core prefill attention with
      * the general kernel, or switch a broken one off. */
+    const char *fa = getenv("GLMTP_FUSED_ADD_NORM"), *fr = getenv("GLMTP_FUSED_ROPE_KV");
+    c->fused_add_norm = fa && *fa && strcmp(fa, "0") != 0;
+    c->fused_rope_kv = fr && *fr && strcmp(fr, "0") != 0;
     const char *ng = getenv("GLMTP_NO_GEMV"); /* compare with cuBLASLt, or switch the GEMV off */
     c->no_gemv = ng && *ng && strcmp(ng, "0") != 0;
     const char *nf = getenv("GLMTP_NO_FLASH_PREFILL");

@@ -61,6 +61,8 @@ typedef struct cuda_ctx {
     int rope_rot;
     uint64_t scratch_gen; /* bumped whenever cuda_scratch reallocates: graphs made before are stale */
     int no_gemv;          /* GLMTP_NO_GEMV=1 at creation: small-T matmuls through cuBLASLt too */
+    int fused_add_norm;   /* GLMTP_FUSED_ADD_NORM=1 at creation: add_rmsnorm in one kernel */
+    int fused_rope_kv;    /* GLMTP_FUSED_ROPE_KV=1 at creation: rope_kv_store in one kernel */
     float *host_row; /* sample: one logits row on the host (malloc) */
     size_t host_row_cap;
 } cuda_ctx;
@@ -104,6 +106,9 @@ void cuda_op_attention(void *ctx, void *out, const void *q, int ld_q, const void
                        const kattn_batch *b, int n_q, int n_kv, int q_per_kv, int d, float scale);
 void cuda_op_swiglu(void *ctx, void *out, const void *gu, int T, int F);
 void cuda_op_add(void *ctx, void *x, const void *y, size_t n);
+void cuda_op_rope_kv_store(void *ctx, void *qkv, void *kcache, void *vcache, int T, int ld, int n_q, int n_kv, int d,
+                           int rot_dim, float base, const kattn_batch *b);
+void cuda_op_add_rmsnorm(void *ctx, void *x, const void *y, void *out, const kweight *w, int T, float eps);
 void cuda_op_gather_rows(void *ctx, void *out, const void *x, const int *rows, int n, int width);
 void cuda_op_sample(void *ctx, int *out_ids, const float *logits, int n, int V, const ksample_params *p);
 void cuda_op_argmax(void *ctx, int *out_idx, float *out_val, const float *logits, int n, int V, int ld);

@@ -44,6 +44,33 @@ static const float *rope_table(cuda_ctx *c, float base, int rot_dim) {
     return dev;
 }
 
+/* RoPE on the q and k heads of one token (one block per token), then its K
+ * and V rows into the cache slot: the rope kernel's arithmetic per pair, and
+ * the kv_store copy after a barrier, so the cache gets the rotated K exactly
+ * as the two kernels would write it. */
+static __global__ void rope_kv_store_kernel(bf16 *qkv, bf16 *kc, bf16 *vc, const int32_t *pos, const int32_t *slots,
+                                            const float *inv, int ld, int n_heads, int d, int half, int kcol,
+                                            int vcol, int kv_width) {
+    int t = blockIdx.x;
+    bf16 *row = qkv + (size_t)t * ld;
+    float p = (float)pos[t];
+    for (int i = threadIdx.x; i < n_heads * half; i += blockDim.x) {
+        int h = i / half, j = i % half;
+        float a = p * inv[j], s, c;
+        sincosf(a, &s, &c);
+        bf16 *v = row + (size_t)h * d + 2 * j;
+        float x0 = bf2f(v[0]), x1 = bf2f(v[1]);
+        v[0] = f2bf(x0 * c - x1 * s);
+        v[1] = f2bf(x1 * c + x0 * s);
+    }
+    __syncthreads();
+    size_t dst = (size_t)slots[t] * kv_width;
+    for (int i = threadIdx.x; i < kv_width; i += blockDim.x) {
+        kc[dst + i] = row[kcol + i];
+        vc[dst + i] = row[vcol + i];
+    }
+}
+
 // kernel launchers
 
 static void rope_cuda(cuda_ctx *c, bf16 *qkv, const int32_t *pos, int T, int ld, int n_heads, int d, int rot_dim,
@@ -59,4 +86,23 @@ static void rope_cuda(cuda_ctx *c, bf16 *qkv, const int32_t *pos, int T, int ld,
 void cuda_op_rope(void *ctx, void *qkv, const int32_t *pos, int T, int ld, int n_heads, int d, int rot_dim,
                   float base) {
     rope_cuda((cuda_ctx *)ctx, (bf16 *)qkv, pos, T, ld, n_heads, d, rot_dim, base);
+}
+
+/* Opt-in (GLMTP_FUSED_ROPE_KV=1) until a GPU run has checked it; otherwise the
+ * two ops it replaces. */
+void cuda_op_rope_kv_store(void *ctx, void *qkv, void *kcache, void *vcache, int T, int ld, int n_q, int n_kv, int d,
+                           int rot_dim, float base, const kattn_batch *b) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    bf16 *q = (bf16 *)qkv;
+    int kcol = n_q * d, vcol = (n_q + n_kv) * d, kv_width = n_kv * d;
+    if (!c->fused_rope_kv) {
+        rope_cuda(c, q, b->pos, T, ld, n_q + n_kv, d, rot_dim, base);
+        cuda_op_kv_store(ctx, kcache, vcache, q + kcol, q + vcol, ld, kv_width, b);
+        return;
+    }
+    if (T <= 0) return;
+    const float *inv = rope_table(c, base, rot_dim);
+    rope_kv_store_kernel<<<T, 256, 0, c->stream>>>(q, (bf16 *)kcache, (bf16 *)vcache, b->pos, b->slots, inv, ld,
+                                                   n_q + n_kv, d, rot_dim / 2, kcol, vcol, kv_width);
+    CUDA_CHECK_LAUNCH();
 }

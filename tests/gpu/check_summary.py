@@ -47,6 +47,9 @@ def main():
     ng = parts.get("bench_decode_nographs", {})
     if ng.get("results"):
         s["decode_b1_nographs_ms"] = ng["results"][0]["step_ms"]
+    fu = parts.get("bench_decode_fused", {})
+    if fu.get("results"):
+        s["decode_b1_fused_kernels_ms"] = fu["results"][0]["step_ms"]
     nm = parts.get("bench_decode_nogemv", {})
     for r in nm.get("results", []):
         s[f"decode_b{r['batch']}_nogemv_ms"] = r["step_ms"]

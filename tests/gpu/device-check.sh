@@ -36,7 +36,8 @@
 # Environment: GLMTP_DEPS=DIR, GLMTP_CHECK_LAYERS=N, GLMTP_CHECK_BUDGET=seconds (450),
 # GLMTP_CHECK_NO_FLASH=1 (also time prefill on the older attention kernel),
 # GLMTP_CHECK_FLASH_VARIANT1=1 (also time prefill with the 64-row kernel, GLMTP_FLASH_VARIANT=1),
-# GLMTP_CHECK_SKIP_TP2=1 (skip step 6),
+# GLMTP_CHECK_SKIP_TP2=1 (skip step 6), GLMTP_CHECK_NCU=1 (per-kernel times of
+# a decode step through Nsight Compute, tests/gpu/kernel_times.py),
 # GLMTP_CHECK_DRY=1 (no GPU: run every step on the CPU backend, small sizes).
 set -o pipefail
 OUT=${1:?usage: tests/gpu/device-check.sh OUTDIR}
@@ -219,6 +220,17 @@ if step make_tiny 60 "$BIN" make-model --preset tiny --out "$TINY" --seed 3; the
     line=$(grep '^{' "$WORK/graphs.out" | tail -1)
     [ -n "$line" ] || line="{\"exit\": $rc}"
     part tiny_graphs_vs_eager "$line"
+    # The fused kernels (residual add + RMSNorm; RoPE + KV store: opt-in until
+    # a GPU run has passed this) against the ops they replace: bitwise the same
+    # numbers, so the same tokens.
+    step fused_add_norm 120 python3 "$ROOT/tests/gpu/compare_graphs.py" "$BIN" "$TINY" --requests 5 --steps 24 \
+        --args "--device $DEV" --env-a GLMTP_FUSED_ADD_NORM=1,GLMTP_FUSED_ROPE_KV=1 \
+        --env-b GLMTP_FUSED_ADD_NORM=0,GLMTP_FUSED_ROPE_KV=0
+    rc=$?
+    [ $rc = 0 ] || FAILED=1
+    line=$(grep '^{' "$WORK/fused_add_norm.out" | tail -1)
+    [ -n "$line" ] || line="{\"exit\": $rc}"
+    part tiny_fused_add_norm "$line"
     if python3 -c 'import torch, safetensors' 2> /dev/null; then
         step emulation 120 python3 "$ROOT/tests/gpu/bf16_emulation.py" "$TINY" --ids "$PROMPT,9,13,17,19" --glmtp "$BIN" \
             --glmtp-args "--device $DEV"
@@ -311,6 +323,22 @@ if make9 "$M9" chatglm; then
     GLMTP_NO_CUDA_GRAPHS=1 step bench_decode_nographs 120 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1 \
         --context "$DECODE_CTX" --steps 32 --json "$WORK/bench_decode_nographs.json"
     bench_json bench_decode_nographs "$WORK/bench_decode_nographs.json" $?
+    # Where a decode step's time goes, kernel by kernel (Nsight Compute, clocks
+    # left alone; graphs off so that ncu sees each kernel): 2 warm-up + 2 timed
+    # steps, so the per-step figures divide by 4 (the bandwidth limit's add
+    # kernels are in the table too, under their own name).
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2> /dev/null | head -1)
+    if [ -n "${GLMTP_CHECK_NCU:-}" ] && [ -n "$NCU" ]; then
+        GLMTP_NO_CUDA_GRAPHS=1 step ncu_decode 180 "$NCU" --clock-control none --csv --metrics gpu__time_duration.sum \
+            --log-file "$WORK/ncu_decode.csv" "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1 \
+            --context "$DECODE_CTX" --steps 2
+        step ncu_table 30 python3 "$ROOT/tests/gpu/kernel_times.py" "$WORK/ncu_decode.csv" --steps 4 \
+            --json "$WORK/ncu_decode.json"
+        if [ -s "$WORK/ncu_decode.json" ]; then part decode_kernels "$(cat "$WORK/ncu_decode.json")"; fi
+    fi
+    GLMTP_FUSED_ADD_NORM=1 GLMTP_FUSED_ROPE_KV=1 step bench_decode_fused 120 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1 \
+        --context "$DECODE_CTX" --steps 32 --json "$WORK/bench_decode_fused.json"
+    bench_json bench_decode_fused "$WORK/bench_decode_fused.json" $?
     GLMTP_NO_GEMV=1 step bench_decode_nogemv 120 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1,8 \
         --context "$DECODE_CTX" --steps 32 --json "$WORK/bench_decode_nogemv.json"
     bench_json bench_decode_nogemv "$WORK/bench_decode_nogemv.json" $?

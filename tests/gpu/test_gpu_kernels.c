@@ -226,7 +226,35 @@ static void test_rmsnorm_case(int T, int H, float xscale, int alias) {
     if (!alias) G.iface->free(G.ctx, go), C.iface->free(C.ctx, co);
 }
 
+/* The fused residual add + RMSNorm (GLMTP_FUSED_ADD_NORM, set by main for this
+ * run) against the same backend's add then rmsnorm: bitwise equal, x and out
+ * both; and against the CPU within the rmsnorm tolerance. */
+static void test_add_rmsnorm_case(int T, int H) {
+    float *x = rand_bf16((size_t)T * H, -3.0f, 3.0f), *y = rand_bf16((size_t)T * H, -3.0f, 3.0f);
+    float *w = rand_bf16((size_t)H, 0.5f, 1.5f);
+    kweight gw, cw;
+    upload2(&gw, &cw, w, KDT_F32, 1, H);
+    size_t n = (size_t)T * H;
+    void *gx = g_act(x, n), *gx2 = g_act(x, n), *gy = g_act(y, n), *go = g_act(NULL, n), *go2 = g_act(NULL, n);
+    void *cx = c_act(x, n), *cy = c_act(y, n), *co = c_act(NULL, n);
+    G.iface->add_rmsnorm(G.ctx, gx, gy, go, &gw, T, 1.5625e-07f);
+    G.iface->add(G.ctx, gx2, gy, n);
+    G.iface->rmsnorm(G.ctx, go2, gx2, &gw, T, 1.5625e-07f);
+    C.iface->add_rmsnorm(C.ctx, cx, cy, co, &cw, T, 1.5625e-07f);
+    char name[128];
+    snprintf(name, sizeof name, "add_rmsnorm T=%d H=%d", T, H);
+    float *a = g_get(name, gx, n), *a2 = g_get(name, gx2, n), *o = g_get(name, go, n), *o2 = g_get(name, go2, n);
+    expect(!memcmp(a, a2, n * 4) && !memcmp(o, o2, n * 4), "%s: bitwise equal to add then rmsnorm", name);
+    check(name, o, co, n, 1e-6, 2 * BF16_RTOL); /* the GPU rounds the sum too: two bf16 roundings */
+    free(a), free(a2), free(o), free(o2), free(x), free(y), free(w), free2(&gw, &cw);
+    void *gb[] = {gx, gx2, gy, go, go2}, *cb[] = {cx, cy, co};
+    for (int i = 0; i < 5; i++) G.iface->free(G.ctx, gb[i]);
+    for (int i = 0; i < 3; i++) C.iface->free(C.ctx, cb[i]);
+}
+
 static void test_small_ops(void) {
+    test_add_rmsnorm_case(3, 4096);
+    test_add_rmsnorm_case(5, 100);
     test_rmsnorm_case(4, 4096, 1.0f, 0);
     test_rmsnorm_case(3, 100, 30.0f, 0);
     test_rmsnorm_case(2, 4096, 0.01f, 1);
@@ -347,6 +375,47 @@ static void test_matmul(void) {
     test_matmul_case(8, 4097, 4096, 1, 0, KDT_BF16);
     test_matmul_case(6, 2049, 13696, 0, 1, KDT_BF16);
     test_matmul_case(1, 151, 1000, 0, 1, KDT_BF16);
+}
+
+/* ----------------------------------------------------------- rope_kv_store */
+
+/* rope_kv_store (fused: GLMTP_FUSED_ROPE_KV, set by main for this run) against
+ * the same backend's rope then kv_store on a copy: bitwise equal, QKV rows and
+ * both caches; and the cache against the CPU backend's within RoPE's tolerance. */
+static void test_rope_kv_store(int T, int n_q, int n_kv, int d, int rot) {
+    int ld = (n_q + 2 * n_kv) * d, kvw = n_kv * d, n_slots = 2 * T + 8;
+    float *qkv = rand_bf16((size_t)T * ld, -2.0f, 2.0f);
+    int32_t *pos = xmalloc((size_t)T * 4), *slots = xmalloc((size_t)T * 4), *seq = xmalloc((size_t)T * 4);
+    for (int t = 0; t < T; t++) pos[t] = 37 * t + 5, slots[t] = (7 * t + 3) % n_slots, seq[t] = 0; /* distinct slots */
+    size_t cn = (size_t)n_slots * kvw, qn = (size_t)T * ld;
+    void *ga = g_act(qkv, qn), *gb = g_act(qkv, qn), *ca = c_act(qkv, qn);
+    void *gka = g_act(NULL, cn), *gva = g_act(NULL, cn), *gkb = g_act(NULL, cn), *gvb = g_act(NULL, cn);
+    void *cka = c_act(NULL, cn), *cva = c_act(NULL, cn);
+    void *gp = g_ints(pos, T), *gs = g_ints(slots, T), *gq = g_ints(seq, T);
+    int32_t *cpos = C.iface->alloc(C.ctx, (size_t)T * 4), *cslots = C.iface->alloc(C.ctx, (size_t)T * 4);
+    C.iface->to_device(C.ctx, cpos, pos, (size_t)T * 4);
+    C.iface->to_device(C.ctx, cslots, slots, (size_t)T * 4);
+    kattn_batch bg = {T, gp, gq, gs, NULL, 0, 1, 0, NULL, NULL, 0}, bc = {T, cpos, NULL, cslots, NULL, 0, 1, 0, NULL,
+                                                                         NULL, 0};
+    float base = 10000.0f * 500.0f;
+    G.iface->rope_kv_store(G.ctx, ga, gka, gva, T, ld, n_q, n_kv, d, rot, base, &bg);
+    G.iface->rope(G.ctx, gb, gp, T, ld, n_q + n_kv, d, rot, base);
+    G.iface->kv_store(G.ctx, gkb, gvb, (uint16_t *)gb + (size_t)n_q * d, (uint16_t *)gb + (size_t)(n_q + n_kv) * d, ld,
+                      kvw, &bg);
+    C.iface->rope_kv_store(C.ctx, ca, cka, cva, T, ld, n_q, n_kv, d, rot, base, &bc);
+    char name[128];
+    snprintf(name, sizeof name, "rope_kv_store T=%d n_q=%d n_kv=%d d=%d rot=%d", T, n_q, n_kv, d, rot);
+    float *a = g_get(name, ga, qn), *b = g_get(name, gb, qn), *ka = g_get(name, gka, cn), *kb2 = g_get(name, gkb, cn);
+    float *va = g_get(name, gva, cn), *vb = g_get(name, gvb, cn);
+    expect(!memcmp(a, b, qn * 4) && !memcmp(ka, kb2, cn * 4) && !memcmp(va, vb, cn * 4),
+           "%s: bitwise equal to rope then kv_store", name);
+    /* rotated K: the rope test's tolerance (same fp32 angles, one bf16 rounding) */
+    check(name, ka, cka, cn, 1e-5, BF16_RTOL);
+    check(name, va, cva, cn, 0.0, 0.0); /* V: a copy */
+    free(a), free(b), free(ka), free(kb2), free(va), free(vb), free(qkv), free(pos), free(slots), free(seq);
+    void *g[] = {ga, gb, gka, gva, gkb, gvb, gp, gs, gq}, *c[] = {ca, cka, cva, cpos, cslots};
+    for (int i = 0; i < 9; i++) G.iface->free(G.ctx, g[i]);
+    for (int i = 0; i < 5; i++) C.iface->free(C.ctx, c[i]);
 }
 
 /* -------------------------------------------------------------------- rope */
@@ -1005,6 +1074,8 @@ int main(int argc, char **argv) {
         return 0;
     }
     char err[512];
+    setenv("GLMTP_FUSED_ADD_NORM", "1", 0); /* test the fused kernels unless told otherwise */
+    setenv("GLMTP_FUSED_ROPE_KV", "1", 0);
     G = kernels_cuda_create(0, err, sizeof err);
     if (!G.iface) {
         printf("skipped: no CUDA device (%s)\n", err);
@@ -1034,6 +1105,9 @@ int main(int argc, char **argv) {
     test_small_ops();
     test_matmul();
     test_rope();
+    test_rope_kv_store(1, 32, 2, 128, 64); /* GLM-4-9B decode */
+    test_rope_kv_store(5, 4, 2, 16, 8);
+    test_rope_kv_store(3, 8, 4, 64, 32);
     test_attention();
     test_prefill_attention();
     test_prefill_attention_big(4096);
