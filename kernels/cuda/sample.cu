@@ -24,33 +24,6 @@ static __device__ __forceinline__ void take_better(float &bv, int &bi, float v, 
     if (v > bv || (v == bv && i < bi)) bv = v, bi = i;
 }
 
-static __global__ void argmax_kernel(int32_t *out, const float *logits, int V) {
-    __shared__ float sv[32];
-    __shared__ int si[32];
-    const float *l = logits + (size_t)blockIdx.x * V;
-    float bv = -INFINITY;
-    int bi = INT_MAX;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) take_better(bv, bi, l[i], i);
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        take_better(bv, bi, ov, oi);
-    }
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    if (lane == 0) sv[w] = bv, si[w] = bi;
-    __syncthreads();
-    if (w == 0) {
-        bv = lane < nw ? sv[lane] : -INFINITY;
-        bi = lane < nw ? si[lane] : INT_MAX;
-        for (int o = 16; o > 0; o >>= 1) {
-            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            take_better(bv, bi, ov, oi);
-        }
-        if (lane == 0) out[blockIdx.x] = bi == INT_MAX ? 0 : bi; /* all NaN: id 0, like the CPU */
-    }
-}
-
 /* One block per row of [n, ld]: the first maximum among columns [0, V), its
  * value too (the vocab-parallel LM head compares the ranks' maxima). */
 static __global__ void argmax_val_kernel(int32_t *out_idx, float *out_val, const float *logits, int V, int ld) {
@@ -97,14 +70,6 @@ static int on_device(const void *p) {
 
 // kernel launchers
 
-static void argmax_cuda(cuda_ctx *c, int *out_ids, const float *logits, int n, int V) {
-    int32_t *d = (int32_t *)cuda_scratch(c, &c->argmax, sizeof(int32_t) * (size_t)n);
-    argmax_kernel<<<n, 512, 0, c->stream>>>(d, logits, V);
-    CUDA_CHECK_LAUNCH();
-    CUDA_CHECK(cudaMemcpyAsync(out_ids, d, sizeof(int32_t) * (size_t)n, cudaMemcpyDeviceToHost, c->stream));
-    CUDA_CHECK(cudaStreamSynchronize(c->stream));
-}
-
 void cuda_op_argmax(void *ctx, int *out_idx, float *out_val, const float *logits, int n, int V, int ld) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     if (n <= 0) return;
@@ -128,7 +93,10 @@ void cuda_op_sample(void *ctx, int *out_ids, const float *logits, int n, int V, 
         cpu_sample(NULL, out_ids, logits, n, V, p);
         return;
     }
-    argmax_cuda(c, out_ids, logits, n, V);
+    float *vals = (float *)malloc(sizeof(float) * (size_t)n);
+    if (!vals) abort();
+    cuda_op_argmax(ctx, out_ids, vals, logits, n, V, V);
+    free(vals);
     for (int i = 0; i < n; i++) {
         if (is_greedy(&p[i])) continue;
         if (c->host_row_cap < (size_t)V) {
