@@ -6,7 +6,9 @@
  * its block tables to a power-of-two width, so that one graph per (tokens,
  * width) serves every later step of that shape; the padding tokens write their
  * K/V into the cache's spare block. The device work is recorded once, after an
- * eager run of the same padded step that sizes every scratch buffer. */
+ * eager run of the same padded step that sizes every scratch buffer. A backend
+ * without graphs (the CPU) finds out at its first decode step, which it runs
+ * padded: the same results, and CI's coverage of the padding. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
