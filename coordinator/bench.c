@@ -112,20 +112,7 @@ static double time_attention(engine *e, const glm_step *st) {
     const glm_config *c = &e->m->cfg;
     const glm_shard *sh = &e->m->shard;
     int T = st->n_tokens, d = c->head_dim, ld = (sh->nq + 2 * sh->nkv) * d;
-    size_t nq_bytes = (size_t)T * ld * k->act_bytes;
-    unsigned char *host = malloc(nq_bytes);
-    if (!host) abort();
-    uint64_t rng = 17;
-    for (size_t i = 0; i < nq_bytes; i += 2) { /* small random values in either activation type */
-        float v = (float)((int)(rng_next(&rng) % 2001) - 1000) / 1000.0f;
-        if (k->act_bytes == 4) {
-            if (i % 4 == 0) memcpy(host + i, &v, 4);
-        } else {
-            uint16_t b = f32_to_bf16(v);
-            memcpy(host + i, &b, 2);
-        }
-    }
-    void *q = k->alloc(ctx, nq_bytes), *out = k->alloc(ctx, (size_t)T * sh->nq * d * k->act_bytes);
+    void *q = limits_random_acts(e, (size_t)T * ld, 17), *out = k->alloc(ctx, (size_t)T * sh->nq * d * k->act_bytes);
     int32_t *dv[4];
     const int32_t *src[4] = {st->pos, st->seq, st->slots, st->block_tables};
     size_t n[4] = {(size_t)T, (size_t)T, (size_t)T, (size_t)st->n_seqs * st->max_blocks};
@@ -133,7 +120,6 @@ static double time_attention(engine *e, const glm_step *st) {
         dv[i] = k->alloc(ctx, n[i] * 4);
         k->to_device(ctx, dv[i], src[i], n[i] * 4);
     }
-    k->to_device(ctx, q, host, nq_bytes);
     kattn_batch b = {T, dv[0], dv[1], dv[2], dv[3], st->max_blocks, st->block_size, T - 1, st->pos, st->seq, 1};
     double best = 1e30;
     for (int r = 0; r < 3; r++) {
@@ -149,7 +135,6 @@ static double time_attention(engine *e, const glm_step *st) {
     for (int i = 0; i < 4; i++) k->free(ctx, dv[i]);
     k->free(ctx, q);
     k->free(ctx, out);
-    free(host);
     return best;
 }
 

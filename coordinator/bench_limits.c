@@ -92,6 +92,25 @@ static double blas_layer(int T, const int N[4], const int K[4], size_t max_w, si
 }
 #endif
 
+void *limits_random_acts(const engine *e, size_t n, uint64_t seed) {
+    const kernels_iface *k = e->kb.iface;
+    unsigned char *h = malloc(n * k->act_bytes);
+    if (!h) abort();
+    for (size_t i = 0; i < n; i++) {
+        float v = (float)((int)(rng_next(&seed) % 2001) - 1000) / 1000.0f;
+        if (k->act_bytes == 4) {
+            memcpy(h + 4 * i, &v, 4);
+        } else {
+            uint16_t b = f32_to_bf16(v);
+            memcpy(h + 2 * i, &b, 2);
+        }
+    }
+    void *d = k->alloc(e->kb.ctx, n * k->act_bytes);
+    k->to_device(e->kb.ctx, d, h, n * k->act_bytes);
+    free(h);
+    return d;
+}
+
 double limits_gemm_layer(const engine *e, int T, double *gflops, const char **what) {
     int N[4], K[4];
     layer_shapes(e, N, K);
@@ -115,22 +134,7 @@ double limits_gemm_layer(const engine *e, int T, double *gflops, const char **wh
     /* On a GPU the backend's matmul is the plain cuBLASLt GEMM. */
     *what = strcmp(e->kb.iface->name, "cpu") == 0 ? "backend matmul (no BLAS in this build)" : "backend matmul";
     const kernels_iface *k = e->kb.iface;
-    void *x = k->alloc(e->kb.ctx, max_x * k->act_bytes), *o = k->alloc(e->kb.ctx, max_o * k->act_bytes);
-    /* Random inputs: a GEMM on zeros can run faster than on real data. */
-    unsigned char *hx = malloc(max_x * k->act_bytes);
-    if (!hx) abort();
-    uint64_t rng = 29;
-    for (size_t i = 0; i < max_x; i++) {
-        float v = (float)((int)(rng_next(&rng) % 2001) - 1000) / 1000.0f;
-        if (k->act_bytes == 4) {
-            memcpy(hx + 4 * i, &v, 4);
-        } else {
-            uint16_t b = f32_to_bf16(v);
-            memcpy(hx + 2 * i, &b, 2);
-        }
-    }
-    k->to_device(e->kb.ctx, x, hx, max_x * k->act_bytes);
-    free(hx);
+    void *x = limits_random_acts(e, max_x, 29), *o = k->alloc(e->kb.ctx, max_o * k->act_bytes);
     const glm_layer *L = &e->m->layers[0];
     const kweight *w[4] = {&L->qkv, &L->dense, &L->h4h, &L->down};
     for (int r = 0; r < 3; r++) {

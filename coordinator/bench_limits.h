@@ -4,6 +4,7 @@
 #define GLMTP_BENCH_LIMITS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "engine.h"
 
@@ -13,6 +14,10 @@ void limits_host_bandwidth(size_t bytes, int reps, double *copy_gbs, double *rea
 
 /* Device memory through the backend's add kernel (x += y: 2 reads + 1 write), GB/s. */
 double limits_backend_bandwidth(const engine *e, size_t bytes, int reps);
+
+/* n activations uniform in [-1, 1] (seeded) in new backend memory: kernels
+ * are timed on data, not zeros, which can run faster. Free with iface->free. */
+void *limits_random_acts(const engine *e, size_t n, uint64_t seed);
 
 /* A plain BLAS GEMM (fp32 cblas_sgemm, or the backend's matmul when no BLAS is
  * built in) of every linear-layer shape of one GLM block at T tokens on this

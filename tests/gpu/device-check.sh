@@ -213,7 +213,7 @@ if step make_tiny 60 "$BIN" make-model --preset tiny --out "$TINY" --seed 3; the
     [ $r1 = 0 ] && [ $r2 = 0 ] || FAILED=1
     part repeatable "{\"greedy\": $([ $r1 = 0 ] && echo true || echo false), \"sampled\": $([ $r2 = 0 ] && echo true || echo false)}"
     # A ragged decode batch of 5 through CUDA graphs (padded to 8) against no graphs.
-    step graphs 120 python3 "$ROOT/tests/gpu/compare_graphs.py" "$BIN" "$TINY" --requests 5 --steps 24 \
+    step graphs 120 python3 "$ROOT/tests/gpu/compare_runs.py" "$BIN" "$TINY" --requests 5 --steps 24 \
         --args "--device $DEV"
     rc=$?
     [ $rc = 0 ] || FAILED=1
@@ -223,7 +223,7 @@ if step make_tiny 60 "$BIN" make-model --preset tiny --out "$TINY" --seed 3; the
     # The fused kernels (residual add + RMSNorm; RoPE + KV store: opt-in until
     # a GPU run has passed this) against the ops they replace: bitwise the same
     # numbers, so the same tokens.
-    step fused_add_norm 120 python3 "$ROOT/tests/gpu/compare_graphs.py" "$BIN" "$TINY" --requests 5 --steps 24 \
+    step fused_add_norm 120 python3 "$ROOT/tests/gpu/compare_runs.py" "$BIN" "$TINY" --requests 5 --steps 24 \
         --args "--device $DEV" --env-a GLMTP_FUSED_ADD_NORM=1,GLMTP_FUSED_ROPE_KV=1 \
         --env-b GLMTP_FUSED_ADD_NORM=0,GLMTP_FUSED_ROPE_KV=0
     rc=$?

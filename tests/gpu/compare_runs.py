@@ -8,7 +8,7 @@ step sizes attention's sequence splits from its table width. Also used for
 fused kernels against the ops they replace. Prints one JSON line; exit 0 when
 every request's tokens are equal.
 
-usage: compare_graphs.py GLMTP MODEL [--requests 5] [--steps 24] [--args "--device cuda"]
+usage: compare_runs.py GLMTP MODEL [--requests 5] [--steps 24] [--args "--device cuda"]
                          [--env-a ""] [--env-b GLMTP_NO_CUDA_GRAPHS=1]
 """
 import argparse
