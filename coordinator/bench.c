@@ -50,8 +50,9 @@ static int preset_dir(comm *c, const bench_opts *o, char *dir, size_t len) {
 }
 
 /* A step of one token for each of nseq sequences at position pos, greedy (the
- * ids come back, not the logits), as generate and serve run greedy requests. */
-static void decode_step(engine *e, kv_seq *seqs, int nseq, int pos, uint64_t *rng, int *ids) {
+ * ids come back, not the logits), as generate and serve run greedy requests;
+ * or sampled at temperature 1 when o->top_k or o->top_p asks for it. */
+static void decode_step(engine *e, const bench_opts *o, kv_seq *seqs, int nseq, int pos, uint64_t *rng, int *ids) {
     int max_blocks = 0;
     for (int s = 0; s < nseq; s++)
         if (seqs[s].n_blocks > max_blocks) max_blocks = seqs[s].n_blocks;
@@ -65,7 +66,15 @@ static void decode_step(engine *e, kv_seq *seqs, int nseq, int pos, uint64_t *rn
         step_set_table(&st, s, &seqs[s]);
     }
     step_fill_slots(&st);
-    engine_step_argmax(e, &st, e->m->cfg.vocab, ids);
+    if (o->top_k > 1 || o->top_p < 1.0f) {
+        ksample_params *p = malloc(sizeof *p * (size_t)nseq);
+        if (!p) abort();
+        for (int s = 0; s < nseq; s++) p[s] = (ksample_params){1.0f, o->top_k, o->top_p, rng};
+        engine_step_sample(e, &st, e->m->cfg.vocab, p, ids);
+        free(p);
+    } else {
+        engine_step_argmax(e, &st, e->m->cfg.vocab, ids);
+    }
     step_free(&st);
 }
 
@@ -78,12 +87,12 @@ static void run_decode(engine *e, const bench_opts *o, const bench_machine *mc, 
     for (int s = 0; s < B; s++)
         if (kv_seq_reserve(&e->blocks, &seqs[s], C + o->steps + 2)) abort(); /* pool sized for the largest */
     uint64_t rng = 1;
-    decode_step(e, seqs, B, C, &rng, ids); /* warm-up */
-    decode_step(e, seqs, B, C + 1, &rng, ids);
+    decode_step(e, o, seqs, B, C, &rng, ids); /* warm-up */
+    decode_step(e, o, seqs, B, C + 1, &rng, ids);
     double ar0, tot0, ar1, tot1;
     forward_times(e->fw, &ar0, &tot0);
     double t0 = util_now();
-    for (int i = 0; i < o->steps; i++) decode_step(e, seqs, B, C + 2 + i, &rng, ids);
+    for (int i = 0; i < o->steps; i++) decode_step(e, o, seqs, B, C + 2 + i, &rng, ids);
     double dt = (util_now() - t0) / o->steps;
     forward_times(e->fw, &ar1, &tot1);
     for (int s = 0; s < B; s++) kv_seq_release(&e->blocks, &seqs[s]);
@@ -243,6 +252,9 @@ static int parse(comm *c, bench_opts *o, int argc, char **argv) {
     o->link = args_str(&a, "--link", "nvlink4");
     o->tp = (int)args_int(&a, "--tp", 1, 1, 4096);
     o->measured = args_str(&a, "--measured", NULL);
+    /* decode: greedy unless one of these asks for sampling (at temperature 1) */
+    o->top_k = (int)args_int(&a, "--top-k", 0, 0, 1 << 30);
+    o->top_p = (float)args_num(&a, "--top-p", 1.0, 1e-9, 1.0);
     const char *lens = args_str(&a, "--lens", o->model_only ? "131072,1048576" : "128,512");
     const char *batches = args_str(&a, "--batch", "1,8");
     const char *contexts = args_str(&a, "--context", o->model_only ? "0,131072" : "128,1024");

@@ -15,6 +15,8 @@ typedef struct bench_opts {
     int model_only; /* analytic model */
     const char *gpu, *link, *measured;
     int tp;
+    int top_k;   /* decode: greedy steps unless top_k > 1 or top_p < 1 (then sampled at temperature 1) */
+    float top_p;
 } bench_opts;
 
 /* The job and the limits measured on this machine in the same run. */

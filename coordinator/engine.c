@@ -238,15 +238,38 @@ void engine_close(engine *e) {
 }
 
 void engine_step(engine *e, glm_step *s, float *logits, float *hidden) {
-    s->argmax_vocab = 0;
+    s->head = STEP_LOGITS;
     step_bcast(e->comm, s);
     forward_run(e->fw, s, logits, hidden);
 }
 
 void engine_step_argmax(engine *e, glm_step *s, int vocab_limit, int *ids) {
-    s->argmax_vocab = vocab_limit;
+    s->head = STEP_ARGMAX;
+    s->vocab_limit = vocab_limit;
     step_bcast(e->comm, s);
     forward_run_argmax(e->fw, s, ids);
+}
+
+void engine_step_sample(engine *e, glm_step *s, int vocab_limit, const ksample_params *p, int *ids) {
+    /* Candidates per row and rank: a row's top_k covers its pick whole; without
+     * one, the first KERNELS_TOPK_MAX almost always hold the top-p nucleus or
+     * the draw of a trained model (the rest of the row is the rare fallback). */
+    int cands = 0;
+    for (int i = 0; i < s->n_logits; i++) {
+        int want = sampling_is_greedy(&p[i]) ? 1
+                   : p[i].top_k > 0 && p[i].top_k < KERNELS_TOPK_MAX ? p[i].top_k : KERNELS_TOPK_MAX;
+        if (want > cands) cands = want;
+        s->temps[i] = sampling_is_greedy(&p[i]) ? 1.0f : p[i].temperature;
+    }
+    if (cands <= 1) {
+        engine_step_argmax(e, s, vocab_limit, ids);
+        return;
+    }
+    s->head = STEP_SAMPLE;
+    s->vocab_limit = vocab_limit;
+    s->cands = cands < vocab_limit ? cands : vocab_limit;
+    step_bcast(e->comm, s);
+    forward_run_sample(e->fw, s, p, ids);
 }
 
 /* An empty step is the end-of-work message. */
@@ -273,8 +296,10 @@ void engine_follow(engine *e) {
             if (end) return;
             continue;
         }
-        if (s.argmax_vocab > 0)
+        if (s.head == STEP_ARGMAX)
             forward_run_argmax(e->fw, &s, NULL);
+        else if (s.head == STEP_SAMPLE)
+            forward_run_sample(e->fw, &s, NULL, NULL);
         else
             forward_run(e->fw, &s, NULL, NULL);
         step_free(&s);

@@ -45,6 +45,10 @@ void engine_step(engine *e, glm_step *s, float *logits, float *hidden);
 /* Greedy rows only: ids[i] (rank 0) = argmax of logit row i over ids
  * [0, vocab_limit); the logits stay on the devices. */
 void engine_step_argmax(engine *e, glm_step *s, int vocab_limit, int *ids);
+/* ids[i] (rank 0) = logit row i sampled by p[i] over ids [0, vocab_limit)
+ * (forward_run_sample; engine_step_argmax when every row is greedy): only
+ * candidates leave the devices, unless a row's pick needs its whole row. */
+void engine_step_sample(engine *e, glm_step *s, int vocab_limit, const ksample_params *p, int *ids);
 void engine_finish(engine *e);
 /* Rank 0, idle: keeps followers' collective timeout from firing. */
 void engine_keepalive(engine *e);

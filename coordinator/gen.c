@@ -104,12 +104,11 @@ void gen_run(engine *e, const tokenizer *tok, gen_request *reqs, int n, const ge
     const glm_config *cfg = &e->m->cfg;
     int V = cfg->vocab, budget = o->step_tokens > 0 ? o->step_tokens : 512;
     int n_real = tok ? tok_n_total(tok) : V; /* ids past the tokenizer are padding rows */
-    float *logits = malloc(sizeof(float) * (size_t)V * (size_t)(n + 1));
     int *rows_req = malloc(sizeof(int) * (size_t)(n + 1)), *sampled = malloc(sizeof(int) * (size_t)(n + 1));
     ksample_params *sp = malloc(sizeof(ksample_params) * (size_t)(n + 1));
     size_t dcap = tok ? 3 * (tok_max_token_len(tok) + 4) : 0;
     char *dbuf = malloc(dcap + 1);
-    if (!logits || !rows_req || !sampled || !sp || !dbuf) abort();
+    if (!rows_req || !sampled || !sp || !dbuf) abort();
     for (int i = 0; i < n; i++) reqs[i].rng = reqs[i].seed;
     double t0 = util_now(), last_print = t0;
     long generated = 0;
@@ -173,21 +172,11 @@ void gen_run(engine *e, const tokenizer *tok, gen_request *reqs, int n, const ge
             step_set_table(&st, s, &r->kv);
         }
         step_fill_slots(&st);
-        int greedy = 1; /* then only ids leave the devices */
-        for (int i = 0; i < n_logits; i++)
-            if (!gen_is_greedy(reqs[rows_req[i]].temperature, reqs[rows_req[i]].top_k)) greedy = 0;
-        if (greedy) {
-            engine_step_argmax(e, &st, n_real, sampled);
-        } else {
-            engine_step(e, &st, logits, NULL);
-            for (int i = 0; i < n_logits; i++) {
-                gen_request *r = &reqs[rows_req[i]];
-                float *row = logits + (size_t)i * V;
-                for (int v = n_real; v < V; v++) row[v] = -INFINITY;
-                sp[i] = (ksample_params){r->temperature, r->top_k, r->top_p, &r->rng};
-            }
-            e->kb.iface->sample(e->kb.ctx, sampled, logits, n_logits, V, sp);
+        for (int i = 0; i < n_logits; i++) {
+            gen_request *r = &reqs[rows_req[i]];
+            sp[i] = (ksample_params){r->temperature, r->top_k, r->top_p, &r->rng};
         }
+        engine_step_sample(e, &st, n_real, sp, sampled);
         step_free(&st);
         for (int i = 0; i < n_logits; i++) {
             gen_request *r = &reqs[rows_req[i]];
@@ -210,7 +199,6 @@ void gen_run(engine *e, const tokenizer *tok, gen_request *reqs, int n, const ge
         }
     if (o->progress) progress(reqs, n, t0, generated, 1);
     free(dbuf);
-    free(logits);
     free(rows_req);
     free(sampled);
     free(sp);

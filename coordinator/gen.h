@@ -73,6 +73,5 @@ void gen_accept_token(engine *e, const tokenizer *tok, gen_request *r, int id, c
 void gen_request_free(gen_request *r);
 
 /* Whether a request's sampling is plain argmax (the backends' test). */
-static inline int gen_is_greedy(float temperature, int top_k) { return temperature <= 0.0f || top_k == 1; }
 
 #endif

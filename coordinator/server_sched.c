@@ -363,7 +363,7 @@ static void log_step(sched *q, const plan *p, double dt) {
 }
 
 /* Plans, runs and samples one step. Returns 0 when there was nothing to do. */
-static int run_step(sched *q, int budget, float **logits, int *logits_cap, char *dbuf, size_t dcap) {
+static int run_step(sched *q, int budget, char *dbuf, size_t dcap) {
     int cap = q->n_run + q->n_wait + 1;
     plan p = {malloc(sizeof(sreq *) * (size_t)cap), malloc(sizeof(int) * (size_t)cap), 0, 0};
     if (!p.req || !p.chunk) abort();
@@ -378,12 +378,6 @@ static int run_step(sched *q, int budget, float **logits, int *logits_cap, char 
     for (int i = 0; i < p.n; i++) {
         if (p.req[i]->g.kv.n_blocks > max_blocks) max_blocks = p.req[i]->g.kv.n_blocks;
         n_logits += p.req[i]->n_fed + p.chunk[i] == known(p.req[i]);
-    }
-    if (n_logits > *logits_cap) {
-        free(*logits);
-        *logits = malloc(sizeof(float) * (size_t)V * (size_t)n_logits);
-        if (!*logits) abort();
-        *logits_cap = n_logits;
     }
     glm_step st = {0};
     step_alloc(&st, p.tokens, p.n, max_blocks, n_logits, q->e->blocks.block_size);
@@ -403,26 +397,14 @@ static int run_step(sched *q, int budget, float **logits, int *logits_cap, char 
         step_set_table(&st, i, &r->g.kv);
     }
     step_fill_slots(&st);
-    double t0 = util_now();
-    int greedy = 1; /* then only ids leave the devices */
     for (int i = 0; i < n_logits; i++)
-        if (!gen_is_greedy(rows[i]->g.temperature, rows[i]->g.top_k)) greedy = 0;
-    if (greedy)
-        engine_step_argmax(q->e, &st, n_real, sampled);
-    else
-        engine_step(q->e, &st, *logits, NULL);
+        sp[i] = (ksample_params){rows[i]->g.temperature, rows[i]->g.top_k, rows[i]->g.top_p, &rows[i]->g.rng};
+    double t0 = util_now();
+    engine_step_sample(q->e, &st, n_real, sp, sampled);
     step_free(&st);
     for (int i = 0; i < p.n; i++) p.req[i]->n_fed += p.chunk[i];
     q->steps++;
     log_step(q, &p, util_now() - t0);
-    if (!greedy) {
-        for (int i = 0; i < n_logits; i++) {
-            float *row = *logits + (size_t)i * V;
-            for (int v = n_real; v < V; v++) row[v] = -INFINITY;
-            sp[i] = (ksample_params){rows[i]->g.temperature, rows[i]->g.top_k, rows[i]->g.top_p, &rows[i]->g.rng};
-        }
-        q->e->kb.iface->sample(q->e->kb.ctx, sampled, *logits, n_logits, V, sp);
-    }
     gen_options go = {0};
     for (int i = 0; i < n_logits; i++) {
         sreq *r = rows[i];
@@ -452,8 +434,6 @@ void srv_sched_run(server *s, engine *e, const tokenizer *tok, const req_context
     sched q = {.s = s, .e = e, .tok = tok, .ctx = ctx};
     size_t dcap = tok ? 3 * (tok_max_token_len(tok) + 4) : 16;
     char *dbuf = malloc(dcap + 1);
-    float *logits = NULL;
-    int logits_cap = 0;
     if (!dbuf) abort();
     publish(&q);
     for (;;) {
@@ -481,7 +461,7 @@ void srv_sched_run(server *s, engine *e, const tokenizer *tok, const req_context
             break;
         }
         reap(&q, 0, NULL);
-        run_step(&q, o->step_tokens, &logits, &logits_cap, dbuf, dcap);
+        run_step(&q, o->step_tokens, dbuf, dcap);
         publish(&q);
     }
     pthread_mutex_lock(&s->mu);
@@ -491,6 +471,5 @@ void srv_sched_run(server *s, engine *e, const tokenizer *tok, const req_context
     }
     free(q.run);
     free(q.wait);
-    free(logits);
     free(dbuf);
 }

@@ -20,6 +20,10 @@
 #include <stdint.h>
 
 #include "dtype.h"
+#include "sampling.h"
+
+/* The most candidates per row the top_k op must give. */
+#define KERNELS_TOPK_MAX 1024
 
 /* A weight matrix (or vector: rows = 1) in backend memory; dtype is the storage
  * type the backend chose (CPU keeps bf16 and f32 as given, widens f16 to f32;
@@ -51,15 +55,6 @@ typedef struct kattn_batch {
     const int32_t *host_pos, *host_seq;
     uint64_t serial;
 } kattn_batch;
-
-/* Per-row sampling parameters (host memory). temperature 0 = greedy (argmax);
- * top_k 0 = off; top_p 1 = off. rng is the row's generator state, advanced. */
-typedef struct ksample_params {
-    float temperature;
-    int top_k;
-    float top_p;
-    uint64_t *rng;
-} ksample_params;
 
 typedef struct kernels_iface {
     const char *name;
@@ -112,15 +107,20 @@ typedef struct kernels_iface {
     void (*add_rmsnorm)(void *ctx, void *x, const void *y, void *out, const kweight *w, int T, float eps);
     /* out[i, :] = x[rows[i], :] for i < n; rows in host memory; width in elements. */
     void (*gather_rows)(void *ctx, void *out, const void *x, const int *rows, int n, int width);
-    /* out_ids[i] (host) = sample of logits[i, :V], [n, V] fp32 in backend memory,
-     * or in host memory: rank 0 samples the vocab-parallel logits after gathering
-     * them to the host (coordinator/gen.c), so backends must accept both. */
-    void (*sample)(void *ctx, int *out_ids, const float *logits, int n, int V, const ksample_params *p);
     /* Per row i < n of logits [n, ld] fp32 in backend memory: out_idx[i] and
      * out_val[i] (host) = the first maximum among columns [0, V) and its value;
      * NaN never wins; a row with no number gives index 0 and -inf. Greedy
      * decoding without moving the logits to the host. */
     void (*argmax)(void *ctx, int *out_idx, float *out_val, const float *logits, int n, int V, int ld);
+    /* Per row i < n of logits [n, ld] fp32 in backend memory, over columns
+     * [0, V), with v = sampling_value(logit, temp[i]) (temp: host [n]): out
+     * [n, k] (host) = the row's first k candidates in candidate order
+     * (sampling.h), sum[i] (host) = the sum over the V columns of
+     * exp(v - max v) in double, 0 for a row with no finite v.
+     * 1 <= k <= V and k <= KERNELS_TOPK_MAX.
+     * What sampling needs of a row, without moving its logits to the host. */
+    void (*top_k)(void *ctx, kcand *out, double *sum, const float *logits, int n, int V, int ld, int k,
+                  const float *temp);
     /* Waits for queued work (no-op on CPU). */
     void (*sync)(void *ctx);
     /* Releases the backend itself. */

@@ -56,6 +56,8 @@ def main():
             r["input_ids"] = [151331, 151333] + [(97 * i + 31 * k) % 150000 for k in range(n)]
         if i % 4 == 3:
             r.update(temperature=0.9, top_p=0.9, top_k=50, seed=1000 + i)
+        if i in (4, 10):  # top_k past the candidates the devices send: the whole row, every step
+            r.update(temperature=0.1, top_p=0.9, top_k=5000, seed=2000 + i)
         if i == 5:
             r["stop"] = ["e", "的"]
         reqs.append(r)

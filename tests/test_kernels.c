@@ -807,11 +807,44 @@ static void test_attention(void) {
 
 /* ------------------------------------------------------------------ sample */
 
+/* Sampling as the LM head does it on one rank: the backend's top_k op gives
+ * the first g_cands candidates of each row and its normaliser, the rule picks
+ * from them (kernels/sampling.h), and a row whose pick needs more is sorted
+ * whole on the host and picked again with the same draw. The tests below run
+ * with a long and a short candidate list (many fallbacks). Returns how many
+ * rows fell back. */
+static int g_cands = KERNELS_TOPK_MAX;
+
+static int sample_rows(int *ids, const void *d, const float *l, int n, int V, const ksample_params *p) {
+    int k = g_cands < V ? g_cands : V, fell = 0;
+    kcand *c = xmalloc(sizeof(kcand) * (size_t)n * k), *full = xmalloc(sizeof(kcand) * (size_t)V);
+    double *sum = xmalloc(sizeof(double) * (size_t)n);
+    float *temp = xmalloc(sizeof(float) * (size_t)n);
+    for (int i = 0; i < n; i++) temp[i] = sampling_is_greedy(&p[i]) ? 1.0f : p[i].temperature;
+    K_->top_k(kb.ctx, c, sum, d, n, V, V, k, temp);
+    for (int i = 0; i < n; i++) {
+        const kcand *ci = c + (size_t)i * k;
+        if (sampling_is_greedy(&p[i])) {
+            ids[i] = ci[0].id;
+            continue;
+        }
+        double u = rng_uniform(p[i].rng);
+        ids[i] = sampling_pick(ci, k, V, sum[i], &p[i], u);
+        if (ids[i] < 0) {
+            double s = sampling_sort_row(l + (size_t)i * V, V, p[i].temperature, full);
+            ids[i] = sampling_pick(full, V, V, s, &p[i], u);
+            fell++;
+        }
+    }
+    free(c), free(full), free(sum), free(temp);
+    return fell;
+}
+
 static int sample1(const float *logits, int V, float temperature, int top_k, float top_p, uint64_t *rng) {
     ksample_params p = {temperature, top_k, top_p, rng};
     void *d = dev_copy(logits, (size_t)V * 4);
     int id = -1;
-    K_->sample(kb.ctx, &id, d, 1, V, &p);
+    sample_rows(&id, d, logits, 1, V, &p);
     K_->free(kb.ctx, d);
     return id;
 }
@@ -825,10 +858,152 @@ static void sample_counts(const float *logits, int V, float temperature, int top
     for (int i = 0; i < V; i++) counts[i] = 0;
     for (int i = 0; i < n; i++) {
         int id = -1;
-        K_->sample(kb.ctx, &id, d, 1, V, &p);
+        sample_rows(&id, d, logits, 1, V, &p);
         if (id >= 0 && id < V) counts[id]++;
     }
     K_->free(kb.ctx, d);
+}
+
+/* The candidates of a row by brute force: every (v, id) with v = l / t (NaN
+ * as -inf, -0 as +0), sorted here by selection, written without sampling.c. */
+static void ref_candidates(const float *l, int V, float t, int k, kcand *out, double *sum) {
+    char *taken = xmalloc((size_t)V);
+    for (int j = 0; j < k; j++) {
+        int best = -1;
+        float bv = 0.0f;
+        for (int i = 0; i < V; i++) {
+            float v = l[i] / t;
+            if (isnan(v)) v = -INFINITY;
+            if (v == 0.0f) v = 0.0f;
+            if (taken[i]) continue;
+            if (best < 0 || v > bv) best = i, bv = v; /* ascending scan: ties keep the lower id */
+        }
+        taken[best] = 1;
+        out[j] = (kcand){bv, best};
+    }
+    double mx = out[0].v, s = 0.0;
+    for (int i = 0; i < V && mx > -INFINITY; i++) {
+        double v = l[i] / t;
+        if (!isnan(v)) s += exp(v - mx);
+    }
+    *sum = s;
+    free(taken);
+}
+
+/* The top_k op against the brute force: ties, -inf, NaN, signed zeros, a
+ * row stride, k from 1 to the whole row. */
+static void test_top_k_op(void) {
+    enum { N = 5, V = 700, LD = 709 };
+    float *l = xmalloc(sizeof(float) * N * LD);
+    fill_normal(l, N * LD, 3.0f);
+    for (int i = 0; i < V; i += 7) l[0 * LD + i] = 4.0f;             /* 100 ties at the top */
+    for (int i = 0; i < V; i++) l[1 * LD + i] = -INFINITY;           /* nothing finite... */
+    l[1 * LD + 333] = -2.0f;                                           /* ...but one */
+    for (int i = 0; i < V; i += 3) l[2 * LD + i] = NAN;               /* NaN never ranks */
+    for (int i = 0; i < V; i++) l[3 * LD + i] = (i % 2) ? 0.0f : -0.0f; /* zeros tie, whatever the sign */
+    l[4 * LD + V - 1] = 50.0f;                                         /* the last column */
+    const float temps[N] = {1.0f, 0.7f, 1.3f, 2.0f, 0.25f};
+    void *d = dev_copy(l, sizeof(float) * N * LD);
+    const int ks[] = {1, 2, 37, 100, 256, V};
+    for (size_t ki = 0; ki < sizeof ks / sizeof *ks; ki++) {
+        int k = ks[ki];
+        kcand *got = xmalloc(sizeof(kcand) * N * k), *want = xmalloc(sizeof(kcand) * k);
+        double gs[N], ws;
+        K_->top_k(kb.ctx, got, gs, d, N, V, LD, k, temps);
+        int same = 1, bad_row = -1;
+        double worst = 0.0;
+        for (int r = 0; r < N; r++) {
+            ref_candidates(l + (size_t)r * LD, V, temps[r], k, want, &ws);
+            for (int j = 0; j < k; j++)
+                if (got[r * k + j].id != want[j].id || got[r * k + j].v != want[j].v) {
+                    if (same) bad_row = r;
+                    same = 0;
+                }
+            double e = ws > 0 ? fabs(gs[r] - ws) / ws : fabs(gs[r]);
+            if (e > worst) worst = e;
+        }
+        expect(same, "top_k k=%d: the first k candidates of 5 rows, in order (ties, -inf, NaN, +-0; first bad row %d)",
+               k, bad_row);
+        expect(worst < 1e-12, "top_k k=%d: normalisers within 1e-12 of the brute force (worst %.2g)", k, worst);
+        free(got), free(want);
+    }
+    K_->free(kb.ctx, d);
+    free(l);
+}
+
+/* The rule on a prefix of the order gives the whole row's pick, or -1 (never
+ * a different token); -1 never happens when top_k fits in the prefix. */
+static void test_pick_prefix(void) {
+    enum { V = 300, ROWS = 400 };
+    float l[V];
+    kcand c[V];
+    uint64_t g = 7;
+    int same = 1, fits = 1, n_minus = 0, n_found = 0;
+    for (int row = 0; row < ROWS; row++) {
+        float scale = (row % 4 == 0) ? 0.05f : (row % 4 == 1) ? 1.0f : 4.0f; /* flat to peaked */
+        for (int i = 0; i < V; i++) l[i] = scale * rng_normal(&g);
+        const float temps[] = {0.5f, 1.0f, 2.0f};
+        const int top_ks[] = {0, 5, 50, 299, 400};
+        const float top_ps[] = {1.0f, 0.9f, 0.5f, 0.99f};
+        ksample_params p = {temps[row % 3], top_ks[row % 5], top_ps[(row / 5) % 4], NULL};
+        double sum = sampling_sort_row(l, V, p.temperature, c);
+        double u = rng_uniform(&g);
+        int want = sampling_pick(c, V, V, sum, &p, u);
+        const int prefixes[] = {1, 4, 32, 299};
+        for (int j = 0; j < 4; j++) {
+            int got = sampling_pick(c, prefixes[j], V, sum, &p, u);
+            if (got < 0)
+                n_minus++;
+            else
+                n_found++;
+            if (got >= 0 && got != want) same = 0;
+            if (got < 0 && p.top_k > 0 && p.top_k <= prefixes[j]) fits = 0;
+        }
+    }
+    expect(same, "sampling_pick on a prefix: the whole row's token or -1, %d picks (%d found, %d need more)",
+           n_minus + n_found, n_found, n_minus);
+    expect(n_minus > 0 && n_found > 0, "sampling_pick on a prefix: both outcomes occur (%d, %d)", n_found, n_minus);
+    expect(fits, "sampling_pick on a prefix: never -1 when top_k fits in the prefix");
+}
+
+/* A row cut into vocab slices (as tensor parallelism cuts the LM head): the
+ * merge of the slices' top_k op results is the whole row's first candidates,
+ * with its normaliser. */
+static void test_merge(void) {
+    enum { V = 500, K = 64, MAXP = 4 };
+    float l[V];
+    uint64_t g = 99;
+    int same = 1;
+    double worst = 0.0;
+    for (int trial = 0; trial < 24; trial++) {
+        fill_normal(l, V, trial % 2 ? 0.3f : 3.0f);
+        if (trial % 3 == 0)
+            for (int i = 0; i < V; i += 11) l[i] = 2.5f; /* ties across slices */
+        int parts = 1 + trial % MAXP, cut[MAXP + 1] = {0};
+        for (int r = 1; r < parts; r++) cut[r] = cut[r - 1] + 1 + (int)(rng_uniform(&g) * (V / parts));
+        cut[parts] = V;
+        float t = trial % 2 ? 0.8f : 1.0f;
+        kcand lists[MAXP][K], merged[K], want[K];
+        const kcand *lp[MAXP];
+        double sums[MAXP], sum_all, want_sum;
+        for (int r = 0; r < parts; r++) {
+            int n = cut[r + 1] - cut[r], k = n < K ? n : K;
+            void *d = dev_copy(l + cut[r], sizeof(float) * (size_t)n);
+            K_->top_k(kb.ctx, lists[r], &sums[r], d, 1, n, n, k, &t);
+            K_->free(kb.ctx, d);
+            for (int j = 0; j < K; j++) lists[r][j] = j < k ? (kcand){lists[r][j].v, lists[r][j].id + cut[r]}
+                                                            : (kcand){-INFINITY, -1};
+            lp[r] = lists[r];
+        }
+        int n_c = sampling_merge(merged, &sum_all, lp, sums, parts, K);
+        ref_candidates(l, V, t, K, want, &want_sum);
+        same &= n_c == K;
+        for (int j = 0; j < K && same; j++) same &= merged[j].id == want[j].id && merged[j].v == want[j].v;
+        double e = fabs(sum_all - want_sum) / want_sum;
+        if (e > worst) worst = e;
+    }
+    expect(same, "sampling_merge of 1 to 4 vocab slices == the whole row's first %d candidates (24 rows)", K);
+    expect(worst < 1e-12, "sampling_merge: normaliser within 1e-12 of the whole row's (worst %.2g)", worst);
 }
 
 static void test_sample(void) {
@@ -887,7 +1062,7 @@ static void test_sample(void) {
         void *d = dev_copy(l, sizeof l);
         for (int it = 0; it < 50; it++) {
             int ids[R];
-            K_->sample(kb.ctx, ids, d, R, V, p);
+            sample_rows(ids, d, l, R, V, p);
             for (int r = 0; r < R; r++)
                 ok &= ids[r] == sample1(l + r * V, V, p[r].temperature, p[r].top_k, p[r].top_p, &rs[r]);
         }
@@ -955,6 +1130,40 @@ static void test_sample(void) {
     }
 }
 
+/* Rows of a flat and a peaked kind under every kind of parameter: the
+ * candidates path (with its fallbacks) draws what the host reference draws
+ * from whole rows, and leaves the generators in the same state. */
+static void test_sample_vs_host(void) {
+    enum { V = 2000, R = 12, STEPS = 30 };
+    float *l = xmalloc(sizeof(float) * R * V);
+    fill_normal(l, (size_t)R * V, 1.0f);
+    for (int r = 0; r < R; r += 2)
+        for (int i = 0; i < V; i++) l[(size_t)r * V + i] *= 0.02f; /* nearly flat: top-p reaches far */
+    uint64_t ra[R], rb[R];
+    ksample_params pa[R], pb[R];
+    const float temps[] = {0.0f, 0.6f, 1.0f, 1.7f};
+    const int top_ks[] = {0, 1, 3, 40, 1500};
+    const float top_ps[] = {1.0f, 0.95f, 0.3f};
+    for (int r = 0; r < R; r++) {
+        ra[r] = rb[r] = 500 + (uint64_t)r;
+        pa[r] = (ksample_params){temps[r % 4], top_ks[r % 5], top_ps[r % 3], &ra[r]};
+        pb[r] = pa[r], pb[r].rng = &rb[r];
+    }
+    void *d = dev_copy(l, sizeof(float) * R * V);
+    int same = 1, fell = 0;
+    for (int it = 0; it < STEPS; it++) {
+        int a[R], b[R];
+        fell += sample_rows(a, d, l, R, V, pa);
+        sampling_sample_host(b, l, R, V, V, pb);
+        for (int r = 0; r < R; r++) same &= a[r] == b[r] && ra[r] == rb[r];
+    }
+    expect(same, "sample, %d candidates: %d steps of %d rows == the host reference on whole rows (%d fell back)",
+           g_cands, STEPS, R, fell);
+    if (g_cands < 50) expect(fell > 0, "sample, %d candidates: some rows needed the whole row (%d)", g_cands, fell);
+    K_->free(kb.ctx, d);
+    free(l);
+}
+
 /* -------------------------------------------------------------------- main */
 
 int main(void) {
@@ -977,7 +1186,14 @@ int main(void) {
     test_add_rmsnorm();
     test_rope();
     test_attention();
-    test_sample();
+    test_top_k_op();
+    test_pick_prefix();
+    test_merge();
+    for (int i = 0; i < 2; i++) { /* a long candidate list, then one that often falls back */
+        g_cands = i == 0 ? KERNELS_TOPK_MAX : 2;
+        test_sample();
+        test_sample_vs_host();
+    }
     K_->sync(kb.ctx);
     K_->destroy(kb.ctx);
     clock_gettime(CLOCK_MONOTONIC, &t1);

@@ -5,7 +5,9 @@ For made-up tiny models (glmtp make-model; 8 query heads, so every tp in
 {1, 2, 4, 8} divides them; KV groups 2 and 4, so tp = 4, 8 replicate KV),
 in both layouts, f32 and bf16 weights, single-file and sharded checkpoints:
   - prefill logits of every position agree with tp = 1 within 1e-4;
-  - 64 greedy tokens are identical to tp = 1;
+  - 64 greedy tokens are identical to tp = 1, and so are 48 sampled ones
+    (temperature, top-k, top-p, one seed): the ranks' candidates merged on
+    rank 0 draw what one rank draws;
   - each rank holds about 1/tp of the sharded weight bytes and all of the
     replicated ones (from the per-rank lines glmtp prints at start-up).
 Standard library only. usage: tp_invariance.py GLMTP --mpirun "mpiexec --oversubscribe"
@@ -85,7 +87,7 @@ def main():
         for name, opts in models:
             d = f"{tmp}/{name}"
             run([a.glmtp, "make-model", "--preset", "tiny", "--vocab", "1000", "--seed", "11", "--out", d] + opts)
-            ref_rows = ref_gen = ref_bytes = None
+            ref_rows = ref_gen = ref_smp = ref_bytes = None
             for tp in (1, 2, 4, 8):
                 launch = mpirun + ["-np", str(tp)]
                 out, err = run(launch + [a.glmtp, "score", "--model", d, "--ids", ids_s, "--dump", "logits", "--top", "0"])
@@ -93,16 +95,23 @@ def main():
                 gen_out, _ = run(launch + [a.glmtp, "generate", "--model", d, "--ids", ids_s[:ids_s.index(",", 20)],
                                            "--max-new-tokens", "64", "--ignore-eos"])
                 gen = json.loads(gen_out)["token_ids"]
+                smp_out, _ = run(launch + [a.glmtp, "generate", "--model", d, "--ids", ids_s[:ids_s.index(",", 20)],
+                                           "--max-new-tokens", "48", "--ignore-eos", "--temperature", "0.9",
+                                           "--top-k", "30", "--top-p", "0.9", "--seed", "5"])
+                smp = json.loads(smp_out)["token_ids"]
                 nbytes = rank_bytes(err)
                 if tp == 1:
-                    ref_rows, ref_gen, ref_bytes = rows, gen, nbytes[0]
-                    check(f"{name} tp=1 runs", len(rows) == len(ids) and len(gen) == 64)
+                    ref_rows, ref_gen, ref_smp, ref_bytes = rows, gen, smp, nbytes[0]
+                    check(f"{name} tp=1 runs", len(rows) == len(ids) and len(gen) == 64 and len(smp) == 48)
+                    check(f"{name} tp=1 sampled tokens differ from greedy", smp != gen[:48])
                     continue
                 diff = max(abs(x - y) for r, q in zip(rows, ref_rows) for x, y in zip(r, q))
                 check(f"{name} tp={tp} logits vs tp=1", diff <= TOL and len(rows) == len(ref_rows),
                       f"max|diff| {diff:.3g}")
                 check(f"{name} tp={tp} 64 greedy tokens vs tp=1", gen == ref_gen,
                       "" if gen == ref_gen else f"{gen} vs {ref_gen}")
+                check(f"{name} tp={tp} 48 sampled tokens vs tp=1", smp == ref_smp,
+                      "" if smp == ref_smp else f"{smp} vs {ref_smp}")
                 shard1, repl1 = ref_bytes
                 want = {r: expected_sharded(d, tp, r) for r in range(tp)}
                 got = {r: s for r, (s, _) in nbytes.items()}

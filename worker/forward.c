@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "../kernels/kernels.h"
+#include "../kernels/rng.h"
 #include "forward.h"
 #include "util.h"
 
@@ -246,6 +247,82 @@ static void lm_argmax(glm_forward *f, int n, int vocab_limit, int *ids) {
     free(bytes);
 }
 
+/* Sampling LM head, after device_pass: each rank's first s->cands candidates
+ * of its vocab slice cut at vocab_limit, and their normaliser, go to rank 0,
+ * which merges them into the first candidates of each whole row and picks
+ * there (kernels/sampling.h). Rows whose pick needs more of the order than
+ * that (a flat distribution under top-p, say) take the logits path instead:
+ * rank 0 says so to every rank, and they send the full rows. */
+static void lm_sample(glm_forward *f, const glm_step *s, const ksample_params *p, int *ids) {
+    const glm_shard *sh = &f->m->shard;
+    const kernels_iface *k = f->m->kb.iface;
+    comm *cm = f->m->comm;
+    int n = s->n_logits, K = s->cands, vr = sh->v1 - sh->v0, local = s->vocab_limit - sh->v0;
+    if (local > vr) local = vr;
+    int kl = local < K ? local : K; /* this rank's list length; the rest is padding */
+    /* a rank's message: candidates [n, K], then normalisers [n] */
+    size_t msg = sizeof(kcand) * (size_t)n * K + sizeof(double) * (size_t)n;
+    char *mine = malloc(msg), *all = cm->rank == 0 ? malloc(msg * (size_t)cm->size) : NULL;
+    size_t *bytes = malloc(sizeof(size_t) * (size_t)cm->size);
+    kcand *cand = (kcand *)mine, *part = malloc(sizeof(kcand) * (size_t)n * (kl > 0 ? kl : 1));
+    double *sums = (double *)(mine + sizeof(kcand) * (size_t)n * K);
+    if (!mine || !bytes || !part || (cm->rank == 0 && !all)) abort();
+    for (size_t i = 0; i < (size_t)n * K; i++) cand[i] = (kcand){-INFINITY, -1};
+    for (int i = 0; i < n; i++) sums[i] = 0.0;
+    if (kl > 0) {
+        k->top_k(f->m->kb.ctx, part, sums, f->logits_dev, n, local, vr, kl, s->temps);
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < kl; j++) {
+                kcand c = part[(size_t)i * kl + j];
+                cand[(size_t)i * K + j] = (kcand){c.v, c.id + sh->v0};
+            }
+    }
+    for (int r = 0; r < cm->size; r++) bytes[r] = msg;
+    cm->iface->gather(cm->ctx, mine, all, bytes);
+
+    int n_full = 0; /* rank 0: rows left for the full logits, with their draws */
+    int *full_row = malloc(sizeof(int) * (size_t)n);
+    double *draw = malloc(sizeof(double) * (size_t)n);
+    kcand *merged = malloc(sizeof(kcand) * (size_t)K);
+    const kcand **lists = malloc(sizeof(kcand *) * (size_t)cm->size);
+    double *rsum = malloc(sizeof(double) * (size_t)cm->size);
+    if (!full_row || !draw || !merged || !lists || !rsum) abort();
+    if (cm->rank == 0)
+        for (int i = 0; i < n; i++) {
+            for (int r = 0; r < cm->size; r++) {
+                const char *m = all + msg * (size_t)r;
+                lists[r] = (const kcand *)m + (size_t)i * K;
+                rsum[r] = ((const double *)(m + sizeof(kcand) * (size_t)n * K))[i];
+            }
+            double sum_all;
+            int n_c = sampling_merge(merged, &sum_all, lists, rsum, cm->size, K);
+            if (sampling_is_greedy(&p[i])) {
+                ids[i] = merged[0].id;
+                continue;
+            }
+            double u = rng_uniform(p[i].rng);
+            ids[i] = sampling_pick(merged, n_c, s->vocab_limit, sum_all, &p[i], u);
+            if (ids[i] < 0) full_row[n_full] = i, draw[n_full++] = u;
+        }
+    cm->iface->bcast(cm->ctx, &n_full, sizeof n_full);
+    if (n_full > 0) {
+        int V = f->m->cfg.vocab;
+        float *logits = cm->rank == 0 ? malloc(sizeof(float) * (size_t)n * V) : NULL;
+        kcand *c = cm->rank == 0 ? malloc(sizeof(kcand) * (size_t)s->vocab_limit) : NULL;
+        if (cm->rank == 0 && (!logits || !c)) abort();
+        lm_head(f, n, logits);
+        for (int j = 0; cm->rank == 0 && j < n_full; j++) {
+            int i = full_row[j];
+            double sum_all = sampling_sort_row(logits + (size_t)i * V, s->vocab_limit, p[i].temperature, c);
+            ids[i] = sampling_pick(c, s->vocab_limit, s->vocab_limit, sum_all, &p[i], draw[j]);
+        }
+        free(logits);
+        free(c);
+    }
+    free(mine), free(all), free(bytes), free(part);
+    free(full_row), free(draw), free(merged), free(lists), free(rsum);
+}
+
 /* The step's arrays into backend memory. */
 static void upload(glm_forward *f, const glm_step *s) {
     const kernels_iface *k = f->m->kb.iface;
@@ -282,7 +359,7 @@ static glm_step pad_step(glm_forward *f, const glm_step *s, int B, int MB) {
         if (!f->pad) abort();
         f->pad_cap = need;
     }
-    glm_step p = {B, B, MB, B, s->block_size, NULL, NULL, NULL, NULL, NULL, NULL, 0};
+    glm_step p = {.n_tokens = B, .n_seqs = B, .max_blocks = MB, .n_logits = B, .block_size = s->block_size};
     p.ids = f->pad, p.pos = p.ids + B, p.seq = p.pos + B, p.slots = p.seq + B, p.logit_rows = p.slots + B;
     p.block_tables = p.logit_rows + B;
     int T = s->n_tokens, spare = f->kv->spare_block;
@@ -390,7 +467,15 @@ void forward_run(glm_forward *f, const glm_step *s, float *logits, float *hidden
 void forward_run_argmax(glm_forward *f, const glm_step *s, int *ids) {
     double t0 = util_now();
     device_step(f, s, NULL);
-    if (s->n_logits > 0) lm_argmax(f, s->n_logits, s->argmax_vocab, ids);
+    if (s->n_logits > 0) lm_argmax(f, s->n_logits, s->vocab_limit, ids);
+    f->m->kb.iface->sync(f->m->kb.ctx);
+    f->t_total += util_now() - t0;
+}
+
+void forward_run_sample(glm_forward *f, const glm_step *s, const ksample_params *p, int *ids) {
+    double t0 = util_now();
+    device_step(f, s, NULL);
+    if (s->n_logits > 0) lm_sample(f, s, p, ids);
     f->m->kb.iface->sync(f->m->kb.ctx);
     f->t_total += util_now() - t0;
 }

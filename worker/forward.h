@@ -21,10 +21,18 @@ void forward_free(glm_forward *f); /* accepts NULL */
  * receives the output of the final RMSNorm (before the LM head). */
 void forward_run(glm_forward *f, const glm_step *s, float *logits, float *hidden);
 
-/* The same for a step with argmax_vocab > 0: ids (rank 0 host memory,
+/* The same for a step with head STEP_ARGMAX: ids (rank 0 host memory,
  * [n_logits]; may be NULL elsewhere) receives each logit row's argmax over ids
- * [0, argmax_vocab); no logits leave the devices. */
+ * [0, vocab_limit); no logits leave the devices. */
 void forward_run_argmax(glm_forward *f, const glm_step *s, int *ids);
+
+/* The same for a step with head STEP_SAMPLE: ids (rank 0) receives each logit
+ * row sampled by p[row] (rank 0's; NULL elsewhere) over ids [0, vocab_limit),
+ * with s->temps[row] = p[row].temperature (1 for greedy rows). Each
+ * non-greedy row's generator advances by one draw. What leaves the devices is
+ * s->cands candidates per row and rank, unless a pick needs the whole row
+ * (kernels/sampling.h). */
+void forward_run_sample(glm_forward *f, const glm_step *s, const ksample_params *p, int *ids);
 
 /* Seconds spent in all-reduce and in the whole of forward_run so far. */
 void forward_times(const glm_forward *f, double *allreduce_s, double *total_s);

@@ -19,13 +19,15 @@ void step_alloc(glm_step *s, int n_tokens, int n_seqs, int max_blocks, int n_log
     s->max_blocks = max_blocks;
     s->n_logits = n_logits;
     s->block_size = block_size;
-    s->argmax_vocab = 0;
+    s->head = STEP_LOGITS;
+    s->vocab_limit = s->cands = 0;
     s->ids = alloc_i32(n_tokens);
     s->pos = alloc_i32(n_tokens);
     s->seq = alloc_i32(n_tokens);
     s->slots = alloc_i32(n_tokens);
     s->block_tables = alloc_i32(n_seqs * max_blocks);
     s->logit_rows = alloc_i32(n_logits);
+    s->temps = (float *)alloc_i32(n_logits); /* 4-byte words: one allocator */
     for (int i = 0; i < n_seqs * max_blocks; i++) s->block_tables[i] = -1;
 }
 
@@ -36,6 +38,7 @@ void step_free(glm_step *s) {
     free(s->slots);
     free(s->block_tables);
     free(s->logit_rows);
+    free(s->temps);
     memset(s, 0, sizeof *s);
 }
 
@@ -52,26 +55,27 @@ void step_fill_slots(glm_step *s) {
 }
 
 void step_bcast(comm *c, glm_step *s) {
-    int32_t hdr[6] = {s->n_tokens, s->n_seqs, s->max_blocks, s->n_logits, s->block_size, s->argmax_vocab};
+    int32_t hdr[8] = {s->n_tokens, s->n_seqs, s->max_blocks, s->n_logits, s->block_size, s->head, s->vocab_limit,
+                      s->cands};
     c->iface->bcast(c->ctx, hdr, sizeof hdr);
     if (c->rank != 0) {
         step_alloc(s, hdr[0], hdr[1], hdr[2], hdr[3], hdr[4]);
-        s->argmax_vocab = hdr[5];
+        s->head = hdr[5], s->vocab_limit = hdr[6], s->cands = hdr[7];
     }
     /* One message for the arrays: pack on rank 0, unpack elsewhere. */
     size_t nt = (size_t)s->n_tokens, nb = (size_t)s->n_seqs * s->max_blocks, nl = (size_t)s->n_logits;
-    size_t total = 4 * nt + nb + nl;
+    size_t total = 4 * nt + nb + 2 * nl;
     int32_t *buf = alloc_i32((int)total);
-    int32_t *parts[] = {s->ids, s->pos, s->seq, s->slots, s->block_tables, s->logit_rows};
-    size_t lens[] = {nt, nt, nt, nt, nb, nl};
+    void *parts[] = {s->ids, s->pos, s->seq, s->slots, s->block_tables, s->logit_rows, s->temps};
+    size_t lens[] = {nt, nt, nt, nt, nb, nl, nl};
     size_t off = 0;
     if (c->rank == 0)
-        for (int i = 0; i < 6; off += lens[i], i++)
-            if (lens[i]) memcpy(buf + off, parts[i], lens[i] * sizeof(int32_t)); /* empty steps have NULL arrays */
+        for (int i = 0; i < 7; off += lens[i], i++)
+            if (lens[i]) memcpy(buf + off, parts[i], lens[i] * 4); /* empty steps have NULL arrays */
     c->iface->bcast(c->ctx, buf, total * sizeof(int32_t));
     off = 0;
     if (c->rank != 0)
-        for (int i = 0; i < 6; off += lens[i], i++)
-            if (lens[i]) memcpy(parts[i], buf + off, lens[i] * sizeof(int32_t));
+        for (int i = 0; i < 7; off += lens[i], i++)
+            if (lens[i]) memcpy(parts[i], buf + off, lens[i] * 4);
     free(buf);
 }

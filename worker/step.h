@@ -23,10 +23,16 @@ typedef struct glm_step {
     int32_t *slots;        /* [n_tokens] derived: KV slot of each token */
     int32_t *block_tables; /* [n_seqs * max_blocks], -1 padded */
     int32_t *logit_rows;   /* [n_logits] token indices */
-    /* 0: the logit rows' logits go to rank 0. > 0: only each row's argmax over
-     * ids [0, argmax_vocab) does (greedy decoding; forward_run_argmax). */
-    int argmax_vocab;
+    /* What leaves the devices for the logit rows (forward.h):
+     * STEP_LOGITS: the logits; STEP_ARGMAX: each row's argmax over ids
+     * [0, vocab_limit); STEP_SAMPLE: each rank's first `cands` sampling
+     * candidates (kernels/sampling.h) of ids [0, vocab_limit) at temperature
+     * temps[row], and the row's softmax normaliser. */
+    int head, vocab_limit, cands;
+    float *temps; /* [n_logits] */
 } glm_step;
+
+enum { STEP_LOGITS = 0, STEP_ARGMAX = 1, STEP_SAMPLE = 2 };
 
 /* Allocates the arrays for the given sizes (zeroed). Aborts on OOM. */
 void step_alloc(glm_step *s, int n_tokens, int n_seqs, int max_blocks, int n_logits, int block_size);

@@ -21,7 +21,8 @@ void cpu_rope_kv_store(void *ctx, void *qkv, void *kcache, void *vcache, int T, 
                        int rot_dim, float base, const kattn_batch *b);
 void cpu_add_rmsnorm(void *ctx, void *x, const void *y, void *out, const kweight *w, int T, float eps);
 void cpu_gather_rows(void *ctx, void *out, const void *x, const int *rows, int n, int width);
-void cpu_sample(void *ctx, int *out_ids, const float *logits, int n, int V, const ksample_params *p);
+void cpu_top_k(void *ctx, kcand *out, double *sum, const float *logits, int n, int V, int ld, int k,
+               const float *temp);
 void cpu_argmax(void *ctx, int *out_idx, float *out_val, const float *logits, int n, int V, int ld);
 
 /* Row r of a weight as fp32 element k (slow path for small ops: norms, embedding). */

@@ -1,28 +1,9 @@
-/* Token sampling on the CPU: greedy, temperature, top-k, top-p (nucleus), with a
- * per-row seeded generator so a request's draws do not depend on its batch. */
+/* The LM head's reductions on the CPU: argmax, and the top-k candidates with
+ * the softmax normaliser that sampling (kernels/sampling.h) works from. */
 #include <math.h>
 #include <stdlib.h>
 
-#include "../rng.h"
 #include "cpu.h"
-
-typedef struct {
-    float v;
-    int id;
-} cand;
-
-static int cand_desc(const void *a, const void *b) {
-    const cand *x = a, *y = b;
-    if (x->v != y->v) return x->v < y->v ? 1 : -1;
-    return x->id - y->id;
-}
-
-static int argmax(const float *l, int V) {
-    int best = 0;
-    for (int i = 1; i < V; i++)
-        if (l[i] > l[best]) best = i;
-    return best;
-}
 
 void cpu_argmax(void *ctx, int *out_idx, float *out_val, const float *logits, int n, int V, int ld) {
     (void)ctx;
@@ -37,39 +18,50 @@ void cpu_argmax(void *ctx, int *out_idx, float *out_val, const float *logits, in
     }
 }
 
-static int sample_row(const float *l, int V, const ksample_params *p, cand *c) {
-    if (p->temperature <= 0.0f || p->top_k == 1) return argmax(l, V);
-    for (int i = 0; i < V; i++) c[i] = (cand){l[i] / p->temperature, i};
-    qsort(c, (size_t)V, sizeof *c, cand_desc);
-    int n = (p->top_k > 0 && p->top_k < V) ? p->top_k : V;
-    double mx = c[0].v, sum = 0.0;
-    for (int i = 0; i < n; i++) sum += exp((double)c[i].v - mx);
-    if (p->top_p < 1.0f) { /* smallest prefix whose mass reaches top_p */
-        double acc = 0.0;
-        int keep = n;
-        for (int i = 0; i < n; i++) {
-            acc += exp((double)c[i].v - mx) / sum;
-            if (acc >= p->top_p) { keep = i + 1; break; }
-        }
-        n = keep;
-        sum = 0.0;
-        for (int i = 0; i < n; i++) sum += exp((double)c[i].v - mx);
+/* a comes before b in candidate order */
+static int before(kcand a, kcand b) { return a.v > b.v || (a.v == b.v && a.id < b.id); }
+
+/* h[0] is the last of the heap's candidates in candidate order. */
+static void sift_down(kcand *h, int n, int i) {
+    for (;;) {
+        int l = 2 * i + 1, r = l + 1, m = i;
+        if (l < n && before(h[m], h[l])) m = l;
+        if (r < n && before(h[m], h[r])) m = r;
+        if (m == i) return;
+        kcand t = h[i];
+        h[i] = h[m], h[m] = t, i = m;
     }
-    double u = rng_uniform(p->rng) * sum, acc = 0.0;
-    int last = 0; /* last candidate with weight: the answer if u rounds up to sum */
-    for (int i = 0; i < n; i++) {
-        double w = exp((double)c[i].v - mx);
-        acc += w;
-        if (w > 0.0) last = i;
-        if (u < acc) return c[i].id;
-    }
-    return c[last].id;
 }
 
-void cpu_sample(void *ctx, int *out_ids, const float *logits, int n, int V, const ksample_params *p) {
+static void sift_up(kcand *h, int i) {
+    while (i > 0 && before(h[(i - 1) / 2], h[i])) {
+        kcand t = h[i];
+        h[i] = h[(i - 1) / 2], h[(i - 1) / 2] = t, i = (i - 1) / 2;
+    }
+}
+
+static double top_k_row(kcand *out, const float *l, int V, int k, float t) {
+    int n = 0;
+    for (int i = 0; i < V; i++) {
+        kcand c = {sampling_value(l[i], t), i};
+        if (n < k) {
+            out[n] = c;
+            sift_up(out, n++);
+        } else if (before(c, out[0])) {
+            out[0] = c;
+            sift_down(out, n, 0);
+        }
+    }
+    qsort(out, (size_t)k, sizeof *out, sampling_cand_cmp);
+    double mx = out[0].v, sum = 0.0;
+    if (mx == -INFINITY) return 0.0;
+    for (int i = 0; i < V; i++) sum += exp((double)sampling_value(l[i], t) - mx);
+    return sum;
+}
+
+void cpu_top_k(void *ctx, kcand *out, double *sum, const float *logits, int n, int V, int ld, int k,
+               const float *temp) {
     (void)ctx;
-    cand *c = malloc(sizeof(cand) * (size_t)V);
-    if (!c) abort();
-    for (int i = 0; i < n; i++) out_ids[i] = sample_row(logits + (size_t)i * V, V, &p[i], c);
-    free(c);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int r = 0; r < n; r++) sum[r] = top_k_row(out + (size_t)r * k, logits + (size_t)r * ld, V, k, temp[r]);
 }

@@ -135,7 +135,7 @@ static void cuda_destroy(void *ctx) {
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
     cuda_matmul_release(c);
     cuda_buf *bufs[] = {&c->gemm_f32, &c->attn_part, &c->rows,    &c->gather_tmp,
-                        &c->argmax,   &c->rope_inv,  &c->plan.dev};
+                        &c->argmax,   &c->top_k,     &c->rope_inv, &c->plan.dev};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) cuda_buf_free(c, bufs[i]);
     free(c->plan.host);
     free(c->plan.key);
@@ -174,8 +174,8 @@ static const kernels_iface cuda_iface = {
     /* .add           = */ cuda_op_add,
     /* .add_rmsnorm   = */ cuda_op_add_rmsnorm,
     /* .gather_rows   = */ cuda_op_gather_rows,
-    /* .sample        = */ cuda_op_sample,
     /* .argmax        = */ cuda_op_argmax,
+    /* .top_k         = */ cuda_op_top_k,
     /* .sync          = */ cuda_sync,
     /* .destroy       = */ cuda_destroy,
     /* .mem_info      = */ cuda_mem_info,
@@ -227,6 +227,8 @@ kbackend kernels_cuda_create(int device, char *err, size_t errlen) {
     const char *fa = getenv("GLMTP_FUSED_ADD_NORM"), *fr = getenv("GLMTP_FUSED_ROPE_KV");
     c->fused_add_norm = fa && *fa && strcmp(fa, "0") != 0;
     c->fused_rope_kv = fr && *fr && strcmp(fr, "0") != 0;
+    const char *tk = getenv("GLMTP_GPU_TOPK"); /* the sampling candidates' kernel, until a GPU run checks it */
+    c->gpu_top_k = tk && *tk && strcmp(tk, "0") != 0;
     const char *ng = getenv("GLMTP_NO_GEMV"); /* compare with cuBLASLt, or switch the GEMV off */
     c->no_gemv = ng && *ng && strcmp(ng, "0") != 0;
     const char *nf = getenv("GLMTP_NO_FLASH_PREFILL");

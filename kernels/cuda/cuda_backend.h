@@ -51,7 +51,8 @@ typedef struct cuda_ctx {
     cuda_buf attn_part;  /* attention: partial results of sequence splits */
     cuda_buf rows;       /* gather_rows: row ids copied from the host */
     cuda_buf gather_tmp; /* gather_rows: staging when out overlaps x */
-    cuda_buf argmax;     /* sample: per-row argmax ids */
+    cuda_buf argmax;     /* argmax: per-row ids and values */
+    cuda_buf top_k;      /* top_k: temperatures in, candidates and sums out */
     cuda_buf rope_inv;   /* rope: inverse frequencies for (rope_base, rope_rot) */
     attn_plan plan;       /* attention: the step's prefill tiles (attention_prefill.cu) */
     int no_flash_prefill; /* GLMTP_NO_FLASH_PREFILL=1 at creation: every token through the general kernel */
@@ -63,7 +64,8 @@ typedef struct cuda_ctx {
     int no_gemv;          /* GLMTP_NO_GEMV=1 at creation: small-T matmuls through cuBLASLt too */
     int fused_add_norm;   /* GLMTP_FUSED_ADD_NORM=1 at creation: add_rmsnorm in one kernel */
     int fused_rope_kv;    /* GLMTP_FUSED_ROPE_KV=1 at creation: rope_kv_store in one kernel */
-    float *host_row; /* sample: one logits row on the host (malloc) */
+    int gpu_top_k;        /* GLMTP_GPU_TOPK=1 at creation: top_k in a kernel, not on the host */
+    float *host_row; /* top_k without its kernel: the rows on the host (malloc), host_row_cap floats */
     size_t host_row_cap;
 } cuda_ctx;
 
@@ -110,7 +112,8 @@ void cuda_op_rope_kv_store(void *ctx, void *qkv, void *kcache, void *vcache, int
                            int rot_dim, float base, const kattn_batch *b);
 void cuda_op_add_rmsnorm(void *ctx, void *x, const void *y, void *out, const kweight *w, int T, float eps);
 void cuda_op_gather_rows(void *ctx, void *out, const void *x, const int *rows, int n, int width);
-void cuda_op_sample(void *ctx, int *out_ids, const float *logits, int n, int V, const ksample_params *p);
 void cuda_op_argmax(void *ctx, int *out_idx, float *out_val, const float *logits, int n, int V, int ld);
+void cuda_op_top_k(void *ctx, kcand *out, double *sum, const float *logits, int n, int V, int ld, int k,
+                   const float *temp);
 
 #endif

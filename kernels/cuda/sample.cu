@@ -1,15 +1,14 @@
-/* Sampling: out_ids[i] (host) = sample of logits row i of [n, V] fp32.
+/* The LM head's reductions on the GPU: argmax (greedy rows) and top-k
+ * candidates with the softmax normaliser (the rows that sample), so that only
+ * a few candidates per row cross to the host (kernels/sampling.h).
  *
- * Greedy rows (temperature <= 0 or top_k == 1, the CPU backend's test) are
- * argmax'ed on the GPU: one block per row, ties to the lowest id as the CPU's
- * first-maximum scan, NaN never wins. Rows with temperature, top-k or top-p
- * are copied to the host and sampled by the CPU backend's own cpu_sample, so a
- * seed draws the same token on either backend (sorting 151552 candidates is a
- * fraction of a decode step on the host; a GPU sampler can come later).
- *
- * The logits may also be in host memory: rank 0 samples the gathered
- * vocab-parallel logits there (coordinator/gen.c). Then everything is done by
- * cpu_sample, with no copy to the device and back. */
+ * top_k: one block per row. A radix select over the candidates' order keys
+ * (four 8-bit passes of a shared histogram) finds the k-th candidate's key;
+ * one pass collects the candidates above it and, in id order, as many equal to
+ * it as are needed; a bitonic sort in shared memory orders them; a last pass
+ * sums exp(v - max) in double, as the CPU does. The kernel is opt-in
+ * (GLMTP_GPU_TOPK=1) until a GPU run has checked it against the CPU; without it
+ * the rows are copied to the host and cpu_top_k runs there. */
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,8 +16,10 @@
 #include "cuda_common.cuh"
 
 extern "C" {
-#include "../cpu/cpu.h" /* cpu_sample: the reference algorithm, reused */
+#include "../cpu/cpu.h" /* cpu_top_k: the host path */
 }
+
+enum { TOPK_THREADS = 512 };
 
 static __device__ __forceinline__ void take_better(float &bv, int &bi, float v, int i) {
     if (v > bv || (v == bv && i < bi)) bv = v, bi = i;
@@ -56,16 +57,128 @@ static __global__ void argmax_val_kernel(int32_t *out_idx, float *out_val, const
     }
 }
 
-static int is_greedy(const ksample_params *p) { return p->temperature <= 0.0f || p->top_k == 1; }
+/* An unsigned key that orders floats as < does (v is never NaN here). */
+static __device__ __forceinline__ uint32_t order_key(float v) {
+    uint32_t u = __float_as_uint(v);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
 
-static int on_device(const void *p) {
-    cudaPointerAttributes at;
-    cudaError_t e = cudaPointerGetAttributes(&at, p);
-    if (e != cudaSuccess) { /* CUDA < 11 answered plain host pointers with an error */
-        (void)cudaGetLastError();
-        return 0;
+static __device__ __forceinline__ float key_value(uint32_t k) {
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+/* Candidate a comes before b: larger key, then lower id. */
+static __device__ __forceinline__ bool before(uint32_t ka, int ia, uint32_t kb, int ib) {
+    return ka > kb || (ka == kb && ia < ib);
+}
+
+static __device__ double block_sum(double v, double *red) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    if (w == 0) {
+        v = lane < nw ? red[lane] : 0.0;
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0) red[0] = v;
     }
-    return at.type == cudaMemoryTypeDevice || at.type == cudaMemoryTypeManaged;
+    __syncthreads();
+    return red[0];
+}
+
+/* One block of TOPK_THREADS per row; k <= KERNELS_TOPK_MAX. */
+static __global__ void top_k_kernel(kcand *out, double *sums, const float *logits, const float *temps, int V, int ld,
+                                    int k) {
+    __shared__ uint32_t hist[256];
+    __shared__ uint32_t ckey[KERNELS_TOPK_MAX];
+    __shared__ int cid[KERNELS_TOPK_MAX];
+    __shared__ int warp_eq[TOPK_THREADS / 32];
+    __shared__ double red[32];
+    __shared__ uint32_t s_digit;
+    __shared__ int s_rem, s_n, s_eq_seen;
+    const float *l = logits + (size_t)blockIdx.x * ld;
+    const float t = temps[blockIdx.x];
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+
+    /* The k-th candidate's key, 8 bits at a time from the top. */
+    uint32_t prefix = 0, mask = 0;
+    int rem = k; /* of the candidates matching prefix so far, how many to take */
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int i = tid; i < 256; i += blockDim.x) hist[i] = 0;
+        __syncthreads();
+        for (int i = tid; i < V; i += blockDim.x) {
+            uint32_t key = order_key(sampling_value(l[i], t));
+            if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
+        }
+        __syncthreads();
+        if (tid == 0) {
+            int b = 255, r = rem;
+            for (; b > 0 && (int)hist[b] < r; b--) r -= (int)hist[b];
+            s_digit = (uint32_t)b, s_rem = r;
+        }
+        __syncthreads();
+        prefix |= s_digit << shift;
+        mask |= 0xffu << shift;
+        rem = s_rem;
+        __syncthreads(); /* everyone has read s_digit before the next pass writes it */
+    }
+    const uint32_t kt = prefix; /* above it: k - rem candidates; equal to it: take the first rem by id */
+
+    if (tid == 0) s_n = 0, s_eq_seen = 0;
+    __syncthreads();
+    for (int base = 0; base < V; base += blockDim.x) {
+        int i = base + tid;
+        uint32_t key = i < V ? order_key(sampling_value(l[i], t)) : 0u;
+        bool eq = i < V && key == kt;
+        if (i < V && key > kt) {
+            int slot = atomicAdd(&s_n, 1);
+            if (slot < k) ckey[slot] = key, cid[slot] = i; /* always, when the select is right */
+        }
+        unsigned ballot = __ballot_sync(0xffffffffu, eq);
+        if (lane == 0) warp_eq[w] = __popc(ballot);
+        __syncthreads();
+        int before_me = s_eq_seen + __popc(ballot & ((1u << lane) - 1u));
+        for (int j = 0; j < w; j++) before_me += warp_eq[j];
+        if (eq && before_me < rem) {
+            int slot = atomicAdd(&s_n, 1);
+            if (slot < k) ckey[slot] = key, cid[slot] = i;
+        }
+        __syncthreads();
+        if (tid == 0)
+            for (int j = 0; j < (int)(blockDim.x >> 5); j++) s_eq_seen += warp_eq[j];
+        __syncthreads();
+    }
+
+    /* Bitonic sort of the k candidates, padded to a power of two with keys
+     * below every real one (-inf's key is 0x007fffff). */
+    int P = 1;
+    while (P < k) P <<= 1;
+    for (int i = k + tid; i < P; i += blockDim.x) ckey[i] = 0u, cid[i] = INT_MAX;
+    for (int size = 2; size <= P; size <<= 1)
+        for (int stride = size >> 1; stride > 0; stride >>= 1) {
+            __syncthreads();
+            for (int i = tid; i < P; i += blockDim.x) {
+                int j = i ^ stride;
+                if (j <= i) continue;
+                bool in_order = (i & size) == 0;
+                bool swap = in_order ? before(ckey[j], cid[j], ckey[i], cid[i]) : before(ckey[i], cid[i], ckey[j], cid[j]);
+                if (swap) {
+                    uint32_t tk = ckey[i];
+                    int ti = cid[i];
+                    ckey[i] = ckey[j], cid[i] = cid[j], ckey[j] = tk, cid[j] = ti;
+                }
+            }
+        }
+    __syncthreads();
+
+    kcand *o = out + (size_t)blockIdx.x * k;
+    for (int i = tid; i < k; i += blockDim.x) o[i].v = key_value(ckey[i]), o[i].id = cid[i];
+    const double mx = key_value(ckey[0]);
+    double s = 0.0;
+    if (mx != -INFINITY)
+        for (int i = tid; i < V; i += blockDim.x) s += exp((double)sampling_value(l[i], t) - mx);
+    s = block_sum(s, red);
+    if (tid == 0) sums[blockIdx.x] = s;
 }
 
 // kernel launchers
@@ -86,28 +199,43 @@ void cuda_op_argmax(void *ctx, int *out_idx, float *out_val, const float *logits
     free(h);
 }
 
-void cuda_op_sample(void *ctx, int *out_ids, const float *logits, int n, int V, const ksample_params *p) {
+/* Without the kernel: the rows to the host, cpu_top_k there. */
+static void top_k_on_host(cuda_ctx *c, kcand *out, double *sum, const float *logits, int n, int V, int ld, int k,
+                          const float *temp) {
+    size_t row = sizeof(float) * (size_t)V;
+    if (c->host_row_cap < (size_t)n * V) {
+        free(c->host_row);
+        c->host_row = (float *)malloc(row * (size_t)n);
+        if (!c->host_row) abort();
+        c->host_row_cap = (size_t)n * V;
+    }
+    CUDA_CHECK(cudaMemcpy2DAsync(c->host_row, row, logits, sizeof(float) * (size_t)ld, row, (size_t)n,
+                                 cudaMemcpyDeviceToHost, c->stream));
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    cpu_top_k(NULL, out, sum, c->host_row, n, V, V, k, temp);
+}
+
+void cuda_op_top_k(void *ctx, kcand *out, double *sum, const float *logits, int n, int V, int ld, int k,
+                   const float *temp) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     if (n <= 0) return;
-    if (!on_device(logits)) {
-        cpu_sample(NULL, out_ids, logits, n, V, p);
+    if (!c->gpu_top_k) {
+        top_k_on_host(c, out, sum, logits, n, V, ld, k, temp);
         return;
     }
-    float *vals = (float *)malloc(sizeof(float) * (size_t)n);
-    if (!vals) abort();
-    cuda_op_argmax(ctx, out_ids, vals, logits, n, V, V);
-    free(vals);
-    for (int i = 0; i < n; i++) {
-        if (is_greedy(&p[i])) continue;
-        if (c->host_row_cap < (size_t)V) {
-            free(c->host_row);
-            c->host_row = (float *)malloc(sizeof(float) * (size_t)V);
-            if (!c->host_row) abort();
-            c->host_row_cap = (size_t)V;
-        }
-        CUDA_CHECK(cudaMemcpyAsync(c->host_row, logits + (size_t)i * V, sizeof(float) * (size_t)V,
-                                   cudaMemcpyDeviceToHost, c->stream));
-        CUDA_CHECK(cudaStreamSynchronize(c->stream));
-        cpu_sample(NULL, &out_ids[i], c->host_row, 1, V, &p[i]);
-    }
+    /* one scratch buffer: temperatures [n] in, candidates [n, k] and sums [n] out */
+    size_t cand_bytes = sizeof(kcand) * (size_t)n * k, sum_off = (cand_bytes + 7) & ~(size_t)7;
+    size_t out_bytes = sum_off + sizeof(double) * (size_t)n;
+    char *d = (char *)cuda_scratch(c, &c->top_k, out_bytes + sizeof(float) * (size_t)n);
+    float *d_temp = (float *)(d + out_bytes);
+    CUDA_CHECK(cudaMemcpyAsync(d_temp, temp, sizeof(float) * (size_t)n, cudaMemcpyHostToDevice, c->stream));
+    top_k_kernel<<<n, TOPK_THREADS, 0, c->stream>>>((kcand *)d, (double *)(d + sum_off), logits, d_temp, V, ld, k);
+    CUDA_CHECK_LAUNCH();
+    char *h = (char *)malloc(out_bytes);
+    if (!h) abort();
+    CUDA_CHECK(cudaMemcpyAsync(h, d, out_bytes, cudaMemcpyDeviceToHost, c->stream));
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    memcpy(out, h, cand_bytes);
+    memcpy(sum, h + sum_off, sizeof(double) * (size_t)n);
+    free(h);
 }

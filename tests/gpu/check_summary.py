@@ -53,6 +53,9 @@ def main():
     nm = parts.get("bench_decode_nogemv", {})
     for r in nm.get("results", []):
         s[f"decode_b{r['batch']}_nogemv_ms"] = r["step_ms"]
+    for name, key in (("bench_decode_topk", "topk50_gpu"), ("bench_decode_topk_host", "topk50_host")):
+        for r in parts.get(name, {}).get("results", []):  # sampled decode: candidates on the GPU or the host
+            s[f"decode_b{r['batch']}_{key}_ms"] = r["step_ms"]
     for v in (1, 2):  # runs that chose a prefill attention variant explicitly
         for r in parts.get(f"bench_prefill_v{v}", {}).get("results", []):
             s[f"prefill_{r['tokens']}_v{v}_s"] = r["seconds"]

@@ -9,10 +9,13 @@
 #   3. golden  - the HF golden cases on the GPU (tests/golden/check_golden.py)
 #   4. tiny    - tiny preset: 32 greedy steps and all logits, GPU against CPU
 #                (compare_greedy.py); bitwise-repeatable greedy and sampled runs;
-#                distance to the bf16 emulation (bf16_emulation.py, when torch is there)
+#                graphs, fused kernels and the sampling candidates' kernel each
+#                against the path they replace (compare_runs.py); distance to the
+#                bf16 emulation (bf16_emulation.py, when torch is there)
 #   5. bench   - glm-4-9b-chat shapes (40 layers when disk and time allow, else
 #                4), random weights: `glmtp bench decode` (batch 1, 1K context,
-#                against the copy bandwidth measured in the run), `glmtp bench
+#                against the copy bandwidth measured in the run; greedy, and
+#                sampled with top-k 50 on the GPU and on the host), `glmtp bench
 #                prefill` at 8K and 32K (linear layers against cuBLASLt GEMMs of
 #                the same shapes; the attention op alone), and HF transformers
 #                (tests/gpu/hf_speed.py, bf16, sdpa) on the same weights;
@@ -231,6 +234,16 @@ if step make_tiny 60 "$BIN" make-model --preset tiny --out "$TINY" --seed 3; the
     line=$(grep '^{' "$WORK/fused_add_norm.out" | tail -1)
     [ -n "$line" ] || line="{\"exit\": $rc}"
     part tiny_fused_add_norm "$line"
+    # Sampling candidates from the top_k kernel (GLMTP_GPU_TOPK=1, opt-in until
+    # this passes) against the same op on the host: the same candidates, so the
+    # same sampled tokens (temperature 0.1: the draws land in the candidates).
+    step gpu_top_k 120 python3 "$ROOT/tests/gpu/compare_runs.py" "$BIN" "$TINY" --requests 5 --steps 24 \
+        --args "--device $DEV --temperature 0.1 --top-p 0.9 --seed 3" --env-a GLMTP_GPU_TOPK=1 --env-b GLMTP_GPU_TOPK=0
+    rc=$?
+    [ $rc = 0 ] || FAILED=1
+    line=$(grep '^{' "$WORK/gpu_top_k.out" | tail -1)
+    [ -n "$line" ] || line="{\"exit\": $rc}"
+    part tiny_gpu_top_k "$line"
     if python3 -c 'import torch, safetensors' 2> /dev/null; then
         step emulation 120 python3 "$ROOT/tests/gpu/bf16_emulation.py" "$TINY" --ids "$PROMPT,9,13,17,19" --glmtp "$BIN" \
             --glmtp-args "--device $DEV"
@@ -339,6 +352,14 @@ if make9 "$M9" chatglm; then
     GLMTP_FUSED_ADD_NORM=1 GLMTP_FUSED_ROPE_KV=1 step bench_decode_fused 120 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1 \
         --context "$DECODE_CTX" --steps 32 --json "$WORK/bench_decode_fused.json"
     bench_json bench_decode_fused "$WORK/bench_decode_fused.json" $?
+    # Sampled decode (top-k 50 at temperature 1): the candidates' kernel, then
+    # the same op on the host (the logit rows copied back), against greedy above.
+    GLMTP_GPU_TOPK=1 step bench_decode_topk 120 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1,64 \
+        --context "$DECODE_CTX" --steps 32 --top-k 50 --json "$WORK/bench_decode_topk.json"
+    bench_json bench_decode_topk "$WORK/bench_decode_topk.json" $?
+    GLMTP_GPU_TOPK=0 step bench_decode_topk_host 120 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1,64 \
+        --context "$DECODE_CTX" --steps 32 --top-k 50 --json "$WORK/bench_decode_topk_host.json"
+    bench_json bench_decode_topk_host "$WORK/bench_decode_topk_host.json" $?
     GLMTP_NO_GEMV=1 step bench_decode_nogemv 120 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1,8 \
         --context "$DECODE_CTX" --steps 32 --json "$WORK/bench_decode_nogemv.json"
     bench_json bench_decode_nogemv "$WORK/bench_decode_nogemv.json" $?

@@ -970,7 +970,57 @@ static void test_prefill_attention_big(int T) {
 
 /* ------------------------------------------------------------------ sample */
 
-static void test_sample(void) {
+/* The sampling candidates (top_k op; the kernel, as main sets GLMTP_GPU_TOPK)
+ * against the CPU backend: the same candidates in the same order, bit for
+ * bit, and normalisers within 1e-12 (double sums in another order). Rows of a
+ * tp=2 vocab slice's width and a short one, with ties, -inf, NaN, signed
+ * zeros and a row stride; k up to the op's limit. */
+static void test_top_k(void) {
+    const int Vs[] = {75776, 1000};
+    for (int vi = 0; vi < 2; vi++) {
+        enum { N = 6 };
+        int V = Vs[vi], ld = V + 5;
+        float *l = xmalloc(sizeof(float) * N * ld);
+        for (int i = 0; i < N * ld; i++) l[i] = 2.0f * rng_normal(&g_rng);
+        for (int i = 0; i < V; i += 13) l[0 * ld + i] = 9.0f;              /* ties at the top */
+        for (int i = 0; i < V; i++) l[1 * ld + i] = -INFINITY;
+        l[1 * ld + 777 % V] = -3.0f;                                        /* one finite logit */
+        for (int i = 0; i < V; i += 3) l[2 * ld + i] = NAN;
+        for (int i = 0; i < V; i++) l[3 * ld + i] = (i % 2) ? 0.0f : -0.0f; /* all zero: ids decide */
+        l[4 * ld + V - 1] = 60.0f;                                          /* the last column */
+        for (int i = 0; i < V; i++) l[5 * ld + i] = bfr(l[5 * ld + i]);     /* bf16-rounded: many equal values */
+        const float temp[N] = {1.0f, 0.7f, 1.3f, 2.0f, 0.25f, 1.0f};
+        void *gl = G.iface->alloc(G.ctx, sizeof(float) * N * ld);
+        G.iface->to_device(G.ctx, gl, l, sizeof(float) * N * ld);
+        const int ks[] = {1, 2, 40, 1000, KERNELS_TOPK_MAX};
+        for (int ki = 0; ki < 5; ki++) {
+            int k = ks[ki] < V ? ks[ki] : V;
+            kcand *cg = xmalloc(sizeof(kcand) * N * k), *cc = xmalloc(sizeof(kcand) * N * k);
+            double sg[N], sc[N], worst = 0.0;
+            G.iface->top_k(G.ctx, cg, sg, gl, N, V, ld, k, temp);
+            C.iface->top_k(C.ctx, cc, sc, l, N, V, ld, k, temp);
+            int same = 1, first = -1;
+            for (int i = 0; i < N * k; i++)
+                if (cg[i].id != cc[i].id || memcmp(&cg[i].v, &cc[i].v, 4) != 0) {
+                    if (same) first = i;
+                    same = 0;
+                }
+            for (int r = 0; r < N; r++) {
+                double e = sc[r] > 0 ? fabs(sg[r] - sc[r]) / sc[r] : fabs(sg[r]);
+                if (e > worst) worst = e;
+            }
+            expect(same, "top_k V=%d k=%d: candidates equal the CPU's (first difference at %d)", V, k, first);
+            expect(worst < 1e-12, "top_k V=%d k=%d: normalisers within 1e-12 of the CPU's (worst %.2g)", V, k, worst);
+            free(cg), free(cc);
+        }
+        G.iface->free(G.ctx, gl);
+        free(l);
+    }
+}
+
+/* argmax with values, a row stride and a column limit (the vocab-parallel
+ * greedy LM head): the same ids and values as the CPU backend. */
+static void test_argmax(void) {
     enum { N = 4, V = 1000 };
     float *l = xmalloc(sizeof(float) * N * V);
     for (int i = 0; i < N * V; i++) l[i] = 2.0f * rng_normal(&g_rng);
@@ -979,36 +1029,7 @@ static void test_sample(void) {
     l[1 * V + 777] = -3.0f;                     /* one finite logit among -inf */
     l[2 * V + V - 1] = 60.0f;                   /* last id */
     void *gl = G.iface->alloc(G.ctx, sizeof(float) * N * V);
-    G.iface->to_device(G.ctx, gl, l, sizeof(float) * N * V);
-    /* greedy rows on the GPU, sampled rows through the CPU sampler: same ids,
-     * same generator states afterwards, whether the logits are on the GPU or host */
-    for (int mode = 0; mode < 3; mode++) {
-        uint64_t rg[N], rc[N];
-        ksample_params pg[N], pc[N];
-        for (int i = 0; i < N; i++) {
-            rg[i] = rc[i] = 1000 + (uint64_t)i;
-            float temp = mode == 0 ? 0.0f : (i % 2 ? 0.8f : 0.0f);
-            pg[i] = (ksample_params){temp, mode == 2 ? 40 : 0, mode == 2 ? 0.9f : 1.0f, &rg[i]};
-            pc[i] = (ksample_params){temp, pg[i].top_k, pg[i].top_p, &rc[i]};
-        }
-        int ig[N], ic[N], ih[N];
-        G.iface->sample(G.ctx, ig, gl, N, V, pg);
-        C.iface->sample(C.ctx, ic, l, N, V, pc);
-        int ok = 1;
-        for (int i = 0; i < N; i++) ok &= ig[i] == ic[i] && rg[i] == rc[i];
-        expect(ok, "sample %s, device logits: ids %d %d %d %d (cpu %d %d %d %d)",
-               mode == 0 ? "greedy" : mode == 1 ? "mixed greedy/temperature" : "mixed, top-k/top-p", ig[0], ig[1],
-               ig[2], ig[3], ic[0], ic[1], ic[2], ic[3]);
-        for (int i = 0; i < N; i++) rg[i] = 1000 + (uint64_t)i;
-        G.iface->sample(G.ctx, ih, l, N, V, pg); /* host logits: the CPU path */
-        ok = 1;
-        for (int i = 0; i < N; i++) ok &= ih[i] == ic[i] && rg[i] == rc[i];
-        expect(ok, "sample mode %d, host logits: same ids as the CPU backend", mode);
-        if (mode == 0) expect(ig[0] == 10 && ig[1] == 777 && ig[2] == V - 1, "argmax tie/-inf/last-id cases");
-    }
-    /* argmax with values, a row stride and a column limit (the vocab-parallel
-     * greedy LM head): the same ids and values as the CPU backend. l[3] gets a
-     * NaN first and a maximum past the limit that must not win. */
+    /* l[3]: a NaN first and a maximum past the limit that must not win */
     l[3 * V + 0] = NAN;
     l[3 * V + V - 2] = 99.0f;
     G.iface->to_device(G.ctx, gl, l, sizeof(float) * N * V);
@@ -1076,6 +1097,7 @@ int main(int argc, char **argv) {
     char err[512];
     setenv("GLMTP_FUSED_ADD_NORM", "1", 0); /* test the fused kernels unless told otherwise */
     setenv("GLMTP_FUSED_ROPE_KV", "1", 0);
+    setenv("GLMTP_GPU_TOPK", "1", 0);
     G = kernels_cuda_create(0, err, sizeof err);
     if (!G.iface) {
         printf("skipped: no CUDA device (%s)\n", err);
@@ -1111,7 +1133,8 @@ int main(int argc, char **argv) {
     test_attention();
     test_prefill_attention();
     test_prefill_attention_big(4096);
-    test_sample();
+    test_top_k();
+    test_argmax();
 #ifdef GLMTP_HAVE_NCCL
     test_nccl_single(&argc, &argv);
 #else
