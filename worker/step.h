@@ -5,8 +5,12 @@
  * logit_rows lists the tokens whose logits rank 0 wants back (the last token of
  * each sampling sequence, or every token when scoring).
  *
- * Rank 0 fills a step and calls step_bcast; other ranks receive into an empty one.
- * (This packing is the seam where the protobuf StepPlan of the serving issue goes.) */
+ * Rank 0 fills a step and calls step_bcast; other ranks receive into an empty one,
+ * as a header of ints and one message of raw int32 arrays. Not protobuf, as
+ * DESIGN.md first planned: the arrays (block tables above all: 64 sequences of
+ * 128K tokens are 2 MB a step) would be varint-coded and decoded on every rank
+ * every step, and the worker would need protobuf-c where nothing else does
+ * (the GPU check machine builds without it). */
 #ifndef GLMTP_STEP_H
 #define GLMTP_STEP_H
 
