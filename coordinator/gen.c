@@ -6,7 +6,7 @@
 #include <unistd.h>
 
 #include "../worker/util.h"
-#include "gen.h"
+#include "sched.h"
 
 static int is_stop_id(const glm_config *c, int id) {
     for (int i = 0; i < c->n_eos; i++)
@@ -85,121 +85,53 @@ void gen_accept_token(engine *e, const tokenizer *tok, gen_request *r, int id, c
     if (!r->finish && r->n_out >= r->max_new) r->finish = "length";
 }
 
-static void progress(const gen_request *reqs, int n, double t0, long tokens, int final) {
-    int done = 0;
-    for (int i = 0; i < n; i++) done += reqs[i].finish != NULL;
+static void progress(int done, int n, double t0, const sched *q, int final) {
     double dt = util_now() - t0;
-    double tps = dt > 0 ? tokens / dt : 0.0;
+    double tps = dt > 0 ? q->generated / dt : 0.0;
     if (isatty(2)) {
         int w = 30, fill = n ? done * w / n : w;
         fprintf(stderr, "\r[%.*s%*s] %d/%d requests, %ld tokens, %.1f tokens/s%s", fill,
-                "##############################", w - fill, "", done, n, tokens, tps, final ? "\n" : "");
+                "##############################", w - fill, "", done, n, q->generated, tps, final ? "\n" : "");
     } else {
         fprintf(stderr, "glmtp: generate: %d/%d requests done, %ld tokens generated, %.1f tokens/s, %.1f s\n", done,
-                n, tokens, tps, dt);
+                n, q->generated, tps, dt);
     }
+    /* recomputed prompts cost time: say so, as vLLM warns */
+    if (final && q->preemptions)
+        fprintf(stderr, "glmtp: generate: %ld preemptions (KV pool full: requests freed their blocks and recomputed "
+                "later; a larger --kv-tokens avoids them)\n", q->preemptions);
+}
+
+static void count_finished(void *user, sched_req *r) {
+    (void)r;
+    (*(int *)user)++;
 }
 
 void gen_run(engine *e, const tokenizer *tok, gen_request *reqs, int n, const gen_options *o) {
-    const glm_config *cfg = &e->m->cfg;
-    int V = cfg->vocab, budget = o->step_tokens > 0 ? o->step_tokens : 512;
-    int n_real = tok ? tok_n_total(tok) : V; /* ids past the tokenizer are padding rows */
-    int *rows_req = malloc(sizeof(int) * (size_t)(n + 1)), *sampled = malloc(sizeof(int) * (size_t)(n + 1));
-    ksample_params *sp = malloc(sizeof(ksample_params) * (size_t)(n + 1));
-    size_t dcap = tok ? 3 * (tok_max_token_len(tok) + 4) : 0;
-    char *dbuf = malloc(dcap + 1);
-    if (!rows_req || !sampled || !sp || !dbuf) abort();
-    for (int i = 0; i < n; i++) reqs[i].rng = reqs[i].seed;
+    int done = 0;
+    sched q;
+    sched_hooks h = {.on_finish = count_finished, .user = &done};
+    sched_init(&q, e, tok, o, &h);
+    sched_req *sr = calloc((size_t)(n > 0 ? n : 1), sizeof *sr);
+    if (!sr) abort();
+    for (int i = 0; i < n; i++) {
+        reqs[i].rng = reqs[i].seed;
+        sr[i].g = &reqs[i];
+        sched_add(&q, &sr[i]);
+    }
     double t0 = util_now(), last_print = t0;
-    long generated = 0;
-    for (;;) {
-        /* Plan: decode tokens of running requests, then prompt chunks. */
-        int n_tok = 0, n_seq = 0, max_blocks = 1;
-        int *seq_req = malloc(sizeof(int) * (size_t)n), *chunk = malloc(sizeof(int) * (size_t)n);
-        if (!seq_req || !chunk) abort();
-        int left = budget;
-        for (int i = 0; i < n; i++) {
-            gen_request *r = &reqs[i];
-            if (r->finish || !r->admitted || r->n_fed < r->n_prompt) continue;
-            seq_req[n_seq] = i;
-            chunk[n_seq++] = 1;
-            n_tok++;
-            left--;
-        }
-        for (int i = 0; i < n && left > 0; i++) {
-            gen_request *r = &reqs[i];
-            if (r->finish || r->n_fed >= r->n_prompt) continue;
-            if (!r->admitted) {
-                if (kv_seq_reserve(&e->blocks, &r->kv, r->n_prompt + r->max_new)) break; /* FCFS: wait for blocks */
-                r->admitted = 1;
-            }
-            int c = r->n_prompt - r->n_fed < left ? r->n_prompt - r->n_fed : left;
-            seq_req[n_seq] = i;
-            chunk[n_seq++] = c;
-            n_tok += c;
-            left -= c;
-        }
-        if (n_seq == 0) {
-            free(seq_req);
-            free(chunk);
-            break;
-        }
-        for (int s = 0; s < n_seq; s++)
-            if (reqs[seq_req[s]].kv.n_blocks > max_blocks) max_blocks = reqs[seq_req[s]].kv.n_blocks;
-
-        glm_step st = {0};
-        int n_logits = 0;
-        for (int s = 0; s < n_seq; s++) {
-            gen_request *r = &reqs[seq_req[s]];
-            n_logits += r->n_fed + chunk[s] >= r->n_prompt;
-        }
-        step_alloc(&st, n_tok, n_seq, max_blocks, n_logits, e->blocks.block_size);
-        int t = 0, l = 0;
-        for (int s = 0; s < n_seq; s++) {
-            gen_request *r = &reqs[seq_req[s]];
-            int prefill = r->n_fed < r->n_prompt;
-            for (int k = 0; k < chunk[s]; k++, t++) {
-                int p = prefill ? r->n_fed + k : r->n_prompt + r->n_out - 1;
-                st.ids[t] = prefill ? r->prompt[p] : r->out[r->n_out - 1];
-                st.pos[t] = p;
-                st.seq[t] = s;
-            }
-            if (prefill) r->n_fed += chunk[s];
-            if (r->n_fed >= r->n_prompt) {
-                rows_req[l] = seq_req[s];
-                st.logit_rows[l++] = t - 1;
-            }
-            step_set_table(&st, s, &r->kv);
-        }
-        step_fill_slots(&st);
-        for (int i = 0; i < n_logits; i++) {
-            gen_request *r = &reqs[rows_req[i]];
-            sp[i] = (ksample_params){r->temperature, r->top_k, r->top_p, &r->rng};
-        }
-        engine_step_sample(e, &st, n_real, sp, sampled);
-        step_free(&st);
-        for (int i = 0; i < n_logits; i++) {
-            gen_request *r = &reqs[rows_req[i]];
-            gen_accept_token(e, tok, r, sampled[i], o, dbuf, dcap);
-            generated++;
-            if (r->finish) kv_seq_release(&e->blocks, &r->kv);
-        }
-        free(seq_req);
-        free(chunk);
+    while (sched_step(&q, o->step_tokens > 0 ? o->step_tokens : 512))
         if (o->progress && util_now() - last_print > (isatty(2) ? 0.2 : 5.0)) {
-            progress(reqs, n, t0, generated, 0);
+            progress(done, n, t0, &q, 0);
             last_print = util_now();
         }
-    }
     if (tok) /* leftovers of an unfinished character */
         for (int i = 0; i < n; i++) {
             char buf[32];
             size_t k = tok_decode_flush(&reqs[i].dec, buf, sizeof buf);
             if (k) text_append(&reqs[i], buf, k);
         }
-    if (o->progress) progress(reqs, n, t0, generated, 1);
-    free(dbuf);
-    free(rows_req);
-    free(sampled);
-    free(sp);
+    if (o->progress) progress(done, n, t0, &q, 1);
+    sched_free(&q);
+    free(sr);
 }

@@ -1,12 +1,6 @@
-/* gen.h: batch generation on rank 0: many requests share every forward step.
- *
- * Scheduling (a static form of continuous batching): each step first carries
- * one decode token for every running request, then fills the rest of the step's
- * token budget with prompt chunks of waiting requests in order (chunked
- * prefill). A request is admitted when the KV pool can hold its prompt plus
- * max_new tokens, so nothing is ever preempted here; finished requests free
- * their blocks for the next ones. Sampling is per request (own seed), so a
- * request's tokens do not depend on what it is batched with. */
+/* gen.h: a request being generated (prompt, sampling, output text), and batch
+ * generation on rank 0: many requests share every forward step through the
+ * scheduler of sched.h. */
 #ifndef GLMTP_GEN_H
 #define GLMTP_GEN_H
 
@@ -36,7 +30,7 @@ typedef struct gen_request {
     size_t text_len;
     const char *finish; /* "stop", "length", or NULL while running */
     /* private */
-    int cap_out, n_fed, admitted;
+    int cap_out;
     size_t text_cap;
     tok_decoder dec;
     kv_seq kv;
@@ -56,7 +50,8 @@ typedef struct gen_options {
 
 /* Runs all requests to completion (rank 0; the other ranks are in engine_follow).
  * tok may be NULL (no text). Requests whose prompt plus max_new exceed the KV
- * pool must have been refused by the caller (gen_fits). */
+ * pool must have been refused by the caller (gen_fits). o->step_tokens 0 means
+ * 512. */
 void gen_run(engine *e, const tokenizer *tok, gen_request *reqs, int n, const gen_options *o);
 
 /* Whether a request of this size can ever be admitted into e's KV pool. */
@@ -65,13 +60,11 @@ int gen_fits(const engine *e, int n_prompt, int max_new);
 /* Appends sampled token id to r (text through tok when not NULL, o->on_text
  * called with the new text) and sets r->finish when it is a stop id, a stop
  * string appeared, or max_new is reached. buf: scratch of cap bytes, at least
- * 3 * (tok_max_token_len + 4). For schedulers other than gen_run (serve). */
+ * 3 * (tok_max_token_len + 4). The scheduler's (sched.c). */
 void gen_accept_token(engine *e, const tokenizer *tok, gen_request *r, int id, const gen_options *o, char *buf,
                       size_t cap);
 
 /* Frees a request's input and output; accepts NULL. */
 void gen_request_free(gen_request *r);
-
-/* Whether a request's sampling is plain argmax (the backends' test). */
 
 #endif

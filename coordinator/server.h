@@ -3,9 +3,10 @@
  *   server_net.c    the network thread (rank 0): poll() over the listening
  *                   socket, the clients and a wake pipe; frames, auth, envelope
  *                   checks, the bounded queue, Health/Stats replies;
- *   server_sched.c  the engine loop (rank 0's main thread): continuous batching
- *                   with chunked prefill, per-step KV block growth, preemption
- *                   by recompute, cancel/disconnect, streaming.
+ *   server_sched.c  the engine loop (rank 0's main thread): the scheduler of
+ *                   sched.h (continuous batching, chunked prefill, preemption
+ *                   by recompute) fed from the inbox; cancel/disconnect,
+ *                   streaming.
  * The two threads meet only here: an inbox (net -> sched) and an outbox
  * (sched -> net) of items under one mutex; the scheduler sleeps on a condvar
  * when idle, the network thread is woken through a pipe. */

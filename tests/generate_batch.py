@@ -75,10 +75,13 @@ def main():
         check("requests alone complete", all(r["finish_reason"] in ("stop", "length") for r in alone))
         check("stop string truncates text", alone[5]["finish_reason"] == "stop" or "e" not in alone[5]["text"],
               json.dumps(alone[5], ensure_ascii=False)[:200])
-        launches = [("tp=1", [])] + ([("tp=2", mpirun + ["-np", "2"])] if mpirun else [])
-        for name, launch in launches:
-            rc, recs, err = generate(launch, a.glmtp, model, lines, tmp, ["--step-tokens", "24"])
+        launches = [("tp=1", [], []), ("tp=1, KV pool of 160 tokens (preemption)", [], ["--kv-tokens", "160"])]
+        launches += [("tp=2", mpirun + ["-np", "2"], [])] if mpirun else []
+        for name, launch, extra in launches:
+            rc, recs, err = generate(launch, a.glmtp, model, lines, tmp, ["--step-tokens", "24"] + extra)
             check(f"batch {name} exit 0", rc == 0, err[-300:])
+            if extra:
+                check(f"batch {name}: the run preempted", "preemptions" in err, err[-300:])
             same = len(recs) == len(alone) and all(x == y for x, y in zip(recs, alone))
             bad = [(x["id"], x["token_ids"], y["token_ids"]) for x, y in zip(recs, alone) if x != y][:2]
             check(f"batch {name}: every record equals the request run alone", same, str(bad))
