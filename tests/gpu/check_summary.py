@@ -56,6 +56,13 @@ def main():
     for name, key in (("bench_decode_topk", "topk50_gpu"), ("bench_decode_topk_host", "topk50_host")):
         for r in parts.get(name, {}).get("results", []):  # sampled decode: candidates on the GPU or the host
             s[f"decode_b{r['batch']}_{key}_ms"] = r["step_ms"]
+    for name, key in (("decode_kernel_trace", "decode_b1"), ("prefill_kernel_trace", "prefill_1")):
+        t = parts.get(name, {})  # CUPTI trace: kernel time per step, time with no kernel running, top kernels
+        if t.get("kernels"):
+            s[f"{key}_trace_kernel_us"] = t["total_us_per_step"]
+            if "no_kernel_us_per_step" in t:
+                s[f"{key}_trace_no_kernel_us"] = t["no_kernel_us_per_step"]
+            s[f"{key}_trace_top"] = [[k["name"], round(k["us_per_step"], 1)] for k in t["kernels"][:6]]
     for v in (1, 2):  # runs that chose a prefill attention variant explicitly
         for r in parts.get(f"bench_prefill_v{v}", {}).get("results", []):
             s[f"prefill_{r['tokens']}_v{v}_s"] = r["seconds"]

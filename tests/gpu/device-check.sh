@@ -19,7 +19,9 @@
 #                prefill` at 8K and 32K (linear layers against cuBLASLt GEMMs of
 #                the same shapes; the attention op alone), and HF transformers
 #                (tests/gpu/hf_speed.py, bf16, sdpa) on the same weights;
-#                tests/gpu/check_summary.py puts the ratios together.
+#                tests/gpu/check_summary.py puts the ratios together; per-kernel
+#                times of batch-1 decode and of an 8K prefill through CUPTI
+#                (kernel_trace.c, kernel_times.py --trace).
 #   6. tp=2    - (before 5) two ranks on the one GPU through the MPI communicator
 #                against tp=1 and against the HF golden case, with Open MPI from
 #                its PyPI wheel carried in .whl/ (the GPU machine has none)
@@ -336,6 +338,29 @@ if make9 "$M9" chatglm; then
     GLMTP_NO_CUDA_GRAPHS=1 step bench_decode_nographs 120 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1 \
         --context "$DECODE_CTX" --steps 32 --json "$WORK/bench_decode_nographs.json"
     bench_json bench_decode_nographs "$WORK/bench_decode_nographs.json" $?
+    # Where a step's time goes, kernel by kernel, from CUPTI's kernel records
+    # (tests/gpu/kernel_trace.c: no hardware counters needed, graphs as run):
+    # batch-1 decode (2 warm-up + 32 timed steps, every kernel 34 times) and one
+    # 8K prefill (warm-up + timed: 2; the GEMM limit's 3 runs per shape and the
+    # attention op timed alone 3 times fall in the same groups, a few percent).
+    TRACE_LIB=$BUILD/tests/libglmtp_kernel_trace.so
+    if [ "$DEV" = cuda ] && [ -f "$TRACE_LIB" ]; then
+        CUDA_INJECTION64_PATH=$TRACE_LIB GLMTP_TRACE_OUT=$WORK/trace_decode.json step trace_decode 150 "$BIN" bench \
+            decode --model "$M9" --device "$DEV" --batch 1 --context "${DECODE_CTX%%,*}" --steps 32 \
+            --json "$WORK/trace_decode_bench.json"
+        trace_ms=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["results"][0]["step_ms"])' \
+            "$WORK/trace_decode_bench.json" 2> /dev/null || echo 0)
+        step trace_decode_table 30 python3 "$ROOT/tests/gpu/kernel_times.py" --trace "$WORK/trace_decode.json" \
+            --steps 34 --min-calls 34 --step-ms "$trace_ms" --json "$WORK/trace_decode_table.json"
+        if [ -s "$WORK/trace_decode_table.json" ]; then part decode_kernel_trace "$(cat "$WORK/trace_decode_table.json")"; fi
+        CUDA_INJECTION64_PATH=$TRACE_LIB GLMTP_TRACE_OUT=$WORK/trace_prefill.json step trace_prefill 150 "$BIN" bench \
+            prefill --model "$M9" --device "$DEV" --lens "${PREFILL_LENS%%,*}" --json "$WORK/trace_prefill_bench.json"
+        trace_ms=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["results"][0]["seconds"] * 1e3)' \
+            "$WORK/trace_prefill_bench.json" 2> /dev/null || echo 0)
+        step trace_prefill_table 30 python3 "$ROOT/tests/gpu/kernel_times.py" --trace "$WORK/trace_prefill.json" \
+            --steps 2 --min-calls 2 --step-ms "$trace_ms" --json "$WORK/trace_prefill_table.json"
+        if [ -s "$WORK/trace_prefill_table.json" ]; then part prefill_kernel_trace "$(cat "$WORK/trace_prefill_table.json")"; fi
+    fi
     # Where a decode step's time goes, kernel by kernel (Nsight Compute, clocks
     # left alone; graphs off so that ncu sees each kernel): 2 warm-up + 2 timed
     # steps, so the per-step figures divide by 4 (the bandwidth limit's add
