@@ -15,8 +15,8 @@
 #include <string.h>
 
 #include "../kernels/kernels.h"
-#include "../kernels/rng.h"
 #include "forward.h"
+#include "lm_head.h"
 #include "util.h"
 
 #define GRAPH_MAX_TOKENS 256 /* largest decode batch run as a graph (buckets 1, 2, 4, ...) */
@@ -35,9 +35,7 @@ struct glm_forward {
     void *x, *h, *qkv, *att, *o, *gu, *a; /* activations */
     float *logits_dev;                     /* [n_logits, vr] */
     int32_t *ids, *pos, *seq, *slots, *tables;
-    /* host memory */
-    float *logits_host; /* [n_logits, vr] this rank's slice */
-    float *gathered;    /* rank 0: [tp][n_logits * vr_r] */
+    lm_host lm;                            /* host staging of the logits path */
     double t_allreduce, t_total;
     uint64_t serial; /* steps run, for kattn_batch.serial */
     /* graphs */
@@ -72,8 +70,8 @@ static void release(glm_forward *f) {
     void *bufs[] = {f->x, f->h, f->qkv, f->att, f->o, f->gu, f->a, f->logits_dev,
                     f->ids, f->pos, f->seq, f->slots, f->tables};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) k->free(ctx, bufs[i]);
-    free(f->logits_host);
-    free(f->gathered);
+    free(f->lm.slice);
+    free(f->lm.gathered);
 }
 
 void forward_free(glm_forward *f) {
@@ -110,9 +108,9 @@ static void reserve(glm_forward *f, const glm_step *s) {
     f->seq = k->alloc(ctx, (size_t)T * 4);
     f->slots = k->alloc(ctx, (size_t)T * 4);
     f->tables = k->alloc(ctx, (size_t)seqb * 4);
-    f->logits_host = malloc((size_t)nl * vr * sizeof(float));
-    f->gathered = f->m->comm->rank == 0 ? malloc((size_t)nl * c->vocab * sizeof(float)) : NULL;
-    if (!f->logits_host || (f->m->comm->rank == 0 && !f->gathered)) abort();
+    f->lm.slice = malloc((size_t)nl * vr * sizeof(float));
+    f->lm.gathered = f->m->comm->rank == 0 ? malloc((size_t)nl * c->vocab * sizeof(float)) : NULL;
+    if (!f->lm.slice || (f->m->comm->rank == 0 && !f->lm.gathered)) abort();
     f->cap_t = T;
     f->cap_seqb = seqb;
     f->cap_logits = nl;
@@ -175,152 +173,6 @@ static void device_pass(glm_forward *f, const kattn_batch *b, int T, const int *
     }
     k->rmsnorm(ctx, f->h, src, &f->m->final_ln, n, c->eps);
     k->matmul_f32(ctx, f->logits_dev, f->h, &f->m->lm_head, n);
-}
-
-/* Vocab-parallel LM head, after device_pass: each rank's [n, vr] slice goes to
- * rank 0, which interleaves the slices into [n, vocab] rows. */
-static void lm_head(glm_forward *f, int n, float *logits) {
-    const glm_config *c = &f->m->cfg;
-    const glm_shard *sh = &f->m->shard;
-    const kernels_iface *k = f->m->kb.iface;
-    comm *cm = f->m->comm;
-    int vr = sh->v1 - sh->v0;
-    k->to_host(f->m->kb.ctx, f->logits_host, f->logits_dev, (size_t)n * vr * sizeof(float));
-    size_t *bytes = malloc(sizeof(size_t) * (size_t)cm->size);
-    if (!bytes) abort();
-    for (int r = 0; r < cm->size; r++) {
-        int lo, hi;
-        shard_range(c->vocab, cm->size, r, &lo, &hi);
-        bytes[r] = (size_t)n * (hi - lo) * sizeof(float);
-    }
-    cm->iface->gather(cm->ctx, f->logits_host, f->gathered, bytes);
-    if (cm->rank == 0) {
-        const float *src = f->gathered;
-        for (int r = 0; r < cm->size; r++) {
-            int lo, hi;
-            shard_range(c->vocab, cm->size, r, &lo, &hi);
-            for (int i = 0; i < n; i++)
-                memcpy(logits + (size_t)i * c->vocab + lo, src + (size_t)i * (hi - lo), sizeof(float) * (hi - lo));
-            src += (size_t)n * (hi - lo);
-        }
-    }
-    free(bytes);
-}
-
-/* Greedy LM head, after device_pass: each rank's argmax (and its value) over
- * its vocab slice cut at vocab_limit, gathered to rank 0, which keeps the
- * largest value (ties to the lower id: ranks hold ascending id ranges). */
-static void lm_argmax(glm_forward *f, int n, int vocab_limit, int *ids) {
-    const glm_shard *sh = &f->m->shard;
-    const kernels_iface *k = f->m->kb.iface;
-    comm *cm = f->m->comm;
-    int vr = sh->v1 - sh->v0, local = vocab_limit - sh->v0;
-    if (local > vr) local = vr;
-    int32_t *mine = malloc(8 * (size_t)n), *all = cm->rank == 0 ? malloc(8 * (size_t)n * cm->size) : NULL;
-    size_t *bytes = malloc(sizeof(size_t) * (size_t)cm->size);
-    if (!mine || !bytes || (cm->rank == 0 && !all)) abort();
-    int *idx = (int *)mine;
-    float *val = (float *)(mine + n);
-    if (local > 0) {
-        k->argmax(f->m->kb.ctx, idx, val, f->logits_dev, n, local, vr);
-        for (int i = 0; i < n; i++) idx[i] += sh->v0;
-    } else { /* this rank's ids are all past the limit */
-        for (int i = 0; i < n; i++) idx[i] = 0, val[i] = -INFINITY;
-    }
-    for (int r = 0; r < cm->size; r++) bytes[r] = 8 * (size_t)n;
-    cm->iface->gather(cm->ctx, mine, all, bytes);
-    if (cm->rank == 0)
-        for (int i = 0; i < n; i++) {
-            int best = all[i];
-            float bv;
-            memcpy(&bv, &all[n + i], 4);
-            for (int r = 1; r < cm->size; r++) {
-                const int32_t *p = all + (size_t)r * 2 * n;
-                float v;
-                memcpy(&v, &p[n + i], 4);
-                if (v > bv) bv = v, best = p[i];
-            }
-            ids[i] = best;
-        }
-    free(mine);
-    free(all);
-    free(bytes);
-}
-
-/* Sampling LM head, after device_pass: each rank's first s->cands candidates
- * of its vocab slice cut at vocab_limit, and their normaliser, go to rank 0,
- * which merges them into the first candidates of each whole row and picks
- * there (kernels/sampling.h). Rows whose pick needs more of the order than
- * that (a flat distribution under top-p, say) take the logits path instead:
- * rank 0 says so to every rank, and they send the full rows. */
-static void lm_sample(glm_forward *f, const glm_step *s, const ksample_params *p, int *ids) {
-    const glm_shard *sh = &f->m->shard;
-    const kernels_iface *k = f->m->kb.iface;
-    comm *cm = f->m->comm;
-    int n = s->n_logits, K = s->cands, vr = sh->v1 - sh->v0, local = s->vocab_limit - sh->v0;
-    if (local > vr) local = vr;
-    int kl = local < K ? local : K; /* this rank's list length; the rest is padding */
-    /* a rank's message: candidates [n, K], then normalisers [n] */
-    size_t msg = sizeof(kcand) * (size_t)n * K + sizeof(double) * (size_t)n;
-    char *mine = malloc(msg), *all = cm->rank == 0 ? malloc(msg * (size_t)cm->size) : NULL;
-    size_t *bytes = malloc(sizeof(size_t) * (size_t)cm->size);
-    kcand *cand = (kcand *)mine, *part = malloc(sizeof(kcand) * (size_t)n * (kl > 0 ? kl : 1));
-    double *sums = (double *)(mine + sizeof(kcand) * (size_t)n * K);
-    if (!mine || !bytes || !part || (cm->rank == 0 && !all)) abort();
-    for (size_t i = 0; i < (size_t)n * K; i++) cand[i] = (kcand){-INFINITY, -1};
-    for (int i = 0; i < n; i++) sums[i] = 0.0;
-    if (kl > 0) {
-        k->top_k(f->m->kb.ctx, part, sums, f->logits_dev, n, local, vr, kl, s->temps);
-        for (int i = 0; i < n; i++)
-            for (int j = 0; j < kl; j++) {
-                kcand c = part[(size_t)i * kl + j];
-                cand[(size_t)i * K + j] = (kcand){c.v, c.id + sh->v0};
-            }
-    }
-    for (int r = 0; r < cm->size; r++) bytes[r] = msg;
-    cm->iface->gather(cm->ctx, mine, all, bytes);
-
-    int n_full = 0; /* rank 0: rows left for the full logits, with their draws */
-    int *full_row = malloc(sizeof(int) * (size_t)n);
-    double *draw = malloc(sizeof(double) * (size_t)n);
-    kcand *merged = malloc(sizeof(kcand) * (size_t)K);
-    const kcand **lists = malloc(sizeof(kcand *) * (size_t)cm->size);
-    double *rsum = malloc(sizeof(double) * (size_t)cm->size);
-    if (!full_row || !draw || !merged || !lists || !rsum) abort();
-    if (cm->rank == 0)
-        for (int i = 0; i < n; i++) {
-            for (int r = 0; r < cm->size; r++) {
-                const char *m = all + msg * (size_t)r;
-                lists[r] = (const kcand *)m + (size_t)i * K;
-                rsum[r] = ((const double *)(m + sizeof(kcand) * (size_t)n * K))[i];
-            }
-            double sum_all;
-            int n_c = sampling_merge(merged, &sum_all, lists, rsum, cm->size, K);
-            if (sampling_is_greedy(&p[i])) {
-                ids[i] = merged[0].id;
-                continue;
-            }
-            double u = rng_uniform(p[i].rng);
-            ids[i] = sampling_pick(merged, n_c, s->vocab_limit, sum_all, &p[i], u);
-            if (ids[i] < 0) full_row[n_full] = i, draw[n_full++] = u;
-        }
-    cm->iface->bcast(cm->ctx, &n_full, sizeof n_full);
-    if (n_full > 0) {
-        int V = f->m->cfg.vocab;
-        float *logits = cm->rank == 0 ? malloc(sizeof(float) * (size_t)n * V) : NULL;
-        kcand *c = cm->rank == 0 ? malloc(sizeof(kcand) * (size_t)s->vocab_limit) : NULL;
-        if (cm->rank == 0 && (!logits || !c)) abort();
-        lm_head(f, n, logits);
-        for (int j = 0; cm->rank == 0 && j < n_full; j++) {
-            int i = full_row[j];
-            double sum_all = sampling_sort_row(logits + (size_t)i * V, s->vocab_limit, p[i].temperature, c);
-            ids[i] = sampling_pick(c, s->vocab_limit, s->vocab_limit, sum_all, &p[i], draw[j]);
-        }
-        free(logits);
-        free(c);
-    }
-    free(mine), free(all), free(bytes), free(part);
-    free(full_row), free(draw), free(merged), free(lists), free(rsum);
 }
 
 /* The step's arrays into backend memory. */
@@ -459,7 +311,7 @@ static void device_step(glm_forward *f, const glm_step *s, float *hidden) {
 void forward_run(glm_forward *f, const glm_step *s, float *logits, float *hidden) {
     double t0 = util_now();
     device_step(f, s, hidden);
-    if (s->n_logits > 0) lm_head(f, s->n_logits, logits);
+    if (s->n_logits > 0) lm_gather(f->m, f->logits_dev, s->n_logits, &f->lm, logits);
     f->m->kb.iface->sync(f->m->kb.ctx);
     f->t_total += util_now() - t0;
 }
@@ -467,7 +319,7 @@ void forward_run(glm_forward *f, const glm_step *s, float *logits, float *hidden
 void forward_run_argmax(glm_forward *f, const glm_step *s, int *ids) {
     double t0 = util_now();
     device_step(f, s, NULL);
-    if (s->n_logits > 0) lm_argmax(f, s->n_logits, s->vocab_limit, ids);
+    if (s->n_logits > 0) lm_argmax(f->m, f->logits_dev, s->n_logits, s->vocab_limit, ids);
     f->m->kb.iface->sync(f->m->kb.ctx);
     f->t_total += util_now() - t0;
 }
@@ -475,7 +327,7 @@ void forward_run_argmax(glm_forward *f, const glm_step *s, int *ids) {
 void forward_run_sample(glm_forward *f, const glm_step *s, const ksample_params *p, int *ids) {
     double t0 = util_now();
     device_step(f, s, NULL);
-    if (s->n_logits > 0) lm_sample(f, s, p, ids);
+    if (s->n_logits > 0) lm_sample(f->m, f->logits_dev, s, p, &f->lm, ids);
     f->m->kb.iface->sync(f->m->kb.ctx);
     f->t_total += util_now() - t0;
 }
