@@ -14,6 +14,7 @@ static __device__ __forceinline__ unsigned add2(unsigned a, unsigned b) {
 }
 
 static __global__ void add_vec8_kernel(uint4 *x, const uint4 *y, size_t n8) {
+    pdl_begin();
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += (size_t)gridDim.x * blockDim.x) {
         uint4 a = x[i], b = y[i];
         a.x = add2(a.x, b.x);
@@ -25,6 +26,7 @@ static __global__ void add_vec8_kernel(uint4 *x, const uint4 *y, size_t n8) {
 }
 
 static __global__ void add_kernel(bf16 *x, const bf16 *y, size_t n) {
+    pdl_begin();
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         x[i] = f2bf(bf2f(x[i]) + bf2f(y[i]));
 }
@@ -36,12 +38,12 @@ static void add_cuda(const cuda_ctx *c, bf16 *x, const bf16 *y, size_t n) {
     size_t done = 0;
     if ((((uintptr_t)x | (uintptr_t)y) & 15) == 0 && n >= 8) {
         size_t n8 = n / 8;
-        add_vec8_kernel<<<grid_for(c, n8, 256), 256, 0, c->stream>>>((uint4 *)x, (const uint4 *)y, n8);
+        launch(c, add_vec8_kernel, grid_for(c, n8, 256), 256, 0, (uint4 *)x, (const uint4 *)y, n8);
         CUDA_CHECK_LAUNCH();
         done = n8 * 8;
     }
     if (done < n) {
-        add_kernel<<<grid_for(c, n - done, 256), 256, 0, c->stream>>>(x + done, y + done, n - done);
+        launch(c, add_kernel, grid_for(c, n - done, 256), 256, 0, x + done, y + done, n - done);
         CUDA_CHECK_LAUNCH();
     }
 }

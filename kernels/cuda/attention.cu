@@ -68,6 +68,7 @@ static __device__ __forceinline__ void load_row(float *dst, const bf16 *row, int
 
 template <int EPL>
 static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_kernel(attn_args a) {
+    pdl_begin();
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
     __shared__ float sm_acc[ATT_WARPS][32 * EPL];
     int h = blockIdx.x, i_row = blockIdx.y, sp = blockIdx.z, n_q = gridDim.x;
@@ -133,6 +134,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_kernel(attn_a
 /* One block per (head, grid row): merges the splits' partial results. */
 static __global__ void attention_combine_kernel(bf16 *out, const float *part_o, const float *part_ml,
                                                 const int32_t *tok_list, int n_split, int d) {
+    pdl_begin();
     int h = blockIdx.x, i_row = blockIdx.y, n_q = gridDim.x;
     int t = tok_list ? tok_list[i_row] : i_row;
     size_t th = (size_t)t * n_q + h, ph = (size_t)i_row * n_q + h; /* output row; partials row */
@@ -153,9 +155,8 @@ static __global__ void attention_combine_kernel(bf16 *out, const float *part_o, 
 // kernel launchers
 
 template <int EPL>
-static void attention_launch(cudaStream_t s, dim3 grid, const attn_args &a) {
-    attention_kernel<EPL><<<grid, ATT_WARPS * 32, 0, s>>>(a);
-    CUDA_CHECK_LAUNCH();
+static void attention_launch(const cuda_ctx *c, dim3 grid, const attn_args &a) {
+    launch(c, attention_kernel<EPL>, grid, ATT_WARPS * 32, 0, a);
 }
 
 static void attention_cuda(cuda_ctx *c, bf16 *out, const bf16 *q, int ld_q, const bf16 *kc, const bf16 *vc,
@@ -196,17 +197,16 @@ static void attention_cuda(cuda_ctx *c, bf16 *out, const bf16 *q, int ld_q, cons
     }
     dim3 grid((unsigned)n_q, (unsigned)n, (unsigned)n_split);
     if (d <= 32)
-        attention_launch<1>(c->stream, grid, a);
+        attention_launch<1>(c, grid, a);
     else if (d <= 64)
-        attention_launch<2>(c->stream, grid, a);
+        attention_launch<2>(c, grid, a);
     else if (d <= 128)
-        attention_launch<4>(c->stream, grid, a);
+        attention_launch<4>(c, grid, a);
     else
-        attention_launch<8>(c->stream, grid, a);
+        attention_launch<8>(c, grid, a);
     if (n_split > 1) {
-        attention_combine_kernel<<<dim3((unsigned)n_q, (unsigned)n), 128, 0, c->stream>>>(out, a.part_o, a.part_ml,
-                                                                                        tok_list, n_split, d);
-        CUDA_CHECK_LAUNCH();
+        launch(c, attention_combine_kernel, dim3((unsigned)n_q, (unsigned)n), 128, 0, out, a.part_o, a.part_ml,
+               tok_list, n_split, d);
     }
 }
 

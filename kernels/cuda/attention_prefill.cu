@@ -204,6 +204,7 @@ static __device__ __forceinline__ void load_kv_tile(bf16 *dst, const bf16 *cache
 
 template <int D>
 static __global__ void __launch_bounds__(FA_THREADS, FA_MIN_CTAS) flash_prefill_kernel(flash_args a) {
+    pdl_begin();
     constexpr int LDS = D + 8;     /* shared row stride in elements (+16 bytes: no ldmatrix bank conflicts) */
     constexpr int CPR = D / 8;     /* 16-byte chunks per row */
     constexpr int KS = D / 16;     /* k steps of Q K^T */
@@ -396,6 +397,7 @@ static constexpr size_t flash2_smem_bytes(void) {
 
 template <int D>
 static __global__ void __launch_bounds__(FA2_THREADS, FA2_MIN_CTAS) flash2_prefill_kernel(flash_args a) {
+    pdl_begin();
     constexpr int LDS = D + 8;           /* shared row stride in elements (+16 bytes: no ldmatrix bank conflicts) */
     constexpr int CPR = D / 8;           /* 16-byte chunks per row */
     constexpr int KS = D / 16;           /* k steps of Q K^T */
@@ -681,9 +683,8 @@ static void plan_update(cuda_ctx *c, const kattn_batch *b, int bm) {
 // kernel launchers
 
 template <int D>
-static void flash_launch(cudaStream_t st, int n_q, int n_tiles, const flash_args &a) {
-    flash_prefill_kernel<D><<<dim3((unsigned)n_q, (unsigned)n_tiles), FA_THREADS, 0, st>>>(a);
-    CUDA_CHECK_LAUNCH();
+static void flash_launch(const cuda_ctx *c, int n_q, int n_tiles, const flash_args &a) {
+    launch(c, flash_prefill_kernel<D>, dim3((unsigned)n_q, (unsigned)n_tiles), FA_THREADS, 0, a);
 }
 
 /* Variant 2 takes over 48 KB of dynamic shared memory, which must be allowed
@@ -692,13 +693,12 @@ static void flash_launch(cudaStream_t st, int n_q, int n_tiles, const flash_args
  * attribute writes (about a microsecond each), made at every launch so they
  * hold on whichever device the calling context uses. */
 template <int D>
-static void flash2_launch(cudaStream_t st, int n_q, int n_tiles, const flash_args &a) {
+static void flash2_launch(const cuda_ctx *c, int n_q, int n_tiles, const flash_args &a) {
     const size_t smem = flash2_smem_bytes<D>();
     CUDA_CHECK(cudaFuncSetAttribute(flash2_prefill_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     CUDA_CHECK(cudaFuncSetAttribute(flash2_prefill_kernel<D>, cudaFuncAttributePreferredSharedMemoryCarveout,
                                     (int)cudaSharedmemCarveoutMaxShared));
-    flash2_prefill_kernel<D><<<dim3((unsigned)n_q, (unsigned)n_tiles), FA2_THREADS, smem, st>>>(a);
-    CUDA_CHECK_LAUNCH();
+    launch(c, flash2_prefill_kernel<D>, dim3((unsigned)n_q, (unsigned)n_tiles), FA2_THREADS, smem, a);
 }
 
 static int aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
@@ -734,13 +734,13 @@ int cuda_attention_prefill(cuda_ctx *c, void *out, const void *q, int ld_q, cons
     a.n_kv = n_kv, a.q_per_kv = q_per_kv;
     a.scale_log2 = scale * 1.4426950408889634f;
     if (variant == 2 && d == 64)
-        flash2_launch<64>(c->stream, n_q, pl->n_tiles, a);
+        flash2_launch<64>(c, n_q, pl->n_tiles, a);
     else if (variant == 2)
-        flash2_launch<128>(c->stream, n_q, pl->n_tiles, a);
+        flash2_launch<128>(c, n_q, pl->n_tiles, a);
     else if (d == 64)
-        flash_launch<64>(c->stream, n_q, pl->n_tiles, a);
+        flash_launch<64>(c, n_q, pl->n_tiles, a);
     else
-        flash_launch<128>(c->stream, n_q, pl->n_tiles, a);
+        flash_launch<128>(c, n_q, pl->n_tiles, a);
     c->flash_ran = variant;
     *rest = dev + 4 * (size_t)pl->n_tiles;
     *rest_max_pos = pl->rest_max_pos;

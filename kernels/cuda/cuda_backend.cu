@@ -229,6 +229,8 @@ kbackend kernels_cuda_create(int device, char *err, size_t errlen) {
     c->fused_rope_kv = fr && *fr && strcmp(fr, "0") != 0;
     const char *tk = getenv("GLMTP_GPU_TOPK"); /* the sampling candidates' kernel, until a GPU run checks it */
     c->gpu_top_k = tk && *tk && strcmp(tk, "0") != 0;
+    const char *pd = getenv("GLMTP_PDL"); /* programmatic dependent launch, until a GPU run measures it */
+    c->pdl = major >= 9 && pd && *pd && strcmp(pd, "0") != 0;
     const char *ng = getenv("GLMTP_NO_GEMV"); /* compare with cuBLASLt, or switch the GEMV off */
     c->no_gemv = ng && *ng && strcmp(ng, "0") != 0;
     const char *nf = getenv("GLMTP_NO_FLASH_PREFILL");

@@ -65,6 +65,7 @@ typedef struct cuda_ctx {
     int fused_add_norm;   /* GLMTP_FUSED_ADD_NORM=1 at creation: add_rmsnorm in one kernel */
     int fused_rope_kv;    /* GLMTP_FUSED_ROPE_KV=1 at creation: rope_kv_store in one kernel */
     int gpu_top_k;        /* GLMTP_GPU_TOPK=1 at creation: top_k in a kernel, not on the host */
+    int pdl;              /* GLMTP_PDL=1 at creation on sm_90+: launch() overlaps kernels (cuda_common.cuh) */
     float *host_row; /* top_k without its kernel: the rows on the host (malloc), host_row_cap floats */
     size_t host_row_cap;
 } cuda_ctx;

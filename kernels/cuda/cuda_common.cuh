@@ -22,6 +22,35 @@ static inline unsigned grid_for(const cuda_ctx *c, size_t n, int threads) {
     return (unsigned)(want > 0 ? want : 1);
 }
 
+/* Programmatic dependent launch (sm_90; GLMTP_PDL=1, cuda_ctx.pdl): a kernel
+ * launched by launch() may be scheduled while the kernel before it on the
+ * stream is still running, so its start overlaps the other's tail. Every
+ * kernel therefore begins with pdl_begin(): it waits until the grids before it
+ * have finished and their writes are visible (a no-op for a kernel launched
+ * the plain way), then lets the next kernel be scheduled. Correctness needs
+ * only the wait, and the wait comes before any read or write. */
+static __device__ __forceinline__ void pdl_begin() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+/* kernel<<<grid, block, smem, c->stream>>>(args...), with programmatic stream
+ * serialisation when c->pdl; checks the launch. */
+template <typename... Params, typename... Args>
+static void launch(const cuda_ctx *c, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, Args... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = c->stream;
+    cudaLaunchAttribute attr[1];
+    if (c->pdl) {
+        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[0].val.programmaticStreamSerializationAllowed = 1;
+        cfg.attrs = attr, cfg.numAttrs = 1;
+    }
+    CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, ((Params)args)...));
+}
+
 static __device__ __forceinline__ float bf2f(bf16 v) { return __bfloat162float(v); }
 static __device__ __forceinline__ bf16 f2bf(float v) { return __float2bfloat16(v); } /* round to nearest even */
 

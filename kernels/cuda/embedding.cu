@@ -3,6 +3,7 @@
 #include "cuda_common.cuh"
 
 static __global__ void embedding_kernel(bf16 *out, const void *E, int dtype, const int32_t *ids, int H) {
+    pdl_begin();
     int t = blockIdx.x;
     size_t base = (size_t)ids[t] * H;
     bf16 *o = out + (size_t)t * H;
@@ -11,12 +12,11 @@ static __global__ void embedding_kernel(bf16 *out, const void *E, int dtype, con
 
 // kernel launchers
 
-static void embedding_cuda(cudaStream_t s, bf16 *out, const kweight *E, const int32_t *ids, int T) {
+static void embedding_cuda(const cuda_ctx *c, bf16 *out, const kweight *E, const int32_t *ids, int T) {
     if (T <= 0) return;
-    embedding_kernel<<<T, 256, 0, s>>>(out, E->data, E->dtype, ids, E->cols);
-    CUDA_CHECK_LAUNCH();
+    launch(c, embedding_kernel, T, 256, 0, out, E->data, (int)E->dtype, ids, E->cols);
 }
 
 void cuda_op_embedding(void *ctx, void *out, const kweight *E, const int32_t *ids, int T) {
-    embedding_cuda(((cuda_ctx *)ctx)->stream, (bf16 *)out, E, ids, T);
+    embedding_cuda((const cuda_ctx *)ctx, (bf16 *)out, E, ids, T);
 }

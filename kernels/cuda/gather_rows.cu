@@ -5,6 +5,7 @@
 #include "cuda_common.cuh"
 
 static __global__ void gather_rows_kernel(bf16 *out, const bf16 *x, const int32_t *rows, int width) {
+    pdl_begin();
     int i = blockIdx.x;
     const bf16 *src = x + (size_t)rows[i] * width;
     bf16 *dst = out + (size_t)i * width;
@@ -28,8 +29,7 @@ static void gather_rows_cuda(cuda_ctx *c, bf16 *out, const bf16 *x, const int *r
     bf16 *dst = out;
     int overlap = ob < xe && xb < oe;
     if (overlap) dst = (bf16 *)cuda_scratch(c, &c->gather_tmp, sizeof(bf16) * (size_t)n * width);
-    gather_rows_kernel<<<n, 256, 0, c->stream>>>(dst, x, drows, width);
-    CUDA_CHECK_LAUNCH();
+    launch(c, gather_rows_kernel, n, 256, 0, dst, x, drows, width);
     if (overlap)
         CUDA_CHECK(cudaMemcpyAsync(out, dst, sizeof(bf16) * (size_t)n * width, cudaMemcpyDeviceToDevice, c->stream));
 }

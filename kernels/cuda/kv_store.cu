@@ -5,6 +5,7 @@
 
 static __global__ void kv_store_kernel(bf16 *kc, bf16 *vc, const bf16 *k, const bf16 *v, int ld, int kv_width,
                                        const int32_t *slots) {
+    pdl_begin();
     int t = blockIdx.x;
     size_t dst = (size_t)slots[t] * kv_width, src = (size_t)t * ld;
     for (int i = threadIdx.x; i < kv_width; i += blockDim.x) {
@@ -15,15 +16,14 @@ static __global__ void kv_store_kernel(bf16 *kc, bf16 *vc, const bf16 *k, const 
 
 // kernel launchers
 
-static void kv_store_cuda(cudaStream_t s, bf16 *kc, bf16 *vc, const bf16 *k, const bf16 *v, int ld, int kv_width,
+static void kv_store_cuda(const cuda_ctx *c, bf16 *kc, bf16 *vc, const bf16 *k, const bf16 *v, int ld, int kv_width,
                           const kattn_batch *b) {
     if (b->n_tokens <= 0 || kv_width <= 0) return;
-    kv_store_kernel<<<b->n_tokens, 128, 0, s>>>(kc, vc, k, v, ld, kv_width, b->slots);
-    CUDA_CHECK_LAUNCH();
+    launch(c, kv_store_kernel, b->n_tokens, 128, 0, kc, vc, k, v, ld, kv_width, b->slots);
 }
 
 void cuda_op_kv_store(void *ctx, void *kcache, void *vcache, const void *k, const void *v, int ld, int kv_width,
                       const kattn_batch *b) {
-    kv_store_cuda(((cuda_ctx *)ctx)->stream, (bf16 *)kcache, (bf16 *)vcache, (const bf16 *)k, (const bf16 *)v, ld,
+    kv_store_cuda((const cuda_ctx *)ctx, (bf16 *)kcache, (bf16 *)vcache, (const bf16 *)k, (const bf16 *)v, ld,
                   kv_width, b);
 }

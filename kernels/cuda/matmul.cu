@@ -44,6 +44,7 @@ __device__ __forceinline__ bf16 to_out<bf16>(float v) { return f2bf(v); }
 template <typename OutT>
 static __global__ void matmul_warp_kernel(OutT *out, const bf16 *x, const void *W, int wdtype, const void *bias,
                                           int bdtype, int T, int N, int K) {
+    pdl_begin();
     size_t n_out = (size_t)T * N, warps = (size_t)gridDim.x * blockDim.x / 32;
     int lane = threadIdx.x & 31;
     for (size_t o = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32; o < n_out; o += warps) {
@@ -60,6 +61,7 @@ static __global__ void matmul_warp_kernel(OutT *out, const bf16 *x, const void *
 }
 
 static __global__ void bias_round_kernel(bf16 *out, const float *acc, const void *bias, int bdtype, size_t n, int N) {
+    pdl_begin();
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         out[i] = f2bf(acc[i] + wload(bias, bdtype, i % N));
 }
@@ -187,6 +189,7 @@ static __device__ __forceinline__ void bf16x8_to_f32(float *f, uint4 v) {
 template <int TT, typename OutT>
 static __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(OutT *out, const bf16 *x, const bf16 *W,
                                                                        const float *bias, int T, int N, int K) {
+    pdl_begin();
     int lane = threadIdx.x & 31;
     int n0 = (blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5)) * GEMV_ROWS;
     if (n0 >= N) return;
@@ -240,8 +243,7 @@ static int gemv_cuda(const cuda_ctx *c, OutT *out, const bf16 *x, const kweight 
     const float *b = bias ? (const float *)bias->data : NULL;
     unsigned grid = (unsigned)CEIL_DIV(N, GEMV_WARPS * GEMV_ROWS);
     const bf16 *w = (const bf16 *)W->data;
-    gemv_kernel<GEMV_MAX_T, OutT><<<grid, GEMV_WARPS * 32, 0, c->stream>>>(out, x, w, b, T, N, K);
-    CUDA_CHECK_LAUNCH();
+    launch(c, gemv_kernel<GEMV_MAX_T, OutT>, grid, GEMV_WARPS * 32, 0, out, x, w, b, T, N, K);
     return 0;
 }
 
@@ -251,9 +253,8 @@ template <typename OutT>
 static void matmul_warp_cuda(const cuda_ctx *c, OutT *out, const bf16 *x, const kweight *W, const kweight *bias,
                              int T) {
     size_t threads = (size_t)T * W->rows * 32;
-    matmul_warp_kernel<OutT><<<grid_for(c, threads, 256), 256, 0, c->stream>>>(
-        out, x, W->data, W->dtype, bias ? bias->data : NULL, bias ? bias->dtype : KDT_F32, T, W->rows, W->cols);
-    CUDA_CHECK_LAUNCH();
+    launch(c, matmul_warp_kernel<OutT>, grid_for(c, threads, 256), 256, 0, out, x, W->data, (int)W->dtype,
+           bias ? bias->data : NULL, (int)(bias ? bias->dtype : KDT_F32), T, W->rows, W->cols);
 }
 
 /* out (otype: CUDA_R_16BF or CUDA_R_32F) = x W^T, no bias. Returns 0, or -1
@@ -283,9 +284,8 @@ void cuda_op_matmul(void *ctx, void *out, const void *x, const kweight *W, const
         matmul_warp_cuda<bf16>(c, (bf16 *)out, xb, W, bias, T);
         return;
     }
-    bias_round_kernel<<<grid_for(c, n, 256), 256, 0, c->stream>>>((bf16 *)out, acc, bias->data, bias->dtype, n,
-                                                                   W->rows);
-    CUDA_CHECK_LAUNCH();
+    launch(c, bias_round_kernel, grid_for(c, n, 256), 256, 0, (bf16 *)out, (const float *)acc, bias->data,
+           (int)bias->dtype, n, W->rows);
 }
 
 void cuda_op_matmul_f32(void *ctx, float *out, const void *x, const kweight *W, int T) {

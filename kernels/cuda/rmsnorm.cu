@@ -5,6 +5,7 @@
 #include "cuda_common.cuh"
 
 static __global__ void rmsnorm_kernel(bf16 *out, const bf16 *x, const void *w, int wdtype, int H, float eps) {
+    pdl_begin();
     const bf16 *xr = x + (size_t)blockIdx.x * H;
     bf16 *o = out + (size_t)blockIdx.x * H;
     float ss = 0.0f;
@@ -24,6 +25,7 @@ static __global__ void rmsnorm_kernel(bf16 *out, const bf16 *x, const void *w, i
  * reads and a write. */
 static __global__ void add_rmsnorm_kernel(bf16 *x, const bf16 *y, bf16 *out, const void *w, int wdtype, int H,
                                           float eps) {
+    pdl_begin();
     bf16 *xr = x + (size_t)blockIdx.x * H;
     const bf16 *yr = y + (size_t)blockIdx.x * H;
     bf16 *o = out + (size_t)blockIdx.x * H;
@@ -41,15 +43,14 @@ static __global__ void add_rmsnorm_kernel(bf16 *x, const bf16 *y, bf16 *out, con
 
 // kernel launchers
 
-static void rmsnorm_cuda(cudaStream_t s, bf16 *out, const bf16 *x, const kweight *w, int T, float eps) {
+static void rmsnorm_cuda(const cuda_ctx *c, bf16 *out, const bf16 *x, const kweight *w, int T, float eps) {
     if (T <= 0) return;
     int H = w->cols, threads = H >= 1024 ? 512 : 128;
-    rmsnorm_kernel<<<T, threads, 0, s>>>(out, x, w->data, w->dtype, H, eps);
-    CUDA_CHECK_LAUNCH();
+    launch(c, rmsnorm_kernel, T, threads, 0, out, x, w->data, (int)w->dtype, H, eps);
 }
 
 void cuda_op_rmsnorm(void *ctx, void *out, const void *x, const kweight *w, int T, float eps) {
-    rmsnorm_cuda(((cuda_ctx *)ctx)->stream, (bf16 *)out, (const bf16 *)x, w, T, eps);
+    rmsnorm_cuda((const cuda_ctx *)ctx, (bf16 *)out, (const bf16 *)x, w, T, eps);
 }
 
 /* Until a GPU run has checked the fused kernel it is opt-in
@@ -64,7 +65,6 @@ void cuda_op_add_rmsnorm(void *ctx, void *x, const void *y, void *out, const kwe
         return;
     }
     int threads = H >= 1024 ? 512 : 128; /* rmsnorm_cuda's, for the same summation order */
-    add_rmsnorm_kernel<<<T, threads, 0, c->stream>>>((bf16 *)x, (const bf16 *)y, (bf16 *)out, w->data, w->dtype, H,
-                                                     eps);
-    CUDA_CHECK_LAUNCH();
+    launch(c, add_rmsnorm_kernel, T, threads, 0, (bf16 *)x, (const bf16 *)y, (bf16 *)out, w->data, (int)w->dtype, H,
+           eps);
 }

@@ -13,6 +13,7 @@
 
 static __global__ void rope_kernel(bf16 *qkv, const int32_t *pos, const float *inv, int T, int ld, int n_heads, int d,
                                    int half) {
+    pdl_begin();
     size_t n = (size_t)T * n_heads * half;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         int j = (int)(i % half);
@@ -51,6 +52,7 @@ static const float *rope_table(cuda_ctx *c, float base, int rot_dim) {
 static __global__ void rope_kv_store_kernel(bf16 *qkv, bf16 *kc, bf16 *vc, const int32_t *pos, const int32_t *slots,
                                             const float *inv, int ld, int n_heads, int d, int half, int kcol,
                                             int vcol, int kv_width) {
+    pdl_begin();
     int t = blockIdx.x;
     bf16 *row = qkv + (size_t)t * ld;
     float p = (float)pos[t];
@@ -79,8 +81,7 @@ static void rope_cuda(cuda_ctx *c, bf16 *qkv, const int32_t *pos, int T, int ld,
     size_t n = (size_t)T * n_heads * half;
     if (n == 0) return;
     const float *inv = rope_table(c, base, rot_dim);
-    rope_kernel<<<grid_for(c, n, 256), 256, 0, c->stream>>>(qkv, pos, inv, T, ld, n_heads, d, half);
-    CUDA_CHECK_LAUNCH();
+    launch(c, rope_kernel, grid_for(c, n, 256), 256, 0, qkv, pos, inv, T, ld, n_heads, d, half);
 }
 
 void cuda_op_rope(void *ctx, void *qkv, const int32_t *pos, int T, int ld, int n_heads, int d, int rot_dim,
@@ -102,7 +103,6 @@ void cuda_op_rope_kv_store(void *ctx, void *qkv, void *kcache, void *vcache, int
     }
     if (T <= 0) return;
     const float *inv = rope_table(c, base, rot_dim);
-    rope_kv_store_kernel<<<T, 256, 0, c->stream>>>(q, (bf16 *)kcache, (bf16 *)vcache, b->pos, b->slots, inv, ld,
-                                                   n_q + n_kv, d, rot_dim / 2, kcol, vcol, kv_width);
-    CUDA_CHECK_LAUNCH();
+    launch(c, rope_kv_store_kernel, T, 256, 0, q, (bf16 *)kcache, (bf16 *)vcache, b->pos, b->slots, inv, ld,
+           n_q + n_kv, d, rot_dim / 2, kcol, vcol, kv_width);
 }

@@ -28,6 +28,7 @@ static __device__ __forceinline__ void take_better(float &bv, int &bi, float v, 
 /* One block per row of [n, ld]: the first maximum among columns [0, V), its
  * value too (the vocab-parallel LM head compares the ranks' maxima). */
 static __global__ void argmax_val_kernel(int32_t *out_idx, float *out_val, const float *logits, int V, int ld) {
+    pdl_begin();
     __shared__ float sv[32];
     __shared__ int si[32];
     const float *l = logits + (size_t)blockIdx.x * ld;
@@ -72,7 +73,7 @@ static __device__ __forceinline__ bool before(uint32_t ka, int ia, uint32_t kb, 
     return ka > kb || (ka == kb && ia < ib);
 }
 
-static __device__ double block_sum(double v, double *red) {
+static __device__ double block_sum_f64(double v, double *red) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
     if (lane == 0) red[w] = v;
@@ -89,6 +90,7 @@ static __device__ double block_sum(double v, double *red) {
 /* One block of TOPK_THREADS per row; k <= KERNELS_TOPK_MAX. */
 static __global__ void top_k_kernel(kcand *out, double *sums, const float *logits, const float *temps, int V, int ld,
                                     int k) {
+    pdl_begin();
     __shared__ uint32_t hist[256];
     __shared__ uint32_t ckey[KERNELS_TOPK_MAX];
     __shared__ int cid[KERNELS_TOPK_MAX];
@@ -177,7 +179,7 @@ static __global__ void top_k_kernel(kcand *out, double *sums, const float *logit
     double s = 0.0;
     if (mx != -INFINITY)
         for (int i = tid; i < V; i += blockDim.x) s += exp((double)sampling_value(l[i], t) - mx);
-    s = block_sum(s, red);
+    s = block_sum_f64(s, red);
     if (tid == 0) sums[blockIdx.x] = s;
 }
 
@@ -188,8 +190,7 @@ void cuda_op_argmax(void *ctx, int *out_idx, float *out_val, const float *logits
     if (n <= 0) return;
     /* [n] indices then [n] values in one scratch buffer, one copy back */
     int32_t *d = (int32_t *)cuda_scratch(c, &c->argmax, 8 * (size_t)n);
-    argmax_val_kernel<<<n, 512, 0, c->stream>>>(d, (float *)(d + n), logits, V, ld);
-    CUDA_CHECK_LAUNCH();
+    launch(c, argmax_val_kernel, n, 512, 0, d, (float *)(d + n), logits, V, ld);
     int32_t *h = (int32_t *)malloc(8 * (size_t)n);
     if (!h) abort();
     CUDA_CHECK(cudaMemcpyAsync(h, d, 8 * (size_t)n, cudaMemcpyDeviceToHost, c->stream));
@@ -229,8 +230,8 @@ void cuda_op_top_k(void *ctx, kcand *out, double *sum, const float *logits, int 
     char *d = (char *)cuda_scratch(c, &c->top_k, out_bytes + sizeof(float) * (size_t)n);
     float *d_temp = (float *)(d + out_bytes);
     CUDA_CHECK(cudaMemcpyAsync(d_temp, temp, sizeof(float) * (size_t)n, cudaMemcpyHostToDevice, c->stream));
-    top_k_kernel<<<n, TOPK_THREADS, 0, c->stream>>>((kcand *)d, (double *)(d + sum_off), logits, d_temp, V, ld, k);
-    CUDA_CHECK_LAUNCH();
+    launch(c, top_k_kernel, n, TOPK_THREADS, 0, (kcand *)d, (double *)(d + sum_off), logits, (const float *)d_temp, V,
+           ld, k);
     char *h = (char *)malloc(out_bytes);
     if (!h) abort();
     CUDA_CHECK(cudaMemcpyAsync(h, d, out_bytes, cudaMemcpyDeviceToHost, c->stream));

@@ -3,6 +3,7 @@
 #include "cuda_common.cuh"
 
 static __global__ void swiglu_kernel(bf16 *out, const bf16 *gu, size_t n, int F) {
+    pdl_begin();
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         size_t t = i / (size_t)F, j = i % (size_t)F;
         float g = bf2f(gu[t * 2 * F + j]), u = bf2f(gu[t * 2 * F + F + j]);
@@ -15,8 +16,7 @@ static __global__ void swiglu_kernel(bf16 *out, const bf16 *gu, size_t n, int F)
 static void swiglu_cuda(const cuda_ctx *c, bf16 *out, const bf16 *gu, int T, int F) {
     size_t n = (size_t)T * F;
     if (n == 0) return;
-    swiglu_kernel<<<grid_for(c, n, 256), 256, 0, c->stream>>>(out, gu, n, F);
-    CUDA_CHECK_LAUNCH();
+    launch(c, swiglu_kernel, grid_for(c, n, 256), 256, 0, out, gu, n, F);
 }
 
 void cuda_op_swiglu(void *ctx, void *out, const void *gu, int T, int F) {

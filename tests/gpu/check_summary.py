@@ -53,7 +53,8 @@ def main():
     nm = parts.get("bench_decode_nogemv", {})
     for r in nm.get("results", []):
         s[f"decode_b{r['batch']}_nogemv_ms"] = r["step_ms"]
-    for name, key in (("bench_decode_topk", "topk50_gpu"), ("bench_decode_topk_host", "topk50_host")):
+    for name, key in (("bench_decode_topk", "topk50_gpu"), ("bench_decode_topk_host", "topk50_host"),
+                      ("bench_decode_pdl", "pdl"), ("bench_decode_pdl_fused", "pdl_fused")):
         for r in parts.get(name, {}).get("results", []):  # sampled decode: candidates on the GPU or the host
             s[f"decode_b{r['batch']}_{key}_ms"] = r["step_ms"]
     for name, key in (("decode_kernel_trace", "decode_b1"), ("prefill_kernel_trace", "prefill_1")):

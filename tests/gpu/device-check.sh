@@ -9,7 +9,8 @@
 #   3. golden  - the HF golden cases on the GPU (tests/golden/check_golden.py)
 #   4. tiny    - tiny preset: 32 greedy steps and all logits, GPU against CPU
 #                (compare_greedy.py); bitwise-repeatable greedy and sampled runs;
-#                graphs, fused kernels and the sampling candidates' kernel each
+#                graphs, fused kernels, programmatic dependent launch
+#                (GLMTP_PDL) and the sampling candidates' kernel each
 #                against the path they replace (compare_runs.py); distance to the
 #                bf16 emulation (bf16_emulation.py, when torch is there)
 #   5. bench   - glm-4-9b-chat shapes (40 layers when disk and time allow, else
@@ -236,6 +237,15 @@ if step make_tiny 60 "$BIN" make-model --preset tiny --out "$TINY" --seed 3; the
     line=$(grep '^{' "$WORK/fused_add_norm.out" | tail -1)
     [ -n "$line" ] || line="{\"exit\": $rc}"
     part tiny_fused_add_norm "$line"
+    # Programmatic dependent launch (GLMTP_PDL=1, opt-in until this passes):
+    # kernels overlap their neighbours' tails, with CUDA graphs as decode runs.
+    step pdl 120 python3 "$ROOT/tests/gpu/compare_runs.py" "$BIN" "$TINY" --requests 5 --steps 24 \
+        --args "--device $DEV" --env-a GLMTP_PDL=1 --env-b GLMTP_PDL=0
+    rc=$?
+    [ $rc = 0 ] || FAILED=1
+    line=$(grep '^{' "$WORK/pdl.out" | tail -1)
+    [ -n "$line" ] || line="{\"exit\": $rc}"
+    part tiny_pdl "$line"
     # Sampling candidates from the top_k kernel (GLMTP_GPU_TOPK=1, opt-in until
     # this passes) against the same op on the host: the same candidates, so the
     # same sampled tokens (temperature 0.1: the draws land in the candidates).
@@ -374,6 +384,13 @@ if make9 "$M9" chatglm; then
             --json "$WORK/ncu_decode.json"
         if [ -s "$WORK/ncu_decode.json" ]; then part decode_kernels "$(cat "$WORK/ncu_decode.json")"; fi
     fi
+    GLMTP_PDL=1 step bench_decode_pdl 120 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1,64 \
+        --context "$DECODE_CTX" --steps 32 --json "$WORK/bench_decode_pdl.json"
+    bench_json bench_decode_pdl "$WORK/bench_decode_pdl.json" $?
+    GLMTP_PDL=1 GLMTP_FUSED_ADD_NORM=1 GLMTP_FUSED_ROPE_KV=1 step bench_decode_pdl_fused 120 "$BIN" bench decode \
+        --model "$M9" --device "$DEV" --batch 1 --context "$DECODE_CTX" --steps 32 \
+        --json "$WORK/bench_decode_pdl_fused.json"
+    bench_json bench_decode_pdl_fused "$WORK/bench_decode_pdl_fused.json" $?
     GLMTP_FUSED_ADD_NORM=1 GLMTP_FUSED_ROPE_KV=1 step bench_decode_fused 120 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1 \
         --context "$DECODE_CTX" --steps 32 --json "$WORK/bench_decode_fused.json"
     bench_json bench_decode_fused "$WORK/bench_decode_fused.json" $?
@@ -385,9 +402,6 @@ if make9 "$M9" chatglm; then
     GLMTP_GPU_TOPK=0 step bench_decode_topk_host 120 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1,64 \
         --context "$DECODE_CTX" --steps 32 --top-k 50 --json "$WORK/bench_decode_topk_host.json"
     bench_json bench_decode_topk_host "$WORK/bench_decode_topk_host.json" $?
-    GLMTP_NO_GEMV=1 step bench_decode_nogemv 120 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1,8 \
-        --context "$DECODE_CTX" --steps 32 --json "$WORK/bench_decode_nogemv.json"
-    bench_json bench_decode_nogemv "$WORK/bench_decode_nogemv.json" $?
     step bench_prefill 180 "$BIN" bench prefill --model "$M9" --device "$DEV" --lens "$PREFILL_LENS" \
         --json "$WORK/bench_prefill.json"
     bench_json bench_prefill "$WORK/bench_prefill.json" $?
