@@ -98,6 +98,10 @@ typedef struct kernels_iface {
                       const kattn_batch *b, int n_q, int n_kv, int q_per_kv, int d, float scale);
     /* out [T, F] = silu(gu[:, :F]) * gu[:, F:],  gu [T, 2F]. */
     void (*swiglu)(void *ctx, void *out, const void *gu, int T, int F);
+    /* out [T, F] = swiglu(x W^T), W [2F, K] (gate rows first): the same
+     * numbers as matmul into gu [T, 2F] then swiglu, in one pass where fused
+     * (gu is scratch the backend may use or not; it may not alias out or x). */
+    void (*matmul_swiglu)(void *ctx, void *out, const void *x, const kweight *W, void *gu, int T);
     /* x += y, n elements. */
     void (*add)(void *ctx, void *x, const void *y, size_t n);
     /* x += y, then out = rmsnorm(x) with w (the residual add that closes a

@@ -479,6 +479,42 @@ static void test_add(void) {
 
 /* add_rmsnorm: x += y then out = rmsnorm(x), against the double-precision
  * formula, and x itself against x + y. */
+/* matmul_swiglu: the same numbers as matmul into gu then swiglu (bitwise),
+ * checked against the double-precision formula too. */
+static void test_matmul_swiglu(void) {
+    const int T = 3, F = 40, K = 24;
+    float *x = xmalloc((size_t)T * K * 4), *w = xmalloc((size_t)2 * F * K * 4);
+    fill_normal(x, (size_t)T * K, 1.0f);
+    fill_normal(w, (size_t)2 * F * K, 0.3f);
+    double *want = xmalloc((size_t)T * F * sizeof(double));
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < F; j++) {
+            double g = 0, u = 0;
+            for (int k = 0; k < K; k++) {
+                g += (double)x[t * K + k] * w[(size_t)j * K + k];
+                u += (double)x[t * K + k] * w[(size_t)(F + j) * K + k];
+            }
+            want[t * F + j] = g / (1.0 + exp(-g)) * u;
+        }
+    kweight kw;
+    K_->weight_upload(kb.ctx, &kw, w, KDT_F32, 2 * F, K);
+    void *dx = dev_copy(x, (size_t)T * K * 4), *dgu = K_->alloc(kb.ctx, (size_t)T * 2 * F * 4);
+    void *dgu2 = K_->alloc(kb.ctx, (size_t)T * 2 * F * 4);
+    void *da = K_->alloc(kb.ctx, (size_t)T * F * 4), *da2 = K_->alloc(kb.ctx, (size_t)T * F * 4);
+    K_->matmul_swiglu(kb.ctx, da, dx, &kw, dgu, T);
+    K_->matmul(kb.ctx, dgu2, dx, &kw, NULL, T);
+    K_->swiglu(kb.ctx, da2, dgu2, T, F);
+    float *got = xmalloc((size_t)T * F * 4), *got2 = xmalloc((size_t)T * F * 4);
+    K_->to_host(kb.ctx, got, da, (size_t)T * F * 4);
+    K_->to_host(kb.ctx, got2, da2, (size_t)T * F * 4);
+    expect(!memcmp(got, got2, (size_t)T * F * 4), "matmul_swiglu: bitwise equal to matmul then swiglu");
+    check("matmul_swiglu: silu(x Wg^T) * (x Wu^T)", got, want, (size_t)T * F, 1e-5, 1e-5);
+    void *bufs[] = {dx, dgu, dgu2, da, da2};
+    for (int i = 0; i < 5; i++) K_->free(kb.ctx, bufs[i]);
+    K_->weight_free(kb.ctx, &kw);
+    free(x), free(w), free(want), free(got), free(got2);
+}
+
 static void test_add_rmsnorm(void) {
     const int T = 3, H = 64;
     float *x = xmalloc((size_t)T * H * 4), *y = xmalloc((size_t)T * H * 4), *w = xmalloc((size_t)H * 4);
@@ -1184,6 +1220,7 @@ int main(void) {
     test_gather_rows();
     test_argmax();
     test_add_rmsnorm();
+    test_matmul_swiglu();
     test_rope();
     test_attention();
     test_top_k_op();

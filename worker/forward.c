@@ -133,7 +133,7 @@ static void block(glm_forward *f, int l, const kattn_batch *b, int T) {
     const glm_layer *L = &f->m->layers[l];
     const kernels_iface *k = f->m->kb.iface;
     void *ctx = f->m->kb.ctx;
-    int ld = (sh->nq + 2 * sh->nkv) * c->head_dim, nf = sh->f1 - sh->f0;
+    int ld = (sh->nq + 2 * sh->nkv) * c->head_dim;
     size_t th = (size_t)T * c->hidden;
 
     if (l == 0) k->rmsnorm(ctx, f->h, f->x, &L->ln1, T, c->eps);
@@ -146,8 +146,7 @@ static void block(glm_forward *f, int l, const kattn_batch *b, int T) {
     allreduce(f, f->o, th);
     k->add_rmsnorm(ctx, f->x, f->o, f->h, &L->ln2, T, c->eps);
 
-    k->matmul(ctx, f->gu, f->h, &L->h4h, NULL, T);
-    k->swiglu(ctx, f->a, f->gu, T, nf);
+    k->matmul_swiglu(ctx, f->a, f->h, &L->h4h, f->gu, T);
     k->matmul(ctx, f->o, f->a, &L->down, NULL, T);
     allreduce(f, f->o, th);
     if (l + 1 < c->n_layers)

@@ -16,6 +16,7 @@ void cpu_kv_store(void *ctx, void *kcache, void *vcache, const void *k, const vo
 void cpu_attention(void *ctx, void *out, const void *q, int ld_q, const void *kcache, const void *vcache,
                    const kattn_batch *b, int n_q, int n_kv, int q_per_kv, int d, float scale);
 void cpu_swiglu(void *ctx, void *out, const void *gu, int T, int F);
+void cpu_matmul_swiglu(void *ctx, void *out, const void *x, const kweight *W, void *gu, int T);
 void cpu_add(void *ctx, void *x, const void *y, size_t n);
 void cpu_rope_kv_store(void *ctx, void *qkv, void *kcache, void *vcache, int T, int ld, int n_q, int n_kv, int d,
                        int rot_dim, float base, const kattn_batch *b);

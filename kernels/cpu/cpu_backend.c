@@ -104,6 +104,7 @@ static const kernels_iface cpu_iface = {
     /* .rope_kv_store = */ cpu_rope_kv_store,
     /* .attention     = */ cpu_attention,
     /* .swiglu        = */ cpu_swiglu,
+    /* .matmul_swiglu = */ cpu_matmul_swiglu,
     /* .add           = */ cpu_add,
     /* .add_rmsnorm   = */ cpu_add_rmsnorm,
     /* .gather_rows   = */ cpu_gather_rows,

@@ -171,6 +171,7 @@ static const kernels_iface cuda_iface = {
     /* .rope_kv_store = */ cuda_op_rope_kv_store,
     /* .attention     = */ cuda_op_attention,
     /* .swiglu        = */ cuda_op_swiglu,
+    /* .matmul_swiglu = */ cuda_op_matmul_swiglu,
     /* .add           = */ cuda_op_add,
     /* .add_rmsnorm   = */ cuda_op_add_rmsnorm,
     /* .gather_rows   = */ cuda_op_gather_rows,
@@ -227,6 +228,8 @@ kbackend kernels_cuda_create(int device, char *err, size_t errlen) {
     const char *fa = getenv("GLMTP_FUSED_ADD_NORM"), *fr = getenv("GLMTP_FUSED_ROPE_KV");
     c->fused_add_norm = fa && *fa && strcmp(fa, "0") != 0;
     c->fused_rope_kv = fr && *fr && strcmp(fr, "0") != 0;
+    const char *fs = getenv("GLMTP_FUSED_SWIGLU");
+    c->fused_swiglu = fs && *fs && strcmp(fs, "0") != 0;
     const char *tk = getenv("GLMTP_GPU_TOPK"); /* the sampling candidates' kernel, until a GPU run checks it */
     c->gpu_top_k = tk && *tk && strcmp(tk, "0") != 0;
     const char *pd = getenv("GLMTP_PDL"); /* programmatic dependent launch, until a GPU run measures it */

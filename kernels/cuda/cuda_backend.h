@@ -64,6 +64,7 @@ typedef struct cuda_ctx {
     int no_gemv;          /* GLMTP_NO_GEMV=1 at creation: small-T matmuls through cuBLASLt too */
     int fused_add_norm;   /* GLMTP_FUSED_ADD_NORM=1 at creation: add_rmsnorm in one kernel */
     int fused_rope_kv;    /* GLMTP_FUSED_ROPE_KV=1 at creation: rope_kv_store in one kernel */
+    int fused_swiglu;     /* GLMTP_FUSED_SWIGLU=1 at creation: matmul_swiglu in one GEMV (T = 1) */
     int gpu_top_k;        /* GLMTP_GPU_TOPK=1 at creation: top_k in a kernel, not on the host */
     int pdl;              /* GLMTP_PDL=1 at creation on sm_90+: launch() overlaps kernels (cuda_common.cuh) */
     float *host_row; /* top_k without its kernel: the rows on the host (malloc), host_row_cap floats */
@@ -112,6 +113,7 @@ void cuda_op_add(void *ctx, void *x, const void *y, size_t n);
 void cuda_op_rope_kv_store(void *ctx, void *qkv, void *kcache, void *vcache, int T, int ld, int n_q, int n_kv, int d,
                            int rot_dim, float base, const kattn_batch *b);
 void cuda_op_add_rmsnorm(void *ctx, void *x, const void *y, void *out, const kweight *w, int T, float eps);
+void cuda_op_matmul_swiglu(void *ctx, void *out, const void *x, const kweight *W, void *gu, int T);
 void cuda_op_gather_rows(void *ctx, void *out, const void *x, const int *rows, int n, int width);
 void cuda_op_argmax(void *ctx, int *out_idx, float *out_val, const float *logits, int n, int V, int ld);
 void cuda_op_top_k(void *ctx, kcand *out, double *sum, const float *logits, int n, int V, int ld, int k,

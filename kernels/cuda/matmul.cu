@@ -186,35 +186,43 @@ static __device__ __forceinline__ void bf16x8_to_f32(float *f, uint4 v) {
     }
 }
 
-template <int TT, typename OutT>
+/* SW: the MLP's gate/up GEMV with SwiGLU in its epilogue: out [T, N] =
+ * silu(g) * u with g = rows [0, N) and u = rows [N, 2N) of W, each rounded to
+ * bf16 first as the unfused GEMV's output would be, then the SwiGLU op's
+ * formula: bitwise the numbers of the two ops, one kernel and no [T, 2N]
+ * intermediate. Each row's sum runs in the same order either way. */
+template <int TT, typename OutT, bool SW>
 static __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(OutT *out, const bf16 *x, const bf16 *W,
                                                                        const float *bias, int T, int N, int K) {
     pdl_begin();
+    constexpr int NR = SW ? 2 * GEMV_ROWS : GEMV_ROWS; /* W rows per warp */
     int lane = threadIdx.x & 31;
     int n0 = (blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5)) * GEMV_ROWS;
     if (n0 >= N) return;
-    float acc[GEMV_ROWS][TT];
+    float acc[NR][TT];
 #pragma unroll
-    for (int r = 0; r < GEMV_ROWS; r++)
+    for (int r = 0; r < NR; r++)
 #pragma unroll
         for (int t = 0; t < TT; t++) acc[r][t] = 0.0f;
-    const uint4 *wr[GEMV_ROWS];
+    const uint4 *wr[NR];
 #pragma unroll
-    for (int r = 0; r < GEMV_ROWS; r++) /* a row past N reads row n0 again and is not written */
-        wr[r] = (const uint4 *)(W + (size_t)(n0 + r < N ? n0 + r : n0) * K);
+    for (int r = 0; r < NR; r++) { /* a row past N reads row n0 again and is not written */
+        int n = (r % GEMV_ROWS) + n0;
+        wr[r] = (const uint4 *)(W + ((size_t)(n < N ? n : n0) + (r >= GEMV_ROWS ? (size_t)N : 0)) * K);
+    }
     int K8 = K / 8;
 #pragma unroll 2
     for (int k = lane; k < K8; k += 32) {
-        float wf[GEMV_ROWS][8];
+        float wf[NR][8];
 #pragma unroll
-        for (int r = 0; r < GEMV_ROWS; r++) bf16x8_to_f32(wf[r], __ldg(wr[r] + k));
+        for (int r = 0; r < NR; r++) bf16x8_to_f32(wf[r], __ldg(wr[r] + k));
 #pragma unroll
         for (int t = 0; t < TT; t++) {
             if (t < T) {
                 float xf[8];
                 bf16x8_to_f32(xf, __ldg((const uint4 *)(x + (size_t)t * K) + k));
 #pragma unroll
-                for (int r = 0; r < GEMV_ROWS; r++)
+                for (int r = 0; r < NR; r++)
 #pragma unroll
                     for (int e = 0; e < 8; e++) acc[r][t] += wf[r][e] * xf[e];
             }
@@ -225,6 +233,10 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(OutT *out,
 #pragma unroll
         for (int t = 0; t < TT; t++) {
             float v = warp_sum(acc[r][t]);
+            if (SW) {
+                float g = bf2f(f2bf(v)), u = bf2f(f2bf(warp_sum(acc[r + GEMV_ROWS][t])));
+                v = g / (1.0f + expf(-g)) * u;
+            }
             if (lane == 0 && t < T && n0 + r < N)
                 out[(size_t)t * N + n0 + r] = to_out<OutT>(v + (bias ? bias[n0 + r] : 0.0f));
         }
@@ -243,7 +255,7 @@ static int gemv_cuda(const cuda_ctx *c, OutT *out, const bf16 *x, const kweight 
     const float *b = bias ? (const float *)bias->data : NULL;
     unsigned grid = (unsigned)CEIL_DIV(N, GEMV_WARPS * GEMV_ROWS);
     const bf16 *w = (const bf16 *)W->data;
-    launch(c, gemv_kernel<GEMV_MAX_T, OutT>, grid, GEMV_WARPS * 32, 0, out, x, w, b, T, N, K);
+    launch(c, gemv_kernel<GEMV_MAX_T, OutT, false>, grid, GEMV_WARPS * 32, 0, out, x, w, b, T, N, K);
     return 0;
 }
 
@@ -294,4 +306,21 @@ void cuda_op_matmul_f32(void *ctx, float *out, const void *x, const kweight *W, 
     if (T <= 0 || W->rows <= 0) return;
     if (gemv_cuda<float>(c, out, xb, W, NULL, T) == 0) return;
     if (matmul_lt(c, out, CUDA_R_32F, xb, W, T)) matmul_warp_cuda<float>(c, out, xb, W, NULL, T);
+}
+
+/* Fused (GLMTP_FUSED_SWIGLU=1, until a GPU run checks it) where the GEMV
+ * applies; otherwise the two ops, through gu. */
+void cuda_op_matmul_swiglu(void *ctx, void *out, const void *x, const kweight *W, void *gu, int T) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    int F = W->rows / 2, K = W->cols;
+    if (T <= 0 || F <= 0) return;
+    if (c->fused_swiglu && !c->no_gemv && T <= GEMV_MAX_T && W->dtype == KDT_BF16 && K % 8 == 0 && aligned16(x) &&
+        aligned16(W->data)) {
+        unsigned grid = (unsigned)CEIL_DIV(F, GEMV_WARPS * GEMV_ROWS);
+        launch(c, gemv_kernel<GEMV_MAX_T, bf16, true>, grid, GEMV_WARPS * 32, 0, (bf16 *)out, (const bf16 *)x,
+               (const bf16 *)W->data, (const float *)NULL, T, F, K);
+        return;
+    }
+    cuda_op_matmul(ctx, gu, x, W, NULL, T);
+    cuda_op_swiglu(ctx, out, gu, T, F);
 }

@@ -226,12 +226,12 @@ if step make_tiny 60 "$BIN" make-model --preset tiny --out "$TINY" --seed 3; the
     line=$(grep '^{' "$WORK/graphs.out" | tail -1)
     [ -n "$line" ] || line="{\"exit\": $rc}"
     part tiny_graphs_vs_eager "$line"
-    # The fused kernels (residual add + RMSNorm; RoPE + KV store: opt-in until
-    # a GPU run has passed this) against the ops they replace: bitwise the same
-    # numbers, so the same tokens.
+    # The fused kernels (residual add + RMSNorm; RoPE + KV store; gate/up GEMV
+    # + SwiGLU: opt-in until a GPU run has passed this) against the ops they
+    # replace: bitwise the same numbers, so the same tokens.
     step fused_add_norm 120 python3 "$ROOT/tests/gpu/compare_runs.py" "$BIN" "$TINY" --requests 5 --steps 24 \
-        --args "--device $DEV" --env-a GLMTP_FUSED_ADD_NORM=1,GLMTP_FUSED_ROPE_KV=1 \
-        --env-b GLMTP_FUSED_ADD_NORM=0,GLMTP_FUSED_ROPE_KV=0
+        --args "--device $DEV" --env-a GLMTP_FUSED_ADD_NORM=1,GLMTP_FUSED_ROPE_KV=1,GLMTP_FUSED_SWIGLU=1 \
+        --env-b GLMTP_FUSED_ADD_NORM=0,GLMTP_FUSED_ROPE_KV=0,GLMTP_FUSED_SWIGLU=0
     rc=$?
     [ $rc = 0 ] || FAILED=1
     line=$(grep '^{' "$WORK/fused_add_norm.out" | tail -1)
@@ -387,11 +387,11 @@ if make9 "$M9" chatglm; then
     GLMTP_PDL=1 step bench_decode_pdl 120 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1,64 \
         --context "$DECODE_CTX" --steps 32 --json "$WORK/bench_decode_pdl.json"
     bench_json bench_decode_pdl "$WORK/bench_decode_pdl.json" $?
-    GLMTP_PDL=1 GLMTP_FUSED_ADD_NORM=1 GLMTP_FUSED_ROPE_KV=1 step bench_decode_pdl_fused 120 "$BIN" bench decode \
+    GLMTP_PDL=1 GLMTP_FUSED_ADD_NORM=1 GLMTP_FUSED_ROPE_KV=1 GLMTP_FUSED_SWIGLU=1 step bench_decode_pdl_fused 120 "$BIN" bench decode \
         --model "$M9" --device "$DEV" --batch 1 --context "$DECODE_CTX" --steps 32 \
         --json "$WORK/bench_decode_pdl_fused.json"
     bench_json bench_decode_pdl_fused "$WORK/bench_decode_pdl_fused.json" $?
-    GLMTP_FUSED_ADD_NORM=1 GLMTP_FUSED_ROPE_KV=1 step bench_decode_fused 120 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1 \
+    GLMTP_FUSED_ADD_NORM=1 GLMTP_FUSED_ROPE_KV=1 GLMTP_FUSED_SWIGLU=1 step bench_decode_fused 120 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1 \
         --context "$DECODE_CTX" --steps 32 --json "$WORK/bench_decode_fused.json"
     bench_json bench_decode_fused "$WORK/bench_decode_fused.json" $?
     # Sampled decode (top-k 50 at temperature 1): the candidates' kernel, then

@@ -355,7 +355,38 @@ static void test_matmul_case(int T, int N, int K, int with_bias, int f32_out, kd
     G.iface->free(G.ctx, gx), G.iface->free(G.ctx, go), C.iface->free(C.ctx, cx), C.iface->free(C.ctx, co);
 }
 
+/* The MLP's gate/up GEMV with SwiGLU in its epilogue (GLMTP_FUSED_SWIGLU, set
+ * by main; T = 1 fused, T = 3 the two ops) against the same backend's matmul
+ * then swiglu: bitwise; and against the CPU within two bf16 roundings. */
+static void test_matmul_swiglu_case(int T, int F, int K) {
+    float *x = rand_bf16((size_t)T * K, -1, 1), *w = xmalloc((size_t)2 * F * K * 4);
+    float ws = 1.5f / sqrtf((float)K);
+    for (size_t i = 0; i < (size_t)2 * F * K; i++) w[i] = bfr(ws * (2.0f * (float)rng_uniform(&g_rng) - 1.0f));
+    kweight gw, cw;
+    upload2(&gw, &cw, w, KDT_F32, 2 * F, K);
+    size_t n = (size_t)T * F;
+    void *gx = g_act(x, (size_t)T * K), *cx = c_act(x, (size_t)T * K);
+    void *gu = g_act(NULL, 2 * n), *gu2 = g_act(NULL, 2 * n), *cu = c_act(NULL, 2 * n);
+    void *ga = g_act(NULL, n), *ga2 = g_act(NULL, n), *ca = c_act(NULL, n);
+    G.iface->matmul_swiglu(G.ctx, ga, gx, &gw, gu, T);
+    G.iface->matmul(G.ctx, gu2, gx, &gw, NULL, T);
+    G.iface->swiglu(G.ctx, ga2, gu2, T, F);
+    C.iface->matmul_swiglu(C.ctx, ca, cx, &cw, cu, T);
+    char name[128];
+    snprintf(name, sizeof name, "matmul_swiglu T=%d F=%d K=%d", T, F, K);
+    float *a = g_get(name, ga, n), *a2 = g_get(name, ga2, n);
+    expect(!memcmp(a, a2, n * 4), "%s: bitwise equal to matmul then swiglu", name);
+    check(name, a, ca, n, 1e-4 * sqrt((double)K), 3 * BF16_RTOL); /* g, u and the product each rounded */
+    free(a), free(a2), free(x), free(w), free2(&gw, &cw);
+    void *gb[] = {gx, gu, gu2, ga, ga2}, *cb[] = {cx, cu, ca};
+    for (int i = 0; i < 5; i++) G.iface->free(G.ctx, gb[i]);
+    for (int i = 0; i < 3; i++) C.iface->free(C.ctx, cb[i]);
+}
+
 static void test_matmul(void) {
+    test_matmul_swiglu_case(1, 13696, 4096); /* GLM-4-9B gate/up, decode, tp = 1 */
+    test_matmul_swiglu_case(1, 3424, 4096);  /* tp = 4 */
+    test_matmul_swiglu_case(3, 1000, 256);   /* T > 1: the two ops */
     test_matmul_case(1, 4608, 4096, 1, 0, KDT_BF16); /* GLM-4-9B QKV, decode */
     test_matmul_case(1, 4096, 13696, 0, 0, KDT_BF16); /* dense_4h_to_h, decode */
     test_matmul_case(7, 300, 128, 0, 0, KDT_BF16);
@@ -1098,6 +1129,7 @@ int main(int argc, char **argv) {
     setenv("GLMTP_FUSED_ADD_NORM", "1", 0); /* test the fused kernels unless told otherwise */
     setenv("GLMTP_FUSED_ROPE_KV", "1", 0);
     setenv("GLMTP_GPU_TOPK", "1", 0);
+    setenv("GLMTP_FUSED_SWIGLU", "1", 0);
     G = kernels_cuda_create(0, err, sizeof err);
     if (!G.iface) {
         printf("skipped: no CUDA device (%s)\n", err);
