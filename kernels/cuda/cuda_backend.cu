@@ -236,6 +236,8 @@ kbackend kernels_cuda_create(int device, char *err, size_t errlen) {
     c->pdl = major >= 9 && pd && *pd && strcmp(pd, "0") != 0;
     const char *ng = getenv("GLMTP_NO_GEMV"); /* compare with cuBLASLt, or switch the GEMV off */
     c->no_gemv = ng && *ng && strcmp(ng, "0") != 0;
+    const char *lb = getenv("GLMTP_LT_BIAS");
+    c->lt_bias = lb && *lb && strcmp(lb, "0") != 0;
     const char *nf = getenv("GLMTP_NO_FLASH_PREFILL");
     c->no_flash_prefill = nf && *nf && strcmp(nf, "0") != 0;
     /* 1: the 64-row prefill kernel; else the 128-row one, 2.1x faster on an
@@ -273,4 +275,16 @@ extern "C" int kernels_cuda_flash_variant(kbackend kb, int set) {
     cuda_ctx *c = (cuda_ctx *)kb.ctx;
     if (set == 1 || set == 2) c->flash_variant = set;
     return c->flash_ran;
+}
+
+/* Test hook (declared by tests/gpu/test_gpu_kernels.c): set 0 or 1 switches
+ * cuBLASLt's bias epilogue as GLMTP_LT_BIAS does at creation (other values
+ * change nothing); returns the setting before, or -1 for a backend that is not
+ * CUDA. */
+extern "C" int kernels_cuda_lt_bias(kbackend kb, int set) {
+    if (kb.iface != &cuda_iface) return -1;
+    cuda_ctx *c = (cuda_ctx *)kb.ctx;
+    int was = c->lt_bias;
+    if (set == 0 || set == 1) c->lt_bias = set;
+    return was;
 }

@@ -9,7 +9,9 @@
  *
  * With a bias the GEMM writes fp32 into scratch and a small kernel adds the
  * bias and rounds once, so out = bf16(x W^T + b) as on the CPU (a bf16 GEMM
- * output plus bias would round twice).
+ * output plus bias would round twice). With GLMTP_LT_BIAS=1 (opt-in until a
+ * GPU run checks and times it) cuBLASLt's bias epilogue does the same in the
+ * GEMM: fp32 bias added to the fp32 accumulator, one rounding to bf16.
  *
  * fp32 weights (only vectors are stored fp32: a [1, K] weight, e.g. a one-row
  * vocab shard) and shapes cuBLASLt has no algorithm for take a simple kernel:
@@ -23,7 +25,7 @@
 
 struct lt_plan {
     int used, fallback;
-    int N, K, T;
+    int N, K, T, bias; /* bias: the plan has the fp32 bias epilogue */
     cudaDataType_t otype;
     unsigned align_w, align_x, align_o;
     cublasLtMatmulDesc_t op;
@@ -99,6 +101,12 @@ static void plan_init(cuda_ctx *c, lt_plan *p) {
     cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    if (p->bias) {
+        cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
+        cudaDataType_t bt = CUDA_R_32F;
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
+    }
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lw, CUDA_R_16BF, (uint64_t)p->K, (uint64_t)p->N, (int64_t)p->K));
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lx, CUDA_R_16BF, (uint64_t)p->K, (uint64_t)p->T, (int64_t)p->K));
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lo, p->otype, (uint64_t)p->N, (uint64_t)p->T, (int64_t)p->N));
@@ -138,8 +146,8 @@ static void plan_init(cuda_ctx *c, lt_plan *p) {
     }
 }
 
-static lt_plan *plan_get(cuda_ctx *c, int N, int K, int T, cudaDataType_t otype, const void *W, const void *x,
-                         const void *out) {
+static lt_plan *plan_get(cuda_ctx *c, int N, int K, int T, int bias, cudaDataType_t otype, const void *W,
+                         const void *x, const void *out) {
     unsigned aw = align_of(W), ax = align_of(x), ao = align_of(out);
     if (!c->plans) {
         c->plans = (lt_plan *)calloc(PLAN_SLOTS, sizeof(lt_plan));
@@ -148,14 +156,14 @@ static lt_plan *plan_get(cuda_ctx *c, int N, int K, int T, cudaDataType_t otype,
     }
     for (int i = 0; i < PLAN_SLOTS; i++) {
         lt_plan *p = &c->plans[i];
-        if (p->used && p->N == N && p->K == K && p->T == T && p->otype == otype && p->align_w == aw &&
-            p->align_x == ax && p->align_o == ao)
+        if (p->used && p->N == N && p->K == K && p->T == T && p->bias == bias && p->otype == otype &&
+            p->align_w == aw && p->align_x == ax && p->align_o == ao)
             return p;
     }
     lt_plan *p = &c->plans[c->next_plan]; /* round-robin eviction */
     c->next_plan = (c->next_plan + 1) % PLAN_SLOTS;
     plan_destroy(p);
-    p->N = N, p->K = K, p->T = T, p->otype = otype;
+    p->N = N, p->K = K, p->T = T, p->bias = bias, p->otype = otype;
     p->align_w = aw, p->align_x = ax, p->align_o = ao;
     plan_init(c, p);
     p->used = 1;
@@ -269,12 +277,16 @@ static void matmul_warp_cuda(const cuda_ctx *c, OutT *out, const bf16 *x, const 
            bias ? bias->data : NULL, (int)(bias ? bias->dtype : KDT_F32), T, W->rows, W->cols);
 }
 
-/* out (otype: CUDA_R_16BF or CUDA_R_32F) = x W^T, no bias. Returns 0, or -1
- * when cuBLASLt cannot do it (the caller uses the warp kernel). */
-static int matmul_lt(cuda_ctx *c, void *out, cudaDataType_t otype, const bf16 *x, const kweight *W, int T) {
+/* out (otype: CUDA_R_16BF or CUDA_R_32F) = x W^T (+ bias: fp32 [N] in the
+ * epilogue, or NULL). Returns 0, or -1 when cuBLASLt cannot do it (the caller
+ * takes another way). */
+static int matmul_lt(cuda_ctx *c, void *out, cudaDataType_t otype, const bf16 *x, const kweight *W,
+                     const float *bias, int T) {
     if (W->dtype != KDT_BF16) return -1;
-    lt_plan *p = plan_get(c, W->rows, W->cols, T, otype, W->data, x, out);
+    lt_plan *p = plan_get(c, W->rows, W->cols, T, bias != NULL, otype, W->data, x, out);
     if (p->fallback) return -1;
+    if (bias) /* the descriptor is cached; the pointer is this call's */
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     float alpha = 1.0f, beta = 0.0f;
     CUBLAS_CHECK(cublasLtMatmul(c->lt, p->op, &alpha, W->data, p->lw, x, p->lx, &beta, out, p->lo, out, p->lo,
                                 &p->algo, c->lt_workspace, c->lt_workspace_bytes, c->stream));
@@ -287,12 +299,15 @@ void cuda_op_matmul(void *ctx, void *out, const void *x, const kweight *W, const
     if (T <= 0 || W->rows <= 0) return;
     if (gemv_cuda<bf16>(c, (bf16 *)out, xb, W, bias, T) == 0) return;
     if (!bias) {
-        if (matmul_lt(c, out, CUDA_R_16BF, xb, W, T)) matmul_warp_cuda<bf16>(c, (bf16 *)out, xb, W, NULL, T);
+        if (matmul_lt(c, out, CUDA_R_16BF, xb, W, NULL, T)) matmul_warp_cuda<bf16>(c, (bf16 *)out, xb, W, NULL, T);
         return;
     }
+    if (c->lt_bias && bias->dtype == KDT_F32 &&
+        matmul_lt(c, out, CUDA_R_16BF, xb, W, (const float *)bias->data, T) == 0)
+        return;
     size_t n = (size_t)T * W->rows;
     float *acc = (float *)cuda_scratch(c, &c->gemm_f32, n * sizeof(float));
-    if (matmul_lt(c, acc, CUDA_R_32F, xb, W, T)) {
+    if (matmul_lt(c, acc, CUDA_R_32F, xb, W, NULL, T)) {
         matmul_warp_cuda<bf16>(c, (bf16 *)out, xb, W, bias, T);
         return;
     }
@@ -305,7 +320,7 @@ void cuda_op_matmul_f32(void *ctx, float *out, const void *x, const kweight *W, 
     const bf16 *xb = (const bf16 *)x;
     if (T <= 0 || W->rows <= 0) return;
     if (gemv_cuda<float>(c, out, xb, W, NULL, T) == 0) return;
-    if (matmul_lt(c, out, CUDA_R_32F, xb, W, T)) matmul_warp_cuda<float>(c, out, xb, W, NULL, T);
+    if (matmul_lt(c, out, CUDA_R_32F, xb, W, NULL, T)) matmul_warp_cuda<float>(c, out, xb, W, NULL, T);
 }
 
 /* Fused (GLMTP_FUSED_SWIGLU=1, until a GPU run checks it) where the GEMV

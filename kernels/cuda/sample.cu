@@ -163,7 +163,8 @@ static __global__ void top_k_kernel(kcand *out, double *sums, const float *logit
                 int j = i ^ stride;
                 if (j <= i) continue;
                 bool in_order = (i & size) == 0;
-                bool swap = in_order ? before(ckey[j], cid[j], ckey[i], cid[i]) : before(ckey[i], cid[i], ckey[j], cid[j]);
+                bool swap = in_order ? before(ckey[j], cid[j], ckey[i], cid[i])
+                                     : before(ckey[i], cid[i], ckey[j], cid[j]);
                 if (swap) {
                     uint32_t tk = ckey[i];
                     int ti = cid[i];

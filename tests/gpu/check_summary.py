@@ -64,6 +64,9 @@ def main():
             if "no_kernel_us_per_step" in t:
                 s[f"{key}_trace_no_kernel_us"] = t["no_kernel_us_per_step"]
             s[f"{key}_trace_top"] = [[k["name"], round(k["us_per_step"], 1)] for k in t["kernels"][:6]]
+    for r in parts.get("bench_prefill_ltbias", {}).get("results", []):  # QKV bias in cuBLASLt's epilogue
+        s[f"prefill_{r['tokens']}_ltbias_s"] = r["seconds"]
+        s[f"prefill_{r['tokens']}_ltbias_linear_vs_gemm"] = r["linear_gflops"] / r["limit_gflops"]
     for v in (1, 2):  # runs that chose a prefill attention variant explicitly
         for r in parts.get(f"bench_prefill_v{v}", {}).get("results", []):
             s[f"prefill_{r['tokens']}_v{v}_s"] = r["seconds"]

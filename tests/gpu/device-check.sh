@@ -405,6 +405,11 @@ if make9 "$M9" chatglm; then
     step bench_prefill 180 "$BIN" bench prefill --model "$M9" --device "$DEV" --lens "$PREFILL_LENS" \
         --json "$WORK/bench_prefill.json"
     bench_json bench_prefill "$WORK/bench_prefill.json" $?
+    # The QKV bias in cuBLASLt's epilogue (GLMTP_LT_BIAS=1, opt-in) instead of
+    # an fp32 GEMM output and a rounding kernel.
+    GLMTP_LT_BIAS=1 step bench_prefill_ltbias 120 "$BIN" bench prefill --model "$M9" --device "$DEV" \
+        --lens "${PREFILL_LENS%%,*}" --json "$WORK/bench_prefill_ltbias.json"
+    bench_json bench_prefill_ltbias "$WORK/bench_prefill_ltbias.json" $?
     if [ -n "${GLMTP_CHECK_FLASH_VARIANT1:-}" ]; then # the 64-row prefill attention tiles
         GLMTP_FLASH_VARIANT=1 step bench_prefill_v1 180 "$BIN" bench prefill --model "$M9" --device "$DEV" \
             --lens "$PREFILL_LENS" --json "$WORK/bench_prefill_v1.json"

@@ -383,6 +383,10 @@ static void test_matmul_swiglu_case(int T, int F, int K) {
     for (int i = 0; i < 3; i++) C.iface->free(C.ctx, cb[i]);
 }
 
+/* kernels/cuda/cuda_backend.cu's test hook: set 0 or 1 switches cuBLASLt's
+ * bias epilogue (GLMTP_LT_BIAS); returns the setting before. */
+int kernels_cuda_lt_bias(kbackend kb, int set);
+
 static void test_matmul(void) {
     test_matmul_swiglu_case(1, 13696, 4096); /* GLM-4-9B gate/up, decode, tp = 1 */
     test_matmul_swiglu_case(1, 3424, 4096);  /* tp = 4 */
@@ -406,6 +410,13 @@ static void test_matmul(void) {
     test_matmul_case(8, 4097, 4096, 1, 0, KDT_BF16);
     test_matmul_case(6, 2049, 13696, 0, 1, KDT_BF16);
     test_matmul_case(1, 151, 1000, 0, 1, KDT_BF16);
+    /* The bias in cuBLASLt's epilogue (GLMTP_LT_BIAS's path), then back to
+     * the fp32 GEMM + rounding kernel: both within the same tolerance. */
+    int was = kernels_cuda_lt_bias(G, 1);
+    test_matmul_case(3, 333, 96, 1, 0, KDT_BF16);
+    test_matmul_case(8, 4097, 4096, 1, 0, KDT_BF16);
+    test_matmul_case(512, 4608, 4096, 1, 0, KDT_BF16); /* GLM-4-9B QKV, a prefill chunk */
+    kernels_cuda_lt_bias(G, was);
 }
 
 /* ----------------------------------------------------------- rope_kv_store */
