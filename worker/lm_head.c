@@ -7,11 +7,17 @@
 #include "lm_head.h"
 #include "shard.h"
 
-void lm_gather(const glm_model *m, const float *logits, int n, lm_host *h, float *out) {
+/* lm_gather of the listed rows of logits (rows NULL: all n, in order). */
+static void gather_rows(const glm_model *m, const float *logits, const int *rows, int n, lm_host *h, float *out) {
     const glm_config *c = &m->cfg;
     comm *cm = m->comm;
     int vr = m->shard.v1 - m->shard.v0;
-    m->kb.iface->to_host(m->kb.ctx, h->slice, logits, (size_t)n * vr * sizeof(float));
+    size_t row = (size_t)vr * sizeof(float);
+    if (rows)
+        for (int i = 0; i < n; i++)
+            m->kb.iface->to_host(m->kb.ctx, h->slice + (size_t)i * vr, logits + (size_t)rows[i] * vr, row);
+    else
+        m->kb.iface->to_host(m->kb.ctx, h->slice, logits, (size_t)n * row);
     size_t *bytes = malloc(sizeof(size_t) * (size_t)cm->size);
     if (!bytes) abort();
     for (int r = 0; r < cm->size; r++) {
@@ -31,6 +37,10 @@ void lm_gather(const glm_model *m, const float *logits, int n, lm_host *h, float
         }
     }
     free(bytes);
+}
+
+void lm_gather(const glm_model *m, const float *logits, int n, lm_host *h, float *out) {
+    gather_rows(m, logits, NULL, n, h, out);
 }
 
 /* Columns of this rank's slice that are ids below limit. */
@@ -143,14 +153,15 @@ void lm_sample(const glm_model *m, const float *logits, const glm_step *s, const
     cm->iface->gather(cm->ctx, mine, all, bytes);
     if (root) n_full = pick_from_candidates(s, p, all, cm->size, ids, full_row, draw);
     cm->iface->bcast(cm->ctx, &n_full, sizeof n_full);
-    if (n_full > 0) { /* the whole rows, sorted on rank 0, picked with the same draws */
-        float *rows = root ? malloc(sizeof(float) * (size_t)n * V) : NULL;
+    if (n_full > 0) { /* those rows whole, sorted on rank 0, picked with the same draws */
+        cm->iface->bcast(cm->ctx, full_row, sizeof(int) * (size_t)n_full);
+        float *rows = root ? malloc(sizeof(float) * (size_t)n_full * V) : NULL;
         kcand *c = root ? malloc(sizeof(kcand) * (size_t)s->vocab_limit) : NULL;
         if (root && (!rows || !c)) abort();
-        lm_gather(m, logits, n, h, rows);
+        gather_rows(m, logits, full_row, n_full, h, rows);
         for (int j = 0; root && j < n_full; j++) {
             int i = full_row[j];
-            double sum_all = sampling_sort_row(rows + (size_t)i * V, s->vocab_limit, p[i].temperature, c);
+            double sum_all = sampling_sort_row(rows + (size_t)j * V, s->vocab_limit, p[i].temperature, c);
             ids[i] = sampling_pick(c, s->vocab_limit, s->vocab_limit, sum_all, &p[i], draw[j]);
         }
         free(rows);

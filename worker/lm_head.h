@@ -27,8 +27,8 @@ void lm_argmax(const glm_model *m, const float *logits, int n, int vocab_limit, 
 /* ids (rank 0) = each logit row of step s sampled by p[row] (rank 0's), over
  * ids [0, s->vocab_limit): each rank's first s->cands candidates at
  * s->temps[row] and their normaliser go to rank 0, which merges them and picks
- * (kernels/sampling.h); rows whose pick needs more of the order take the
- * logits path (lm_gather), which rank 0 announces to every rank. */
+ * (kernels/sampling.h); rows whose pick needs more of the order are gathered
+ * whole (those rows only), which rank 0 announces to every rank. */
 void lm_sample(const glm_model *m, const float *logits, const glm_step *s, const ksample_params *p, lm_host *h,
                int *ids);
 
