@@ -35,6 +35,11 @@ typedef struct comm_iface {
     /* 1 when allreduce_sum only queues device work on the backend's stream (no
      * host copies, no waits), so that a backend graph may record it. */
     int (*allreduce_capturable)(void *ctx);
+    /* After queueing a recorded graph (whose all-reduces were captured, not
+     * issued): the work queued so far must finish within the collective
+     * timeout like an all-reduce, so a peer that dies mid-graph still ends the
+     * job. A no-op where collectives are host calls with their own timeout. */
+    void (*watch_queued)(void *ctx);
 } comm_iface;
 
 typedef struct comm {

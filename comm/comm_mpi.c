@@ -172,6 +172,8 @@ static void mpi_finalize(void *ctx) {
 /* One rank reduces nothing; more stage through the host. */
 static int mpi_capturable(void *ctx) { return ((mpi_ctx *)ctx)->size == 1; }
 
+static void mpi_watch_queued(void *ctx) { (void)ctx; } /* graphs only with one rank: nothing to wait for */
+
 static const comm_iface mpi_iface = {
     /* .name          = */ "mpi",
     /* .allreduce_sum = */ mpi_allreduce,
@@ -181,6 +183,7 @@ static const comm_iface mpi_iface = {
     /* .abort         = */ mpi_abort,
     /* .finalize      = */ mpi_finalize,
     /* .allreduce_capturable = */ mpi_capturable,
+    /* .watch_queued  = */ mpi_watch_queued,
 };
 
 comm *comm_create(int *argc, char ***argv, double timeout_s, char *err, size_t errlen) {

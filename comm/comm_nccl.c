@@ -107,29 +107,34 @@ static void *watchdog_main(void *arg) {
     }
 }
 
-static void nccl_allreduce(void *ctx, void *buf, size_t count, kdtype dt) {
-    nccl_ctx *n = ctx;
-    if (count == 0) return;
-    ncclDataType_t t = dt == KDT_F32 ? ncclFloat32 : dt == KDT_BF16 ? ncclBfloat16 : ncclFloat16;
+/* Hands the watchdog an event behind the work queued on the stream so far, to
+ * time out like an all-reduce. Not while a graph is being recorded: nothing
+ * runs then, and an event recorded during capture cannot be queried. */
+static void watch(nccl_ctx *n) {
+    enum cudaStreamCaptureStatus cs;
+    CUDA_CHECK(cudaStreamIsCapturing(n->stream, &cs));
+    if (cs != cudaStreamCaptureStatusNone) return;
     pthread_mutex_lock(&n->mu);
     while (n->issued - n->done >= RING) { /* ring full: let the watchdog retire the oldest */
         pthread_mutex_unlock(&n->mu);
         sleep_ns(50000);
         pthread_mutex_lock(&n->mu);
     }
-    pthread_mutex_unlock(&n->mu);
-    NCCL_CHECK(ncclAllReduce(buf, buf, count, t, ncclSum, n->nc, n->stream));
-    /* Recorded into a graph, not run: nothing for the watchdog to time (an
-     * event recorded during capture cannot be queried). */
-    enum cudaStreamCaptureStatus cs;
-    CUDA_CHECK(cudaStreamIsCapturing(n->stream, &cs));
-    if (cs != cudaStreamCaptureStatusNone) return;
-    pthread_mutex_lock(&n->mu);
     CUDA_CHECK(cudaEventRecord(n->ev[n->issued % RING], n->stream));
     n->t_issue[n->issued % RING] = now_s();
     n->issued++;
     pthread_mutex_unlock(&n->mu);
 }
+
+static void nccl_allreduce(void *ctx, void *buf, size_t count, kdtype dt) {
+    nccl_ctx *n = ctx;
+    if (count == 0) return;
+    ncclDataType_t t = dt == KDT_F32 ? ncclFloat32 : dt == KDT_BF16 ? ncclBfloat16 : ncclFloat16;
+    NCCL_CHECK(ncclAllReduce(buf, buf, count, t, ncclSum, n->nc, n->stream));
+    watch(n);
+}
+
+static void nccl_watch_queued(void *ctx) { watch(ctx); }
 
 static void nccl_gather(void *ctx, const void *send, void *recv, const size_t *bytes) {
     comm *b = ((nccl_ctx *)ctx)->base;
@@ -169,6 +174,7 @@ static const comm_iface nccl_iface = {
     /* .abort         = */ nccl_abort,
     /* .finalize      = */ nccl_finalize,
     /* .allreduce_capturable = */ nccl_capturable,
+    /* .watch_queued  = */ nccl_watch_queued,
 };
 
 /* Every rank learns whether any failed; the lowest failing rank's reason goes

@@ -33,6 +33,8 @@ static int single_capturable(void *ctx) {
     return 1; /* one rank: nothing to reduce */
 }
 
+static void single_watch_queued(void *ctx) { (void)ctx; }
+
 static const comm_iface single_iface = {
     /* .name          = */ "single",
     /* .allreduce_sum = */ single_allreduce,
@@ -42,6 +44,7 @@ static const comm_iface single_iface = {
     /* .abort         = */ single_abort,
     /* .finalize      = */ single_finalize,
     /* .allreduce_capturable = */ single_capturable,
+    /* .watch_queued  = */ single_watch_queued,
 };
 
 comm *comm_create(int *argc, char ***argv, double timeout_s, char *err, size_t errlen) {

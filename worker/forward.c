@@ -250,7 +250,10 @@ static int graph_step(glm_forward *f, const glm_step *s) {
     graph_slot *g = NULL;
     for (int i = 0; i < f->n_graphs; i++)
         if (f->graphs[i].tokens == B && f->graphs[i].max_blocks == MB) g = &f->graphs[i];
-    if (g && k->graph_launch(ctx, g->graph) == 0) return 1;
+    if (g && k->graph_launch(ctx, g->graph) == 0) {
+        f->m->comm->iface->watch_queued(f->m->comm->ctx); /* its all-reduces were recorded, not issued */
+        return 1;
+    }
     if (g) { /* stale: record it again */
         k->graph_destroy(ctx, g->graph);
         *g = f->graphs[--f->n_graphs];
