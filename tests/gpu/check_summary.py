@@ -7,6 +7,7 @@ usage: check_summary.py PARTS_DIR LAYERS
 import glob
 import json
 import os
+import re
 import sys
 
 
@@ -83,7 +84,38 @@ def main():
         if r:
             s["hf_prefill_s"] = hf["prefill_s"]
             s["speedup_vs_hf_prefill"] = hf["prefill_s"] / r["seconds"]
+    s["opt_in"] = opt_in_verdicts(parts, s)
     print(json.dumps(s))
+
+
+def opt_in_verdicts(parts, s):
+    """Each opt-in switch: did its correctness check pass in this run, and
+    what did it do to its figure (< 1: faster)? A switch that passed and is
+    faster is a candidate for the default; the verdict is the caller's."""
+    kt = parts.get("test_gpu_kernels", {})
+    m = re.match(r"(\d+) passed, (\d+) failed", kt.get("summary", "") if isinstance(kt, dict) else "")
+    kernels_ok = (int(m.group(2)) == 0 and kt.get("exit") == 0) if m else None
+
+    def equal(name):
+        p = parts.get(name)
+        return None if p is None else bool(p.get("equal"))
+
+    def ratio(a, b):
+        return s[a] / s[b] if a in s and b in s and s[b] else None
+
+    return {
+        "GLMTP_PDL": {"tokens_equal": equal("tiny_pdl"), "decode_b1_vs_default": ratio("decode_b1_pdl_ms", "decode_b1_ms"),
+                      "decode_b64_vs_default": ratio("decode_b64_pdl_ms", "decode_b64_ms")},
+        "GLMTP_FUSED_*": {"tokens_equal": equal("tiny_fused_add_norm"), "kernel_tests_passed": kernels_ok,
+                          "decode_b1_vs_default": ratio("decode_b1_fused_kernels_ms", "decode_b1_ms")},
+        "GLMTP_PDL + GLMTP_FUSED_*": {"decode_b1_vs_default": ratio("decode_b1_pdl_fused_ms", "decode_b1_ms")},
+        "GLMTP_GPU_TOPK": {"tokens_equal": equal("tiny_gpu_top_k"), "kernel_tests_passed": kernels_ok,
+                           "decode_b64_topk50_vs_host": ratio("decode_b64_topk50_gpu_ms", "decode_b64_topk50_host_ms")},
+        "GLMTP_LT_BIAS": {"kernel_tests_passed": kernels_ok,
+                          "prefill_vs_default": next((s[k] / s[k.replace("_ltbias", "")] for k in s
+                                                      if k.endswith("_ltbias_s") and k.replace("_ltbias", "") in s),
+                                                     None)},
+    }
 
 
 if __name__ == "__main__":

@@ -169,6 +169,10 @@ if ! step build 300 cmake --build "$BUILD" -j"$(nproc)" --target glmtp test_gpu_
     FAILED=1
 fi
 part build "{\"ok\": true, \"archs\": $(jstr "$ARCHS"), \"nccl\": \"$NCCL\", \"werror\": \"$WERROR\", \"seconds\": $(elapsed)}"
+# The CUPTI tracer (a target only where the toolkit has CUPTI): without it the
+# per-kernel traces of step 5 are skipped, nothing else.
+step build_trace 120 cmake --build "$BUILD" -j"$(nproc)" --target glmtp_kernel_trace ||
+    log "no CUPTI tracer built: per-kernel traces will be skipped"
 
 # ---------------------------------------------------------------- 2. kernels
 step kernels 150 "$BUILD/tests/test_gpu_kernels"
