@@ -117,7 +117,11 @@ class Server:
 
 
 def req_args(r):
-    args = ["--id", str(r["id"]), "--max-new-tokens", str(r["max_new_tokens"]), "--temperature", "0"]
+    args = ["--id", str(r["id"]), "--max-new-tokens", str(r["max_new_tokens"])]
+    args += ["--temperature", str(r.get("temperature", 0))]
+    for k in ("top_k", "top_p", "seed"):
+        if k in r:
+            args += ["--" + k.replace("_", "-"), str(r[k])]
     if "prompt" in r:
         args += ["--prompt", r["prompt"]]
     else:
@@ -217,6 +221,17 @@ def main():
         check("32 concurrent clients: all complete", all(o.get("finish_reason") in ("stop", "length") for o in outs),
               str([o for o in outs if "rc" in o][:2])[:300])
         check("32 concurrent clients: greedy outputs equal glmtp generate", ok, detail)
+        # sampled: per-request seeds, top-k and top-p; the candidates path, and
+        # top-p alone over the flat made-up model (the whole-row fallback)
+        preqs = [dict(r, id=f"s{i}", temperature=0.8, seed=100 + i, **({"top_k": 40, "top_p": 0.9} if i % 2 else
+                                                                          {"top_k": 5000, "top_p": 0.95}))
+                 for i, r in enumerate(reqs[:8])]
+        prefs = reference(a, model, preqs, tmp)
+        pouts, _ = run_clients(srv, preqs)
+        ok, detail = same(pouts, prefs)
+        greedy = [r["token_ids"] for r in refs[:8]]
+        check("8 concurrent sampled clients (top-k/top-p, own seeds): outputs equal glmtp generate",
+              ok and [r["token_ids"] for r in prefs] != greedy, detail)
         # stop strings spanning tokens are never streamed: the streamed text equals generate's
         sreqs = []
         for r, ref in zip(reqs, refs):
