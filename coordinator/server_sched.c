@@ -28,28 +28,28 @@ typedef struct srv_loop {
     const req_context *ctx;
 } srv_loop;
 
-static void push_frame(srv_loop *q, int conn, const Glmtp__ServerMessage *m) { srv_push_out(q->s, srv_frame(conn, m)); }
+static void push_frame(srv_loop *l, int conn, const Glmtp__ServerMessage *m) { srv_push_out(l->s, srv_frame(conn, m)); }
 
-static void send_response(srv_loop *q, int conn, Glmtp__GenerateResponse *r) {
+static void send_response(srv_loop *l, int conn, Glmtp__GenerateResponse *r) {
     Glmtp__ServerMessage m = GLMTP__SERVER_MESSAGE__INIT;
     m.msg_case = GLMTP__SERVER_MESSAGE__MSG_RESPONSE, m.response = r;
-    push_frame(q, conn, &m);
+    push_frame(l, conn, &m);
 }
 
-static void send_error(srv_loop *q, int conn, const char *id, Glmtp__Error__Code code, const char *msg) {
+static void send_error(srv_loop *l, int conn, const char *id, Glmtp__Error__Code code, const char *msg) {
     Glmtp__Error e = GLMTP__ERROR__INIT;
     e.has_code = 1, e.code = code, e.message = (char *)msg;
     Glmtp__GenerateResponse r = GLMTP__GENERATE_RESPONSE__INIT;
     r.request_id = (char *)(id ? id : "");
     r.body_case = GLMTP__GENERATE_RESPONSE__BODY_ERROR, r.error = &e;
-    send_response(q, conn, &r);
+    send_response(l, conn, &r);
 }
 
 /* Streams what r has produced since the last delta (text and ids). Until r
  * is finished the text's last (longest stop string - 1) bytes are held back,
  * so that a stop string spanning tokens is never streamed, and the cut is
  * moved to a UTF-8 character boundary. */
-static void send_delta(srv_loop *q, sreq *r, int final) {
+static void send_delta(srv_loop *l, sreq *r, int final) {
     size_t upto = r->g.text_len, hold = 0;
     for (int i = 0; !final && i < r->g.n_stop; i++)
         if (strlen(r->g.stop[i]) > hold + 1) hold = strlen(r->g.stop[i]) - 1;
@@ -63,14 +63,14 @@ static void send_delta(srv_loop *q, sreq *r, int final) {
     d.n_token_ids = (size_t)(r->g.n_out - r->sent_ids), d.token_ids = r->g.out + r->sent_ids;
     Glmtp__GenerateResponse g = GLMTP__GENERATE_RESPONSE__INIT;
     g.request_id = r->id, g.body_case = GLMTP__GENERATE_RESPONSE__BODY_DELTA, g.delta = &d;
-    send_response(q, r->conn, &g);
+    send_response(l, r->conn, &g);
     if (r->g.text) r->g.text[upto] = save;
     r->sent_text = upto, r->sent_ids = r->g.n_out;
 }
 
-static void send_final(srv_loop *q, sreq *r, const char *reason) {
+static void send_final(srv_loop *l, sreq *r, const char *reason) {
     if (r->conn_gone) return;
-    if (q->q.tok) { /* leftovers of an unfinished character */
+    if (l->q.tok) { /* leftovers of an unfinished character */
         char buf[32];
         size_t k = tok_decode_flush(&r->g.dec, buf, sizeof buf);
         for (size_t i = 0; i < k; i++) { /* text_append is gen.c's; grow here */
@@ -81,7 +81,7 @@ static void send_final(srv_loop *q, sreq *r, const char *reason) {
             r->g.text[r->g.text_len] = 0;
         }
     }
-    if (r->stream) send_delta(q, r, 1);
+    if (r->stream) send_delta(l, r, 1);
     Glmtp__Usage u = GLMTP__USAGE__INIT;
     u.has_prompt_tokens = u.has_completion_tokens = 1;
     u.prompt_tokens = r->g.n_prompt, u.completion_tokens = r->g.n_out;
@@ -93,7 +93,7 @@ static void send_final(srv_loop *q, sreq *r, const char *reason) {
     }
     Glmtp__GenerateResponse g = GLMTP__GENERATE_RESPONSE__INIT;
     g.request_id = r->id, g.body_case = GLMTP__GENERATE_RESPONSE__BODY_FINAL, g.final = &f;
-    send_response(q, r->conn, &g);
+    send_response(l, r->conn, &g);
 }
 
 static void sreq_free(sreq *r) {
@@ -107,31 +107,31 @@ static void sreq_free(sreq *r) {
 /* ---- intake: a GenerateRequest becomes a request, through the JSONL parser ---- */
 
 /* The scheduler's requests, running then waiting, are sreqs (sched_req first). */
-static sreq *find_id(srv_loop *q, const char *id) {
-    for (int i = 0; i < q->q.n_run; i++)
-        if (strcmp(((sreq *)q->q.run[i])->id, id) == 0) return (sreq *)q->q.run[i];
-    for (int i = 0; i < q->q.n_wait; i++)
-        if (strcmp(((sreq *)q->q.wait[i])->id, id) == 0) return (sreq *)q->q.wait[i];
+static sreq *find_id(srv_loop *l, const char *id) {
+    for (int i = 0; i < l->q.n_run; i++)
+        if (strcmp(((sreq *)l->q.run[i])->id, id) == 0) return (sreq *)l->q.run[i];
+    for (int i = 0; i < l->q.n_wait; i++)
+        if (strcmp(((sreq *)l->q.wait[i])->id, id) == 0) return (sreq *)l->q.wait[i];
     return NULL;
 }
 
 /* Validates and queues req; answers the client itself on error. */
-static void intake(srv_loop *q, int conn, const Glmtp__GenerateRequest *pr) {
+static void intake(srv_loop *l, int conn, const Glmtp__GenerateRequest *pr) {
     const char *id = pr->request_id ? pr->request_id : "";
     char msg[1200];
     if (!id[0]) {
-        send_error(q, conn, id, GLMTP__ERROR__CODE__INVALID_REQUEST, "field 'request_id': missing or empty");
+        send_error(l, conn, id, GLMTP__ERROR__CODE__INVALID_REQUEST, "field 'request_id': missing or empty");
         return;
     }
-    if (find_id(q, id)) {
+    if (find_id(l, id)) {
         snprintf(msg, sizeof msg, "request '%s': field 'request_id': already in use", id);
-        send_error(q, conn, id, GLMTP__ERROR__CODE__INVALID_REQUEST, msg);
+        send_error(l, conn, id, GLMTP__ERROR__CODE__INVALID_REQUEST, msg);
         return;
     }
     if ((pr->has_temperature && !isfinite(pr->temperature)) || (pr->has_top_p && !isfinite(pr->top_p))) {
         snprintf(msg, sizeof msg, "request '%s': field '%s': must be a finite number", id,
                  pr->has_temperature && !isfinite(pr->temperature) ? "temperature" : "top_p");
-        send_error(q, conn, id, GLMTP__ERROR__CODE__INVALID_REQUEST, msg);
+        send_error(l, conn, id, GLMTP__ERROR__CODE__INVALID_REQUEST, msg);
         return;
     }
     cJSON *o = cJSON_CreateObject();
@@ -165,22 +165,22 @@ static void intake(srv_loop *q, int conn, const Glmtp__GenerateRequest *pr) {
     cJSON_Delete(o);
     if (!text) abort();
     req_line line;
-    req_parse(q->ctx, text, strlen(text), 1, &line);
+    req_parse(l->ctx, text, strlen(text), 1, &line);
     free(text);
     for (size_t i = 0; !line.error && i < pr->n_stop_ids; i++)
-        if (pr->stop_ids[i] < 0 || pr->stop_ids[i] >= q->ctx->n_vocab) {
-            snprintf(msg, sizeof msg, "line 1: field 'stop_ids[%zu]': must be a token id in [0, %d)", i, q->ctx->n_vocab);
+        if (pr->stop_ids[i] < 0 || pr->stop_ids[i] >= l->ctx->n_vocab) {
+            snprintf(msg, sizeof msg, "line 1: field 'stop_ids[%zu]': must be a token id in [0, %d)", i, l->ctx->n_vocab);
             line.error = strdup(msg);
         }
-    if (!line.error && !gen_fits(q->q.e, line.g.n_prompt, line.g.max_new)) {
+    if (!line.error && !gen_fits(l->q.e, line.g.n_prompt, line.g.max_new)) {
         snprintf(msg, sizeof msg, "line 1: prompt of %d tokens plus max_new_tokens %d needs more KV blocks than the "
                  "server has (%d of %d tokens; --kv-tokens)", line.g.n_prompt, line.g.max_new,
-                 q->q.e->blocks.n_blocks, q->q.e->blocks.block_size);
+                 l->q.e->blocks.n_blocks, l->q.e->blocks.block_size);
         line.error = strdup(msg);
     }
     if (line.error) { /* "line 1: field ...": name the request instead */
         snprintf(msg, sizeof msg, "request '%s': %s", id, strncmp(line.error, "line 1: ", 8) ? line.error : line.error + 8);
-        send_error(q, conn, id, GLMTP__ERROR__CODE__INVALID_REQUEST, msg);
+        send_error(l, conn, id, GLMTP__ERROR__CODE__INVALID_REQUEST, msg);
         req_line_free(&line);
         return;
     }
@@ -197,28 +197,28 @@ static void intake(srv_loop *q, int conn, const Glmtp__GenerateRequest *pr) {
         for (size_t i = 0; i < pr->n_stop_ids; i++) r->stop_ids[i] = pr->stop_ids[i];
     }
     r->s = (sched_req){.g = &r->g, .name = r->id, .stop_ids = r->stop_ids, .n_stop_ids = (int)pr->n_stop_ids};
-    sched_add(&q->q, &r->s);
+    sched_add(&l->q, &r->s);
 }
 
-static void on_items(srv_loop *q, srv_item *items) {
+static void on_items(srv_loop *l, srv_item *items) {
     for (srv_item *it = items, *nx; it; it = nx) {
         nx = it->next;
         if (it->kind == SRV_NEW) {
-            intake(q, it->conn, it->req);
+            intake(l, it->conn, it->req);
         } else if (it->kind == SRV_CANCEL) {
-            sreq *r = find_id(q, it->id);
+            sreq *r = find_id(l, it->id);
             if (r) r->cancel = 1;
             Glmtp__CancelReply c = GLMTP__CANCEL_REPLY__INIT;
             c.request_id = it->id, c.has_found = 1, c.found = r != NULL;
             Glmtp__ServerMessage m = GLMTP__SERVER_MESSAGE__INIT;
             m.msg_case = GLMTP__SERVER_MESSAGE__MSG_CANCEL, m.cancel = &c;
-            push_frame(q, it->conn, &m);
+            push_frame(l, it->conn, &m);
         } else if (it->kind == SRV_GONE) {
-            sched_req **lists[2] = {q->q.run, q->q.wait};
-            int ns[2] = {q->q.n_run, q->q.n_wait};
-            for (int l = 0; l < 2; l++)
-                for (int i = 0; i < ns[l]; i++) {
-                    sreq *r = (sreq *)lists[l][i];
+            sched_req **lists[2] = {l->q.run, l->q.wait};
+            int ns[2] = {l->q.n_run, l->q.n_wait};
+            for (int w = 0; w < 2; w++)
+                for (int i = 0; i < ns[w]; i++) {
+                    sreq *r = (sreq *)lists[w][i];
                     if (r->conn == it->conn) r->cancel = 1, r->conn_gone = 1;
                 }
         }
@@ -227,13 +227,13 @@ static void on_items(srv_loop *q, srv_item *items) {
 }
 
 /* Ends every request marked cancelled (all of them with reason when all != 0). */
-static void reap(srv_loop *q, int all, const char *reason) {
-    for (int l = 0; l < 2; l++) { /* running, then waiting */
-        for (int i = (l ? q->q.n_wait : q->q.n_run) - 1; i >= 0; i--) {
-            sreq *r = (sreq *)(l ? q->q.wait : q->q.run)[i];
+static void reap(srv_loop *l, int all, const char *reason) {
+    for (int waiting = 0; waiting < 2; waiting++) { /* running, then waiting */
+        for (int i = (waiting ? l->q.n_wait : l->q.n_run) - 1; i >= 0; i--) {
+            sreq *r = (sreq *)(waiting ? l->q.wait : l->q.run)[i];
             if (!all && !r->cancel) continue;
-            sched_remove(&q->q, &r->s);
-            send_final(q, r, all ? reason : "cancelled");
+            sched_remove(&l->q, &r->s);
+            send_final(l, r, all ? reason : "cancelled");
             sreq_free(r);
         }
     }
