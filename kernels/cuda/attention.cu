@@ -131,6 +131,94 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_kernel(attn_a
     }
 }
 
+/* The same attention with the q heads that share a KV head in one block (GQA
+ * grouping; GLMTP_GQA_ATTENTION=1, opt-in until a GPU run checks and times
+ * it): one block of ATT_WARPS warps per (KV head, token, split) handles up to
+ * G query heads, so each key and value row is read once for the group instead
+ * of once per query head. The other kernel re-reads a KV head's rows for each
+ * of its q_per_kv heads (16 for GLM-4-9B), which at long contexts no cache
+ * holds: 128K tokens of one layer's KV are 134 MB against 50 MB of L2.
+ * Per head the arithmetic is the other kernel's (a warp's keys, its online
+ * softmax, the same merge), so results agree to fp32 rounding of the merge.
+ * Head h0 + g of group grp, h0 = grp * q_per_kv, g < min(G, n_q - h0). */
+template <int EPL, int G>
+static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_gqa_kernel(attn_args a, int n_q) {
+    pdl_begin();
+    __shared__ float sm_m[ATT_WARPS][G], sm_l[ATT_WARPS][G];
+    __shared__ float sm_acc[ATT_WARPS][G][32 * EPL];
+    int grp = blockIdx.x, i_row = blockIdx.y, sp = blockIdx.z;
+    int t = a.tok_list ? a.tok_list[i_row] : i_row;
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, d = a.d;
+    int h0 = grp * a.q_per_kv, ng = min(min(G, a.q_per_kv), n_q - h0);
+    int s = a.seq[t], np = a.pos[t] + 1;
+    int p0 = sp * a.split_len, p1 = min(np, p0 + a.split_len);
+
+    float qr[G][EPL], acc[G][EPL], m[G], l[G], kf[EPL], vf[EPL];
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        const bf16 *qv = a.q + (size_t)t * a.ld_q + (size_t)(h0 + g) * d;
+#pragma unroll
+        for (int e = 0; e < EPL; e++) {
+            int i = lane * EPL + e;
+            qr[g][e] = g < ng && i < d ? bf2f(qv[i]) : 0.0f;
+            acc[g][e] = 0.0f;
+        }
+        m[g] = -INFINITY, l[g] = 0.0f;
+    }
+    const int32_t *table = a.tables + (size_t)s * a.max_blocks;
+    for (int p = p0 + w; p < p1; p += ATT_WARPS) {
+        int blk = table[p / a.block_size];
+        size_t row = (((size_t)blk * a.block_size + p % a.block_size) * a.n_kv + grp) * d;
+        load_row<EPL>(kf, a.kc + row, lane, d);
+        load_row<EPL>(vf, a.vc + row, lane, d);
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            if (g >= ng) break;
+            float dot = 0.0f;
+#pragma unroll
+            for (int e = 0; e < EPL; e++) dot += qr[g][e] * kf[e];
+            float sc = warp_sum(dot) * a.scale;
+            float m_new = fmaxf(m[g], sc);
+            float corr = expf(m[g] - m_new), pw = expf(sc - m_new);
+            l[g] = l[g] * corr + pw;
+#pragma unroll
+            for (int e = 0; e < EPL; e++) acc[g][e] = acc[g][e] * corr + pw * vf[e];
+            m[g] = m_new;
+        }
+    }
+
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        if (lane == 0) sm_m[w][g] = m[g], sm_l[w][g] = l[g];
+#pragma unroll
+        for (int e = 0; e < EPL; e++) sm_acc[w][g][lane * EPL + e] = acc[g][e];
+    }
+    __syncthreads();
+    for (int g = 0; g < ng; g++) {
+        float M = -INFINITY;
+        for (int i = 0; i < ATT_WARPS; i++) M = fmaxf(M, sm_m[i][g]);
+        float L = 0.0f, f[ATT_WARPS];
+        for (int i = 0; i < ATT_WARPS; i++) {
+            f[i] = sm_l[i][g] > 0.0f ? expf(sm_m[i][g] - M) : 0.0f;
+            L += sm_l[i][g] * f[i];
+        }
+        int h = h0 + g;
+        size_t th = (size_t)t * n_q + h, ph = (size_t)i_row * n_q + h; /* output row; partials row */
+        for (int i = threadIdx.x; i < d; i += blockDim.x) {
+            float o = 0.0f;
+            for (int k = 0; k < ATT_WARPS; k++) o += sm_acc[k][g][i] * f[k];
+            if (a.n_split == 1)
+                a.out[th * d + i] = f2bf(o / L);
+            else
+                a.part_o[(ph * a.n_split + sp) * d + i] = o;
+        }
+        if (a.n_split > 1 && threadIdx.x == 0) {
+            a.part_ml[(ph * a.n_split + sp) * 2] = M;
+            a.part_ml[(ph * a.n_split + sp) * 2 + 1] = L;
+        }
+    }
+}
+
 /* One block per (head, grid row): merges the splits' partial results. */
 static __global__ void attention_combine_kernel(bf16 *out, const float *part_o, const float *part_ml,
                                                 const int32_t *tok_list, int n_split, int d) {
@@ -159,6 +247,25 @@ static void attention_launch(const cuda_ctx *c, dim3 grid, const attn_args &a) {
     launch(c, attention_kernel<EPL>, grid, ATT_WARPS * 32, 0, a);
 }
 
+/* The grouped kernel for q_per_kv heads per block, instantiated for group
+ * sizes 2 to 16 (GLM-4-9B: 16 at tp <= 2, 8 for the 1M model); 0 when it does
+ * not apply (the caller launches the per-head kernel). */
+template <int EPL>
+static int attention_gqa_launch(const cuda_ctx *c, dim3 grid, const attn_args &a, int n_q) {
+    int G = a.q_per_kv < n_q ? a.q_per_kv : n_q; /* heads per block: tp > KV groups leaves fewer */
+    if (G <= 2)
+        launch(c, attention_gqa_kernel<EPL, 2>, grid, ATT_WARPS * 32, 0, a, n_q);
+    else if (G <= 4)
+        launch(c, attention_gqa_kernel<EPL, 4>, grid, ATT_WARPS * 32, 0, a, n_q);
+    else if (G <= 8)
+        launch(c, attention_gqa_kernel<EPL, 8>, grid, ATT_WARPS * 32, 0, a, n_q);
+    else if (G <= 16)
+        launch(c, attention_gqa_kernel<EPL, 16>, grid, ATT_WARPS * 32, 0, a, n_q);
+    else
+        return 0;
+    return 1;
+}
+
 static void attention_cuda(cuda_ctx *c, bf16 *out, const bf16 *q, int ld_q, const bf16 *kc, const bf16 *vc,
                            const kattn_batch *b, int n_q, int n_kv, int q_per_kv, int d, float scale) {
     int T = b->n_tokens;
@@ -174,12 +281,18 @@ static void attention_cuda(cuda_ctx *c, bf16 *out, const bf16 *q, int ld_q, cons
     int max_pos = b->max_pos;
     int n = cuda_attention_prefill(c, out, q, ld_q, kc, vc, b, n_q, n_kv, q_per_kv, d, scale, &tok_list, &max_pos);
     if (n <= 0) return;
-    /* Split the sequence only when the (head, token) blocks cannot fill the GPU:
-     * aim at ~8 blocks of ATT_WARPS warps per SM. */
-    int n_pos = max_pos + 1, blocks = n * n_q, n_split = 1, target = 8 * c->sm_count;
-    if (blocks < target && n_pos > MIN_SPLIT_POS) {
+    /* Grouped: one block per (KV head, token) when q_per_kv heads share one
+     * (G up to 16, d up to 128: its shared memory holds G x d partials per warp). */
+    int groups = CEIL_DIV(n_q, q_per_kv);
+    int gqa = c->gqa_attention && q_per_kv >= 2 && q_per_kv <= 16 && d <= 128 && groups <= n_kv;
+    /* Split the sequence only when the blocks cannot fill the GPU: aim at ~8
+     * blocks of ATT_WARPS warps per SM. A grouped block does a group's work
+     * per key, so it splits down to shorter runs. */
+    int min_split = gqa ? MIN_SPLIT_POS / 4 : MIN_SPLIT_POS;
+    int n_pos = max_pos + 1, blocks = n * (gqa ? groups : n_q), n_split = 1, target = 8 * c->sm_count;
+    if (blocks < target && n_pos > min_split) {
         n_split = CEIL_DIV(target, blocks);
-        if (n_split > CEIL_DIV(n_pos, MIN_SPLIT_POS)) n_split = CEIL_DIV(n_pos, MIN_SPLIT_POS);
+        if (n_split > CEIL_DIV(n_pos, min_split)) n_split = CEIL_DIV(n_pos, min_split);
         if (n_split > MAX_SPLITS) n_split = MAX_SPLITS;
     }
     attn_args a;
@@ -195,8 +308,17 @@ static void attention_cuda(cuda_ctx *c, bf16 *out, const bf16 *q, int ld_q, cons
         a.part_o = part;
         a.part_ml = part + n_part * d;
     }
+    int done = 0;
+    if (gqa) {
+        dim3 ggrid((unsigned)groups, (unsigned)n, (unsigned)n_split);
+        done = d <= 32   ? attention_gqa_launch<1>(c, ggrid, a, n_q)
+               : d <= 64 ? attention_gqa_launch<2>(c, ggrid, a, n_q)
+                         : attention_gqa_launch<4>(c, ggrid, a, n_q);
+    }
     dim3 grid((unsigned)n_q, (unsigned)n, (unsigned)n_split);
-    if (d <= 32)
+    if (done)
+        ;
+    else if (d <= 32)
         attention_launch<1>(c, grid, a);
     else if (d <= 64)
         attention_launch<2>(c, grid, a);

@@ -232,6 +232,8 @@ kbackend kernels_cuda_create(int device, char *err, size_t errlen) {
     c->fused_swiglu = fs && *fs && strcmp(fs, "0") != 0;
     const char *tk = getenv("GLMTP_GPU_TOPK"); /* the sampling candidates' kernel, until a GPU run checks it */
     c->gpu_top_k = tk && *tk && strcmp(tk, "0") != 0;
+    const char *gq = getenv("GLMTP_GQA_ATTENTION"); /* the grouped attention kernel, until a GPU run checks it */
+    c->gqa_attention = gq && *gq && strcmp(gq, "0") != 0;
     const char *pd = getenv("GLMTP_PDL"); /* programmatic dependent launch, until a GPU run measures it */
     c->pdl = major >= 9 && pd && *pd && strcmp(pd, "0") != 0;
     const char *ng = getenv("GLMTP_NO_GEMV"); /* compare with cuBLASLt, or switch the GEMV off */
@@ -286,5 +288,17 @@ extern "C" int kernels_cuda_lt_bias(kbackend kb, int set) {
     cuda_ctx *c = (cuda_ctx *)kb.ctx;
     int was = c->lt_bias;
     if (set == 0 || set == 1) c->lt_bias = set;
+    return was;
+}
+
+/* Test hook (declared by tests/gpu/test_gpu_kernels.c): set 0 or 1 switches
+ * the grouped attention kernel as GLMTP_GQA_ATTENTION does at creation (other
+ * values change nothing); returns the setting before, or -1 for a backend that
+ * is not CUDA. */
+extern "C" int kernels_cuda_gqa_attention(kbackend kb, int set) {
+    if (kb.iface != &cuda_iface) return -1;
+    cuda_ctx *c = (cuda_ctx *)kb.ctx;
+    int was = c->gqa_attention;
+    if (set == 0 || set == 1) c->gqa_attention = set;
     return was;
 }

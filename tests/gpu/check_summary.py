@@ -58,6 +58,10 @@ def main():
                       ("bench_decode_pdl", "pdl"), ("bench_decode_pdl_fused", "pdl_fused")):
         for r in parts.get(name, {}).get("results", []):  # sampled decode: candidates on the GPU or the host
             s[f"decode_b{r['batch']}_{key}_ms"] = r["step_ms"]
+    for name, key in (("bench_decode_long", "per_head"), ("bench_decode_long_gqa", "grouped")):
+        for r in parts.get(name, {}).get("results", []):  # long contexts, each attention kernel
+            s[f"decode_b{r['batch']}_ctx{r['context']}_{key}_ms"] = r["step_ms"]
+            s[f"decode_b{r['batch']}_ctx{r['context']}_{key}_over_floor"] = 1 / r["ratio"] if r["ratio"] else None
     for name, key in (("decode_kernel_trace", "decode_b1"), ("prefill_kernel_trace", "prefill_1")):
         t = parts.get(name, {})  # CUPTI trace: kernel time per step, time with no kernel running, top kernels
         if t.get("kernels"):
@@ -111,6 +115,11 @@ def opt_in_verdicts(parts, s):
         "GLMTP_PDL + GLMTP_FUSED_*": {"decode_b1_vs_default": ratio("decode_b1_pdl_fused_ms", "decode_b1_ms")},
         "GLMTP_GPU_TOPK": {"tokens_equal": equal("tiny_gpu_top_k"), "kernel_tests_passed": kernels_ok,
                            "decode_b64_topk50_vs_host": ratio("decode_b64_topk50_gpu_ms", "decode_b64_topk50_host_ms")},
+        "GLMTP_GQA_ATTENTION": {"kernel_tests_passed": kernels_ok,
+                                "golden_passed": all(g.get("exit") == 0 for g in parts.get("golden_gqa", []))
+                                if parts.get("golden_gqa") else None,
+                                "decode_b1_ctx131072_vs_default": ratio("decode_b1_ctx131072_grouped_ms",
+                                                                        "decode_b1_ctx131072_per_head_ms")},
         "GLMTP_LT_BIAS": {"kernel_tests_passed": kernels_ok,
                           "prefill_vs_default": next((s[k] / s[k.replace("_ltbias", "")] for k in s
                                                       if k.endswith("_ltbias_s") and k.replace("_ltbias", "") in s),

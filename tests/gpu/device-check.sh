@@ -16,7 +16,8 @@
 #   5. bench   - glm-4-9b-chat shapes (40 layers when disk and time allow, else
 #                4), random weights: `glmtp bench decode` (batch 1, 1K context,
 #                against the copy bandwidth measured in the run; greedy, and
-#                sampled with top-k 50 on the GPU and on the host), `glmtp bench
+#                sampled with top-k 50 on the GPU and on the host; 32K and 128K
+#                contexts with each attention kernel), `glmtp bench
 #                prefill` at 8K and 32K (linear layers against cuBLASLt GEMMs of
 #                the same shapes; the attention op alone), and HF transformers
 #                (tests/gpu/hf_speed.py, bf16, sdpa) on the same weights;
@@ -111,9 +112,9 @@ EOF
 # ---------------------------------------------------------------- machine
 # GLMTP_CHECK_DRY=1: every later step on the CPU backend at small sizes, to try
 # the script itself on a machine without a GPU (figures meaningless).
-DEV=cuda DECODE_CTX=1024 PREFILL_LENS=8192,32768
+DEV=cuda DECODE_CTX=1024 PREFILL_LENS=8192,32768 LONG_CTX=32768,131072
 if [ -n "${GLMTP_CHECK_DRY:-}" ]; then
-    DEV=cpu DECODE_CTX=64 PREFILL_LENS=256,512
+    DEV=cpu DECODE_CTX=64 PREFILL_LENS=256,512 LONG_CTX=512,1024
     : "${GLMTP_CHECK_LAYERS:=1}"
 fi
 if ! command -v nvcc > /dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
@@ -197,6 +198,17 @@ for cl in nkv2_r500:chatglm nkv4_r10000:chatglm nkv2_r1:chatglm nkv2_r500:hf; do
     GOLD+=("{\"case\": \"$c\", \"layout\": \"$l\", \"exit\": $rc, \"lines\": $(python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read().splitlines()[-8:]))' "$WORK/golden_${c}_$l.out")}")
 done
 part golden "[$(IFS=,; echo "${GOLD[*]}")]"
+# The grouped attention kernel (GLMTP_GQA_ATTENTION=1, opt-in) on the golden
+# cases whose q heads share KV heads (2 and 4 KV groups), same tolerances.
+GOLD=()
+for c in nkv2_r500 nkv4_r10000; do
+    GLMTP_GQA_ATTENTION=1 step "golden_gqa_$c" 90 python3 "$ROOT/tests/golden/check_golden.py" "$BIN" \
+        "$ROOT/tests/golden/data/$c" chatglm --tol 0.25 --greedy-tol 0.25 --extra-args "--device $DEV"
+    rc=$?
+    [ $rc = 0 ] || FAILED=1
+    GOLD+=("{\"case\": \"$c\", \"exit\": $rc}")
+done
+part golden_gqa "[$(IFS=,; echo "${GOLD[*]}")]"
 
 # ---------------------------------------------------------------- 4. tiny
 TINY=$WORK/tiny
@@ -388,6 +400,15 @@ if make9 "$M9" chatglm; then
             --json "$WORK/ncu_decode.json"
         if [ -s "$WORK/ncu_decode.json" ]; then part decode_kernels "$(cat "$WORK/ncu_decode.json")"; fi
     fi
+    # Long contexts (batch 1, 32K and 128K tokens of cache): the per-head
+    # attention kernel re-reads each KV head's rows for every q head sharing it;
+    # the grouped one (GLMTP_GQA_ATTENTION=1) reads them once.
+    step bench_decode_long 150 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1 --context "$LONG_CTX" \
+        --steps 16 --json "$WORK/bench_decode_long.json"
+    bench_json bench_decode_long "$WORK/bench_decode_long.json" $?
+    GLMTP_GQA_ATTENTION=1 step bench_decode_long_gqa 150 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1 \
+        --context "$LONG_CTX" --steps 16 --json "$WORK/bench_decode_long_gqa.json"
+    bench_json bench_decode_long_gqa "$WORK/bench_decode_long_gqa.json" $?
     GLMTP_PDL=1 step bench_decode_pdl 120 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1,64 \
         --context "$DECODE_CTX" --steps 32 --json "$WORK/bench_decode_pdl.json"
     bench_json bench_decode_pdl "$WORK/bench_decode_pdl.json" $?

@@ -504,9 +504,12 @@ typedef struct {
 
 /* One step of kv_store + attention on both backends with tokens tk[0..T), the
  * caches given (GPU bf16, CPU fp32), and a fresh q/k/v per token. */
+static const char *g_attn_kernel = ""; /* which attention kernel the cases below run through */
+static int g_attn_nq;                  /* local q heads when fewer than n_kv * q_per_kv (tp > KV groups) */
+
 static void attn_step(const char *what, const tok *tk, int T, const int32_t *tables, int n_seqs, int max_blocks,
                       int bs, int n_kv, int q_per_kv, int d, void *gk, void *gv, void *ck, void *cv, size_t cache_n) {
-    int n_q = n_kv * q_per_kv, qw = n_q * d, kvw = n_kv * d, ld = qw + 2 * kvw + 1;
+    int n_q = g_attn_nq ? g_attn_nq : n_kv * q_per_kv, qw = n_q * d, kvw = n_kv * d, ld = qw + 2 * kvw + 1;
     float *qkv = rand_bf16((size_t)T * ld, -1.5f, 1.5f);
     int32_t *pos = xmalloc((size_t)T * 4), *seq = xmalloc((size_t)T * 4), *slots = xmalloc((size_t)T * 4);
     int max_pos = 0;
@@ -534,7 +537,7 @@ static void attn_step(const char *what, const tok *tk, int T, const int32_t *tab
     float scale = 1.0f / sqrtf((float)d);
     G.iface->attention(G.ctx, go, gq, ld, gk, gv, &gb, n_q, n_kv, q_per_kv, d, scale);
     C.iface->attention(C.ctx, co, cq, ld, ck, cv, &cb, n_q, n_kv, q_per_kv, d, scale);
-    snprintf(name, sizeof name, "attention %s n_kv=%d q/kv=%d d=%d T=%d", what, n_kv, q_per_kv, d, T);
+    snprintf(name, sizeof name, "attention%s %s n_kv=%d q/kv=%d d=%d T=%d", g_attn_kernel, what, n_kv, q_per_kv, d, T);
     float *got = g_get(name, go, (size_t)T * qw);
     /* Same bf16 q, k, v; fp32 scores and softmax in another order (online, split)
      * differ by ~1e-6; the output, an average of |v| <= 1.5, is rounded once. */
@@ -607,7 +610,11 @@ static void test_attention_long(int n_kv, int q_per_kv, int d, int ctx) {
     free(pre), free(tables);
 }
 
-static void test_attention(void) {
+/* kernels/cuda/cuda_backend.cu's test hook: set 0 or 1 switches the grouped
+ * attention kernel (GLMTP_GQA_ATTENTION); returns the setting before. */
+int kernels_cuda_gqa_attention(kbackend kb, int set);
+
+static void test_attention_cases(void) {
     test_attention_paged(1, 2, 16);
     test_attention_paged(2, 4, 16);
     test_attention_paged(2, 16, 128); /* GLM-4-9B chat, tp 1 */
@@ -617,6 +624,23 @@ static void test_attention(void) {
     test_attention_paged(1, 2, 256);  /* 8 dims per lane */
     test_attention_long(2, 16, 128, 2000);
     test_attention_long(1, 4, 64, 700);
+    g_attn_nq = 4; /* tp = 8 of GLM-4-9B: 4 q heads on the one (replicated) KV head, ratio 16 */
+    test_attention_long(1, 16, 128, 5000);
+    g_attn_nq = 0;
+}
+
+/* Every case through the per-head kernel, then through the grouped one (q
+ * heads sharing a KV head in one block; not for q/kv 1 or d 256, which keep
+ * the per-head kernel), then back to what the environment chose. */
+static void test_attention(void) {
+    int was = kernels_cuda_gqa_attention(G, 0);
+    g_attn_kernel = "";
+    test_attention_cases();
+    kernels_cuda_gqa_attention(G, 1);
+    g_attn_kernel = " (grouped)";
+    test_attention_cases();
+    kernels_cuda_gqa_attention(G, was);
+    g_attn_kernel = "";
 }
 
 /* ------------------------------------------- tensor-core prefill attention */
