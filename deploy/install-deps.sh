@@ -6,7 +6,7 @@ set -euo pipefail
 
 pkgs=(build-essential cmake pkg-config git
       libopenmpi-dev openmpi-bin          # MPI communicator and mpirun
-      libprotobuf-c-dev protobuf-c-compiler  # control channel and step plan (proto/)
+      libprotobuf-c-dev protobuf-c-compiler  # the serve control channel (proto/)
       libpcre2-dev                        # tokenizer pre-tokenizer regex
       libcjson-dev                        # config.json and safetensors headers
       libopenblas-dev                     # bench: the plain-BLAS GEMM that prefill is compared with
