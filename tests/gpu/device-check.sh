@@ -234,44 +234,34 @@ if step make_tiny 60 "$BIN" make-model --preset tiny --out "$TINY" --seed 3; the
     r2=$?
     [ $r1 = 0 ] && [ $r2 = 0 ] || FAILED=1
     part repeatable "{\"greedy\": $([ $r1 = 0 ] && echo true || echo false), \"sampled\": $([ $r2 = 0 ] && echo true || echo false)}"
+    # compare NAME PART ARGS...: the tiny model's batch under two environments
+    # (compare_runs.py ARGS: --args, --env-a, --env-b), equal tokens, as one part.
+    compare() {
+        local name=$1 key=$2 rc line
+        shift 2
+        step "$name" 120 python3 "$ROOT/tests/gpu/compare_runs.py" "$BIN" "$TINY" --requests 5 --steps 24 "$@"
+        rc=$?
+        [ $rc = 0 ] || FAILED=1
+        line=$(grep '^{' "$WORK/$name.out" | tail -1)
+        [ -n "$line" ] || line="{\"exit\": $rc}"
+        part "$key" "$line"
+    }
     # A ragged decode batch of 5 through CUDA graphs (padded to 8) against no graphs.
-    step graphs 120 python3 "$ROOT/tests/gpu/compare_runs.py" "$BIN" "$TINY" --requests 5 --steps 24 \
-        --args "--device $DEV"
-    rc=$?
-    [ $rc = 0 ] || FAILED=1
-    line=$(grep '^{' "$WORK/graphs.out" | tail -1)
-    [ -n "$line" ] || line="{\"exit\": $rc}"
-    part tiny_graphs_vs_eager "$line"
+    compare graphs tiny_graphs_vs_eager --args "--device $DEV"
     # The fused kernels (residual add + RMSNorm; RoPE + KV store; gate/up GEMV
     # + SwiGLU: opt-in until a GPU run has passed this) against the ops they
     # replace: bitwise the same numbers, so the same tokens.
-    step fused_add_norm 120 python3 "$ROOT/tests/gpu/compare_runs.py" "$BIN" "$TINY" --requests 5 --steps 24 \
-        --args "--device $DEV" --env-a GLMTP_FUSED_ADD_NORM=1,GLMTP_FUSED_ROPE_KV=1,GLMTP_FUSED_SWIGLU=1 \
+    compare fused_add_norm tiny_fused_add_norm --args "--device $DEV" \
+        --env-a GLMTP_FUSED_ADD_NORM=1,GLMTP_FUSED_ROPE_KV=1,GLMTP_FUSED_SWIGLU=1 \
         --env-b GLMTP_FUSED_ADD_NORM=0,GLMTP_FUSED_ROPE_KV=0,GLMTP_FUSED_SWIGLU=0
-    rc=$?
-    [ $rc = 0 ] || FAILED=1
-    line=$(grep '^{' "$WORK/fused_add_norm.out" | tail -1)
-    [ -n "$line" ] || line="{\"exit\": $rc}"
-    part tiny_fused_add_norm "$line"
     # Programmatic dependent launch (GLMTP_PDL=1, opt-in until this passes):
     # kernels overlap their neighbours' tails, with CUDA graphs as decode runs.
-    step pdl 120 python3 "$ROOT/tests/gpu/compare_runs.py" "$BIN" "$TINY" --requests 5 --steps 24 \
-        --args "--device $DEV" --env-a GLMTP_PDL=1 --env-b GLMTP_PDL=0
-    rc=$?
-    [ $rc = 0 ] || FAILED=1
-    line=$(grep '^{' "$WORK/pdl.out" | tail -1)
-    [ -n "$line" ] || line="{\"exit\": $rc}"
-    part tiny_pdl "$line"
+    compare pdl tiny_pdl --args "--device $DEV" --env-a GLMTP_PDL=1 --env-b GLMTP_PDL=0
     # Sampling candidates from the top_k kernel (GLMTP_GPU_TOPK=1, opt-in until
     # this passes) against the same op on the host: the same candidates, so the
     # same sampled tokens (temperature 0.1: the draws land in the candidates).
-    step gpu_top_k 120 python3 "$ROOT/tests/gpu/compare_runs.py" "$BIN" "$TINY" --requests 5 --steps 24 \
-        --args "--device $DEV --temperature 0.1 --top-p 0.9 --seed 3" --env-a GLMTP_GPU_TOPK=1 --env-b GLMTP_GPU_TOPK=0
-    rc=$?
-    [ $rc = 0 ] || FAILED=1
-    line=$(grep '^{' "$WORK/gpu_top_k.out" | tail -1)
-    [ -n "$line" ] || line="{\"exit\": $rc}"
-    part tiny_gpu_top_k "$line"
+    compare gpu_top_k tiny_gpu_top_k --args "--device $DEV --temperature 0.1 --top-p 0.9 --seed 3" \
+        --env-a GLMTP_GPU_TOPK=1 --env-b GLMTP_GPU_TOPK=0
     if python3 -c 'import torch, safetensors' 2> /dev/null; then
         step emulation 120 python3 "$ROOT/tests/gpu/bf16_emulation.py" "$TINY" --ids "$PROMPT,9,13,17,19" --glmtp "$BIN" \
             --glmtp-args "--device $DEV"
