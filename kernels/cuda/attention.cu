@@ -66,6 +66,12 @@ static __device__ __forceinline__ void load_row(float *dst, const bf16 *row, int
     for (int e = 0; e < EPL; e++) dst[e] = lane * EPL + e < d ? bf2f(src[e]) : 0.0f;
 }
 
+/* Element offset of position p's row of KV head g in the paged cache. */
+static __device__ __forceinline__ size_t kv_row(const attn_args &a, const int32_t *table, int p, int g) {
+    int blk = table[p / a.block_size];
+    return (((size_t)blk * a.block_size + p % a.block_size) * a.n_kv + g) * a.d;
+}
+
 template <int EPL>
 static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_kernel(attn_args a) {
     pdl_begin();
@@ -88,8 +94,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_kernel(attn_a
     float m = -INFINITY, l = 0.0f;
     const int32_t *table = a.tables + (size_t)s * a.max_blocks;
     for (int p = p0 + w; p < p1; p += ATT_WARPS) {
-        int blk = table[p / a.block_size];
-        size_t row = (((size_t)blk * a.block_size + p % a.block_size) * a.n_kv + g) * d;
+        size_t row = kv_row(a, table, p, g);
         load_row<EPL>(kf, a.kc + row, lane, d);
         load_row<EPL>(vf, a.vc + row, lane, d);
         float dot = 0.0f;
@@ -167,8 +172,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_gqa_kernel(at
     }
     const int32_t *table = a.tables + (size_t)s * a.max_blocks;
     for (int p = p0 + w; p < p1; p += ATT_WARPS) {
-        int blk = table[p / a.block_size];
-        size_t row = (((size_t)blk * a.block_size + p % a.block_size) * a.n_kv + grp) * d;
+        size_t row = kv_row(a, table, p, grp);
         load_row<EPL>(kf, a.kc + row, lane, d);
         load_row<EPL>(vf, a.vc + row, lane, d);
 #pragma unroll
