@@ -142,7 +142,7 @@ static void cuda_destroy(void *ctx) {
     if (c->lt_workspace) CUDA_CHECK(cudaFree(c->lt_workspace));
     if (c->lt) CUBLAS_CHECK(cublasLtDestroy(c->lt));
     CUDA_CHECK(cudaStreamDestroy(c->stream));
-    free(c->host_row);
+    if (c->host_row) CUDA_CHECK(cudaFreeHost(c->host_row));
     free(c);
 }
 

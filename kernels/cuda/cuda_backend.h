@@ -69,7 +69,7 @@ typedef struct cuda_ctx {
     int gpu_top_k;        /* GLMTP_GPU_TOPK=1 at creation: top_k in a kernel, not on the host */
     int pdl;              /* GLMTP_PDL=1 at creation on sm_90+: launch() overlaps kernels (cuda_common.cuh) */
     int gqa_attention;    /* GLMTP_GQA_ATTENTION=1 at creation: attention.cu's grouped kernel */
-    float *host_row; /* top_k without its kernel: the rows on the host (malloc), host_row_cap floats */
+    float *host_row; /* top_k without its kernel: the rows on the host (pinned), host_row_cap floats */
     size_t host_row_cap;
 } cuda_ctx;
 
