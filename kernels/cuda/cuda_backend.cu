@@ -238,6 +238,8 @@ kbackend kernels_cuda_create(int device, char *err, size_t errlen) {
     c->pdl = major >= 9 && pd && *pd && strcmp(pd, "0") != 0;
     const char *ng = getenv("GLMTP_NO_GEMV"); /* compare with cuBLASLt, or switch the GEMV off */
     c->no_gemv = ng && *ng && strcmp(ng, "0") != 0;
+    const char *sk = getenv("GLMTP_SKINNY");
+    c->skinny = sk && *sk && strcmp(sk, "0") != 0;
     const char *lb = getenv("GLMTP_LT_BIAS");
     c->lt_bias = lb && *lb && strcmp(lb, "0") != 0;
     const char *nf = getenv("GLMTP_NO_FLASH_PREFILL");
@@ -277,6 +279,18 @@ extern "C" int kernels_cuda_flash_variant(kbackend kb, int set) {
     cuda_ctx *c = (cuda_ctx *)kb.ctx;
     if (set == 1 || set == 2) c->flash_variant = set;
     return c->flash_ran;
+}
+
+/* Test hook (declared by tests/gpu/test_gpu_kernels.c): set 0 or 1 switches
+ * the small-batch tensor-core matmul as GLMTP_SKINNY does at creation (other
+ * values change nothing); returns the setting before, or -1 for a backend that
+ * is not CUDA. */
+extern "C" int kernels_cuda_skinny(kbackend kb, int set) {
+    if (kb.iface != &cuda_iface) return -1;
+    cuda_ctx *c = (cuda_ctx *)kb.ctx;
+    int was = c->skinny;
+    if (set == 0 || set == 1) c->skinny = set;
+    return was;
 }
 
 /* Test hook (declared by tests/gpu/test_gpu_kernels.c): set 0 or 1 switches

@@ -63,6 +63,7 @@ typedef struct cuda_ctx {
     uint64_t scratch_gen; /* bumped whenever cuda_scratch reallocates: graphs made before are stale */
     int no_gemv;          /* GLMTP_NO_GEMV=1 at creation: small-T matmuls through cuBLASLt too */
     int lt_bias;          /* GLMTP_LT_BIAS=1 at creation: matmul's bias in cuBLASLt's epilogue */
+    int skinny;           /* GLMTP_SKINNY=1 at creation: T = 2..8 matmuls on matmul.cu's tensor-core kernel */
     int fused_add_norm;   /* GLMTP_FUSED_ADD_NORM=1 at creation: add_rmsnorm in one kernel */
     int fused_rope_kv;    /* GLMTP_FUSED_ROPE_KV=1 at creation: rope_kv_store in one kernel */
     int fused_swiglu;     /* GLMTP_FUSED_SWIGLU=1 at creation: matmul_swiglu in one GEMV (T = 1) */

@@ -251,7 +251,70 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(OutT *out,
     }
 }
 
+/* Small batches (T = 2..8, batched decode): out [T, N] = x W^T on tensor
+ * cores, W read once. cuBLASLt's GEMMs tile M by 64 or more, and the GEMV
+ * above re-reads every token's x per 16 bytes of W (instruction-bound at T = 8:
+ * 21.7 ms a step against 10.4 on an H200). Here each block owns 16 rows of W
+ * and SKINNY_WARPS warps split K; a warp's mma.m16n8k16 takes the 16 rows as A
+ * and the (up to 8) tokens as B, zero rows for tokens past T. The k order
+ * inside each 32-column block is permuted so that every lane loads 16
+ * contiguous bytes of W and of x: lane (g = lane/4, t = lane%4) holds columns
+ * 8t..8t+7 of rows g and g+8 and of token g, and those 8 columns play the k
+ * positions {2t, 2t+1, 2t+8, 2t+9} of two consecutive mma steps, the same
+ * positions in A and in B, so the products pair up. fp32 sums; then the warps'
+ * partial sums add in shared memory and the bias goes in before the one
+ * rounding, as in the GEMV. Opt-in (GLMTP_SKINNY=1) until a GPU run checks
+ * and times it. Needs K % 32 == 0 and 16-byte aligned rows. */
+#define SKINNY_WARPS 4
+
+template <typename OutT>
+static __global__ void __launch_bounds__(SKINNY_WARPS * 32) skinny_kernel(OutT *out, const bf16 *x, const bf16 *W,
+                                                                          const float *bias, int T, int N, int K) {
+    pdl_begin();
+    __shared__ float part[SKINNY_WARPS][32][4];
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
+    int n0 = blockIdx.x * 16, r0 = n0 + g, r1 = n0 + g + 8;
+    const bf16 *w0 = W + (size_t)(r0 < N ? r0 : n0) * K, *w1 = W + (size_t)(r1 < N ? r1 : n0) * K;
+    const bf16 *xg = x + (size_t)(g < T ? g : 0) * K;
+    int nk = K / 32, kb0 = nk * w / SKINNY_WARPS, kb1 = nk * (w + 1) / SKINNY_WARPS;
+    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 4
+    for (int kb = kb0; kb < kb1; kb++) {
+        size_t off = (size_t)kb * 32 + (size_t)t4 * 8;
+        uint4 a = __ldg((const uint4 *)(w0 + off)), b = __ldg((const uint4 *)(w1 + off));
+        uint4 v = g < T ? __ldg((const uint4 *)(xg + off)) : make_uint4(0u, 0u, 0u, 0u);
+        uint32_t f0[4] = {a.x, b.x, a.y, b.y}, f1[4] = {a.z, b.z, a.w, b.w};
+        mma_bf16(c, f0, v.x, v.y);
+        mma_bf16(c, f1, v.z, v.w);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) part[w][lane][i] = c[i];
+    __syncthreads();
+    if (w != 0) return;
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+        for (int k = 1; k < SKINNY_WARPS; k++) c[i] += part[k][lane][i];
+    /* c0, c1: row r0, tokens 2t4 and 2t4 + 1; c2, c3: row r1, the same tokens */
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        int r = i < 2 ? r0 : r1, tok = 2 * t4 + (i & 1);
+        if (r < N && tok < T) out[(size_t)tok * N + r] = to_out<OutT>(c[i] + (bias ? bias[r] : 0.0f));
+    }
+}
+
 static int aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+/* Runs the small-batch kernel when it is on and applies (returns 0), else -1. */
+template <typename OutT>
+static int skinny_cuda(const cuda_ctx *c, OutT *out, const bf16 *x, const kweight *W, const kweight *bias, int T) {
+    int N = W->rows, K = W->cols;
+    if (!c->skinny || T < 2 || T > 8 || W->dtype != KDT_BF16 || K % 32 || !aligned16(x) || !aligned16(W->data) ||
+        (bias && bias->dtype != KDT_F32))
+        return -1;
+    launch(c, skinny_kernel<OutT>, (unsigned)CEIL_DIV(N, 16), SKINNY_WARPS * 32, 0, out, x, (const bf16 *)W->data,
+           bias ? (const float *)bias->data : (const float *)NULL, T, N, K);
+    return 0;
+}
 
 /* Runs the GEMV when it applies (returns 0), else -1. */
 template <typename OutT>
@@ -298,6 +361,7 @@ void cuda_op_matmul(void *ctx, void *out, const void *x, const kweight *W, const
     const bf16 *xb = (const bf16 *)x;
     if (T <= 0 || W->rows <= 0) return;
     if (gemv_cuda<bf16>(c, (bf16 *)out, xb, W, bias, T) == 0) return;
+    if (skinny_cuda<bf16>(c, (bf16 *)out, xb, W, bias, T) == 0) return;
     if (!bias) {
         if (matmul_lt(c, out, CUDA_R_16BF, xb, W, NULL, T)) matmul_warp_cuda<bf16>(c, (bf16 *)out, xb, W, NULL, T);
         return;
@@ -320,6 +384,7 @@ void cuda_op_matmul_f32(void *ctx, float *out, const void *x, const kweight *W, 
     const bf16 *xb = (const bf16 *)x;
     if (T <= 0 || W->rows <= 0) return;
     if (gemv_cuda<float>(c, out, xb, W, NULL, T) == 0) return;
+    if (skinny_cuda<float>(c, out, xb, W, NULL, T) == 0) return;
     if (matmul_lt(c, out, CUDA_R_32F, xb, W, NULL, T)) matmul_warp_cuda<float>(c, out, xb, W, NULL, T);
 }
 

@@ -55,7 +55,8 @@ def main():
     for r in nm.get("results", []):
         s[f"decode_b{r['batch']}_nogemv_ms"] = r["step_ms"]
     for name, key in (("bench_decode_topk", "topk50_gpu"), ("bench_decode_topk_host", "topk50_host"),
-                      ("bench_decode_pdl", "pdl"), ("bench_decode_pdl_fused", "pdl_fused")):
+                      ("bench_decode_pdl", "pdl"), ("bench_decode_pdl_fused", "pdl_fused"),
+                      ("bench_decode_skinny", "skinny")):
         for r in parts.get(name, {}).get("results", []):  # sampled decode: candidates on the GPU or the host
             s[f"decode_b{r['batch']}_{key}_ms"] = r["step_ms"]
     for name, key in (("bench_decode_long", "per_head"), ("bench_decode_long_gqa", "grouped")):
@@ -120,6 +121,8 @@ def opt_in_verdicts(parts, s):
                                 if parts.get("golden_gqa") else None,
                                 "decode_b1_ctx131072_vs_default": ratio("decode_b1_ctx131072_grouped_ms",
                                                                         "decode_b1_ctx131072_per_head_ms")},
+        "GLMTP_SKINNY": {"kernel_tests_passed": kernels_ok,
+                         "decode_b8_vs_default": ratio("decode_b8_skinny_ms", "decode_b8_ms")},
         "GLMTP_LT_BIAS": {"kernel_tests_passed": kernels_ok,
                           "prefill_vs_default": next((s[k] / s[k.replace("_ltbias", "")] for k in s
                                                       if k.endswith("_ltbias_s") and k.replace("_ltbias", "") in s),

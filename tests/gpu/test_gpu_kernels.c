@@ -314,6 +314,8 @@ static void test_small_ops(void) {
 
 /* ------------------------------------------------------------------ matmul */
 
+static const char *g_matmul_path = ""; /* which matmul path a switch chose for the cases below */
+
 static void test_matmul_case(int T, int N, int K, int with_bias, int f32_out, kdtype wdt) {
     float *x = rand_bf16((size_t)T * K, -1, 1), *w = xmalloc((size_t)N * K * 4);
     float ws = 1.5f / sqrtf((float)K);
@@ -327,7 +329,7 @@ static void test_matmul_case(int T, int N, int K, int with_bias, int f32_out, kd
     void *co = c_act(NULL, no), *go;
     float *got;
     char name[128];
-    snprintf(name, sizeof name, "matmul%s T=%d N=%d K=%d%s%s", f32_out ? "_f32" : "", T, N, K,
+    snprintf(name, sizeof name, "matmul%s%s T=%d N=%d K=%d%s%s", f32_out ? "_f32" : "", g_matmul_path, T, N, K,
              with_bias ? " +bias" : "", N == 1 ? " (f32 vector weight)" : "");
     if (f32_out) {
         float *h = xmalloc((no + PAD) * 4);
@@ -386,6 +388,8 @@ static void test_matmul_swiglu_case(int T, int F, int K) {
 /* kernels/cuda/cuda_backend.cu's test hook: set 0 or 1 switches cuBLASLt's
  * bias epilogue (GLMTP_LT_BIAS); returns the setting before. */
 int kernels_cuda_lt_bias(kbackend kb, int set);
+/* The same for the small-batch tensor-core matmul (GLMTP_SKINNY). */
+int kernels_cuda_skinny(kbackend kb, int set);
 
 static void test_matmul(void) {
     test_matmul_swiglu_case(1, 13696, 4096); /* GLM-4-9B gate/up, decode, tp = 1 */
@@ -413,10 +417,24 @@ static void test_matmul(void) {
     /* The bias in cuBLASLt's epilogue (GLMTP_LT_BIAS's path), then back to
      * the fp32 GEMM + rounding kernel: both within the same tolerance. */
     int was = kernels_cuda_lt_bias(G, 1);
+    g_matmul_path = " (bias epilogue)";
     test_matmul_case(3, 333, 96, 1, 0, KDT_BF16);
     test_matmul_case(8, 4097, 4096, 1, 0, KDT_BF16);
     test_matmul_case(512, 4608, 4096, 1, 0, KDT_BF16); /* GLM-4-9B QKV, a prefill chunk */
     kernels_cuda_lt_bias(G, was);
+    /* T = 2..8 on the small-batch tensor-core kernel (GLMTP_SKINNY's path):
+     * bias, a partial last block of rows, GLM-4-9B's shapes, fp32 out; K not
+     * a multiple of 32 keeps cuBLASLt. */
+    was = kernels_cuda_skinny(G, 1);
+    g_matmul_path = " (skinny)";
+    test_matmul_case(2, 4608, 4096, 1, 0, KDT_BF16);
+    test_matmul_case(8, 4097, 4096, 1, 0, KDT_BF16);
+    test_matmul_case(5, 4096, 13696, 0, 0, KDT_BF16);
+    test_matmul_case(7, 27392, 4096, 0, 0, KDT_BF16);
+    test_matmul_case(3, 1500, 1024, 0, 1, KDT_BF16);
+    test_matmul_case(4, 333, 96, 1, 0, KDT_BF16);
+    kernels_cuda_skinny(G, was);
+    g_matmul_path = "";
 }
 
 /* ----------------------------------------------------------- rope_kv_store */
