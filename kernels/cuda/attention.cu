@@ -171,10 +171,21 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_gqa_kernel(at
         m[g] = -INFINITY, l[g] = 0.0f;
     }
     const int32_t *table = a.tables + (size_t)s * a.max_blocks;
-    for (int p = p0 + w; p < p1; p += ATT_WARPS) {
-        size_t row = kv_row(a, table, p, grp);
+    /* The next key's rows are loaded before this key's arithmetic, so a
+     * warp's loop waits on memory once per key less (it is latency-bound: a
+     * warp takes its keys one after another). */
+    if (p0 + w < p1) {
+        size_t row = kv_row(a, table, p0 + w, grp);
         load_row<EPL>(kf, a.kc + row, lane, d);
         load_row<EPL>(vf, a.vc + row, lane, d);
+    }
+    for (int p = p0 + w; p < p1; p += ATT_WARPS) {
+        float kn[EPL] = {}, vn[EPL] = {};
+        if (p + ATT_WARPS < p1) {
+            size_t row = kv_row(a, table, p + ATT_WARPS, grp);
+            load_row<EPL>(kn, a.kc + row, lane, d);
+            load_row<EPL>(vn, a.vc + row, lane, d);
+        }
 #pragma unroll
         for (int g = 0; g < G; g++) {
             if (g >= ng) break;
@@ -189,6 +200,8 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_gqa_kernel(at
             for (int e = 0; e < EPL; e++) acc[g][e] = acc[g][e] * corr + pw * vf[e];
             m[g] = m_new;
         }
+#pragma unroll
+        for (int e = 0; e < EPL; e++) kf[e] = kn[e], vf[e] = vn[e];
     }
 
 #pragma unroll

@@ -56,7 +56,7 @@ def main():
         s[f"decode_b{r['batch']}_nogemv_ms"] = r["step_ms"]
     for name, key in (("bench_decode_topk", "topk50_gpu"), ("bench_decode_topk_host", "topk50_host"),
                       ("bench_decode_pdl", "pdl"), ("bench_decode_pdl_fused", "pdl_fused"),
-                      ("bench_decode_skinny", "skinny")):
+                      ("bench_decode_skinny", "skinny"), ("bench_decode_gqa_b64", "gqa")):
         for r in parts.get(name, {}).get("results", []):  # sampled decode: candidates on the GPU or the host
             s[f"decode_b{r['batch']}_{key}_ms"] = r["step_ms"]
     for name, key in (("bench_decode_long", "per_head"), ("bench_decode_long_gqa", "grouped")):
@@ -120,7 +120,8 @@ def opt_in_verdicts(parts, s):
                                 "golden_passed": all(g.get("exit") == 0 for g in parts.get("golden_gqa", []))
                                 if parts.get("golden_gqa") else None,
                                 "decode_b1_ctx131072_vs_default": ratio("decode_b1_ctx131072_grouped_ms",
-                                                                        "decode_b1_ctx131072_per_head_ms")},
+                                                                        "decode_b1_ctx131072_per_head_ms"),
+                                "decode_b64_vs_default": ratio("decode_b64_gqa_ms", "decode_b64_ms")},
         "GLMTP_SKINNY": {"kernel_tests_passed": kernels_ok,
                          "decode_b8_vs_default": ratio("decode_b8_skinny_ms", "decode_b8_ms")},
         "GLMTP_LT_BIAS": {"kernel_tests_passed": kernels_ok,

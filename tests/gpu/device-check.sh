@@ -399,6 +399,11 @@ if make9 "$M9" chatglm; then
     GLMTP_GQA_ATTENTION=1 step bench_decode_long_gqa 150 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1 \
         --context "$LONG_CTX" --steps 16 --json "$WORK/bench_decode_long_gqa.json"
     bench_json bench_decode_long_gqa "$WORK/bench_decode_long_gqa.json" $?
+    # and batch 64 at 1K, against bench_decode's: 2048 (head, token) blocks of
+    # the per-head kernel each walk 1K keys one after another
+    GLMTP_GQA_ATTENTION=1 step bench_decode_gqa_b64 120 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 64 \
+        --context "$DECODE_CTX" --steps 32 --json "$WORK/bench_decode_gqa_b64.json"
+    bench_json bench_decode_gqa_b64 "$WORK/bench_decode_gqa_b64.json" $?
     # Batch 8 with the small-batch tensor-core matmul (GLMTP_SKINNY=1, opt-in)
     # instead of cuBLASLt: against bench_decode's batch 8.
     GLMTP_SKINNY=1 step bench_decode_skinny 120 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 8 \
