@@ -10,6 +10,7 @@
  * even on the host during upload); vectors (rows = 1: RMSNorm weights, the QKV
  * bias) are stored fp32, which is exact for bf16 checkpoints and keeps f32 ones
  * exact, and costs nothing next to the matrices. */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -186,6 +187,31 @@ static const kernels_iface cuda_iface = {
     /* .graph_destroy = */ cuda_graph_destroy,
 };
 
+/* The on/off switches read from the environment at creation: paths to
+ * compare (GLMTP_NO_*), and kernels opt-in until a GPU run has checked and
+ * timed them (the rest). */
+static const struct {
+    const char *env;
+    size_t field;
+} switches[] = {
+    {"GLMTP_FUSED_ADD_NORM", offsetof(cuda_ctx, fused_add_norm)}, /* add_rmsnorm in one kernel */
+    {"GLMTP_FUSED_ROPE_KV", offsetof(cuda_ctx, fused_rope_kv)},   /* rope_kv_store in one kernel */
+    {"GLMTP_FUSED_SWIGLU", offsetof(cuda_ctx, fused_swiglu)},     /* SwiGLU in the T = 1 GEMV */
+    {"GLMTP_GPU_TOPK", offsetof(cuda_ctx, gpu_top_k)},            /* the sampling candidates' kernel */
+    {"GLMTP_GQA_ATTENTION", offsetof(cuda_ctx, gqa_attention)},   /* the grouped attention kernel */
+    {"GLMTP_PDL", offsetof(cuda_ctx, pdl)},                       /* programmatic dependent launch */
+    {"GLMTP_SKINNY", offsetof(cuda_ctx, skinny)},                 /* T = 2..8 tensor-core matmul */
+    {"GLMTP_LT_BIAS", offsetof(cuda_ctx, lt_bias)},               /* bias in cuBLASLt's epilogue */
+    {"GLMTP_NO_GEMV", offsetof(cuda_ctx, no_gemv)},               /* small-T matmuls through cuBLASLt */
+    {"GLMTP_NO_FLASH_PREFILL", offsetof(cuda_ctx, no_flash_prefill)}, /* no tensor-core prefill attention */
+};
+
+/* Set, non-empty and not "0". */
+static int env_on(const char *name) {
+    const char *v = getenv(name);
+    return v && *v && strcmp(v, "0") != 0;
+}
+
 /* Failures a user can cause (no device, wrong device, old GPU) come back in
  * err; anything after the device is chosen is a broken invariant and aborts. */
 kbackend kernels_cuda_create(int device, char *err, size_t errlen) {
@@ -223,27 +249,10 @@ kbackend kernels_cuda_create(int device, char *err, size_t errlen) {
     c->lt_workspace_bytes = LT_WORKSPACE_BYTES;
     CUDA_CHECK(cudaMalloc(&c->lt_workspace, c->lt_workspace_bytes));
     c->rope_rot = -1;
-    /* Read once: a GPU run can compare the tensor-core prefill attention with
-     * the general kernel, or switch a broken one off. */
-    const char *fa = getenv("GLMTP_FUSED_ADD_NORM"), *fr = getenv("GLMTP_FUSED_ROPE_KV");
-    c->fused_add_norm = fa && *fa && strcmp(fa, "0") != 0;
-    c->fused_rope_kv = fr && *fr && strcmp(fr, "0") != 0;
-    const char *fs = getenv("GLMTP_FUSED_SWIGLU");
-    c->fused_swiglu = fs && *fs && strcmp(fs, "0") != 0;
-    const char *tk = getenv("GLMTP_GPU_TOPK"); /* the sampling candidates' kernel, until a GPU run checks it */
-    c->gpu_top_k = tk && *tk && strcmp(tk, "0") != 0;
-    const char *gq = getenv("GLMTP_GQA_ATTENTION"); /* the grouped attention kernel, until a GPU run checks it */
-    c->gqa_attention = gq && *gq && strcmp(gq, "0") != 0;
-    const char *pd = getenv("GLMTP_PDL"); /* programmatic dependent launch, until a GPU run measures it */
-    c->pdl = major >= 9 && pd && *pd && strcmp(pd, "0") != 0;
-    const char *ng = getenv("GLMTP_NO_GEMV"); /* compare with cuBLASLt, or switch the GEMV off */
-    c->no_gemv = ng && *ng && strcmp(ng, "0") != 0;
-    const char *sk = getenv("GLMTP_SKINNY");
-    c->skinny = sk && *sk && strcmp(sk, "0") != 0;
-    const char *lb = getenv("GLMTP_LT_BIAS");
-    c->lt_bias = lb && *lb && strcmp(lb, "0") != 0;
-    const char *nf = getenv("GLMTP_NO_FLASH_PREFILL");
-    c->no_flash_prefill = nf && *nf && strcmp(nf, "0") != 0;
+    /* Read once, so a GPU run can compare paths or switch a broken one off. */
+    for (size_t i = 0; i < sizeof switches / sizeof *switches; i++)
+        *(int *)((char *)c + switches[i].field) = env_on(switches[i].env);
+    c->pdl = c->pdl && major >= 9; /* griddepcontrol is sm_90's */
     /* 1: the 64-row prefill kernel; else the 128-row one, 2.1x faster on an
      * H200 (298 against 141 TFLOP/s at 8K tokens, bench/results/2026-11-27-*) */
     const char *fv = getenv("GLMTP_FLASH_VARIANT");
@@ -281,38 +290,17 @@ extern "C" int kernels_cuda_flash_variant(kbackend kb, int set) {
     return c->flash_ran;
 }
 
-/* Test hook (declared by tests/gpu/test_gpu_kernels.c): set 0 or 1 switches
- * the small-batch tensor-core matmul as GLMTP_SKINNY does at creation (other
- * values change nothing); returns the setting before, or -1 for a backend that
- * is not CUDA. */
-extern "C" int kernels_cuda_skinny(kbackend kb, int set) {
+/* Test hook (declared by tests/gpu/test_gpu_kernels.c): set 0 or 1 turns the
+ * switch named by its environment variable (the table above) off or on, as
+ * that variable does at creation; other values change nothing. Returns the
+ * setting before, or -1 for a backend that is not CUDA or an unknown name. */
+extern "C" int kernels_cuda_switch(kbackend kb, const char *env, int set) {
     if (kb.iface != &cuda_iface) return -1;
-    cuda_ctx *c = (cuda_ctx *)kb.ctx;
-    int was = c->skinny;
-    if (set == 0 || set == 1) c->skinny = set;
-    return was;
-}
-
-/* Test hook (declared by tests/gpu/test_gpu_kernels.c): set 0 or 1 switches
- * cuBLASLt's bias epilogue as GLMTP_LT_BIAS does at creation (other values
- * change nothing); returns the setting before, or -1 for a backend that is not
- * CUDA. */
-extern "C" int kernels_cuda_lt_bias(kbackend kb, int set) {
-    if (kb.iface != &cuda_iface) return -1;
-    cuda_ctx *c = (cuda_ctx *)kb.ctx;
-    int was = c->lt_bias;
-    if (set == 0 || set == 1) c->lt_bias = set;
-    return was;
-}
-
-/* Test hook (declared by tests/gpu/test_gpu_kernels.c): set 0 or 1 switches
- * the grouped attention kernel as GLMTP_GQA_ATTENTION does at creation (other
- * values change nothing); returns the setting before, or -1 for a backend that
- * is not CUDA. */
-extern "C" int kernels_cuda_gqa_attention(kbackend kb, int set) {
-    if (kb.iface != &cuda_iface) return -1;
-    cuda_ctx *c = (cuda_ctx *)kb.ctx;
-    int was = c->gqa_attention;
-    if (set == 0 || set == 1) c->gqa_attention = set;
-    return was;
+    for (size_t i = 0; i < sizeof switches / sizeof *switches; i++) {
+        if (strcmp(switches[i].env, env) != 0) continue;
+        int *f = (int *)((char *)kb.ctx + switches[i].field), was = *f;
+        if (set == 0 || set == 1) *f = set;
+        return was;
+    }
+    return -1;
 }

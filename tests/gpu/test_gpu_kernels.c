@@ -385,11 +385,18 @@ static void test_matmul_swiglu_case(int T, int F, int K) {
     for (int i = 0; i < 3; i++) C.iface->free(C.ctx, cb[i]);
 }
 
-/* kernels/cuda/cuda_backend.cu's test hook: set 0 or 1 switches cuBLASLt's
- * bias epilogue (GLMTP_LT_BIAS); returns the setting before. */
-int kernels_cuda_lt_bias(kbackend kb, int set);
-/* The same for the small-batch tensor-core matmul (GLMTP_SKINNY). */
-int kernels_cuda_skinny(kbackend kb, int set);
+/* kernels/cuda/cuda_backend.cu's test hook: set 0 or 1 turns the switch of
+ * that environment variable (GLMTP_LT_BIAS, GLMTP_SKINNY, ...) off or on;
+ * returns the setting before (-1: no such switch). */
+int kernels_cuda_switch(kbackend kb, const char *env, int set);
+
+/* The hook, failing loudly on a name the backend does not know (the cases
+ * would otherwise run the default path under another path's name). */
+static int gpu_switch(const char *env, int set) {
+    int was = kernels_cuda_switch(G, env, set);
+    if (was < 0) expect(0, "test hook: the CUDA backend has no switch %s", env);
+    return was;
+}
 
 static void test_matmul(void) {
     test_matmul_swiglu_case(1, 13696, 4096); /* GLM-4-9B gate/up, decode, tp = 1 */
@@ -416,16 +423,16 @@ static void test_matmul(void) {
     test_matmul_case(1, 151, 1000, 0, 1, KDT_BF16);
     /* The bias in cuBLASLt's epilogue (GLMTP_LT_BIAS's path), then back to
      * the fp32 GEMM + rounding kernel: both within the same tolerance. */
-    int was = kernels_cuda_lt_bias(G, 1);
+    int was = gpu_switch("GLMTP_LT_BIAS", 1);
     g_matmul_path = " (bias epilogue)";
     test_matmul_case(3, 333, 96, 1, 0, KDT_BF16);
     test_matmul_case(8, 4097, 4096, 1, 0, KDT_BF16);
     test_matmul_case(512, 4608, 4096, 1, 0, KDT_BF16); /* GLM-4-9B QKV, a prefill chunk */
-    kernels_cuda_lt_bias(G, was);
+    gpu_switch("GLMTP_LT_BIAS", was);
     /* T = 2..8 on the small-batch tensor-core kernel (GLMTP_SKINNY's path):
      * bias, a partial last block of rows, GLM-4-9B's shapes, fp32 out; K not
      * a multiple of 32 keeps cuBLASLt. */
-    was = kernels_cuda_skinny(G, 1);
+    was = gpu_switch("GLMTP_SKINNY", 1);
     g_matmul_path = " (skinny)";
     test_matmul_case(2, 4608, 4096, 1, 0, KDT_BF16);
     test_matmul_case(8, 4097, 4096, 1, 0, KDT_BF16);
@@ -433,7 +440,7 @@ static void test_matmul(void) {
     test_matmul_case(7, 27392, 4096, 0, 0, KDT_BF16);
     test_matmul_case(3, 1500, 1024, 0, 1, KDT_BF16);
     test_matmul_case(4, 333, 96, 1, 0, KDT_BF16);
-    kernels_cuda_skinny(G, was);
+    gpu_switch("GLMTP_SKINNY", was);
     g_matmul_path = "";
 }
 
@@ -628,10 +635,6 @@ static void test_attention_long(int n_kv, int q_per_kv, int d, int ctx) {
     free(pre), free(tables);
 }
 
-/* kernels/cuda/cuda_backend.cu's test hook: set 0 or 1 switches the grouped
- * attention kernel (GLMTP_GQA_ATTENTION); returns the setting before. */
-int kernels_cuda_gqa_attention(kbackend kb, int set);
-
 static void test_attention_cases(void) {
     test_attention_paged(1, 2, 16);
     test_attention_paged(2, 4, 16);
@@ -651,13 +654,13 @@ static void test_attention_cases(void) {
  * heads sharing a KV head in one block; not for q/kv 1 or d 256, which keep
  * the per-head kernel), then back to what the environment chose. */
 static void test_attention(void) {
-    int was = kernels_cuda_gqa_attention(G, 0);
+    int was = gpu_switch("GLMTP_GQA_ATTENTION", 0);
     g_attn_kernel = "";
     test_attention_cases();
-    kernels_cuda_gqa_attention(G, 1);
+    gpu_switch("GLMTP_GQA_ATTENTION", 1);
     g_attn_kernel = " (grouped)";
     test_attention_cases();
-    kernels_cuda_gqa_attention(G, was);
+    gpu_switch("GLMTP_GQA_ATTENTION", was);
     g_attn_kernel = "";
 }
 
