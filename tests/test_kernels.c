@@ -470,36 +470,39 @@ static void test_add_rmsnorm(void) {
 /* argmax: first maximum among columns [0, V) of rows [n, ld], with its value;
  * against a double loop written here, plus the rules by name. */
 static void test_argmax(void) {
-    const int n = 4, ld = 50;
+    const int n = 5, ld = 50;
     float *l = xmalloc((size_t)n * ld * 4);
     fill_normal(l, (size_t)n * ld, 1.0f);
     l[0 * ld + 3] = l[0 * ld + 30] = 9.0f; /* tie: the lower id */
     l[1 * ld + 0] = NAN;                   /* NaN never wins, even first */
     for (int i = 0; i < ld; i++) l[2 * ld + i] = NAN; /* no number: id 0, -inf */
     l[3 * ld + 45] = 20.0f;                /* past the limit of 40 */
+    for (int i = 0; i < ld; i++) l[4 * ld + i] = i ? -INFINITY : NAN; /* -inf is a number: id 1 */
     for (int V = 40; V <= ld; V += 10) {
-        int idx[4];
-        float val[4];
+        int idx[5];
+        float val[5];
         void *dl = dev_copy(l, (size_t)n * ld * 4);
         K_->argmax(kb.ctx, idx, val, dl, n, V, ld);
         K_->free(kb.ctx, dl);
-        float got[8];
-        double want[8];
+        float got[10];
+        double want[10];
         for (int r = 0; r < n; r++) {
             int bi = -1;
             double bv = -INFINITY;
-            for (int i = 0; i < V; i++)
-                if (l[(size_t)r * ld + i] == l[(size_t)r * ld + i] && l[(size_t)r * ld + i] > bv)
-                    bv = l[(size_t)r * ld + i], bi = i;
-            want[r] = bi < 0 ? 0 : bi, want[4 + r] = bv;
-            got[r] = (float)idx[r], got[4 + r] = val[r];
+            for (int i = 0; i < V; i++) {
+                float x = l[(size_t)r * ld + i];
+                if (!isnan(x) && (bi < 0 || x > bv)) bv = x, bi = i;
+            }
+            want[r] = bi < 0 ? 0 : bi, want[n + r] = bv;
+            got[r] = (float)idx[r], got[n + r] = val[r];
         }
         char name[64];
         snprintf(name, sizeof name, "argmax V=%d ld=%d (ids, then values)", V, ld);
-        check(name, got, want, 8, 0.0, 0.0);
+        check(name, got, want, 2 * n, 0.0, 0.0);
         check("argmax tie to the lower id", &got[0], (double[]){3}, 1, 0.0, 0.0);
         check("argmax row without numbers: id 0", &got[2], (double[]){0}, 1, 0.0, 0.0);
-        if (V == 40) check("argmax ignores ids past the limit", &got[7], (double[]){want[7]}, 1, 0.0, 0.0);
+        check("argmax -inf beats an earlier NaN", &got[4], (double[]){1}, 1, 0.0, 0.0);
+        if (V == 40) check("argmax ignores ids past the limit", &got[n + 3], (double[]){want[n + 3]}, 1, 0.0, 0.0);
     }
     free(l);
 }

@@ -12,7 +12,7 @@ void cpu_argmax(void *ctx, int *out_idx, float *out_val, const float *logits, in
         float bv = -INFINITY;
         int bi = -1;
         for (int i = 0; i < V; i++)
-            if (l[i] > bv) bv = l[i], bi = i; /* NaN compares false: never taken */
+            if (!isnan(l[i]) && (bi < 0 || l[i] > bv)) bv = l[i], bi = i; /* a -inf still beats a NaN */
         out_idx[r] = bi < 0 ? 0 : bi;
         out_val[r] = bv;
     }

@@ -20,6 +20,15 @@
 #define LT_WORKSPACE_BYTES ((size_t)32 << 20) /* cuBLASLt's recommendation for Hopper */
 #define UPLOAD_CHUNK ((size_t)16 << 20)       /* elements converted per host staging chunk */
 
+/* The code the device runs waits in pdl_begin() (griddepcontrol needs sm_90
+ * code: a build for sm_80 alone, JIT-compiled on a Hopper, has no waits). */
+static __global__ void pdl_probe_kernel(void) {}
+static int pdl_compiled(void) {
+    cudaFuncAttributes fa;
+    return cudaFuncGetAttributes(&fa, pdl_probe_kernel) == cudaSuccess && fa.binaryVersion >= 90 &&
+           fa.ptxVersion >= 90;
+}
+
 void *cuda_scratch(cuda_ctx *c, cuda_buf *b, size_t bytes) {
     if (bytes <= b->bytes && b->p) return b->p;
     size_t n = bytes > 2 * b->bytes ? bytes : 2 * b->bytes;
@@ -252,7 +261,7 @@ kbackend kernels_cuda_create(int device, char *err, size_t errlen) {
     /* Read once, so a GPU run can compare paths or switch a broken one off. */
     for (size_t i = 0; i < sizeof switches / sizeof *switches; i++)
         *(int *)((char *)c + switches[i].field) = env_on(switches[i].env);
-    c->pdl = c->pdl && major >= 9; /* griddepcontrol is sm_90's */
+    c->pdl = c->pdl && pdl_compiled(); /* else launches would overlap kernels that never wait */
     /* 1: the 64-row prefill kernel; else the 128-row one, 2.1x faster on an
      * H200 (298 against 141 TFLOP/s at 8K tokens, bench/results/2026-11-27-*) */
     const char *fv = getenv("GLMTP_FLASH_VARIANT");
@@ -290,6 +299,12 @@ extern "C" int kernels_cuda_flash_variant(kbackend kb, int set) {
     return c->flash_ran;
 }
 
+/* Test hook: the path the last matmul or matmul_f32 call took (matmul.cu's
+ * names), NULL before any or for a backend that is not CUDA. */
+extern "C" const char *kernels_cuda_matmul_ran(kbackend kb) {
+    return kb.iface == &cuda_iface ? ((cuda_ctx *)kb.ctx)->matmul_ran : NULL;
+}
+
 /* Test hook (declared by tests/gpu/test_gpu_kernels.c): set 0 or 1 turns the
  * switch named by its environment variable (the table above) off or on, as
  * that variable does at creation; other values change nothing. Returns the
@@ -299,7 +314,7 @@ extern "C" int kernels_cuda_switch(kbackend kb, const char *env, int set) {
     for (size_t i = 0; i < sizeof switches / sizeof *switches; i++) {
         if (strcmp(switches[i].env, env) != 0) continue;
         int *f = (int *)((char *)kb.ctx + switches[i].field), was = *f;
-        if (set == 0 || set == 1) *f = set;
+        if (set == 0 || set == 1) *f = set && (f != &((cuda_ctx *)kb.ctx)->pdl || pdl_compiled());
         return was;
     }
     return -1;

@@ -102,6 +102,9 @@ static void plan_init(cuda_ctx *c, lt_plan *p) {
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
     if (p->bias) {
+        /* An fp32 bias beside a bf16 output is not in cublasLt.h's list of
+         * bias types (it names the output's type); every refusal below sends
+         * the call to the fp32 GEMM + rounding kernel instead of aborting. */
         cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
         cudaDataType_t bt = CUDA_R_32F;
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
@@ -140,7 +143,7 @@ static void plan_init(cuda_ctx *c, lt_plan *p) {
         if (st == CUBLAS_STATUS_SUCCESS && n_res > 0 && res.state == CUBLAS_STATUS_SUCCESS) {
             p->algo = res.algo;
             p->fallback = 0;
-        } else if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED) {
+        } else if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED && !p->bias) {
             CUBLAS_CHECK(st); /* a real error, not "no algorithm for this shape" */
         }
     }
@@ -246,7 +249,7 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(OutT *out,
                 v = g / (1.0f + expf(-g)) * u;
             }
             if (lane == 0 && t < T && n0 + r < N)
-                out[(size_t)t * N + n0 + r] = to_out<OutT>(v + (bias ? bias[n0 + r] : 0.0f));
+                out[(size_t)t * N + n0 + r] = to_out<OutT>(bias ? v + bias[n0 + r] : v); /* v + 0 would turn -0 into +0 */
         }
     }
 }
@@ -356,36 +359,66 @@ static int matmul_lt(cuda_ctx *c, void *out, cudaDataType_t otype, const bf16 *x
     return 0;
 }
 
+/* The paths, as c->matmul_ran names them (the GPU test checks that a switch's
+ * path is the one that ran). */
+static const char *const RAN_GEMV = "gemv", *const RAN_SKINNY = "skinny", *const RAN_LT = "cublaslt",
+                         *const RAN_LT_BIAS = "cublaslt_bias_epilogue", *const RAN_LT_ROUND = "cublaslt_f32_round",
+                         *const RAN_WARP = "warp";
+
 void cuda_op_matmul(void *ctx, void *out, const void *x, const kweight *W, const kweight *bias, int T) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     const bf16 *xb = (const bf16 *)x;
     if (T <= 0 || W->rows <= 0) return;
-    if (gemv_cuda<bf16>(c, (bf16 *)out, xb, W, bias, T) == 0) return;
-    if (skinny_cuda<bf16>(c, (bf16 *)out, xb, W, bias, T) == 0) return;
+    if (gemv_cuda<bf16>(c, (bf16 *)out, xb, W, bias, T) == 0) {
+        c->matmul_ran = RAN_GEMV;
+        return;
+    }
+    if (skinny_cuda<bf16>(c, (bf16 *)out, xb, W, bias, T) == 0) {
+        c->matmul_ran = RAN_SKINNY;
+        return;
+    }
     if (!bias) {
-        if (matmul_lt(c, out, CUDA_R_16BF, xb, W, NULL, T)) matmul_warp_cuda<bf16>(c, (bf16 *)out, xb, W, NULL, T);
+        c->matmul_ran = RAN_LT;
+        if (matmul_lt(c, out, CUDA_R_16BF, xb, W, NULL, T)) {
+            matmul_warp_cuda<bf16>(c, (bf16 *)out, xb, W, NULL, T);
+            c->matmul_ran = RAN_WARP;
+        }
         return;
     }
     if (c->lt_bias && bias->dtype == KDT_F32 &&
-        matmul_lt(c, out, CUDA_R_16BF, xb, W, (const float *)bias->data, T) == 0)
+        matmul_lt(c, out, CUDA_R_16BF, xb, W, (const float *)bias->data, T) == 0) {
+        c->matmul_ran = RAN_LT_BIAS;
         return;
+    }
     size_t n = (size_t)T * W->rows;
     float *acc = (float *)cuda_scratch(c, &c->gemm_f32, n * sizeof(float));
     if (matmul_lt(c, acc, CUDA_R_32F, xb, W, NULL, T)) {
         matmul_warp_cuda<bf16>(c, (bf16 *)out, xb, W, bias, T);
+        c->matmul_ran = RAN_WARP;
         return;
     }
     launch(c, bias_round_kernel, grid_for(c, n, 256), 256, 0, (bf16 *)out, (const float *)acc, bias->data,
            (int)bias->dtype, n, W->rows);
+    c->matmul_ran = RAN_LT_ROUND;
 }
 
 void cuda_op_matmul_f32(void *ctx, float *out, const void *x, const kweight *W, int T) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     const bf16 *xb = (const bf16 *)x;
     if (T <= 0 || W->rows <= 0) return;
-    if (gemv_cuda<float>(c, out, xb, W, NULL, T) == 0) return;
-    if (skinny_cuda<float>(c, out, xb, W, NULL, T) == 0) return;
-    if (matmul_lt(c, out, CUDA_R_32F, xb, W, NULL, T)) matmul_warp_cuda<float>(c, out, xb, W, NULL, T);
+    if (gemv_cuda<float>(c, out, xb, W, NULL, T) == 0) {
+        c->matmul_ran = RAN_GEMV;
+        return;
+    }
+    if (skinny_cuda<float>(c, out, xb, W, NULL, T) == 0) {
+        c->matmul_ran = RAN_SKINNY;
+        return;
+    }
+    c->matmul_ran = RAN_LT;
+    if (matmul_lt(c, out, CUDA_R_32F, xb, W, NULL, T)) {
+        matmul_warp_cuda<float>(c, out, xb, W, NULL, T);
+        c->matmul_ran = RAN_WARP;
+    }
 }
 
 /* Fused (GLMTP_FUSED_SWIGLU=1, until a GPU run checks it) where the GEMV

@@ -222,6 +222,10 @@ void cuda_op_top_k(void *ctx, kcand *out, double *sum, const float *logits, int 
                    const float *temp) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     if (n <= 0) return;
+    if (k < 1 || k > V || k > KERNELS_TOPK_MAX) { /* the kernel's shared arrays hold KERNELS_TOPK_MAX */
+        fprintf(stderr, "glmtp: top_k called with k = %d outside [1, min(V = %d, %d)]\n", k, V, KERNELS_TOPK_MAX);
+        abort();
+    }
     if (!c->gpu_top_k) {
         top_k_on_host(c, out, sum, logits, n, V, ld, k, temp);
         return;

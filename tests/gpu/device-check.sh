@@ -183,8 +183,8 @@ if grep -q '^skipped: no CUDA device' "$WORK/kernels.out"; then
     [ "$DEV" = cpu ] || finish no_gpu
 fi
 SUMMARY=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$WORK/kernels.out" | tail -1)
-FAILS=$(grep '^FAIL' "$WORK/kernels.out" | head -20 | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().splitlines()))')
-part test_gpu_kernels "{\"exit\": $rc, \"summary\": $(jstr "${SUMMARY:-none}"), \"failures\": $FAILS}"
+lines_json() { grep "$1" "$WORK/kernels.out" | head -60 | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().splitlines()))'; }
+part test_gpu_kernels "{\"exit\": $rc, \"summary\": $(jstr "${SUMMARY:-none}"), \"failures\": $(lines_json '^FAIL'), \"notes\": $(lines_json '^NOTE')}"
 [ $rc = 0 ] || FAILED=1
 
 # ---------------------------------------------------------------- 3. golden
