@@ -2,6 +2,7 @@
  * thread for errors and timeouts, everything else through the base comm. */
 #include <nccl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
  * the host waits for the oldest one (the GPU is far behind anyway). */
 #define RING 256
 #define POLL_NS 1000000L /* watchdog period: 1 ms */
+#define ABORT_GRACE_S 30  /* die(): how long ncclCommAbort and the job abort may take before the rank ends itself */
 
 typedef struct nccl_ctx {
     comm *base;
@@ -23,6 +25,8 @@ typedef struct nccl_ctx {
     cudaStream_t stream;
     int rank, device;
     double timeout_s;
+    volatile sig_atomic_t dying; /* die() began: the main thread queues no more NCCL work */
+    int abort_on_destroy;        /* setup failed: other ranks may not have joined, so no ncclCommDestroy */
     pthread_t watchdog;
     int watchdog_running;
     pthread_mutex_t mu;
@@ -45,16 +49,31 @@ static void sleep_ns(long ns) {
     nanosleep(&ts, NULL);
 }
 
-/* Ends the job: the message, ncclCommAbort (unblocks kernels waiting for a dead
- * peer, so a host thread stuck in a stream sync returns), then the base comm's
- * abort, which takes every rank down (MPI_Abort, or exit with one rank). */
+/* Ends the job (the watchdog's thread): the message, ncclCommAbort (unblocks
+ * kernels waiting for a dead peer, so a host thread stuck in a stream sync
+ * returns; from then on the main thread parks in park_if_dying instead of
+ * using the freed comm), then the base comm's abort, which takes every rank
+ * down (MPI_Abort, or exit with one rank). Since NCCL 2.19 an abort can wait
+ * for the other ranks of the node to abort too (NVIDIA/nccl#863), which a hung
+ * peer never does: SIGALRM's default action ends this rank if the two have
+ * not within ABORT_GRACE_S, and mpirun then ends the job. */
 static void die(nccl_ctx *n, const char *why) {
+    n->dying = 1;
     fprintf(stderr, "glmtp: rank %d: device %d: %s; aborting the NCCL communicator and the job\n", n->rank, n->device,
             why);
     fflush(stderr);
-    if (n->nc) (void)ncclCommAbort(n->nc);
+    alarm(ABORT_GRACE_S);
+    pthread_mutex_lock(&n->mu);
+    ncclComm_t nc = n->nc;
+    pthread_mutex_unlock(&n->mu);
+    if (nc) (void)ncclCommAbort(nc);
     n->base->iface->abort(n->base->ctx, 4);
     abort(); /* not reached */
+}
+
+/* The main thread, once die() has begun: waits for the end it brings. */
+static void park_if_dying(nccl_ctx *n) {
+    while (n->dying) pause();
 }
 
 /* Retires finished all-reduces; returns the failure, if any, in why. */
@@ -129,12 +148,16 @@ static void watch(nccl_ctx *n) {
 static void nccl_allreduce(void *ctx, void *buf, size_t count, kdtype dt) {
     nccl_ctx *n = ctx;
     if (count == 0) return;
+    park_if_dying(n);
     ncclDataType_t t = dt == KDT_F32 ? ncclFloat32 : dt == KDT_BF16 ? ncclBfloat16 : ncclFloat16;
     NCCL_CHECK(ncclAllReduce(buf, buf, count, t, ncclSum, n->nc, n->stream));
     watch(n);
 }
 
-static void nccl_watch_queued(void *ctx) { watch(ctx); }
+static void nccl_watch_queued(void *ctx) {
+    park_if_dying(ctx);
+    watch(ctx);
+}
 
 static void nccl_gather(void *ctx, const void *send, void *recv, const size_t *bytes) {
     comm *b = ((nccl_ctx *)ctx)->base;
@@ -275,6 +298,7 @@ comm *comm_nccl_create(comm *base, void *cuda_stream, char *err, size_t errlen) 
         failed = 1;
     }
     if (agree(base, failed, err, errlen)) {
+        n->abort_on_destroy = 1;
         c->ctx = n;
         c->iface = &nccl_iface;
         comm_nccl_destroy(c);
@@ -293,14 +317,17 @@ comm *comm_nccl_create(comm *base, void *cuda_stream, char *err, size_t errlen) 
 void comm_nccl_destroy(comm *c) {
     if (!c) return;
     nccl_ctx *n = c->ctx;
-    if (n->nc) CUDA_CHECK(cudaStreamSynchronize(n->stream));
+    if (n->nc && !n->abort_on_destroy) CUDA_CHECK(cudaStreamSynchronize(n->stream));
     if (n->watchdog_running) {
         pthread_mutex_lock(&n->mu);
         n->stop = 1;
         pthread_mutex_unlock(&n->mu);
         pthread_join(n->watchdog, NULL);
     }
-    if (n->nc) NCCL_CHECK(ncclCommDestroy(n->nc));
+    if (n->nc && n->abort_on_destroy)
+        (void)ncclCommAbort(n->nc); /* destroy may wait for ranks that never joined */
+    else if (n->nc)
+        NCCL_CHECK(ncclCommDestroy(n->nc));
     for (int i = 0; i < RING; i++)
         if (n->ev[i]) CUDA_CHECK(cudaEventDestroy(n->ev[i]));
     pthread_mutex_destroy(&n->mu);

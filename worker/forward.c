@@ -39,7 +39,8 @@ struct glm_forward {
     double t_allreduce, t_total;
     uint64_t serial; /* steps run, for kattn_batch.serial */
     /* graphs */
-    int graphs_off;      /* backend or communicator cannot, GLMTP_NO_CUDA_GRAPHS, or a capture failed */
+    int graphs_off;      /* backend or communicator cannot, or GLMTP_NO_CUDA_GRAPHS on any rank */
+    int record_failed;   /* a recording failed here: decode steps still run padded, without graphs */
     int capturing;       /* recording: all-reduce time is not real time */
     graph_slot graphs[GRAPH_SLOTS];
     int n_graphs;
@@ -54,6 +55,9 @@ glm_forward *forward_create(glm_model *m, kv_cache *kv) {
     f->kv = kv;
     const char *off = getenv("GLMTP_NO_CUDA_GRAPHS");
     f->graphs_off = (off && *off && strcmp(off, "0") != 0) || !m->comm->iface->allreduce_capturable(m->comm->ctx);
+    /* A graph step pads its batch, and so its all-reduces: every rank takes the
+     * same path (the variable may reach only some nodes). Collective. */
+    f->graphs_off = comm_first_failed(m->comm, f->graphs_off) >= 0;
     return f;
 }
 
@@ -250,7 +254,7 @@ static int graph_step(glm_forward *f, const glm_step *s) {
     graph_slot *g = NULL;
     for (int i = 0; i < f->n_graphs; i++)
         if (f->graphs[i].tokens == B && f->graphs[i].max_blocks == MB) g = &f->graphs[i];
-    if (g && k->graph_launch(ctx, g->graph) == 0) {
+    if (g && !f->record_failed && k->graph_launch(ctx, g->graph) == 0) {
         f->m->comm->iface->watch_queued(f->m->comm->ctx); /* its all-reduces were recorded, not issued */
         return 1;
     }
@@ -259,6 +263,7 @@ static int graph_step(glm_forward *f, const glm_step *s) {
         *g = f->graphs[--f->n_graphs];
     }
     device_pass(f, &b, B, NULL, B); /* this step's results; sizes the scratch the graph will use */
+    if (f->record_failed) return 1; /* padded as on the ranks that replay graphs */
     if (f->n_graphs == GRAPH_SLOTS) drop_graphs(f);
     if (k->capture_begin(ctx) == 0) {
         f->capturing = 1;
@@ -270,10 +275,10 @@ static int graph_step(glm_forward *f, const glm_step *s) {
         } else {
             fprintf(stderr, "glmtp: rank %d: recording a decode graph failed; running steps without graphs\n",
                     f->m->comm->rank);
-            f->graphs_off = 1;
+            f->record_failed = 1;
         }
     } else {
-        f->graphs_off = 1; /* this backend has no graphs */
+        f->graphs_off = 1; /* this backend has no graphs (so on every rank: --device is agreed) */
     }
     return 1;
 }
@@ -284,18 +289,21 @@ static void device_step(glm_forward *f, const glm_step *s, float *hidden) {
     const glm_config *c = &f->m->cfg;
     const kernels_iface *k = f->m->kb.iface;
     void *ctx = f->m->kb.ctx;
-    if (!hidden && graph_step(f, s)) return;
-    reserve(f, s);
-    upload(f, s);
-    int T = s->n_tokens, max_pos = 0;
-    for (int t = 0; t < T; t++)
-        if (s->pos[t] > max_pos) max_pos = s->pos[t];
-    kattn_batch b = {T, f->pos, f->seq, f->slots, f->tables, s->max_blocks, s->block_size, max_pos, s->pos, s->seq,
-                     ++f->serial};
-    /* Logit rows 0..n-1 need no gather. */
-    int identity = s->n_logits == T;
-    for (int i = 0; identity && i < T; i++) identity = s->logit_rows[i] == i;
-    device_pass(f, &b, T, identity ? NULL : s->logit_rows, s->n_logits);
+    /* Every rank takes the same path whatever its hidden: the final-norm rows
+     * are in f->h either way (a graph step's logit rows are its first rows). */
+    if (!graph_step(f, s)) {
+        reserve(f, s);
+        upload(f, s);
+        int T = s->n_tokens, max_pos = 0;
+        for (int t = 0; t < T; t++)
+            if (s->pos[t] > max_pos) max_pos = s->pos[t];
+        kattn_batch b = {T, f->pos, f->seq, f->slots, f->tables, s->max_blocks, s->block_size, max_pos, s->pos,
+                         s->seq, ++f->serial};
+        /* Logit rows 0..n-1 need no gather. */
+        int identity = s->n_logits == T;
+        for (int i = 0; identity && i < T; i++) identity = s->logit_rows[i] == i;
+        device_pass(f, &b, T, identity ? NULL : s->logit_rows, s->n_logits);
+    }
     if (s->n_logits > 0 && hidden && f->m->comm->rank == 0) {
         if (k->act_bytes == 4) {
             k->to_host(ctx, hidden, f->h, (size_t)s->n_logits * c->hidden * 4);

@@ -205,12 +205,14 @@ void cuda_op_argmax(void *ctx, int *out_idx, float *out_val, const float *logits
 static void top_k_on_host(cuda_ctx *c, kcand *out, double *sum, const float *logits, int n, int V, int ld, int k,
                           const float *temp) {
     size_t row = sizeof(float) * (size_t)V;
-    if (c->host_row_cap < (size_t)n * V) { /* pinned: a batch's rows are tens of MB per step */
+    size_t need = (size_t)n * V;
+    if (c->host_row_cap < need) { /* pinned: a batch's rows are tens of MB per step */
+        size_t cap = need > 2 * c->host_row_cap ? need : 2 * c->host_row_cap; /* a growing batch re-pins rarely */
         if (c->host_row) CUDA_CHECK(cudaFreeHost(c->host_row));
         c->host_row = NULL;
         c->host_row_cap = 0;
-        CUDA_CHECK(cudaMallocHost((void **)&c->host_row, row * (size_t)n));
-        c->host_row_cap = (size_t)n * V;
+        CUDA_CHECK(cudaMallocHost((void **)&c->host_row, sizeof(float) * cap));
+        c->host_row_cap = cap;
     }
     CUDA_CHECK(cudaMemcpy2DAsync(c->host_row, row, logits, sizeof(float) * (size_t)ld, row, (size_t)n,
                                  cudaMemcpyDeviceToHost, c->stream));
