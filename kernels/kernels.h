@@ -127,6 +127,10 @@ typedef struct kernels_iface {
                   const float *temp);
     /* Waits for queued work (no-op on CPU). */
     void (*sync)(void *ctx);
+    /* Marks the start (on 1) or end (on 0) of a timed region for profilers:
+     * cudaProfilerStart/Stop on CUDA (nsys/ncu capture ranges, the windows of
+     * tests/gpu/kernel_trace.c); no-op on CPU. Call after sync. */
+    void (*profile_range)(void *ctx, int on);
     /* Releases the backend itself. */
     void (*destroy)(void *ctx);
     /* Device memory: 0 with the bytes free and in total on this rank's device,

@@ -61,6 +61,7 @@ static void cpu_weight_free(void *ctx, kweight *w) {
 }
 
 static void cpu_sync(void *ctx) { (void)ctx; }
+static void cpu_profile_range(void *ctx, int on) { (void)ctx, (void)on; }
 
 static void cpu_destroy(void *ctx) { free(ctx); }
 
@@ -111,6 +112,7 @@ static const kernels_iface cpu_iface = {
     /* .argmax        = */ cpu_argmax,
     /* .top_k         = */ cpu_top_k,
     /* .sync          = */ cpu_sync,
+    /* .profile_range = */ cpu_profile_range,
     /* .destroy       = */ cpu_destroy,
     /* .mem_info      = */ cpu_mem_info,
     /* .capture_begin = */ cpu_capture_begin,

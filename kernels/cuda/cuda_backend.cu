@@ -15,6 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cuda_profiler_api.h>
+
 #include "cuda_common.cuh"
 
 #define LT_WORKSPACE_BYTES ((size_t)32 << 20) /* cuBLASLt's recommendation for Hopper */
@@ -138,6 +140,11 @@ static void cuda_weight_free(void *ctx, kweight *w) {
 
 static void cuda_sync(void *ctx) { CUDA_CHECK(cudaStreamSynchronize(((cuda_ctx *)ctx)->stream)); }
 
+static void cuda_profile_range(void *ctx, int on) {
+    (void)ctx;
+    CUDA_CHECK(on ? cudaProfilerStart() : cudaProfilerStop());
+}
+
 static void cuda_destroy(void *ctx) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     if (!c) return;
@@ -188,6 +195,7 @@ static const kernels_iface cuda_iface = {
     /* .argmax        = */ cuda_op_argmax,
     /* .top_k         = */ cuda_op_top_k,
     /* .sync          = */ cuda_sync,
+    /* .profile_range = */ cuda_profile_range,
     /* .destroy       = */ cuda_destroy,
     /* .mem_info      = */ cuda_mem_info,
     /* .capture_begin = */ cuda_capture_begin,

@@ -355,38 +355,40 @@ if make9 "$M9" chatglm; then
         --context "$DECODE_CTX" --steps 32 --json "$WORK/bench_decode_nographs.json"
     bench_json bench_decode_nographs "$WORK/bench_decode_nographs.json" $?
     # Where a step's time goes, kernel by kernel, from CUPTI's kernel records
-    # (tests/gpu/kernel_trace.c: no hardware counters needed, graphs as run):
-    # batch-1 decode (2 warm-up + 32 timed steps, every kernel 34 times) and one
-    # 8K prefill (warm-up + timed: 2; the GEMM limit's 3 runs per shape and the
-    # attention op timed alone 3 times fall in the same groups, a few percent).
+    # (tests/gpu/kernel_trace.c: no hardware counters needed, graphs as run),
+    # counted inside the bench's timed window only (cudaProfilerStart/Stop):
+    # batch-1 decode (32 timed steps) and one 8K prefill. The prefill trace
+    # runs only if the decode trace came out: a tracer that does not load or
+    # work here costs one bench, not two.
     TRACE_LIB=$BUILD/tests/libglmtp_kernel_trace.so
-    if [ "$DEV" = cuda ] && [ -f "$TRACE_LIB" ]; then
+    if [ "$DEV" = cuda ] && [ -f "$TRACE_LIB" ] && ! ldd "$TRACE_LIB" | grep -q 'not found'; then
         CUDA_INJECTION64_PATH=$TRACE_LIB GLMTP_TRACE_OUT=$WORK/trace_decode.json step trace_decode 150 "$BIN" bench \
             decode --model "$M9" --device "$DEV" --batch 1 --context "${DECODE_CTX%%,*}" --steps 32 \
             --json "$WORK/trace_decode_bench.json"
         trace_ms=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["results"][0]["step_ms"])' \
             "$WORK/trace_decode_bench.json" 2> /dev/null || echo 0)
         step trace_decode_table 30 python3 "$ROOT/tests/gpu/kernel_times.py" --trace "$WORK/trace_decode.json" \
-            --steps 34 --min-calls 34 --step-ms "$trace_ms" --json "$WORK/trace_decode_table.json"
+            --steps 32 --step-ms "$trace_ms" --json "$WORK/trace_decode_table.json"
         if [ -s "$WORK/trace_decode_table.json" ]; then part decode_kernel_trace "$(cat "$WORK/trace_decode_table.json")"; fi
+    fi
+    if [ -s "${WORK}/trace_decode_table.json" ]; then
         CUDA_INJECTION64_PATH=$TRACE_LIB GLMTP_TRACE_OUT=$WORK/trace_prefill.json step trace_prefill 150 "$BIN" bench \
             prefill --model "$M9" --device "$DEV" --lens "${PREFILL_LENS%%,*}" --json "$WORK/trace_prefill_bench.json"
         trace_ms=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["results"][0]["seconds"] * 1e3)' \
             "$WORK/trace_prefill_bench.json" 2> /dev/null || echo 0)
         step trace_prefill_table 30 python3 "$ROOT/tests/gpu/kernel_times.py" --trace "$WORK/trace_prefill.json" \
-            --steps 2 --min-calls 2 --step-ms "$trace_ms" --json "$WORK/trace_prefill_table.json"
+            --steps 1 --step-ms "$trace_ms" --json "$WORK/trace_prefill_table.json"
         if [ -s "$WORK/trace_prefill_table.json" ]; then part prefill_kernel_trace "$(cat "$WORK/trace_prefill_table.json")"; fi
     fi
     # Where a decode step's time goes, kernel by kernel (Nsight Compute, clocks
-    # left alone; graphs off so that ncu sees each kernel): 2 warm-up + 2 timed
-    # steps, so the per-step figures divide by 4 (the bandwidth limit's add
-    # kernels are in the table too, under their own name).
+    # left alone; graphs off so that ncu sees each kernel), profiling only the
+    # bench's 2 timed steps (cudaProfilerStart/Stop).
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2> /dev/null | head -1)
     if [ -n "${GLMTP_CHECK_NCU:-}" ] && [ -n "$NCU" ]; then
-        GLMTP_NO_CUDA_GRAPHS=1 step ncu_decode 180 "$NCU" --clock-control none --csv --metrics gpu__time_duration.sum \
+        GLMTP_NO_CUDA_GRAPHS=1 step ncu_decode 180 "$NCU" --clock-control none --profile-from-start off --csv --metrics gpu__time_duration.sum \
             --log-file "$WORK/ncu_decode.csv" "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1 \
             --context "$DECODE_CTX" --steps 2
-        step ncu_table 30 python3 "$ROOT/tests/gpu/kernel_times.py" "$WORK/ncu_decode.csv" --steps 4 \
+        step ncu_table 30 python3 "$ROOT/tests/gpu/kernel_times.py" "$WORK/ncu_decode.csv" --steps 2 \
             --json "$WORK/ncu_decode.json"
         if [ -s "$WORK/ncu_decode.json" ]; then part decode_kernels "$(cat "$WORK/ncu_decode.json")"; fi
     fi

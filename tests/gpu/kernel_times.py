@@ -8,11 +8,15 @@ FILE, the same as JSON. Standard library only.
 
 usage: kernel_times.py NCU_CSV [--steps N] [--json FILE]
        kernel_times.py --trace TRACE_JSON [--steps N] [--step-ms MS] [--min-calls C] [--json FILE]
-  --steps N divides the totals by N (the steps the profiled run made).
+  --steps N divides the totals by N (the steps the profiled run made; with a
+    trace that has timed windows, the steps inside them).
   --step-ms MS: the step time measured in the same run; the table then shows
-    how much of it no kernel was running (launch gaps, host work).
-  --min-calls C: leave out kernels launched fewer than C times in all (the
-    warm-up's one-off kernels, a benchmark's own limit measurement).
+    how much of it no kernel was running (launch gaps, host work). A trace with
+    windows gives that itself: window time less the time some kernel ran.
+  --min-calls C: without windows, leave out kernels launched fewer than C
+    times in all (the warm-up's one-off kernels, a benchmark's own limit
+    measurement).
+Exits 1 on a trace with no kernel records, or whose CUPTI calls failed.
 """
 import argparse
 import collections
@@ -49,25 +53,34 @@ def demangle(name):
 
 
 def from_trace(path, min_calls):
+    """Per-kernel seconds and calls, and the seconds of the timed windows with
+    no kernel running (None without windows)."""
     t = json.load(open(path))
+    if t.get("errors"):
+        sys.exit(f"kernel_times: {path}: CUPTI failed ({t.get('first_error')}); the figures would be wrong")
+    if not t.get("records") or t.get("no_timestamps", 0) >= t.get("records", 0):
+        sys.exit(f"kernel_times: {path}: no kernel records with timestamps (was the tracer loaded?)")
+    windowed = t.get("windows", 0) > 0
     total, count = collections.defaultdict(float), collections.Counter()
     for k in t["kernels"]:
-        if k["calls"] < min_calls:
+        calls, ns = (k["window_calls"], k["window_ns"]) if windowed else (k["calls"], k["ns"])
+        if not calls or (not windowed and calls < min_calls):
             continue
         key = f"{demangle(k['name'])} grid {'x'.join(map(str, k['grid']))}"
-        total[key] += k["ns"] * 1e-9
-        count[key] += k["calls"]
-    if t.get("dropped") or t.get("groups_over_limit"):
-        print(f"kernel_times: the trace lost records ({t.get('dropped')} dropped, "
-              f"{t.get('groups_over_limit')} over the group limit)", file=sys.stderr)
-    return total, count
+        total[key] += ns * 1e-9
+        count[key] += calls
+    for what in ("dropped", "groups_over_limit", "no_timestamps"):
+        if t.get(what):
+            print(f"kernel_times: the trace lost records: {what} {t[what]}", file=sys.stderr)
+    idle = (t["window_ns"] - t["window_busy_ns"]) * 1e-9 if windowed else None
+    return total, count, idle
 
 
 def from_ncu(path):
     lines = open(path, errors="replace").read().splitlines()
     start = next((i for i, l in enumerate(lines) if l.startswith('"ID"')), None)
     if start is None:
-        sys.exit("kernel_times: no ncu CSV header (\"ID\",...) in " + a.csv)
+        sys.exit("kernel_times: no ncu CSV header (\"ID\",...) in " + path)
     total, count = collections.defaultdict(float), collections.Counter()
     for row in csv.DictReader(lines[start:]):
         if row.get("Metric Name") != "gpu__time_duration.sum":
@@ -79,7 +92,7 @@ def from_ncu(path):
         k = short(row.get("Kernel Name", "?"))
         total[k] += v
         count[k] += 1
-    return total, count
+    return total, count, None
 
 
 def main():
@@ -93,7 +106,7 @@ def main():
     a = ap.parse_args()
     if bool(a.csv) == bool(a.trace):
         sys.exit("kernel_times: give an ncu CSV or --trace JSON (one of them)")
-    total, count = from_trace(a.trace, a.min_calls) if a.trace else from_ncu(a.csv)
+    total, count, idle_s = from_trace(a.trace, a.min_calls) if a.trace else from_ncu(a.csv)
     rows = sorted(total, key=lambda k: -total[k])
     all_s = sum(total.values())
     print(f"{'kernel':60s} {'calls/step':>10s} {'us/step':>10s} {'share':>7s}")
@@ -103,7 +116,15 @@ def main():
     out = {"steps": a.steps, "total_us_per_step": 1e6 * all_s / a.steps,
            "kernels": [{"name": k, "calls_per_step": count[k] / a.steps, "us_per_step": 1e6 * total[k] / a.steps}
                        for k in rows]}
-    if a.step_ms:
+    if idle_s is not None:  # measured in the trace's own windows
+        idle = 1e6 * idle_s / a.steps
+        step_us = 1e3 * a.step_ms if a.step_ms else None
+        share = f"{100 * idle / step_us:6.1f}%" if step_us else ""
+        print(f"{'no kernel running (timed windows)':60s} {'':10s} {idle:10.1f} {share}")
+        out["no_kernel_us_per_step"] = idle
+        if step_us:
+            out["step_us"] = step_us
+    elif a.step_ms:
         idle = 1e3 * a.step_ms - out["total_us_per_step"]
         print(f"{'no kernel running (of the measured step)':60s} {'':10s} {idle:10.1f} {100 * idle / (1e3 * a.step_ms):6.1f}%")
         out["step_us"], out["no_kernel_us_per_step"] = 1e3 * a.step_ms, idle
