@@ -14,6 +14,8 @@
  * Long contexts with few (token, head) pairs (decode) are split along the
  * sequence (flash-decoding): each split writes its (m, l, acc) to scratch and
  * attention_combine merges them, so a single decode token still fills the GPU.
+ * With GLMTP_GQA_ATTENTION=1 the tokens go instead to a grouped tensor-core
+ * kernel (below) where it applies: one block per KV head, its q heads as rows.
  * out [T, n_q * d] bf16; q [T, ld_q] bf16 (head h at column h * d). */
 #include <math.h>
 #include <string.h>
@@ -136,102 +138,208 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_kernel(attn_a
     }
 }
 
-/* The same attention with the q heads that share a KV head in one block (GQA
+/* The q heads that share a KV head in one block, on tensor cores (GQA
  * grouping; GLMTP_GQA_ATTENTION=1, opt-in until a GPU run checks and times
- * it): one block of ATT_WARPS warps per (KV head, token, split) handles up to
- * G query heads, so each key and value row is read once for the group instead
- * of once per query head. The other kernel re-reads a KV head's rows for each
- * of its q_per_kv heads (16 for GLM-4-9B), which at long contexts no cache
- * holds: 128K tokens of one layer's KV are 134 MB against 50 MB of L2.
- * Per head the arithmetic is the other kernel's (a warp's keys, its online
- * softmax, the same merge), so results agree to fp32 rounding of the merge.
- * Head h0 + g of group grp, h0 = grp * q_per_kv, g < min(G, n_q - h0). */
-template <int EPL, int G>
+ * it). The per-head kernel above re-reads a KV head's rows for each of its
+ * q_per_kv heads (16 for GLM-4-9B), and at long contexts no cache holds them
+ * (128K tokens of one layer's KV are 134 MB against 50 MB of L2); it also
+ * spends a warp reduction per key and head. Here one block of ATT_WARPS warps
+ * per (KV head, token, split) reads each key and value row once, and the
+ * group's heads are the 16 rows of an m16n8k16 tile (zero rows past the
+ * group), so a key costs a share of two mma instead of 16 warp sums.
+ *
+ * The block walks the split's keys in tiles of GQA_BN = 16 per warp, gathered
+ * through the block table into shared memory with cp.async (keys past the
+ * split zero-filled, masked), K of the next tile loading during this tile's
+ * P V and V of the next during its Q K^T, as attention_prefill.cu's first
+ * kernel does (whose fragment layouts this follows). Warp w takes keys
+ * 16w..16w+15 of every tile: S = Q K^T (16 x 16), online softmax per row in
+ * log2 units (exp2(s * scale * log2 e)), O += P V with P rounded to bf16 (as
+ * FlashAttention; the test bounds the effect), and at the end the warps merge
+ * their (m, l, O) through the same shared memory. Split partials are written
+ * in natural-log units for attention_combine_kernel.
+ *
+ * Needs d 64 or 128, q_per_kv <= 16, ld_q a multiple of 8 and q, the caches
+ * 16-byte aligned (attention_cuda checks; else the per-head kernel). Head
+ * h0 + r of group grp is row r, h0 = grp * q_per_kv, r < min(q_per_kv, n_q -
+ * h0) (fewer when tp > KV groups). Shared memory 2 * GQA_BN * (d + 8) * 2
+ * bytes (34,816 for d = 128), static. */
+#define GQA_BN (ATT_WARPS * 16) /* keys per tile: 16 per warp */
+
+/* Queues the cp.async copies of keys kb..kb+GQA_BN-1 of KV head g into dst
+ * [GQA_BN][D + 8]; keys past kmax become zero rows (read nothing). */
+template <int D>
+static __device__ __forceinline__ void gqa_load_tile(bf16 *dst, const bf16 *cache, const int32_t *table, int kb,
+                                                     int kmax, int g, const attn_args &a) {
+    constexpr int LDS = D + 8, CPR = D / 8; /* 16-byte chunks per row */
+    for (int c = threadIdx.x; c < GQA_BN * CPR; c += ATT_WARPS * 32) {
+        int r = c / CPR, col = (c % CPR) * 8, p = kb + r;
+        const bf16 *src = cache; /* any valid address: nothing is read for a zero row */
+        int bytes = 0;
+        if (p <= kmax) {
+            src = cache + kv_row(a, table, p, g) + col;
+            bytes = 16;
+        }
+        cp_async16(dst + r * LDS + col, src, bytes);
+    }
+}
+
+template <int D>
 static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_gqa_kernel(attn_args a, int n_q) {
     pdl_begin();
-    __shared__ float sm_m[ATT_WARPS][G], sm_l[ATT_WARPS][G];
-    __shared__ float sm_acc[ATT_WARPS][G][32 * EPL];
-    int grp = blockIdx.x, i_row = blockIdx.y, sp = blockIdx.z;
-    int t = a.tok_list ? a.tok_list[i_row] : i_row;
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, d = a.d;
-    int h0 = grp * a.q_per_kv, ng = min(min(G, a.q_per_kv), n_q - h0);
-    int s = a.seq[t], np = a.pos[t] + 1;
-    int p0 = sp * a.split_len, p1 = min(np, p0 + a.split_len);
+    constexpr int LDS = D + 8, CPR = D / 8, KS = D / 16, DT = D / 8;
+    constexpr int KV_BYTES = 2 * GQA_BN * LDS * 2, MERGE_BYTES = ATT_WARPS * 16 * (D + 2) * 4;
+    static_assert(D % 16 == 0 && MERGE_BYTES <= KV_BYTES, "whole mma tiles; the merge fits the K and V tiles");
+    __shared__ __align__(16) unsigned char smem[KV_BYTES];
+    bf16 *sk = (bf16 *)smem, *sv = sk + GQA_BN * LDS;
 
-    float qr[G][EPL], acc[G][EPL], m[G], l[G], kf[EPL], vf[EPL];
-#pragma unroll
-    for (int g = 0; g < G; g++) {
-        const bf16 *qv = a.q + (size_t)t * a.ld_q + (size_t)(h0 + g) * d;
-#pragma unroll
-        for (int e = 0; e < EPL; e++) {
-            int i = lane * EPL + e;
-            qr[g][e] = g < ng && i < d ? bf2f(qv[i]) : 0.0f;
-            acc[g][e] = 0.0f;
-        }
-        m[g] = -INFINITY, l[g] = 0.0f;
-    }
+    const int grp = blockIdx.x, i_row = blockIdx.y, sp = blockIdx.z;
+    const int t = a.tok_list ? a.tok_list[i_row] : i_row;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int h0 = grp * a.q_per_kv, ng = min(min(16, a.q_per_kv), n_q - h0);
+    const int s = a.seq[t], np = a.pos[t] + 1;
+    const int p0 = sp * a.split_len, p1 = min(np, p0 + a.split_len), kmax = p1 - 1;
+    const int n_kt = p1 > p0 ? CEIL_DIV(p1 - p0, GQA_BN) : 0; /* 0: an empty split of a shorter sequence */
     const int32_t *table = a.tables + (size_t)s * a.max_blocks;
-    /* The next key's rows are loaded before this key's arithmetic, so a
-     * warp's loop waits on memory once per key less (it is latency-bound: a
-     * warp takes its keys one after another). */
-    if (p0 + w < p1) {
-        size_t row = kv_row(a, table, p0 + w, grp);
-        load_row<EPL>(kf, a.kc + row, lane, d);
-        load_row<EPL>(vf, a.vc + row, lane, d);
-    }
-    for (int p = p0 + w; p < p1; p += ATT_WARPS) {
-        float kn[EPL] = {}, vn[EPL] = {};
-        if (p + ATT_WARPS < p1) {
-            size_t row = kv_row(a, table, p + ATT_WARPS, grp);
-            load_row<EPL>(kn, a.kc + row, lane, d);
-            load_row<EPL>(vn, a.vc + row, lane, d);
-        }
-#pragma unroll
-        for (int g = 0; g < G; g++) {
-            if (g >= ng) break;
-            float dot = 0.0f;
-#pragma unroll
-            for (int e = 0; e < EPL; e++) dot += qr[g][e] * kf[e];
-            float sc = warp_sum(dot) * a.scale;
-            float m_new = fmaxf(m[g], sc);
-            float corr = expf(m[g] - m_new), pw = expf(sc - m_new);
-            l[g] = l[g] * corr + pw;
-#pragma unroll
-            for (int e = 0; e < EPL; e++) acc[g][e] = acc[g][e] * corr + pw * vf[e];
-            m[g] = m_new;
-        }
-#pragma unroll
-        for (int e = 0; e < EPL; e++) kf[e] = kn[e], vf[e] = vn[e];
-    }
+    const float scale_log2 = a.scale * 1.4426950408889634f;
 
-#pragma unroll
-    for (int g = 0; g < G; g++) {
-        if (lane == 0) sm_m[w][g] = m[g], sm_l[w][g] = l[g];
-#pragma unroll
-        for (int e = 0; e < EPL; e++) sm_acc[w][g][lane * EPL + e] = acc[g][e];
+    /* Q: the group's heads as rows (zero past ng) -> sk -> A fragments. */
+    for (int c = tid; c < 16 * CPR; c += ATT_WARPS * 32) {
+        int r = c / CPR, col = (c % CPR) * 8;
+        uint4 v = make_uint4(0u, 0u, 0u, 0u);
+        if (r < ng) v = *(const uint4 *)(a.q + (size_t)t * a.ld_q + (size_t)(h0 + r) * D + col);
+        *(uint4 *)(sk + r * LDS + col) = v;
     }
     __syncthreads();
-    for (int g = 0; g < ng; g++) {
-        float M = -INFINITY;
-        for (int i = 0; i < ATT_WARPS; i++) M = fmaxf(M, sm_m[i][g]);
-        float L = 0.0f, f[ATT_WARPS];
-        for (int i = 0; i < ATT_WARPS; i++) {
-            f[i] = sm_l[i][g] > 0.0f ? expf(sm_m[i][g] - M) : 0.0f;
-            L += sm_l[i][g] * f[i];
+    uint32_t qf[KS][4];
+#pragma unroll
+    for (int kk = 0; kk < KS; kk++) ldsm_x4(qf[kk], sk + (lane & 15) * LDS + kk * 16 + (lane >> 4) * 8);
+    __syncthreads(); /* sk holds K from here on */
+
+    float o[DT][4];
+#pragma unroll
+    for (int i = 0; i < DT; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    /* this thread's rows lane/4 and lane/4 + 8: m in scaled log2 units; l per
+     * lane, summed over the quad at the end */
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+
+    /* Groups per thread: K0 V0 | K1 V1 | ...; "wait 1" leaves only the newest
+     * in flight (empty groups are committed after the last tile). */
+    if (n_kt > 0) {
+        gqa_load_tile<D>(sk, a.kc, table, p0, kmax, grp, a);
+        cp_async_commit();
+        gqa_load_tile<D>(sv, a.vc, table, p0, kmax, grp, a);
+        cp_async_commit();
+    }
+    for (int j = 0; j < n_kt; j++) {
+        const int kb = p0 + j * GQA_BN;
+        cp_async_wait_1(); /* K(j) is in */
+        __syncthreads();
+
+        /* S = Q K^T over this warp's 16 keys (two n8 tiles), K [key][dim] in
+         * shared memory as the column-major B operand. */
+        float sc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+        for (int kk = 0; kk < KS; kk++) {
+            uint32_t kf[4];
+            ldsm_x4(kf, sk + (warp * 16 + (lane & 7) + ((lane >> 4) << 3)) * LDS + kk * 16 + ((lane >> 3) & 1) * 8);
+            mma_bf16(sc[0], qf[kk], kf[0], kf[1]);
+            mma_bf16(sc[1], qf[kk], kf[2], kf[3]);
         }
-        int h = h0 + g;
-        size_t th = (size_t)t * n_q + h, ph = (size_t)i_row * n_q + h; /* output row; partials row */
-        for (int i = threadIdx.x; i < d; i += blockDim.x) {
-            float o = 0.0f;
-            for (int k = 0; k < ATT_WARPS; k++) o += sm_acc[k][g][i] * f[k];
-            if (a.n_split == 1)
-                a.out[th * d + i] = f2bf(o / L);
-            else
-                a.part_o[(ph * a.n_split + sp) * d + i] = o;
+        __syncthreads(); /* every warp is done with sk */
+        if (j + 1 < n_kt) gqa_load_tile<D>(sk, a.kc, table, kb + GQA_BN, kmax, grp, a);
+        cp_async_commit();
+
+        /* Scale to log2 units; keys past the split are -inf. */
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int key = kb + warp * 16 + i * 8 + 2 * (lane & 3) + (e & 1);
+                sc[i][e] = key > kmax ? -INFINITY : sc[i][e] * scale_log2;
+            }
         }
-        if (a.n_split > 1 && threadIdx.x == 0) {
-            a.part_ml[(ph * a.n_split + sp) * 2] = M;
-            a.part_ml[(ph * a.n_split + sp) * 2 + 1] = L;
+        /* Online softmax per row. A warp may have seen no key yet (its keys of
+         * the split's first tiles can all be past kmax): then m stays -inf and
+         * exp2 against 0 keeps p, l and O at 0 instead of NaN. */
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            float mx = fmaxf(fmaxf(sc[0][2 * e], sc[0][2 * e + 1]), fmaxf(sc[1][2 * e], sc[1][2 * e + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            float m_new = fmaxf(m[e], mx), m_use = m_new == -INFINITY ? 0.0f : m_new;
+            float corr = exp2f(m[e] - m_use);
+            m[e] = m_new;
+            float sum = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                sc[i][2 * e] = exp2f(sc[i][2 * e] - m_use);
+                sc[i][2 * e + 1] = exp2f(sc[i][2 * e + 1] - m_use);
+                sum += sc[i][2 * e] + sc[i][2 * e + 1];
+            }
+            l[e] = l[e] * corr + sum;
+#pragma unroll
+            for (int i = 0; i < DT; i++) o[i][2 * e] *= corr, o[i][2 * e + 1] *= corr;
+        }
+
+        cp_async_wait_1(); /* V(j) is in */
+        __syncthreads();
+        /* O += P V: P's A fragment is the S tiles as they are; V [key][dim]
+         * is the row-major B operand, read transposed. */
+        uint32_t pa[4] = {pack_bf16(sc[0][0], sc[0][1]), pack_bf16(sc[0][2], sc[0][3]), pack_bf16(sc[1][0], sc[1][1]),
+                          pack_bf16(sc[1][2], sc[1][3])};
+#pragma unroll
+        for (int d2 = 0; d2 < DT / 2; d2++) {
+            uint32_t vf[4];
+            ldsm_x4_trans(vf, sv + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + d2 * 16 + (lane >> 4) * 8);
+            mma_bf16(o[2 * d2], pa, vf[0], vf[1]);
+            mma_bf16(o[2 * d2 + 1], pa, vf[2], vf[3]);
+        }
+        __syncthreads(); /* every warp is done with sv */
+        if (j + 1 < n_kt) gqa_load_tile<D>(sv, a.vc, table, kb + GQA_BN, kmax, grp, a);
+        cp_async_commit();
+    }
+    cp_async_wait_0();
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        l[e] += __shfl_xor_sync(0xffffffffu, l[e], 1);
+        l[e] += __shfl_xor_sync(0xffffffffu, l[e], 2);
+    }
+    __syncthreads(); /* the tiles are done with: smem holds the merge from here on */
+
+    /* Merge the warps: so [warp][row][d] unnormalised O, sml [warp][row] (m, l). */
+    float *so = (float *)smem, *sml = so + ATT_WARPS * 16 * D;
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        int r = (lane >> 2) + 8 * e;
+        float *dst = so + (size_t)(warp * 16 + r) * D + 2 * (lane & 3);
+#pragma unroll
+        for (int i = 0; i < DT; i++) dst[i * 8] = o[i][2 * e], dst[i * 8 + 1] = o[i][2 * e + 1];
+        if ((lane & 3) == 0) sml[(warp * 16 + r) * 2] = m[e], sml[(warp * 16 + r) * 2 + 1] = l[e];
+    }
+    __syncthreads();
+    for (int idx = tid; idx < ng * D; idx += ATT_WARPS * 32) {
+        int r = idx / D, i = idx % D;
+        float M = -INFINITY, L = 0.0f, O = 0.0f;
+        for (int w = 0; w < ATT_WARPS; w++)
+            if (sml[(w * 16 + r) * 2 + 1] > 0.0f) M = fmaxf(M, sml[(w * 16 + r) * 2]);
+        for (int w = 0; w < ATT_WARPS; w++) {
+            float lw = sml[(w * 16 + r) * 2 + 1];
+            if (lw > 0.0f) { /* a warp that saw no key has l = 0 and m = -inf */
+                float f = exp2f(sml[(w * 16 + r) * 2] - M);
+                L += lw * f;
+                O += so[(size_t)(w * 16 + r) * D + i] * f;
+            }
+        }
+        size_t th = (size_t)t * n_q + h0 + r, ph = (size_t)i_row * n_q + h0 + r; /* output row; partials row */
+        if (a.n_split == 1) {
+            a.out[th * D + i] = f2bf(O / L); /* L >= 1: position 0 is in split 0 */
+        } else {
+            a.part_o[(ph * a.n_split + sp) * D + i] = O;
+            if (i == 0) { /* natural-log units for the combine kernel; L = 0 marks an empty split */
+                a.part_ml[(ph * a.n_split + sp) * 2] = M * 0.6931471805599453f;
+                a.part_ml[(ph * a.n_split + sp) * 2 + 1] = L;
+            }
         }
     }
 }
@@ -264,28 +372,10 @@ static void attention_launch(const cuda_ctx *c, dim3 grid, const attn_args &a) {
     launch(c, attention_kernel<EPL>, grid, ATT_WARPS * 32, 0, a);
 }
 
-/* The grouped kernel for q_per_kv heads per block, instantiated for group
- * sizes 2 to 16 (GLM-4-9B: 16 at tp <= 2, 8 for the 1M model); 0 when it does
- * not apply (the caller launches the per-head kernel). */
-template <int EPL>
-static int attention_gqa_launch(const cuda_ctx *c, dim3 grid, const attn_args &a, int n_q) {
-    int G = a.q_per_kv < n_q ? a.q_per_kv : n_q; /* heads per block: tp > KV groups leaves fewer */
-    if (G <= 2)
-        launch(c, attention_gqa_kernel<EPL, 2>, grid, ATT_WARPS * 32, 0, a, n_q);
-    else if (G <= 4)
-        launch(c, attention_gqa_kernel<EPL, 4>, grid, ATT_WARPS * 32, 0, a, n_q);
-    else if (G <= 8)
-        launch(c, attention_gqa_kernel<EPL, 8>, grid, ATT_WARPS * 32, 0, a, n_q);
-    else if (G <= 16)
-        launch(c, attention_gqa_kernel<EPL, 16>, grid, ATT_WARPS * 32, 0, a, n_q);
-    else
-        return 0;
-    return 1;
-}
-
 static void attention_cuda(cuda_ctx *c, bf16 *out, const bf16 *q, int ld_q, const bf16 *kc, const bf16 *vc,
                            const kattn_batch *b, int n_q, int n_kv, int q_per_kv, int d, float scale) {
     int T = b->n_tokens;
+    c->attention_ran = NULL;
     if (T <= 0 || n_q <= 0) return;
     if (d > 256 || T > 65535) {
         fprintf(stderr, "glmtp: rank %s: cuda attention: head dim %d (max 256) or %d tokens in a step (max 65535)\n",
@@ -298,18 +388,16 @@ static void attention_cuda(cuda_ctx *c, bf16 *out, const bf16 *q, int ld_q, cons
     int max_pos = b->max_pos;
     int n = cuda_attention_prefill(c, out, q, ld_q, kc, vc, b, n_q, n_kv, q_per_kv, d, scale, &tok_list, &max_pos);
     if (n <= 0) return;
-    /* Grouped: one block per (KV head, token) when q_per_kv heads share one
-     * (G up to 16, d up to 128: its shared memory holds G x d partials per warp). */
+    /* Grouped: one block per (KV head, token) when 2 to 16 q heads share one. */
     int groups = CEIL_DIV(n_q, q_per_kv);
-    int gqa = c->gqa_attention && q_per_kv >= 2 && q_per_kv <= 16 && d <= 128 && groups <= n_kv;
+    int gqa = c->gqa_attention && q_per_kv >= 2 && q_per_kv <= 16 && (d == 64 || d == 128) && ld_q % 8 == 0 &&
+              ((uintptr_t)q | (uintptr_t)kc | (uintptr_t)vc) % 16 == 0;
     /* Split the sequence only when the blocks cannot fill the GPU: aim at ~8
-     * blocks of ATT_WARPS warps per SM. A grouped block does a group's work
-     * per key, so it splits down to shorter runs. */
-    int min_split = gqa ? MIN_SPLIT_POS / 4 : MIN_SPLIT_POS;
+     * blocks of ATT_WARPS warps per SM, each with a tile of keys at least. */
     int n_pos = max_pos + 1, blocks = n * (gqa ? groups : n_q), n_split = 1, target = 8 * c->sm_count;
-    if (blocks < target && n_pos > min_split) {
+    if (blocks < target && n_pos > MIN_SPLIT_POS) {
         n_split = CEIL_DIV(target, blocks);
-        if (n_split > CEIL_DIV(n_pos, min_split)) n_split = CEIL_DIV(n_pos, min_split);
+        if (n_split > CEIL_DIV(n_pos, MIN_SPLIT_POS)) n_split = CEIL_DIV(n_pos, MIN_SPLIT_POS);
         if (n_split > MAX_SPLITS) n_split = MAX_SPLITS;
     }
     attn_args a;
@@ -325,24 +413,24 @@ static void attention_cuda(cuda_ctx *c, bf16 *out, const bf16 *q, int ld_q, cons
         a.part_o = part;
         a.part_ml = part + n_part * d;
     }
-    int done = 0;
+    c->attention_ran = gqa ? "grouped" : "per_head";
     if (gqa) {
         dim3 ggrid((unsigned)groups, (unsigned)n, (unsigned)n_split);
-        done = d <= 32   ? attention_gqa_launch<1>(c, ggrid, a, n_q)
-               : d <= 64 ? attention_gqa_launch<2>(c, ggrid, a, n_q)
-                         : attention_gqa_launch<4>(c, ggrid, a, n_q);
+        if (d == 64)
+            launch(c, attention_gqa_kernel<64>, ggrid, ATT_WARPS * 32, 0, a, n_q);
+        else
+            launch(c, attention_gqa_kernel<128>, ggrid, ATT_WARPS * 32, 0, a, n_q);
+    } else {
+        dim3 grid((unsigned)n_q, (unsigned)n, (unsigned)n_split);
+        if (d <= 32)
+            attention_launch<1>(c, grid, a);
+        else if (d <= 64)
+            attention_launch<2>(c, grid, a);
+        else if (d <= 128)
+            attention_launch<4>(c, grid, a);
+        else
+            attention_launch<8>(c, grid, a);
     }
-    dim3 grid((unsigned)n_q, (unsigned)n, (unsigned)n_split);
-    if (done)
-        ;
-    else if (d <= 32)
-        attention_launch<1>(c, grid, a);
-    else if (d <= 64)
-        attention_launch<2>(c, grid, a);
-    else if (d <= 128)
-        attention_launch<4>(c, grid, a);
-    else
-        attention_launch<8>(c, grid, a);
     if (n_split > 1) {
         launch(c, attention_combine_kernel, dim3((unsigned)n_q, (unsigned)n), 128, 0, out, a.part_o, a.part_ml,
                tok_list, n_split, d);

@@ -307,10 +307,16 @@ extern "C" int kernels_cuda_flash_variant(kbackend kb, int set) {
     return c->flash_ran;
 }
 
-/* Test hook: the path the last matmul or matmul_f32 call took (matmul.cu's
- * names), NULL before any or for a backend that is not CUDA. */
+/* Test hooks: the path the last matmul or matmul_f32 call took (matmul.cu's
+ * names), and the kernel the last attention call ran for the tokens the
+ * tensor-core prefill left ("per_head", "grouped"; NULL when it left none);
+ * NULL before any call or for a backend that is not CUDA. */
 extern "C" const char *kernels_cuda_matmul_ran(kbackend kb) {
     return kb.iface == &cuda_iface ? ((cuda_ctx *)kb.ctx)->matmul_ran : NULL;
+}
+
+extern "C" const char *kernels_cuda_attention_ran(kbackend kb) {
+    return kb.iface == &cuda_iface ? ((cuda_ctx *)kb.ctx)->attention_ran : NULL;
 }
 
 /* Test hook (declared by tests/gpu/test_gpu_kernels.c): set 0 or 1 turns the

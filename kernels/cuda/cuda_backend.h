@@ -58,7 +58,8 @@ typedef struct cuda_ctx {
     int no_flash_prefill; /* GLMTP_NO_FLASH_PREFILL=1 at creation: every token through the general kernel */
     int flash_variant;    /* GLMTP_FLASH_VARIANT at creation: 1 = the 64-row prefill kernel, else 2 (128-row) */
     int flash_ran;        /* the variant the last attention call launched, 0 none (kernels_cuda_flash_variant) */
-    const char *matmul_ran; /* the path the last matmul call took (matmul.cu's names; kernels_cuda_matmul_ran) */
+    const char *matmul_ran;    /* the path the last matmul call took (matmul.cu's names; kernels_cuda_matmul_ran) */
+    const char *attention_ran; /* the kernel attention.cu launched last call: "per_head", "grouped" or NULL */
     float rope_base;
     int rope_rot;
     uint64_t scratch_gen; /* bumped whenever cuda_scratch reallocates: graphs made before are stale */

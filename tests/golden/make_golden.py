@@ -43,7 +43,7 @@ GENERATOR = "tests/golden/make_golden.py"
 # ---------------------------------------------------------------- model shapes
 HIDDEN = 128
 N_HEADS = 8
-HEAD_DIM = 16            # kv_channels
+HEAD_DIM = 16            # kv_channels (a case may set its own: CASES)
 FFN = 96                 # ffn_hidden_size / intermediate_size
 VOCAB = 256              # padded_vocab_size / vocab_size
 N_LAYERS = 2
@@ -52,11 +52,14 @@ SEQ_LEN = 4096           # seq_length / max_position_embeddings
 EOS = [1, 2, 3]
 PAD = 1
 
-# name, kv groups, rope_ratio   (RoPE base = 10000 * rope_ratio)
+# name, kv groups, rope_ratio (RoPE base = 10000 * rope_ratio), head_dim
+# nkv2_d128: GLM-4-9B's head_dim, the shape the CUDA backend's tensor-core
+# attention kernels take (64 or 128), with 4 q heads per KV head
 CASES = [
-    ("nkv2_r500", 2, 500),
-    ("nkv4_r10000", 4, 10000),
-    ("nkv2_r1", 2, 1),
+    ("nkv2_r500", 2, 500, 16),
+    ("nkv4_r10000", 4, 10000, 16),
+    ("nkv2_r1", 2, 1, 16),
+    ("nkv2_d128", 2, 500, 128),
 ]
 
 BASE_SEED = 20240605     # case i uses torch.manual_seed(BASE_SEED + i)
@@ -356,7 +359,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     here = os.path.dirname(os.path.abspath(__file__))
     ap.add_argument("--out", default=os.path.join(here, "data"))
+    ap.add_argument("--cases", nargs="*", help="only these cases (default: all)")
     args = ap.parse_args()
+    global HEAD_DIM
 
     torch.set_num_threads(1)          # reproducible reductions
     torch.use_deterministic_algorithms(True)
@@ -371,7 +376,10 @@ def main():
     ids = [int(x) for x in torch.randint(0, VOCAB, (N_IDS,), generator=g)]
     print("ids:", ids)
 
-    for ci, (name, nkv, rope_ratio) in enumerate(CASES):
+    for ci, (name, nkv, rope_ratio, head_dim) in enumerate(CASES):
+        if args.cases and name not in args.cases:
+            continue
+        HEAD_DIM = head_dim
         torch.manual_seed(BASE_SEED + ci)
         case_dir = os.path.join(args.out, name)
         w = make_chatglm_weights(nkv)
@@ -412,7 +420,7 @@ def main():
             json.dump(ref, f)
             f.write("\n")
 
-        print(f"[{name}] nkv={nkv} rope_base={10000.0 * rope_ratio:g}")
+        print(f"[{name}] nkv={nkv} rope_base={10000.0 * rope_ratio:g} head_dim={HEAD_DIM}")
         print(f"  logits std={float(pl.std()):.4f} min={float(pl.min()):.3f} max={float(pl.max()):.3f}; "
               f"per-row std min={float(pl.std(dim=1).min()):.4f}")
         print(f"  max|prefill - decode| logits = {d_pd:.3e}")

@@ -20,10 +20,22 @@ typedef struct {
  * caches given (GPU bf16, CPU fp32), and a fresh q/k/v per token. */
 static const char *g_attn_kernel = ""; /* which attention kernel the cases below run through */
 static int g_attn_nq;                  /* local q heads when fewer than n_kv * q_per_kv (tp > KV groups) */
+static int g_attn_grouped;             /* GLMTP_GQA_ATTENTION is on for the cases below */
+
+/* kernels/cuda/cuda_backend.cu's test hook: the kernel the last attention call
+ * ran ("per_head", "grouped"). */
+const char *kernels_cuda_attention_ran(kbackend kb);
+static void check_tol(const char *name, const float *got, const float *want, const float *tol, size_t n);
+static float *flash_tol(const float *qkv, int ld, const tok *tk, int T, const int32_t *tables, int max_blocks, int bs,
+                        const float *K, const float *V, int n_q, int n_kv, int q_per_kv, int d, float scale,
+                        const float *ref);
 
 static void attn_step(const char *what, const tok *tk, int T, const int32_t *tables, int n_seqs, int max_blocks,
                       int bs, int n_kv, int q_per_kv, int d, void *gk, void *gv, void *ck, void *cv, size_t cache_n) {
-    int n_q = g_attn_nq ? g_attn_nq : n_kv * q_per_kv, qw = n_q * d, kvw = n_kv * d, ld = qw + 2 * kvw + 1;
+    /* q rows: unaligned for the per-head kernel's scalar loads (+1); the
+     * grouped kernel needs 16-byte rows (+8) */
+    int n_q = g_attn_nq ? g_attn_nq : n_kv * q_per_kv, qw = n_q * d, kvw = n_kv * d;
+    int ld = qw + 2 * kvw + (g_attn_grouped ? 8 : 1);
     float *qkv = rand_bf16((size_t)T * ld, -1.5f, 1.5f);
     int32_t *pos = xmalloc((size_t)T * 4), *seq = xmalloc((size_t)T * 4), *slots = xmalloc((size_t)T * 4);
     int max_pos = 0;
@@ -53,9 +65,21 @@ static void attn_step(const char *what, const tok *tk, int T, const int32_t *tab
     C.iface->attention(C.ctx, co, cq, ld, ck, cv, &cb, n_q, n_kv, q_per_kv, d, scale);
     snprintf(name, sizeof name, "attention%s %s n_kv=%d q/kv=%d d=%d T=%d", g_attn_kernel, what, n_kv, q_per_kv, d, T);
     float *got = g_get(name, go, (size_t)T * qw);
-    /* Same bf16 q, k, v; fp32 scores and softmax in another order (online, split)
-     * differ by ~1e-6; the output, an average of |v| <= 1.5, is rounded once. */
-    check(name, got, co, (size_t)T * qw, 1e-4, BF16_RTOL);
+    /* The grouped kernel runs where it applies (q/kv 2..16, d 64 or 128), the
+     * per-head one elsewhere. */
+    int grouped = g_attn_grouped && q_per_kv >= 2 && q_per_kv <= 16 && (d == 64 || d == 128);
+    const char *ran = kernels_cuda_attention_ran(G), *want = grouped ? "grouped" : "per_head";
+    expect(ran && !strcmp(ran, want), "%s: the %s kernel ran (%s)", name, want, ran ? ran : "none");
+    if (grouped) { /* tensor cores: P rounded to bf16 before P V (flash_tol) */
+        float *tol = flash_tol(qkv, ld, tk, T, tables, max_blocks, bs, ck, cv, n_q, n_kv, q_per_kv, d, scale, co);
+        check_tol(name, got, co, tol, (size_t)T * qw);
+        free(tol);
+    } else {
+        /* Same bf16 q, k, v; fp32 scores and softmax in another order (online,
+         * split) differ by ~1e-6; the output, an average of |v| <= 1.5, is
+         * rounded once. */
+        check(name, got, co, (size_t)T * qw, 1e-4, BF16_RTOL);
+    }
     free(got), free(qkv), free(pos), free(seq), free(slots);
     G.iface->free(G.ctx, gq), G.iface->free(G.ctx, go), C.iface->free(C.ctx, cq), C.iface->free(C.ctx, co);
     for (int i = 0; i < 4; i++) G.iface->free(G.ctx, g_i[i]), C.iface->free(C.ctx, c_i[i]);
@@ -147,10 +171,10 @@ void test_attention(void) {
     g_attn_kernel = "";
     test_attention_cases();
     gpu_switch("GLMTP_GQA_ATTENTION", 1);
-    g_attn_kernel = " (grouped)";
+    g_attn_kernel = " (grouped)", g_attn_grouped = 1;
     test_attention_cases();
     gpu_switch("GLMTP_GQA_ATTENTION", was);
-    g_attn_kernel = "";
+    g_attn_kernel = "", g_attn_grouped = 0;
 }
 
 /* ------------------------------------------- tensor-core prefill attention */
@@ -211,13 +235,17 @@ static void check_tol(const char *name, const float *got, const float *want, con
  * Plus the general kernel's own atol/rtol (fp32 order, one output rounding).
  * Weights from the same bf16 values (the CPU cache) in double. */
 static float *flash_tol(const float *qkv, int ld, const tok *tk, int T, const int32_t *tables, int max_blocks, int bs,
-                        const float *K, const float *V, int n_kv, int q_per_kv, int d, float scale, const float *ref) {
-    int n_q = n_kv * q_per_kv, max_pos = 0;
+                        const float *K, const float *V, int n_q, int n_kv, int q_per_kv, int d, float scale,
+                        const float *ref) {
+    int max_pos = 0;
     for (int t = 0; t < T; t++)
         if (tk[t].p > max_pos) max_pos = tk[t].p;
     float *tol = xmalloc((size_t)T * n_q * d * 4);
-    double *w = xmalloc(((size_t)max_pos + 1) * 8), *var = xmalloc((size_t)d * 8);
+    /* tokens in parallel (long prefills through the grouped kernel are
+     * thousands of tokens x heads x context) */
+#pragma omp parallel for schedule(dynamic, 8)
     for (int t = 0; t < T; t++) {
+        double *w = xmalloc(((size_t)max_pos + 1) * 8), *var = xmalloc((size_t)d * 8);
         int s = tk[t].s, np = tk[t].p + 1;
         for (int h = 0; h < n_q; h++) {
             const float *q = qkv + (size_t)t * ld + (size_t)h * d;
@@ -243,8 +271,8 @@ static float *flash_tol(const float *qkv, int ld, const tok *tk, int T, const in
             for (int i = 0; i < d; i++)
                 tol[o + i] = (float)(1e-4 + BF16_RTOL * fabs(ref[o + i]) + 8.0 * sqrt(var[i]) / 512.0);
         }
+        free(w), free(var);
     }
-    free(w), free(var);
     return tol;
 }
 
@@ -342,7 +370,8 @@ static void prefill_step(const char *what, pf_setup *u, const tok *tk, int T, ui
     for (int k = 0; k < 5; k++) got[k] = g_get(name, go[k], no);
 
     char nm[240];
-    float *tol = flash_tol(qkv, ld, tk, T, u->tables, max_blocks, bs, u->ck, u->cv, n_kv, q_per_kv, d, scale, co);
+    float *tol = flash_tol(qkv, ld, tk, T, u->tables, max_blocks, bs, u->ck, u->cv, n_kv * q_per_kv, n_kv, q_per_kv, d,
+                           scale, co);
     snprintf(nm, sizeof nm, "%s [host_pos NULL]", name);
     check(nm, got[4], co, no, 1e-4, BF16_RTOL);
     for (int v = 1; v <= 2; v++) {
