@@ -217,14 +217,18 @@ int engine_open(engine *e, comm *c, const char *dir, int kv_tokens, int block_si
     fprintf(stderr, "glmtp: rank %d/%d: weights %zu bytes (sharded %zu, replicated %zu); KV cache %zu bytes, %lld tokens\n",
             c->rank, c->size, e->m->bytes_sharded + e->m->bytes_replicated, e->m->bytes_sharded,
             e->m->bytes_replicated, e->kv->bytes, tokens);
-    fprintf(stderr, "glmtp: rank %d/%d: %.2f GiB of weights, %.2f GiB of KV cache (%.1f KiB per token%s%s): ",
+    /* One write per line: stderr is unbuffered, and under mpirun the ranks'
+     * writes interleave, so a line written in pieces can be split by another
+     * rank's. */
+    char room[160];
+    if (tokens >= ctx)
+        snprintf(room, sizeof room, "room for %.1f sequences of the full %d-token context", (double)tokens / ctx, ctx);
+    else
+        snprintf(room, sizeof room, "room for %lld tokens, less than the model's %d-token context", tokens, ctx);
+    fprintf(stderr, "glmtp: rank %d/%d: %.2f GiB of weights, %.2f GiB of KV cache (%.1f KiB per token%s%s): %s\n",
             c->rank, c->size, (e->m->bytes_sharded + e->m->bytes_replicated) / 1073741824.0,
             e->kv->bytes / 1073741824.0, per_token / 1024, fit >= 0 && kv_tokens <= 0 ? "; " : "",
-            fit >= 0 && kv_tokens <= 0 ? why : "");
-    if (tokens >= ctx)
-        fprintf(stderr, "room for %.1f sequences of the full %d-token context\n", (double)tokens / ctx, ctx);
-    else
-        fprintf(stderr, "room for %lld tokens, less than the model's %d-token context\n", tokens, ctx);
+            fit >= 0 && kv_tokens <= 0 ? why : "", room);
     return 0;
 }
 
