@@ -166,24 +166,6 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_kernel(attn_a
  * bytes (34,816 for d = 128), static. */
 #define GQA_BN (ATT_WARPS * 16) /* keys per tile: 16 per warp */
 
-/* Queues the cp.async copies of keys kb..kb+GQA_BN-1 of KV head g into dst
- * [GQA_BN][D + 8]; keys past kmax become zero rows (read nothing). */
-template <int D>
-static __device__ __forceinline__ void gqa_load_tile(bf16 *dst, const bf16 *cache, const int32_t *table, int kb,
-                                                     int kmax, int g, const attn_args &a) {
-    constexpr int LDS = D + 8, CPR = D / 8; /* 16-byte chunks per row */
-    for (int c = threadIdx.x; c < GQA_BN * CPR; c += ATT_WARPS * 32) {
-        int r = c / CPR, col = (c % CPR) * 8, p = kb + r;
-        const bf16 *src = cache; /* any valid address: nothing is read for a zero row */
-        int bytes = 0;
-        if (p <= kmax) {
-            src = cache + kv_row(a, table, p, g) + col;
-            bytes = 16;
-        }
-        cp_async16(dst + r * LDS + col, src, bytes);
-    }
-}
-
 template <int D>
 static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_gqa_kernel(attn_args a, int n_q) {
     pdl_begin();
@@ -226,9 +208,9 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_gqa_kernel(at
     /* Groups per thread: K0 V0 | K1 V1 | ...; "wait 1" leaves only the newest
      * in flight (empty groups are committed after the last tile). */
     if (n_kt > 0) {
-        gqa_load_tile<D>(sk, a.kc, table, p0, kmax, grp, a);
+        cp_async_kv_rows<D, GQA_BN, ATT_WARPS * 32>(sk, a.kc, table, p0, kmax, grp, a.block_size, a.n_kv);
         cp_async_commit();
-        gqa_load_tile<D>(sv, a.vc, table, p0, kmax, grp, a);
+        cp_async_kv_rows<D, GQA_BN, ATT_WARPS * 32>(sv, a.vc, table, p0, kmax, grp, a.block_size, a.n_kv);
         cp_async_commit();
     }
     for (int j = 0; j < n_kt; j++) {
@@ -247,7 +229,8 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_gqa_kernel(at
             mma_bf16(sc[1], qf[kk], kf[2], kf[3]);
         }
         __syncthreads(); /* every warp is done with sk */
-        if (j + 1 < n_kt) gqa_load_tile<D>(sk, a.kc, table, kb + GQA_BN, kmax, grp, a);
+        if (j + 1 < n_kt)
+            cp_async_kv_rows<D, GQA_BN, ATT_WARPS * 32>(sk, a.kc, table, kb + GQA_BN, kmax, grp, a.block_size, a.n_kv);
         cp_async_commit();
 
         /* Scale to log2 units; keys past the split are -inf. */
@@ -296,7 +279,8 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_gqa_kernel(at
             mma_bf16(o[2 * d2 + 1], pa, vf[2], vf[3]);
         }
         __syncthreads(); /* every warp is done with sv */
-        if (j + 1 < n_kt) gqa_load_tile<D>(sv, a.vc, table, kb + GQA_BN, kmax, grp, a);
+        if (j + 1 < n_kt)
+            cp_async_kv_rows<D, GQA_BN, ATT_WARPS * 32>(sv, a.vc, table, kb + GQA_BN, kmax, grp, a.block_size, a.n_kv);
         cp_async_commit();
     }
     cp_async_wait_0();

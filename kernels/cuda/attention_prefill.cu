@@ -126,24 +126,12 @@ typedef struct flash_args {
 
 /* ------------------------------------------------------------------ kernel */
 
-/* Queues the cp.async copies of keys kb..kb+FA_BN-1 of KV head g (rows of
- * cache, gathered through the block table) into dst [FA_BN][LDS]; keys past
- * kmax become zero rows (masked anyway; zeros keep 0 * garbage out of P V). */
+/* Keys kb..kb+FA_BN-1 of KV head g into dst [FA_BN][D + 8] (cp.async; keys
+ * past kmax zero rows: masked anyway, and zeros keep 0 * garbage out of P V). */
 template <int D>
 static __device__ __forceinline__ void load_kv_tile(bf16 *dst, const bf16 *cache, const int32_t *table, int kb,
                                                     int kmax, int g, const flash_args &a) {
-    constexpr int LDS = D + 8, CPR = D / 8; /* 16-byte chunks per row */
-    for (int c = threadIdx.x; c < FA_BN * CPR; c += FA_THREADS) {
-        int r = c / CPR, col = (c % CPR) * 8, p = kb + r;
-        const bf16 *src = cache; /* any valid address: nothing is read for a zero row */
-        int bytes = 0;
-        if (p <= kmax) {
-            int blk = table[p / a.block_size];
-            src = cache + (((size_t)blk * a.block_size + p % a.block_size) * a.n_kv + g) * D + col;
-            bytes = 16;
-        }
-        cp_async16(dst + r * LDS + col, src, bytes);
-    }
+    cp_async_kv_rows<D, FA_BN, FA_THREADS>(dst, cache, table, kb, kmax, g, a.block_size, a.n_kv);
 }
 
 template <int D>

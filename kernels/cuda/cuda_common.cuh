@@ -91,6 +91,28 @@ static __device__ __forceinline__ void cp_async_wait_1(void) { asm volatile("cp.
 /* Waits until every committed group of this thread has landed. */
 static __device__ __forceinline__ void cp_async_wait_0(void) { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
+/* Queues cp.async copies of the paged KV cache rows of keys kb..kb+ROWS-1 of
+ * KV head g (through the block table) into dst [ROWS][D + 8] (rows padded by
+ * 16 bytes against ldmatrix bank conflicts), THREADS threads sharing the
+ * work; keys past kmax become zero rows and read nothing. The cache layout is
+ * kernels.h's: row (block * block_size + p % block_size) * n_kv + g, d wide. */
+template <int D, int ROWS, int THREADS>
+static __device__ __forceinline__ void cp_async_kv_rows(bf16 *dst, const bf16 *cache, const int32_t *table, int kb,
+                                                        int kmax, int g, int block_size, int n_kv) {
+    constexpr int LDS = D + 8, CPR = D / 8; /* 16-byte chunks per row */
+    for (int c = threadIdx.x; c < ROWS * CPR; c += THREADS) {
+        int r = c / CPR, col = (c % CPR) * 8, p = kb + r;
+        const bf16 *src = cache; /* any valid address: nothing is read for a zero row */
+        int bytes = 0;
+        if (p <= kmax) {
+            int blk = table[p / block_size];
+            src = cache + (((size_t)blk * block_size + p % block_size) * n_kv + g) * D + col;
+            bytes = 16;
+        }
+        cp_async16(dst + r * LDS + col, src, bytes);
+    }
+}
+
 /* Four 8x8 bf16 matrices from shared memory; lane i gives the address of row
  * i % 8 of matrix i / 8; r[j] gets matrix j, lane l holding row l/4, columns
  * 2(l%4) and 2(l%4)+1 (with .trans: column l/4, rows 2(l%4) and 2(l%4)+1). */
