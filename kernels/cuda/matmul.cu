@@ -359,66 +359,50 @@ static int matmul_lt(cuda_ctx *c, void *out, cudaDataType_t otype, const bf16 *x
     return 0;
 }
 
-/* The paths, as c->matmul_ran names them (the GPU test checks that a switch's
- * path is the one that ran). */
-static const char *const RAN_GEMV = "gemv", *const RAN_SKINNY = "skinny", *const RAN_LT = "cublaslt",
-                         *const RAN_LT_BIAS = "cublaslt_bias_epilogue", *const RAN_LT_ROUND = "cublaslt_f32_round",
-                         *const RAN_WARP = "warp";
+/* out = x W^T (+ bias) through the first path that applies; returns its name
+ * (c->matmul_ran: the GPU test checks that a switch's path is the one that
+ * ran). */
+static const char *matmul_bf16_out(cuda_ctx *c, bf16 *out, const bf16 *x, const kweight *W, const kweight *bias,
+                                   int T) {
+    if (gemv_cuda<bf16>(c, out, x, W, bias, T) == 0) return "gemv";
+    if (skinny_cuda<bf16>(c, out, x, W, bias, T) == 0) return "skinny";
+    if (!bias) {
+        if (matmul_lt(c, out, CUDA_R_16BF, x, W, NULL, T) == 0) return "cublaslt";
+        matmul_warp_cuda<bf16>(c, out, x, W, NULL, T);
+        return "warp";
+    }
+    if (c->lt_bias && bias->dtype == KDT_F32 &&
+        matmul_lt(c, out, CUDA_R_16BF, x, W, (const float *)bias->data, T) == 0)
+        return "cublaslt_bias_epilogue";
+    size_t n = (size_t)T * W->rows;
+    float *acc = (float *)cuda_scratch(c, &c->gemm_f32, n * sizeof(float));
+    if (matmul_lt(c, acc, CUDA_R_32F, x, W, NULL, T)) {
+        matmul_warp_cuda<bf16>(c, out, x, W, bias, T);
+        return "warp";
+    }
+    launch(c, bias_round_kernel, grid_for(c, n, 256), 256, 0, out, (const float *)acc, bias->data, (int)bias->dtype, n,
+           W->rows);
+    return "cublaslt_f32_round";
+}
+
+static const char *matmul_f32_out(cuda_ctx *c, float *out, const bf16 *x, const kweight *W, int T) {
+    if (gemv_cuda<float>(c, out, x, W, NULL, T) == 0) return "gemv";
+    if (skinny_cuda<float>(c, out, x, W, NULL, T) == 0) return "skinny";
+    if (matmul_lt(c, out, CUDA_R_32F, x, W, NULL, T) == 0) return "cublaslt";
+    matmul_warp_cuda<float>(c, out, x, W, NULL, T);
+    return "warp";
+}
 
 void cuda_op_matmul(void *ctx, void *out, const void *x, const kweight *W, const kweight *bias, int T) {
     cuda_ctx *c = (cuda_ctx *)ctx;
-    const bf16 *xb = (const bf16 *)x;
     if (T <= 0 || W->rows <= 0) return;
-    if (gemv_cuda<bf16>(c, (bf16 *)out, xb, W, bias, T) == 0) {
-        c->matmul_ran = RAN_GEMV;
-        return;
-    }
-    if (skinny_cuda<bf16>(c, (bf16 *)out, xb, W, bias, T) == 0) {
-        c->matmul_ran = RAN_SKINNY;
-        return;
-    }
-    if (!bias) {
-        c->matmul_ran = RAN_LT;
-        if (matmul_lt(c, out, CUDA_R_16BF, xb, W, NULL, T)) {
-            matmul_warp_cuda<bf16>(c, (bf16 *)out, xb, W, NULL, T);
-            c->matmul_ran = RAN_WARP;
-        }
-        return;
-    }
-    if (c->lt_bias && bias->dtype == KDT_F32 &&
-        matmul_lt(c, out, CUDA_R_16BF, xb, W, (const float *)bias->data, T) == 0) {
-        c->matmul_ran = RAN_LT_BIAS;
-        return;
-    }
-    size_t n = (size_t)T * W->rows;
-    float *acc = (float *)cuda_scratch(c, &c->gemm_f32, n * sizeof(float));
-    if (matmul_lt(c, acc, CUDA_R_32F, xb, W, NULL, T)) {
-        matmul_warp_cuda<bf16>(c, (bf16 *)out, xb, W, bias, T);
-        c->matmul_ran = RAN_WARP;
-        return;
-    }
-    launch(c, bias_round_kernel, grid_for(c, n, 256), 256, 0, (bf16 *)out, (const float *)acc, bias->data,
-           (int)bias->dtype, n, W->rows);
-    c->matmul_ran = RAN_LT_ROUND;
+    c->matmul_ran = matmul_bf16_out(c, (bf16 *)out, (const bf16 *)x, W, bias, T);
 }
 
 void cuda_op_matmul_f32(void *ctx, float *out, const void *x, const kweight *W, int T) {
     cuda_ctx *c = (cuda_ctx *)ctx;
-    const bf16 *xb = (const bf16 *)x;
     if (T <= 0 || W->rows <= 0) return;
-    if (gemv_cuda<float>(c, out, xb, W, NULL, T) == 0) {
-        c->matmul_ran = RAN_GEMV;
-        return;
-    }
-    if (skinny_cuda<float>(c, out, xb, W, NULL, T) == 0) {
-        c->matmul_ran = RAN_SKINNY;
-        return;
-    }
-    c->matmul_ran = RAN_LT;
-    if (matmul_lt(c, out, CUDA_R_32F, xb, W, NULL, T)) {
-        matmul_warp_cuda<float>(c, out, xb, W, NULL, T);
-        c->matmul_ran = RAN_WARP;
-    }
+    c->matmul_ran = matmul_f32_out(c, out, (const bf16 *)x, W, T);
 }
 
 /* Fused (GLMTP_FUSED_SWIGLU=1, until a GPU run checks it) where the GEMV
