@@ -633,7 +633,6 @@ static void flash2_launch(const cuda_ctx *c, int n_q, int n_tiles, const flash_a
     launch(c, flash2_prefill_kernel<D>, dim3((unsigned)n_q, (unsigned)n_tiles), FA2_THREADS, smem, a);
 }
 
-static int aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
 int cuda_attention_prefill(cuda_ctx *c, void *out, const void *q, int ld_q, const void *kcache, const void *vcache,
                            const kattn_batch *b, int n_q, int n_kv, int q_per_kv, int d, float scale,

@@ -204,29 +204,32 @@ static const kernels_iface cuda_iface = {
     /* .graph_destroy = */ cuda_graph_destroy,
 };
 
-/* The on/off switches read from the environment at creation: paths to
- * compare (GLMTP_NO_*), and kernels opt-in until a GPU run has checked and
- * timed them (the rest). */
+/* The on/off switches read from the environment at creation (set and not
+ * "0" is on; unset is the default): paths to compare (GLMTP_NO_*), kernels
+ * opt-in until a GPU run has checked and timed them, and the ones such a run
+ * made the default (on: an A/B switch; run 4 in bench/results/). */
 static const struct {
     const char *env;
     size_t field;
+    int on; /* the default */
 } switches[] = {
-    {"GLMTP_FUSED_ADD_NORM", offsetof(cuda_ctx, fused_add_norm)}, /* add_rmsnorm in one kernel */
-    {"GLMTP_FUSED_ROPE_KV", offsetof(cuda_ctx, fused_rope_kv)},   /* rope_kv_store in one kernel */
-    {"GLMTP_FUSED_SWIGLU", offsetof(cuda_ctx, fused_swiglu)},     /* SwiGLU in the T = 1 GEMV */
-    {"GLMTP_GPU_TOPK", offsetof(cuda_ctx, gpu_top_k)},            /* the sampling candidates' kernel */
-    {"GLMTP_GQA_ATTENTION", offsetof(cuda_ctx, gqa_attention)},   /* the grouped attention kernel */
-    {"GLMTP_PDL", offsetof(cuda_ctx, pdl)},                       /* programmatic dependent launch */
-    {"GLMTP_SKINNY", offsetof(cuda_ctx, skinny)},                 /* T = 2..8 tensor-core matmul */
-    {"GLMTP_LT_BIAS", offsetof(cuda_ctx, lt_bias)},               /* bias in cuBLASLt's epilogue */
-    {"GLMTP_NO_GEMV", offsetof(cuda_ctx, no_gemv)},               /* small-T matmuls through cuBLASLt */
-    {"GLMTP_NO_FLASH_PREFILL", offsetof(cuda_ctx, no_flash_prefill)}, /* no tensor-core prefill attention */
+    {"GLMTP_FUSED_ADD_NORM", offsetof(cuda_ctx, fused_add_norm), 0}, /* add_rmsnorm in one kernel */
+    {"GLMTP_FUSED_ROPE_KV", offsetof(cuda_ctx, fused_rope_kv), 0},   /* rope_kv_store in one kernel */
+    {"GLMTP_FUSED_SWIGLU", offsetof(cuda_ctx, fused_swiglu), 0},     /* SwiGLU in the T = 1 GEMV */
+    {"GLMTP_GPU_TOPK", offsetof(cuda_ctx, gpu_top_k), 1},            /* the sampling candidates' kernel */
+    {"GLMTP_GQA_ATTENTION", offsetof(cuda_ctx, gqa_attention), 1},   /* the grouped decode attention kernel */
+    {"GLMTP_GEMV_SPLIT", offsetof(cuda_ctx, gemv_split), 1},         /* K split over warps in small GEMVs */
+    {"GLMTP_PDL", offsetof(cuda_ctx, pdl), 0},                       /* programmatic dependent launch */
+    {"GLMTP_SKINNY", offsetof(cuda_ctx, skinny), 0},                 /* T = 2..8 tensor-core matmul */
+    {"GLMTP_LT_BIAS", offsetof(cuda_ctx, lt_bias), 0},               /* bias in cuBLASLt's epilogue */
+    {"GLMTP_NO_GEMV", offsetof(cuda_ctx, no_gemv), 0},               /* small-T matmuls through cuBLASLt */
+    {"GLMTP_NO_FLASH_PREFILL", offsetof(cuda_ctx, no_flash_prefill), 0}, /* no tensor-core prefill attention */
 };
 
-/* Set, non-empty and not "0". */
-static int env_on(const char *name) {
+/* Unset or empty: dflt; else on unless "0". */
+static int env_switch(const char *name, int dflt) {
     const char *v = getenv(name);
-    return v && *v && strcmp(v, "0") != 0;
+    return v && *v ? strcmp(v, "0") != 0 : dflt;
 }
 
 /* Failures a user can cause (no device, wrong device, old GPU) come back in
@@ -268,7 +271,7 @@ kbackend kernels_cuda_create(int device, char *err, size_t errlen) {
     c->rope_rot = -1;
     /* Read once, so a GPU run can compare paths or switch a broken one off. */
     for (size_t i = 0; i < sizeof switches / sizeof *switches; i++)
-        *(int *)((char *)c + switches[i].field) = env_on(switches[i].env);
+        *(int *)((char *)c + switches[i].field) = env_switch(switches[i].env, switches[i].on);
     c->pdl = c->pdl && pdl_compiled(); /* else launches would overlap kernels that never wait */
     /* 1: the 64-row prefill kernel; else the 128-row one, 2.1x faster on an
      * H200 (298 against 141 TFLOP/s at 8K tokens, bench/results/2026-11-27-*) */

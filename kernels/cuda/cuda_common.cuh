@@ -61,6 +61,38 @@ static __device__ __forceinline__ float wload(const void *p, int dtype, size_t i
     return dtype == KDT_F32 ? ((const float *)p)[i] : bf2f(((const bf16 *)p)[i]);
 }
 
+/* 8 bf16 (one 16-byte load) as fp32, and back with one rounding each. */
+static __device__ __forceinline__ void bf16x8_to_f32(float *f, uint4 v) {
+    unsigned u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) { /* little-endian: the lower address is the low half */
+        f[2 * i] = __uint_as_float(u[i] << 16);
+        f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+    }
+}
+
+static __device__ __forceinline__ uint4 f32x8_to_bf16(const float *f) {
+    __nv_bfloat162 h[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) h[i] = __halves2bfloat162(f2bf(f[2 * i]), f2bf(f[2 * i + 1]));
+    uint4 v;
+    memcpy(&v, h, sizeof v);
+    return v;
+}
+
+/* Weight elements i..i+7 as fp32 (wload's dtypes; i % 8 == 0, 16-byte aligned
+ * vector). */
+static __device__ __forceinline__ void wload8(float *f, const void *p, int dtype, size_t i) {
+    if (dtype == KDT_F32) {
+        float4 a = ((const float4 *)p)[i / 4], b = ((const float4 *)p)[i / 4 + 1];
+        f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+    } else {
+        bf16x8_to_f32(f, ((const uint4 *)p)[i / 8]);
+    }
+}
+
+static inline int aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
 /* c (16x8 fp32) += a (16x16 bf16, row-major) * b (16x8 bf16, column-major). */
 static __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "

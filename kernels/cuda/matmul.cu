@@ -174,42 +174,40 @@ static lt_plan *plan_get(cuda_ctx *c, int N, int K, int T, int bias, cudaDataTyp
 }
 
 /* Small T (decode): a GEMV that streams W once, for a T where cuBLASLt's
- * skinny-GEMM kernels are slower (H200, batch-1 decode of glm-4-9b-chat). Each warp owns
- * GEMV_ROWS rows of W and all T tokens: lanes read 16 bytes (8 bf16) of each
- * row and of each token's x per step, accumulate fp32, then warp sums. x rows
- * are re-read by every warp; they stay in L1/L2 (at most 8 x 27 KB). The bias
- * is added before the one rounding, as on the CPU. Needs K % 8 == 0 and
- * 16-byte aligned W, x and row starts (cudaMalloc'ed buffers; checked). */
+ * skinny-GEMM kernels are slower (H200, batch-1 decode of glm-4-9b-chat). A
+ * group of S warps owns GEMV_ROWS rows of W and all T tokens; warp s of the
+ * group takes the 16-byte columns s*32 + lane, + 32 S, ... of each row and of
+ * each token's x, accumulates fp32, then a warp sum, then the group's S sums
+ * in order s = 0..S-1. x rows are re-read by every warp; they stay in L1/L2
+ * (at most 8 x 27 KB). The bias is added before the one rounding, as on the
+ * CPU. Needs K % 8 == 0 and 16-byte aligned W, x and row starts (cudaMalloc'ed
+ * buffers; checked). */
 /* Measured on an H200 (40-layer glm-4-9b-chat decode, bench/results/): T = 1
  * 6.91 ms per step against 7.27 through cuBLASLt; T = 8 21.7 against 10.4
  * (each token's x is re-read per 16 bytes of W: load-bound). So T = 1 only,
- * though the kernel is written for TT tokens. */
+ * though the kernel is written for TT tokens. With S = 1 the 4096-row
+ * matrices (attention output, MLP down: 256 blocks for 132 SMs) streamed at
+ * 3.0 TB/s against 4.25 for the 27392-row gate/up (run 4): too few loads in
+ * flight per SM. gemv_split picks S so that every matrix has enough blocks. */
 #define GEMV_MAX_T 1
 #define GEMV_ROWS 2
 #define GEMV_WARPS 8
-
-static __device__ __forceinline__ void bf16x8_to_f32(float *f, uint4 v) {
-    unsigned u[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) { /* little-endian: the lower address is the low half */
-        f[2 * i] = __uint_as_float(u[i] << 16);
-        f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
-    }
-}
 
 /* SW: the MLP's gate/up GEMV with SwiGLU in its epilogue: out [T, N] =
  * silu(g) * u with g = rows [0, N) and u = rows [N, 2N) of W, each rounded to
  * bf16 first as the unfused GEMV's output would be, then the SwiGLU op's
  * formula: bitwise the numbers of the two ops, one kernel and no [T, 2N]
- * intermediate. Each row's sum runs in the same order either way. */
+ * intermediate. Each row's sum runs in the same order either way (the same S:
+ * gemv_split of the 2N rows). */
 template <int TT, typename OutT, bool SW>
 static __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(OutT *out, const bf16 *x, const bf16 *W,
-                                                                       const float *bias, int T, int N, int K) {
+                                                                       const float *bias, int T, int N, int K, int S) {
     pdl_begin();
     constexpr int NR = SW ? 2 * GEMV_ROWS : GEMV_ROWS; /* W rows per warp */
-    int lane = threadIdx.x & 31;
-    int n0 = (blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5)) * GEMV_ROWS;
-    if (n0 >= N) return;
+    __shared__ float part[GEMV_WARPS][NR][TT];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, s = warp % S;
+    int n0 = (blockIdx.x * (GEMV_WARPS / S) + warp / S) * GEMV_ROWS;
+    int live = n0 < N; /* a dead group still reaches the barrier below */
     float acc[NR][TT];
 #pragma unroll
     for (int r = 0; r < NR; r++)
@@ -217,13 +215,13 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(OutT *out,
         for (int t = 0; t < TT; t++) acc[r][t] = 0.0f;
     const uint4 *wr[NR];
 #pragma unroll
-    for (int r = 0; r < NR; r++) { /* a row past N reads row n0 again and is not written */
-        int n = (r % GEMV_ROWS) + n0;
-        wr[r] = (const uint4 *)(W + ((size_t)(n < N ? n : n0) + (r >= GEMV_ROWS ? (size_t)N : 0)) * K);
+    for (int r = 0; r < NR; r++) { /* a row past N reads row n0 (or 0) again and is not written */
+        int n = (r % GEMV_ROWS) + n0, nb = live ? n0 : 0;
+        wr[r] = (const uint4 *)(W + ((size_t)(n < N ? n : nb) + (r >= GEMV_ROWS ? (size_t)N : 0)) * K);
     }
     int K8 = K / 8;
 #pragma unroll 2
-    for (int k = lane; k < K8; k += 32) {
+    for (int k = s * 32 + lane; k < K8; k += 32 * S) {
         float wf[NR][8];
 #pragma unroll
         for (int r = 0; r < NR; r++) bf16x8_to_f32(wf[r], __ldg(wr[r] + k));
@@ -240,12 +238,31 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(OutT *out,
         }
     }
 #pragma unroll
+    for (int r = 0; r < NR; r++)
+#pragma unroll
+        for (int t = 0; t < TT; t++) acc[r][t] = warp_sum(acc[r][t]);
+    if (S > 1) {
+        if (lane == 0)
+#pragma unroll
+            for (int r = 0; r < NR; r++)
+#pragma unroll
+                for (int t = 0; t < TT; t++) part[warp][r][t] = acc[r][t];
+        __syncthreads();
+        if (s != 0) return;
+#pragma unroll
+        for (int r = 0; r < NR; r++)
+#pragma unroll
+            for (int t = 0; t < TT; t++)
+                for (int q = 1; q < S; q++) acc[r][t] += part[warp + q][r][t];
+    }
+    if (!live) return;
+#pragma unroll
     for (int r = 0; r < GEMV_ROWS; r++) {
 #pragma unroll
         for (int t = 0; t < TT; t++) {
-            float v = warp_sum(acc[r][t]);
+            float v = acc[r][t];
             if (SW) {
-                float g = bf2f(f2bf(v)), u = bf2f(f2bf(warp_sum(acc[r + GEMV_ROWS][t])));
+                float g = bf2f(f2bf(v)), u = bf2f(f2bf(acc[r + GEMV_ROWS][t]));
                 v = g / (1.0f + expf(-g)) * u;
             }
             if (lane == 0 && t < T && n0 + r < N)
@@ -305,8 +322,6 @@ static __global__ void __launch_bounds__(SKINNY_WARPS * 32) skinny_kernel(OutT *
     }
 }
 
-static int aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
-
 /* Runs the small-batch kernel when it is on and applies (returns 0), else -1. */
 template <typename OutT>
 static int skinny_cuda(const cuda_ctx *c, OutT *out, const bf16 *x, const kweight *W, const kweight *bias, int T) {
@@ -319,6 +334,16 @@ static int skinny_cuda(const cuda_ctx *c, OutT *out, const bf16 *x, const kweigh
     return 0;
 }
 
+/* Warps per row group for a GEMV over W's `rows`: the fewest (1, 2, 4, 8) that
+ * give at least 6 blocks per SM (8 fit at 32 registers a thread), so every SM
+ * has loads of many groups in flight; 1 with GLMTP_GEMV_SPLIT=0. The fused SwiGLU GEMV asks for
+ * the unfused one's rows (2F), so both sum in the same order. */
+static int gemv_split(const cuda_ctx *c, int rows) {
+    int S = 1;
+    while (c->gemv_split && S < GEMV_WARPS && CEIL_DIV(rows, GEMV_ROWS * (GEMV_WARPS / S)) < 6 * c->sm_count) S *= 2;
+    return S;
+}
+
 /* Runs the GEMV when it applies (returns 0), else -1. */
 template <typename OutT>
 static int gemv_cuda(const cuda_ctx *c, OutT *out, const bf16 *x, const kweight *W, const kweight *bias, int T) {
@@ -327,9 +352,10 @@ static int gemv_cuda(const cuda_ctx *c, OutT *out, const bf16 *x, const kweight 
         (bias && bias->dtype != KDT_F32))
         return -1;
     const float *b = bias ? (const float *)bias->data : NULL;
-    unsigned grid = (unsigned)CEIL_DIV(N, GEMV_WARPS * GEMV_ROWS);
+    int S = gemv_split(c, N);
+    unsigned grid = (unsigned)CEIL_DIV(N, GEMV_ROWS * (GEMV_WARPS / S));
     const bf16 *w = (const bf16 *)W->data;
-    launch(c, gemv_kernel<GEMV_MAX_T, OutT, false>, grid, GEMV_WARPS * 32, 0, out, x, w, b, T, N, K);
+    launch(c, gemv_kernel<GEMV_MAX_T, OutT, false>, grid, GEMV_WARPS * 32, 0, out, x, w, b, T, N, K, S);
     return 0;
 }
 
@@ -413,9 +439,10 @@ void cuda_op_matmul_swiglu(void *ctx, void *out, const void *x, const kweight *W
     if (T <= 0 || F <= 0) return;
     if (c->fused_swiglu && !c->no_gemv && T <= GEMV_MAX_T && W->dtype == KDT_BF16 && K % 8 == 0 && aligned16(x) &&
         aligned16(W->data)) {
-        unsigned grid = (unsigned)CEIL_DIV(F, GEMV_WARPS * GEMV_ROWS);
+        int S = gemv_split(c, 2 * F);
+        unsigned grid = (unsigned)CEIL_DIV(F, GEMV_ROWS * (GEMV_WARPS / S));
         launch(c, gemv_kernel<GEMV_MAX_T, bf16, true>, grid, GEMV_WARPS * 32, 0, (bf16 *)out, (const bf16 *)x,
-               (const bf16 *)W->data, (const float *)NULL, T, F, K);
+               (const bf16 *)W->data, (const float *)NULL, T, F, K, S);
         return;
     }
     cuda_op_matmul(ctx, gu, x, W, NULL, T);

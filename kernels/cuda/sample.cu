@@ -6,9 +6,10 @@
  * (four 8-bit passes of a shared histogram) finds the k-th candidate's key;
  * one pass collects the candidates above it and, in id order, as many equal to
  * it as are needed; a bitonic sort in shared memory orders them; a last pass
- * sums exp(v - max) in double, as the CPU does. The kernel is opt-in
- * (GLMTP_GPU_TOPK=1) until a GPU run has checked it against the CPU; without it
- * the rows are copied to the host and cpu_top_k runs there. */
+ * sums exp(v - max) in double, as the CPU does. The default since GPU run 4
+ * (bitwise the CPU's candidates; batch-64 top-k 50 decode 27.8 ms a step
+ * against 35.5 through the host on an H200); with GLMTP_GPU_TOPK=0 the rows
+ * are copied to the host and cpu_top_k runs there. */
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>

@@ -56,7 +56,8 @@ def main():
         s[f"decode_b{r['batch']}_nogemv_ms"] = r["step_ms"]
     for name, key in (("bench_decode_topk", "topk50_gpu"), ("bench_decode_topk_host", "topk50_host"),
                       ("bench_decode_pdl", "pdl"), ("bench_decode_pdl_fused", "pdl_fused"),
-                      ("bench_decode_skinny", "skinny"), ("bench_decode_gqa_b64", "gqa")):
+                      ("bench_decode_skinny", "skinny"), ("bench_decode_per_head", "per_head"),
+                      ("bench_decode_nosplit", "nosplit")):
         for r in parts.get(name, {}).get("results", []):  # sampled decode: candidates on the GPU or the host
             s[f"decode_b{r['batch']}_{key}_ms"] = r["step_ms"]
     for name, key in (("bench_decode_long", "per_head"), ("bench_decode_long_gqa", "grouped")):
@@ -108,6 +109,10 @@ def opt_in_verdicts(parts, s):
             return None
         return not any(t in f for f in kt.get("failures", []) for t in tags)
 
+    def golden_passed(case):
+        g = [g for g in parts.get("golden", []) if g.get("case") == case]
+        return all(x.get("exit") == 0 for x in g) if g else None
+
     def equal(name):
         p = parts.get(name)
         return None if p is None else bool(p.get("equal"))
@@ -122,14 +127,23 @@ def opt_in_verdicts(parts, s):
                           "kernel_tests_passed": own_tests_passed("add_rmsnorm", "rope_kv_store", "matmul_swiglu"),
                           "decode_b1_vs_default": ratio("decode_b1_fused_kernels_ms", "decode_b1_ms")},
         "GLMTP_PDL + GLMTP_FUSED_*": {"decode_b1_vs_default": ratio("decode_b1_pdl_fused_ms", "decode_b1_ms")},
-        "GLMTP_GPU_TOPK": {"tokens_equal": equal("tiny_gpu_top_k"), "kernel_tests_passed": own_tests_passed("top_k"),
-                           "decode_b64_topk50_vs_host": ratio("decode_b64_topk50_gpu_ms", "decode_b64_topk50_host_ms")},
-        "GLMTP_GQA_ATTENTION": {"kernel_tests_passed": own_tests_passed("(grouped)"),
-                                "golden_passed": all(g.get("exit") == 0 for g in parts.get("golden_gqa", []))
-                                if parts.get("golden_gqa") else None,
-                                "decode_b1_ctx131072_vs_default": ratio("decode_b1_ctx131072_grouped_ms",
-                                                                        "decode_b1_ctx131072_per_head_ms"),
-                                "decode_b64_vs_default": ratio("decode_b64_gqa_ms", "decode_b64_ms")},
+        # on by default since run 4: their figures are the default against the
+        # switch off (< 1: the default is faster)
+        "GLMTP_GPU_TOPK (default)": {"tokens_equal": equal("tiny_gpu_top_k"),
+                                     "kernel_tests_passed": own_tests_passed("top_k"),
+                                     "decode_b64_topk50_vs_host": ratio("decode_b64_topk50_gpu_ms",
+                                                                        "decode_b64_topk50_host_ms")},
+        "GLMTP_GQA_ATTENTION (default)": {
+            "kernel_tests_passed": own_tests_passed("(grouped)"),
+            "golden_passed": golden_passed("nkv2_d128"),
+            "per_head_golden_passed": all(g.get("exit") == 0 for g in parts.get("golden_per_head", []))
+            if parts.get("golden_per_head") else None,
+            "decode_b1_ctx131000_vs_per_head": ratio("decode_b1_ctx131000_grouped_ms", "decode_b1_ctx131000_per_head_ms"),
+            "decode_b1_vs_per_head": ratio("decode_b1_ms", "decode_b1_per_head_ms"),
+            "decode_b64_vs_per_head": ratio("decode_b64_ms", "decode_b64_per_head_ms")},
+        "GLMTP_GEMV_SPLIT (default)": {"kernel_tests_passed": own_tests_passed("matmul T=1", "matmul_f32 T=1",
+                                                                                 "(no split)", "matmul_swiglu T=1"),
+                                       "decode_b1_vs_no_split": ratio("decode_b1_ms", "decode_b1_nosplit_ms")},
         "GLMTP_SKINNY": {"kernel_tests_passed": own_tests_passed("(skinny)"),
                          "decode_b8_vs_default": ratio("decode_b8_skinny_ms", "decode_b8_ms")},
         "GLMTP_LT_BIAS": {"kernel_tests_passed": own_tests_passed("(bias epilogue)"),

@@ -112,7 +112,8 @@ EOF
 # ---------------------------------------------------------------- machine
 # GLMTP_CHECK_DRY=1: every later step on the CPU backend at small sizes, to try
 # the script itself on a machine without a GPU (figures meaningless).
-DEV=cuda DECODE_CTX=1024 PREFILL_LENS=8192,32768 LONG_CTX=32768,131072
+# LONG_CTX: 131000 + the bench's 16 steps stay inside the 131072-token context
+DEV=cuda DECODE_CTX=1024 PREFILL_LENS=8192,32768 LONG_CTX=32768,131000
 if [ -n "${GLMTP_CHECK_DRY:-}" ]; then
     DEV=cpu DECODE_CTX=64 PREFILL_LENS=256,512 LONG_CTX=512,1024
     : "${GLMTP_CHECK_LAYERS:=1}"
@@ -198,17 +199,18 @@ for cl in nkv2_r500:chatglm nkv4_r10000:chatglm nkv2_r1:chatglm nkv2_r500:hf nkv
     GOLD+=("{\"case\": \"$c\", \"layout\": \"$l\", \"exit\": $rc, \"lines\": $(python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read().splitlines()[-8:]))' "$WORK/golden_${c}_$l.out")}")
 done
 part golden "[$(IFS=,; echo "${GOLD[*]}")]"
-# The grouped attention kernel (GLMTP_GQA_ATTENTION=1, opt-in) on the golden
-# case with its shapes (head_dim 128, 4 q heads per KV head), same tolerances.
+# The golden cases above decode with the grouped attention kernel where it
+# applies (the default); the per-head one (GLMTP_GQA_ATTENTION=0) on the case
+# with GLM-4-9B's head shapes (head_dim 128, 4 q heads per KV head).
 GOLD=()
 for c in nkv2_d128; do
-    GLMTP_GQA_ATTENTION=1 step "golden_gqa_$c" 90 python3 "$ROOT/tests/golden/check_golden.py" "$BIN" \
+    GLMTP_GQA_ATTENTION=0 step "golden_per_head_$c" 90 python3 "$ROOT/tests/golden/check_golden.py" "$BIN" \
         "$ROOT/tests/golden/data/$c" chatglm --tol 0.25 --greedy-tol 0.25 --extra-args "--device $DEV"
     rc=$?
     [ $rc = 0 ] || FAILED=1
     GOLD+=("{\"case\": \"$c\", \"exit\": $rc}")
 done
-part golden_gqa "[$(IFS=,; echo "${GOLD[*]}")]"
+part golden_per_head "[$(IFS=,; echo "${GOLD[*]}")]"
 
 # ---------------------------------------------------------------- 4. tiny
 TINY=$WORK/tiny
@@ -257,8 +259,8 @@ if step make_tiny 60 "$BIN" make-model --preset tiny --out "$TINY" --seed 3; the
     # Programmatic dependent launch (GLMTP_PDL=1, opt-in until this passes):
     # kernels overlap their neighbours' tails, with CUDA graphs as decode runs.
     compare pdl tiny_pdl --args "--device $DEV" --env-a GLMTP_PDL=1 --env-b GLMTP_PDL=0
-    # Sampling candidates from the top_k kernel (GLMTP_GPU_TOPK=1, opt-in until
-    # this passes) against the same op on the host: the same candidates, so the
+    # Sampling candidates from the top_k kernel (GLMTP_GPU_TOPK, the default
+    # since run 4) against the same op on the host: the same candidates, so the
     # same sampled tokens (temperature 0.1: the draws land in the candidates).
     compare gpu_top_k tiny_gpu_top_k --args "--device $DEV --temperature 0.1 --top-p 0.9 --seed 3" \
         --env-a GLMTP_GPU_TOPK=1 --env-b GLMTP_GPU_TOPK=0
@@ -393,19 +395,25 @@ if make9 "$M9" chatglm; then
         if [ -s "$WORK/ncu_decode.json" ]; then part decode_kernels "$(cat "$WORK/ncu_decode.json")"; fi
     fi
     # Long contexts (batch 1, 32K and 128K tokens of cache): the per-head
-    # attention kernel re-reads each KV head's rows for every q head sharing it;
-    # the grouped one (GLMTP_GQA_ATTENTION=1) reads them once.
-    step bench_decode_long 150 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1 --context "$LONG_CTX" \
+    # attention kernel (GLMTP_GQA_ATTENTION=0) re-reads each KV head's rows for
+    # every q head sharing it; the grouped one (the default) reads them once.
+    GLMTP_GQA_ATTENTION=0 step bench_decode_long 150 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1 --context "$LONG_CTX" \
         --steps 16 --json "$WORK/bench_decode_long.json"
     bench_json bench_decode_long "$WORK/bench_decode_long.json" $?
     GLMTP_GQA_ATTENTION=1 step bench_decode_long_gqa 150 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1 \
         --context "$LONG_CTX" --steps 16 --json "$WORK/bench_decode_long_gqa.json"
     bench_json bench_decode_long_gqa "$WORK/bench_decode_long_gqa.json" $?
-    # and batch 64 at 1K, against bench_decode's: 2048 (head, token) blocks of
-    # the per-head kernel each walk 1K keys one after another
-    GLMTP_GQA_ATTENTION=1 step bench_decode_gqa_b64 120 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 64 \
-        --context "$DECODE_CTX" --steps 32 --json "$WORK/bench_decode_gqa_b64.json"
-    bench_json bench_decode_gqa_b64 "$WORK/bench_decode_gqa_b64.json" $?
+    # and batches 1 and 64 at 1K with the per-head kernel, against
+    # bench_decode's (grouped): at batch 64 its 2048 (head, token) blocks each
+    # walk 1K keys one after another
+    GLMTP_GQA_ATTENTION=0 step bench_decode_per_head 120 "$BIN" bench decode --model "$M9" --device "$DEV" \
+        --batch 1,64 --context "$DECODE_CTX" --steps 32 --json "$WORK/bench_decode_per_head.json"
+    bench_json bench_decode_per_head "$WORK/bench_decode_per_head.json" $?
+    # Batch 1 with one warp per GEMV row pair (GLMTP_GEMV_SPLIT=0), against
+    # bench_decode's K split over warps for the 4096- and 4608-row matrices
+    GLMTP_GEMV_SPLIT=0 step bench_decode_nosplit 120 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1 \
+        --context "$DECODE_CTX" --steps 32 --json "$WORK/bench_decode_nosplit.json"
+    bench_json bench_decode_nosplit "$WORK/bench_decode_nosplit.json" $?
     # Batch 8 with the small-batch tensor-core matmul (GLMTP_SKINNY=1, opt-in)
     # instead of cuBLASLt: against bench_decode's batch 8.
     GLMTP_SKINNY=1 step bench_decode_skinny 120 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 8 \

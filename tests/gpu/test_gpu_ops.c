@@ -113,15 +113,26 @@ static void test_add_rmsnorm_case(int T, int H) {
 }
 
 void test_small_ops(void) {
+    /* H % 8 == 0 takes the 16-byte kernels: 1, 2 and 4 vectors a thread
+     * (4096, 12288, 20480: 3 rounded up, the last partly empty), a partial
+     * warp (104); other H and H / 8 > 4096 the element loop. */
     test_add_rmsnorm_case(3, 4096);
+    test_add_rmsnorm_case(1, 4096);
+    test_add_rmsnorm_case(2, 20480);
+    test_add_rmsnorm_case(3, 104);
     test_add_rmsnorm_case(5, 100);
     test_rmsnorm_case(4, 4096, 1.0f, 0);
+    test_rmsnorm_case(1, 4096, 1.0f, 0);
+    test_rmsnorm_case(2, 12288, 1.0f, 0);
+    test_rmsnorm_case(2, 20480, 1.0f, 1);
+    test_rmsnorm_case(3, 104, 1.0f, 0);
+    test_rmsnorm_case(2, 40000, 1.0f, 0);
     test_rmsnorm_case(3, 100, 30.0f, 0);
     test_rmsnorm_case(2, 4096, 0.01f, 1);
 
     /* SwiGLU: fp32 silu(g) * u with expf on both sides (<= 2 ulp apart), one rounding. */
-    for (int k = 0; k < 2; k++) {
-        int T = k ? 5 : 2, F = k ? 37 : 13696;
+    for (int k = 0; k < 3; k++) { /* F % 8 == 0: 8 outputs a thread; F = 37 one */
+        int T = k == 1 ? 5 : 2, F = k == 0 ? 13696 : k == 1 ? 37 : 104;
         float *gu = rand_bf16((size_t)T * 2 * F, -6, 6);
         void *gg = g_act(gu, (size_t)T * 2 * F), *cg = c_act(gu, (size_t)T * 2 * F);
         void *go = g_act(NULL, (size_t)T * F), *co = c_act(NULL, (size_t)T * F);
@@ -291,6 +302,16 @@ void test_matmul(void) {
     test_matmul_case(8, 4097, 4096, 1, 0, KDT_BF16);
     test_matmul_case(6, 2049, 13696, 0, 1, KDT_BF16);
     test_matmul_case(1, 151, 1000, 0, 1, KDT_BF16);
+    test_matmul_case(1, 27392, 4096, 0, 0, KDT_BF16); /* gate/up: enough rows for one warp per row pair */
+    /* The same GEMV with one warp per row pair everywhere (GLMTP_GEMV_SPLIT=0),
+     * where the cases above split K over 2 to 8 warps. */
+    int split = gpu_switch("GLMTP_GEMV_SPLIT", 0);
+    g_matmul_path = " (no split)", g_matmul_want = "gemv";
+    test_matmul_case(1, 4096, 13696, 0, 0, KDT_BF16);
+    test_matmul_case(1, 333, 96, 1, 0, KDT_BF16);
+    test_matmul_swiglu_case(1, 1001, 264);
+    gpu_switch("GLMTP_GEMV_SPLIT", split);
+    g_matmul_path = "", g_matmul_want = NULL;
     /* The bias in cuBLASLt's epilogue (GLMTP_LT_BIAS's path), then back to
      * the fp32 GEMM + rounding kernel: both within the same tolerance. */
     int was = gpu_switch("GLMTP_LT_BIAS", 1);
@@ -318,16 +339,19 @@ void test_matmul(void) {
 
 /* rope_kv_store (fused: GLMTP_FUSED_ROPE_KV, set by main for this run) against
  * the same backend's rope then kv_store on a copy: bitwise equal, QKV rows and
- * both caches; and the cache against the CPU backend's within RoPE's tolerance. */
+ * both caches; and the cache against the CPU backend's within RoPE's tolerance.
+ * Every cache starts with the same random rows, so the slots no token writes
+ * must come out as they went in. */
 void test_rope_kv_store(int T, int n_q, int n_kv, int d, int rot) {
     int ld = (n_q + 2 * n_kv) * d, kvw = n_kv * d, n_slots = 2 * T + 8;
     float *qkv = rand_bf16((size_t)T * ld, -2.0f, 2.0f);
     int32_t *pos = xmalloc((size_t)T * 4), *slots = xmalloc((size_t)T * 4), *seq = xmalloc((size_t)T * 4);
-    for (int t = 0; t < T; t++) pos[t] = 37 * t + 5, slots[t] = (7 * t + 3) % n_slots, seq[t] = 0; /* distinct slots */
+    for (int t = 0; t < T; t++) pos[t] = 37 * t + 5, slots[t] = n_slots - 1 - 2 * t, seq[t] = 0; /* distinct, descending */
     size_t cn = (size_t)n_slots * kvw, qn = (size_t)T * ld;
+    float *k0 = rand_bf16(cn, -1.0f, 1.0f), *v0 = rand_bf16(cn, -1.0f, 1.0f);
     void *ga = g_act(qkv, qn), *gb = g_act(qkv, qn), *ca = c_act(qkv, qn);
-    void *gka = g_act(NULL, cn), *gva = g_act(NULL, cn), *gkb = g_act(NULL, cn), *gvb = g_act(NULL, cn);
-    void *cka = c_act(NULL, cn), *cva = c_act(NULL, cn);
+    void *gka = g_act(k0, cn), *gva = g_act(v0, cn), *gkb = g_act(k0, cn), *gvb = g_act(v0, cn);
+    void *cka = c_act(k0, cn), *cva = c_act(v0, cn);
     void *gp = g_ints(pos, T), *gs = g_ints(slots, T), *gq = g_ints(seq, T);
     int32_t *cpos = C.iface->alloc(C.ctx, (size_t)T * 4), *cslots = C.iface->alloc(C.ctx, (size_t)T * 4);
     C.iface->to_device(C.ctx, cpos, pos, (size_t)T * 4);
@@ -350,6 +374,7 @@ void test_rope_kv_store(int T, int n_q, int n_kv, int d, int rot) {
     check(name, ka, cka, cn, 1e-5, BF16_RTOL);
     check(name, va, cva, cn, 0.0, 0.0); /* V: a copy */
     free(a), free(b), free(ka), free(kb2), free(va), free(vb), free(qkv), free(pos), free(slots), free(seq);
+    free(k0), free(v0);
     void *g[] = {ga, gb, gka, gva, gkb, gvb, gp, gs, gq}, *c[] = {ca, cka, cva, cpos, cslots};
     for (int i = 0; i < 9; i++) G.iface->free(G.ctx, g[i]);
     for (int i = 0; i < 5; i++) C.iface->free(C.ctx, c[i]);
