@@ -213,9 +213,9 @@ static const struct {
     size_t field;
     int on; /* the default */
 } switches[] = {
-    {"GLMTP_FUSED_ADD_NORM", offsetof(cuda_ctx, fused_add_norm), 0}, /* add_rmsnorm in one kernel */
-    {"GLMTP_FUSED_ROPE_KV", offsetof(cuda_ctx, fused_rope_kv), 0},   /* rope_kv_store in one kernel */
-    {"GLMTP_FUSED_SWIGLU", offsetof(cuda_ctx, fused_swiglu), 0},     /* SwiGLU in the T = 1 GEMV */
+    {"GLMTP_FUSED_ADD_NORM", offsetof(cuda_ctx, fused_add_norm), 1}, /* add_rmsnorm in one kernel */
+    {"GLMTP_FUSED_ROPE_KV", offsetof(cuda_ctx, fused_rope_kv), 1},   /* rope_kv_store in one kernel */
+    {"GLMTP_FUSED_SWIGLU", offsetof(cuda_ctx, fused_swiglu), 1},     /* SwiGLU in the T = 1 GEMV */
     {"GLMTP_GPU_TOPK", offsetof(cuda_ctx, gpu_top_k), 1},            /* the sampling candidates' kernel */
     {"GLMTP_GQA_ATTENTION", offsetof(cuda_ctx, gqa_attention), 1},   /* the grouped decode attention kernel */
     {"GLMTP_GEMV_SPLIT", offsetof(cuda_ctx, gemv_split), 1},         /* K split over warps in small GEMVs */

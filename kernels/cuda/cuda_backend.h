@@ -67,9 +67,9 @@ typedef struct cuda_ctx {
     int gemv_split;       /* GLMTP_GEMV_SPLIT (default on): the GEMV splits K over warps for small row counts */
     int lt_bias;          /* GLMTP_LT_BIAS=1 at creation: matmul's bias in cuBLASLt's epilogue */
     int skinny;           /* GLMTP_SKINNY=1 at creation: T = 2..8 matmuls on matmul.cu's tensor-core kernel */
-    int fused_add_norm;   /* GLMTP_FUSED_ADD_NORM=1 at creation: add_rmsnorm in one kernel */
-    int fused_rope_kv;    /* GLMTP_FUSED_ROPE_KV=1 at creation: rope_kv_store in one kernel */
-    int fused_swiglu;     /* GLMTP_FUSED_SWIGLU=1 at creation: matmul_swiglu in one GEMV (T = 1) */
+    int fused_add_norm;   /* GLMTP_FUSED_ADD_NORM (default on): add_rmsnorm in one kernel */
+    int fused_rope_kv;    /* GLMTP_FUSED_ROPE_KV (default on): rope_kv_store in one kernel */
+    int fused_swiglu;     /* GLMTP_FUSED_SWIGLU (default on): matmul_swiglu in one GEMV (T = 1) */
     int gpu_top_k;        /* GLMTP_GPU_TOPK (default on): top_k in a kernel, not on the host */
     int pdl;              /* GLMTP_PDL=1 at creation on sm_90+: launch() overlaps kernels (cuda_common.cuh) */
     int gqa_attention;    /* GLMTP_GQA_ATTENTION (default on): attention.cu's grouped kernel */

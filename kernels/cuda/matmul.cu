@@ -431,8 +431,8 @@ void cuda_op_matmul_f32(void *ctx, float *out, const void *x, const kweight *W, 
     c->matmul_ran = matmul_f32_out(c, out, (const bf16 *)x, W, T);
 }
 
-/* Fused (GLMTP_FUSED_SWIGLU=1, until a GPU run checks it) where the GEMV
- * applies; otherwise the two ops, through gu. */
+/* Fused where the GEMV applies (GPU run 4: bitwise the two ops;
+ * GLMTP_FUSED_SWIGLU=0 turns it off); otherwise the two ops, through gu. */
 void cuda_op_matmul_swiglu(void *ctx, void *out, const void *x, const kweight *W, void *gu, int T) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     int F = W->rows / 2, K = W->cols;

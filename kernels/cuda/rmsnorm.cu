@@ -148,8 +148,8 @@ void cuda_op_rmsnorm(void *ctx, void *out, const void *x, const kweight *w, int 
     rmsnorm_cuda((const cuda_ctx *)ctx, (bf16 *)out, (const bf16 *)x, w, T, eps);
 }
 
-/* Until a GPU run has checked the fused kernel it is opt-in
- * (GLMTP_FUSED_ADD_NORM=1); otherwise the two ops it replaces. The fused
+/* The fused kernel (GPU run 4: bitwise the pair, the same tokens), or with
+ * GLMTP_FUSED_ADD_NORM=0 the two ops it replaces. The fused
  * kernel takes the vector form exactly when rmsnorm_cuda would (same shape:
  * same summation order). */
 void cuda_op_add_rmsnorm(void *ctx, void *x, const void *y, void *out, const kweight *w, int T, float eps) {

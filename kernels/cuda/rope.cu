@@ -89,8 +89,8 @@ void cuda_op_rope(void *ctx, void *qkv, const int32_t *pos, int T, int ld, int n
     rope_cuda((cuda_ctx *)ctx, (bf16 *)qkv, pos, T, ld, n_heads, d, rot_dim, base);
 }
 
-/* Opt-in (GLMTP_FUSED_ROPE_KV=1) until a GPU run has checked it; otherwise the
- * two ops it replaces. */
+/* The fused kernel (GPU run 4: bitwise the pair), or with
+ * GLMTP_FUSED_ROPE_KV=0 the two ops it replaces. */
 void cuda_op_rope_kv_store(void *ctx, void *qkv, void *kcache, void *vcache, int T, int ld, int n_q, int n_kv, int d,
                            int rot_dim, float base, const kattn_batch *b) {
     cuda_ctx *c = (cuda_ctx *)ctx;

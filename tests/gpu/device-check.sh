@@ -251,7 +251,7 @@ if step make_tiny 60 "$BIN" make-model --preset tiny --out "$TINY" --seed 3; the
     # A ragged decode batch of 5 through CUDA graphs (padded to 8) against no graphs.
     compare graphs tiny_graphs_vs_eager --args "--device $DEV"
     # The fused kernels (residual add + RMSNorm; RoPE + KV store; gate/up GEMV
-    # + SwiGLU: opt-in until a GPU run has passed this) against the ops they
+    # + SwiGLU: the default since run 4 passed this) against the ops they
     # replace: bitwise the same numbers, so the same tokens.
     compare fused_add_norm tiny_fused_add_norm --args "--device $DEV" \
         --env-a GLMTP_FUSED_ADD_NORM=1,GLMTP_FUSED_ROPE_KV=1,GLMTP_FUSED_SWIGLU=1 \
@@ -422,13 +422,11 @@ if make9 "$M9" chatglm; then
     GLMTP_PDL=1 step bench_decode_pdl 120 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1,64 \
         --context "$DECODE_CTX" --steps 32 --json "$WORK/bench_decode_pdl.json"
     bench_json bench_decode_pdl "$WORK/bench_decode_pdl.json" $?
-    GLMTP_PDL=1 GLMTP_FUSED_ADD_NORM=1 GLMTP_FUSED_ROPE_KV=1 GLMTP_FUSED_SWIGLU=1 step bench_decode_pdl_fused 120 "$BIN" bench decode \
+    # The fused kernels (the default since run 4) against the ops they replace
+    GLMTP_FUSED_ADD_NORM=0 GLMTP_FUSED_ROPE_KV=0 GLMTP_FUSED_SWIGLU=0 step bench_decode_unfused 120 "$BIN" bench decode \
         --model "$M9" --device "$DEV" --batch 1 --context "$DECODE_CTX" --steps 32 \
-        --json "$WORK/bench_decode_pdl_fused.json"
-    bench_json bench_decode_pdl_fused "$WORK/bench_decode_pdl_fused.json" $?
-    GLMTP_FUSED_ADD_NORM=1 GLMTP_FUSED_ROPE_KV=1 GLMTP_FUSED_SWIGLU=1 step bench_decode_fused 120 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1 \
-        --context "$DECODE_CTX" --steps 32 --json "$WORK/bench_decode_fused.json"
-    bench_json bench_decode_fused "$WORK/bench_decode_fused.json" $?
+        --json "$WORK/bench_decode_unfused.json"
+    bench_json bench_decode_unfused "$WORK/bench_decode_unfused.json" $?
     # Sampled decode (top-k 50 at temperature 1): the candidates' kernel, then
     # the same op on the host (the logit rows copied back), against greedy above.
     GLMTP_GPU_TOPK=1 step bench_decode_topk 120 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1,64 \

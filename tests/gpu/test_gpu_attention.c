@@ -364,8 +364,11 @@ static void prefill_step(const char *what, pf_setup *u, const tok *tk, int T, ui
     first_v = 3 - first_v;
     kernels_cuda_flash_variant(G, env_flash_variant());
     G.iface->attention(G.ctx, go[4], gq, ld, u->gk, u->gv, &gb_old, n_q, n_kv, q_per_kv, d, scale);
+    const char *general = kernels_cuda_attention_ran(G);
     char name[200];
     snprintf(name, sizeof name, "prefill attention %s n_kv=%d q/kv=%d d=%d T=%d", what, n_kv, q_per_kv, d, T);
+    expect(general && !strcmp(general, "per_head"), "%s [host_pos NULL]: the per-head kernel ran (%s)", name,
+           general ? general : "none");
     float *got[5];
     for (int k = 0; k < 5; k++) got[k] = g_get(name, go[k], no);
 
@@ -406,7 +409,7 @@ static int add_run(tok *tk, int T, int s, int p0, int n) {
     return T + n;
 }
 
-void test_prefill_attention(void) {
+static void prefill_attention_cases(void) {
     static tok tk[512];
     int T;
     /* (a) one 300-token prefill from position 0: 4 full query tiles and a partial one */
@@ -520,7 +523,7 @@ static double now_s(void) {
  * error against the CPU the cases above bound), and all three timed. Their
  * difference is at most the tensor-core path's worst case 2^-9 max|v| (bf16
  * P) plus two roundings. */
-void test_prefill_attention_big(int T) {
+static void prefill_attention_big(int T) {
     int n_kv = 2, q_per_kv = 16, d = 128, bs = 16, n_q = n_kv * q_per_kv;
     int max_blocks = (T + bs - 1) / bs, qw = n_q * d, kvw = n_kv * d, ld = qw + 2 * kvw;
     int32_t *tables = xmalloc((size_t)max_blocks * 4), *pos = xmalloc((size_t)T * 4), *seq = xmalloc((size_t)T * 4),
@@ -571,4 +574,20 @@ void test_prefill_attention_big(int T) {
     free(qkv), free(tables), free(pos), free(seq), free(slots);
     G.iface->free(G.ctx, gq), G.iface->free(G.ctx, gk), G.iface->free(G.ctx, gv);
     for (int i = 0; i < 4; i++) G.iface->free(G.ctx, g_i[i]);
+}
+
+/* Both prefill tests hold the tensor-core rows to the general per-head kernel
+ * (host_pos NULL), so the grouped decode kernel, the default where it applies
+ * and tested in test_attention, is off while they run: GPU run 4 had it on
+ * there and held its tensor-core rounding to the fp32 kernel's tolerance. */
+void test_prefill_attention(void) {
+    int was = gpu_switch("GLMTP_GQA_ATTENTION", 0);
+    prefill_attention_cases();
+    gpu_switch("GLMTP_GQA_ATTENTION", was);
+}
+
+void test_prefill_attention_big(int T) {
+    int was = gpu_switch("GLMTP_GQA_ATTENTION", 0);
+    prefill_attention_big(T);
+    gpu_switch("GLMTP_GQA_ATTENTION", was);
 }

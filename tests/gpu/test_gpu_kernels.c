@@ -23,7 +23,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     char err[512];
-    setenv("GLMTP_FUSED_ADD_NORM", "1", 0); /* test the fused kernels unless told otherwise */
+    setenv("GLMTP_FUSED_ADD_NORM", "1", 0); /* the fused kernels (the default) unless told otherwise */
     setenv("GLMTP_FUSED_ROPE_KV", "1", 0);
     setenv("GLMTP_GPU_TOPK", "1", 0);
     setenv("GLMTP_FUSED_SWIGLU", "1", 0);
