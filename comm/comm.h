@@ -29,7 +29,13 @@ typedef struct comm_iface {
     void (*bcast)(void *ctx, void *buf, size_t bytes);
     /* out[r] = each rank's v (all ranks get all values). out has size entries. */
     void (*allgather_u64)(void *ctx, uint64_t v, uint64_t *out);
-    /* Ends every rank of the job with exit status code. Does not return. */
+    /* Ends every rank of the job with exit status code. Does not return. Any
+     * thread may call it: on a thread other than the one that made the comm it
+     * ends this rank at once (_exit, after flushing stdio) and the launcher
+     * ends the others (mpirun does when a rank exits non-zero; srun with
+     * --kill-on-bad-exit), since MPI is not to be entered from a second thread
+     * and exit() would tear the process down under a main thread still using
+     * it (a CUDA stream sync, an MPI call). */
     void (*abort)(void *ctx, int code);
     void (*finalize)(void *ctx);
     /* 1 when allreduce_sum only queues device work on the backend's stream (no

@@ -3,14 +3,17 @@
  * deadline, so a dead or stuck peer ends the job with a message instead of
  * hanging it: MPI itself has no timeout on a blocking collective. */
 #include <mpi.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "comm.h"
 
 typedef struct mpi_ctx {
+    pthread_t owner; /* the thread that called MPI_Init: the only one in MPI */
     int rank, size;
     double timeout_s;
     unsigned long n_calls; /* collectives issued, for the timeout message */
@@ -154,9 +157,10 @@ static void mpi_allgather_u64(void *ctx, uint64_t v, uint64_t *out) {
 }
 
 static void mpi_abort(void *ctx, int code) {
-    (void)ctx;
+    mpi_ctx *m = ctx;
     fflush(stdout);
     fflush(stderr);
+    if (!pthread_equal(pthread_self(), m->owner)) _exit(code); /* comm.h: the launcher ends the rest */
     MPI_Abort(MPI_COMM_WORLD, code);
     exit(code);
 }
@@ -187,8 +191,11 @@ static const comm_iface mpi_iface = {
 };
 
 comm *comm_create(int *argc, char ***argv, double timeout_s, char *err, size_t errlen) {
-    if (MPI_Init(argc, argv) != MPI_SUCCESS) {
-        snprintf(err, errlen, "MPI_Init failed");
+    /* FUNNELED: other threads exist (the NCCL watchdog, serve's I/O) but only
+     * this one calls MPI; abort keeps to that from any thread. */
+    int provided = 0;
+    if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
+        snprintf(err, errlen, "MPI_Init_thread failed");
         return NULL;
     }
     comm *c = calloc(1, sizeof *c);
@@ -206,6 +213,7 @@ comm *comm_create(int *argc, char ***argv, double timeout_s, char *err, size_t e
     MPI_CHECK(MPI_Comm_rank(node, &c->local_rank), c->rank);
     MPI_CHECK(MPI_Comm_size(node, &c->local_size), c->rank);
     MPI_Comm_free(&node);
+    m->owner = pthread_self();
     m->rank = c->rank;
     m->size = c->size;
     m->timeout_s = timeout_s > 0 ? timeout_s : 600.0;

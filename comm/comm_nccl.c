@@ -52,8 +52,9 @@ static void sleep_ns(long ns) {
 /* Ends the job (the watchdog's thread): the message, ncclCommAbort (unblocks
  * kernels waiting for a dead peer, so a host thread stuck in a stream sync
  * returns; from then on the main thread parks in park_if_dying instead of
- * using the freed comm), then the base comm's abort, which takes every rank
- * down (MPI_Abort, or exit with one rank). Since NCCL 2.19 an abort can wait
+ * using the freed comm), then the base comm's abort, which from this thread
+ * ends the rank with _exit and leaves the other ranks to the launcher (comm.h:
+ * MPI is not entered from a second thread). Since NCCL 2.19 an abort can wait
  * for the other ranks of the node to abort too (NVIDIA/nccl#863), which a hung
  * peer never does: SIGALRM's default action ends this rank if the two have
  * not within ABORT_GRACE_S, and mpirun then ends the job. */

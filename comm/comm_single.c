@@ -1,10 +1,16 @@
 /* The one-rank communicator: used when glmtp is built without MPI. Collectives
  * are copies or nothing. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "comm.h"
+
+typedef struct single_ctx {
+    pthread_t owner; /* the thread that made the comm (abort's contract) */
+} single_ctx;
 
 static void single_allreduce(void *ctx, void *buf, size_t n, kdtype dt) { (void)ctx, (void)buf, (void)n, (void)dt; }
 
@@ -21,8 +27,10 @@ static void single_allgather_u64(void *ctx, uint64_t v, uint64_t *out) {
 }
 
 static void single_abort(void *ctx, int code) {
-    (void)ctx;
+    single_ctx *s = ctx;
     fflush(stdout);
+    fflush(stderr);
+    if (!pthread_equal(pthread_self(), s->owner)) _exit(code);
     exit(code);
 }
 
@@ -50,10 +58,15 @@ static const comm_iface single_iface = {
 comm *comm_create(int *argc, char ***argv, double timeout_s, char *err, size_t errlen) {
     (void)argc, (void)argv;
     comm *c = calloc(1, sizeof *c);
-    if (!c) {
+    single_ctx *s = calloc(1, sizeof *s);
+    if (!c || !s) {
         snprintf(err, errlen, "out of memory");
+        free(c);
+        free(s);
         return NULL;
     }
+    s->owner = pthread_self();
+    c->ctx = s;
     c->rank = 0;
     c->size = 1;
     c->local_rank = 0;
@@ -71,5 +84,6 @@ void comm_set_device_copy(comm *c, comm_copy_fn to_host, comm_copy_fn to_device,
 void comm_destroy(comm *c) {
     if (!c) return;
     c->iface->finalize(c->ctx);
+    free(c->ctx);
     free(c);
 }
