@@ -142,9 +142,10 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_kernel(attn_a
 /* The q heads that share a KV head in one block, on tensor cores (GQA
  * grouping; the default since GPU run 4 passed its tests and timed batch-64
  * decode at 8.7 ms a step against 27.2 with the per-head kernel on an H200;
- * GLMTP_GQA_ATTENTION=0 for the per-head one). The per-head kernel above re-reads a KV head's rows for each of its
- * q_per_kv heads (16 for GLM-4-9B), and at long contexts no cache holds them
- * (128K tokens of one layer's KV are 134 MB against 50 MB of L2); it also
+ * GLMTP_GQA_ATTENTION=0 for the per-head one). The per-head kernel above
+ * re-reads a KV head's rows for each of its q_per_kv heads (16 for
+ * GLM-4-9B), and at long contexts no cache holds them (128K tokens of one
+ * layer's KV are 134 MB against 50 MB of L2); it also
  * spends a warp reduction per key and head. Here one block of ATT_WARPS warps
  * per (KV head, token, split) reads each key and value row once, and the
  * group's heads are the 16 rows of an m16n8k16 tile (zero rows past the

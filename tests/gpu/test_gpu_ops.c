@@ -346,7 +346,8 @@ void test_rope_kv_store(int T, int n_q, int n_kv, int d, int rot) {
     int ld = (n_q + 2 * n_kv) * d, kvw = n_kv * d, n_slots = 2 * T + 8;
     float *qkv = rand_bf16((size_t)T * ld, -2.0f, 2.0f);
     int32_t *pos = xmalloc((size_t)T * 4), *slots = xmalloc((size_t)T * 4), *seq = xmalloc((size_t)T * 4);
-    for (int t = 0; t < T; t++) pos[t] = 37 * t + 5, slots[t] = n_slots - 1 - 2 * t, seq[t] = 0; /* distinct, descending */
+    for (int t = 0; t < T; t++) /* distinct slots, descending */
+        pos[t] = 37 * t + 5, slots[t] = n_slots - 1 - 2 * t, seq[t] = 0;
     size_t cn = (size_t)n_slots * kvw, qn = (size_t)T * ld;
     float *k0 = rand_bf16(cn, -1.0f, 1.0f), *v0 = rand_bf16(cn, -1.0f, 1.0f);
     void *ga = g_act(qkv, qn), *gb = g_act(qkv, qn), *ca = c_act(qkv, qn);
