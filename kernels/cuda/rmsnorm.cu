@@ -48,6 +48,28 @@ static __global__ void add_rmsnorm_kernel(bf16 *x, const bf16 *y, bf16 *out, con
  * step is then one round of loads instead of H / blockDim dependent ones
  * (5.8 us a call on an H200 with the loop above, 81 calls a step). Sums in
  * the same order in both kernels, so add_rmsnorm8 stays bitwise the pair. */
+/* Both vector kernels end here: the block's sum of squares (this thread's part
+ * in ss) to the scale, then each vector the thread holds times w, rounded
+ * once, to o. */
+template <int CH>
+static __device__ __forceinline__ void norm8_store(float (*v)[8], float ss, const void *w, int wdtype, int H,
+                                                   float eps, uint4 *o) {
+    int n8 = H / 8;
+    ss = block_sum(ss);
+    float r = 1.0f / sqrtf(ss / (float)H + eps);
+#pragma unroll
+    for (int j = 0; j < CH; j++) {
+        int i = threadIdx.x + j * blockDim.x;
+        if (i < n8) {
+            float wf[8];
+            wload8(wf, w, wdtype, (size_t)i * 8);
+#pragma unroll
+            for (int e = 0; e < 8; e++) v[j][e] = wf[e] * (v[j][e] * r);
+            o[i] = f32x8_to_bf16(v[j]);
+        }
+    }
+}
+
 template <int CH>
 static __global__ void rmsnorm8_kernel(bf16 *out, const bf16 *x, const void *w, int wdtype, int H, float eps) {
     pdl_begin();
@@ -64,19 +86,7 @@ static __global__ void rmsnorm8_kernel(bf16 *out, const bf16 *x, const void *w, 
             for (int e = 0; e < 8; e++) ss += v[j][e] * v[j][e];
         }
     }
-    ss = block_sum(ss);
-    float r = 1.0f / sqrtf(ss / (float)H + eps);
-#pragma unroll
-    for (int j = 0; j < CH; j++) {
-        int i = threadIdx.x + j * blockDim.x;
-        if (i < n8) {
-            float wf[8];
-            wload8(wf, w, wdtype, (size_t)i * 8);
-#pragma unroll
-            for (int e = 0; e < 8; e++) v[j][e] = wf[e] * (v[j][e] * r);
-            o[i] = f32x8_to_bf16(v[j]);
-        }
-    }
+    norm8_store<CH>(v, ss, w, wdtype, H, eps, o);
 }
 
 template <int CH>
@@ -104,19 +114,7 @@ static __global__ void add_rmsnorm8_kernel(bf16 *x, const bf16 *y, bf16 *out, co
             for (int e = 0; e < 8; e++) ss += v[j][e] * v[j][e];
         }
     }
-    ss = block_sum(ss);
-    float r = 1.0f / sqrtf(ss / (float)H + eps);
-#pragma unroll
-    for (int j = 0; j < CH; j++) {
-        int i = threadIdx.x + j * blockDim.x;
-        if (i < n8) {
-            float wf[8];
-            wload8(wf, w, wdtype, (size_t)i * 8);
-#pragma unroll
-            for (int e = 0; e < 8; e++) v[j][e] = wf[e] * (v[j][e] * r);
-            o[i] = f32x8_to_bf16(v[j]);
-        }
-    }
+    norm8_store<CH>(v, ss, w, wdtype, H, eps, o);
 }
 
 // kernel launchers
