@@ -336,8 +336,10 @@ static int skinny_cuda(const cuda_ctx *c, OutT *out, const bf16 *x, const kweigh
 
 /* Warps per row group for a GEMV over W's `rows`: the fewest (1, 2, 4, 8) that
  * give at least 6 blocks per SM (8 fit at 32 registers a thread), so every SM
- * has loads of many groups in flight; 1 with GLMTP_GEMV_SPLIT=0. The fused SwiGLU GEMV asks for
- * the unfused one's rows (2F), so both sum in the same order. */
+ * has loads of many groups in flight; 1 with GLMTP_GEMV_SPLIT=0. The fused
+ * SwiGLU GEMV asks for the unfused one's rows (2F), so both sum in the same
+ * order. Run 5: batch-1 decode 5.83 ms a step against 6.23 with S = 1, the
+ * 4096-row matrices at 3.85 TB/s. */
 static int gemv_split(const cuda_ctx *c, int rows) {
     int S = 1;
     while (c->gemv_split && S < GEMV_WARPS && CEIL_DIV(rows, GEMV_ROWS * (GEMV_WARPS / S)) < 6 * c->sm_count) S *= 2;
