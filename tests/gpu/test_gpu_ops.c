@@ -303,8 +303,10 @@ void test_matmul(void) {
     test_matmul_case(6, 2049, 13696, 0, 1, KDT_BF16);
     test_matmul_case(1, 151, 1000, 0, 1, KDT_BF16);
     test_matmul_case(1, 27392, 4096, 0, 0, KDT_BF16); /* gate/up: enough rows for one warp per row pair */
-    /* The same GEMV with one warp per row pair everywhere (GLMTP_GEMV_SPLIT=0),
-     * where the cases above split K over 2 to 8 warps. */
+    /* The same GEMV with one warp per row pair everywhere (GLMTP_GEMV_SPLIT=0).
+     * The cases above split K over 1 to 8 warps by their row counts against
+     * the SM count (on a 132-SM H100/H200: 27392 rows 1, 6848 (the SwiGLU
+     * case's 2F) 2, 4608 and 4096 4, the smaller ones 8). */
     int split = gpu_switch("GLMTP_GEMV_SPLIT", 0);
     g_matmul_path = " (no split)", g_matmul_want = "gemv";
     test_matmul_case(1, 4096, 13696, 0, 0, KDT_BF16);
