@@ -306,7 +306,7 @@ void test_matmul(void) {
     /* The same GEMV with one warp per row pair everywhere (GLMTP_GEMV_SPLIT=0).
      * The cases above split K over 1 to 8 warps by their row counts against
      * the SM count (on a 132-SM H100/H200: 27392 rows 1, 6848 (the SwiGLU
-     * case's 2F) 2, 4608 and 4096 4, the smaller ones 8). */
+     * case's 2F) 2, 4608, 4097 and 4096 4, the smaller ones 8). */
     int split = gpu_switch("GLMTP_GEMV_SPLIT", 0);
     g_matmul_path = " (no split)", g_matmul_want = "gemv";
     test_matmul_case(1, 4096, 13696, 0, 0, KDT_BF16);
