@@ -8,8 +8,8 @@
 #include <math.h>
 #include <stdio.h>
 
-#include "../coordinator/presets.h"
-#include "../coordinator/roofline.h"
+#include "../coordinator/base/presets.h"
+#include "../coordinator/bench/roofline.h"
 
 static int passed, failed;
 

@@ -1,4 +1,4 @@
-/* test_tokenizer: coordinator/tokenizer.c against tiktoken golden data.
+/* test_tokenizer: coordinator/text/tokenizer.c against tiktoken golden data.
  *   test_tokenizer VOCAB_FILE GOLDEN_JSON
  * GOLDEN_JSON is tests/tokenizer/golden.json (written by make_golden.py with
  * tiktoken). Checks: every golden case's ids exactly; decode(encode(x)) == x;
@@ -14,7 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../coordinator/tokenizer.h"
+#include "../coordinator/text/tokenizer.h"
 
 static int n_pass, n_fail;
 

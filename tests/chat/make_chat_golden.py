@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Golden ids for the GLM-4 chat template (coordinator/chat_template.c).
+"""Golden ids for the GLM-4 chat template (coordinator/text/chat_template.c).
 
 Developers only (needs `pip install tiktoken`); CI compares against cases.json.
 The reference renders each conversation to text exactly as the glm-4-9b-chat

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Golden data for the GLM-4 tokenizer (coordinator/tokenizer.c).
+"""Golden data for the GLM-4 tokenizer (coordinator/text/tokenizer.c).
 
 Developers only -- never run by CI. CI runs tests/test_tokenizer.c against the
 golden.json this script wrote and needs no Python package.

@@ -1,0 +1,377 @@
+/* glmtp bench: prefill, decode and offline-throughput figures, each beside the
+ * physical limit measured in the same run (memory bandwidth for decode, a
+ * plain GEMM of the same shapes for prefill, the all-reduce share of step
+ * time), as a table and as JSON; and --model-only, the analytic model for
+ * hardware this machine does not have (model.c).
+ * Rank 0 plans and times every step; the other ranks follow (engine_follow),
+ * so a figure is the job's, not one rank's. */
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../../kernels/rng.h"
+#include "../../worker/util.h"
+#include "../base/args.h"
+#include "../base/commands.h"
+#include "../base/presets.h"
+#include "../engine/engine.h"
+#include "../engine/gen_batch.h"
+#include "bench.h"
+#include "limits.h"
+
+static int sum_list_max(const int *v, int n) {
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (v[i] > m) m = v[i];
+    return m;
+}
+
+/* --preset: a checkpoint of random weights made once under $TMPDIR and reused. */
+static int preset_dir(comm *c, const bench_opts *o, char *dir, size_t len) {
+    const char *tmp = getenv("TMPDIR");
+    snprintf(dir, len, "%s/glmtp-bench-%s-L%d-%s", tmp ? tmp : "/tmp", o->preset, o->layers, o->dtype);
+    int failed = 0;
+    if (c->rank == 0) {
+        char cfg[4200];
+        snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+        if (access(cfg, F_OK) != 0) {
+            char layers[16];
+            snprintf(layers, sizeof layers, "%d", o->layers);
+            char *argv[] = {"--preset", (char *)o->preset, "--layers", layers, "--dtype", (char *)o->dtype,
+                            "--out", dir, "--seed", "1"};
+            failed = cmd_make_model(10, argv) != 0;
+        }
+    }
+    return comm_first_failed(c, failed) >= 0 ? -1 : 0;
+}
+
+/* A step of one token for each of nseq sequences at position pos, greedy (the
+ * ids come back, not the logits), as generate and serve run greedy requests;
+ * or sampled at temperature 1 when o->top_k or o->top_p asks for it. */
+static void decode_step(engine *e, const bench_opts *o, kv_seq *seqs, int nseq, int pos, uint64_t *rng, int *ids) {
+    int max_blocks = 0;
+    for (int s = 0; s < nseq; s++)
+        if (seqs[s].n_blocks > max_blocks) max_blocks = seqs[s].n_blocks;
+    glm_step st = {0};
+    step_alloc(&st, nseq, nseq, max_blocks, nseq, e->blocks.block_size);
+    for (int s = 0; s < nseq; s++) {
+        st.ids[s] = (int)(rng_next(rng) % (uint64_t)e->m->cfg.vocab);
+        st.pos[s] = pos;
+        st.seq[s] = s;
+        st.logit_rows[s] = s;
+        step_set_table(&st, s, &seqs[s]);
+    }
+    step_fill_slots(&st);
+    if (o->top_k > 1 || o->top_p < 1.0f) {
+        ksample_params *p = malloc(sizeof *p * (size_t)nseq);
+        if (!p) abort();
+        for (int s = 0; s < nseq; s++) p[s] = (ksample_params){1.0f, o->top_k, o->top_p, rng};
+        engine_step_sample(e, &st, e->m->cfg.vocab, p, ids);
+        free(p);
+    } else {
+        engine_step_argmax(e, &st, e->m->cfg.vocab, ids);
+    }
+    step_free(&st);
+}
+
+/* Decode at batch B with C tokens of context each. The cache is not filled by a
+ * prefill: step time does not depend on the cached values, only on how many. */
+static void run_decode(engine *e, const bench_opts *o, const bench_machine *mc, int B, int C, bench_row *r) {
+    kv_seq *seqs = calloc((size_t)B, sizeof *seqs);
+    int *ids = malloc(sizeof(int) * (size_t)B);
+    if (!seqs || !ids) abort();
+    for (int s = 0; s < B; s++)
+        if (kv_seq_reserve(&e->blocks, &seqs[s], C + o->steps + 2)) abort(); /* pool sized for the largest */
+    uint64_t rng = 1;
+    decode_step(e, o, seqs, B, C, &rng, ids); /* warm-up */
+    decode_step(e, o, seqs, B, C + 1, &rng, ids);
+    double ar0, tot0, ar1, tot1;
+    forward_times(e->fw, &ar0, &tot0);
+    const kernels_iface *k = e->kb.iface;
+    k->sync(e->kb.ctx);
+    k->profile_range(e->kb.ctx, 1);
+    double t0 = util_now();
+    for (int i = 0; i < o->steps; i++) decode_step(e, o, seqs, B, C + 2 + i, &rng, ids);
+    k->sync(e->kb.ctx);
+    double dt = (util_now() - t0) / o->steps;
+    k->profile_range(e->kb.ctx, 0);
+    forward_times(e->fw, &ar1, &tot1);
+    for (int s = 0; s < B; s++) kv_seq_release(&e->blocks, &seqs[s]);
+    free(seqs);
+    free(ids);
+    /* Bytes every rank reads per step: its weights (not the embedding table) and its KV. */
+    double kv_tok = 2.0 * e->m->cfg.n_layers * e->kv->width * e->kb.iface->act_bytes;
+    double bytes = (double)mc->weight_bytes + (double)B * (C + 1) * kv_tok;
+    *r = (bench_row){0};
+    r->batch = B;
+    r->context = C;
+    r->seconds = dt;
+    r->tokens_per_s = B / dt;
+    r->gbps = bytes * mc->tp / dt / 1e9; /* all ranks share this machine's memory */
+    r->limit = mc->mem_gbs;
+    r->ratio = r->gbps / r->limit;
+    r->allreduce_share = tot1 > tot0 ? (ar1 - ar0) / (tot1 - tot0) : 0;
+}
+
+/* Seconds of one call of the attention op of layer 0 over the prefill step st,
+ * whose K/V the step just stored: the kernel alone, for its FLOP rate. q is
+ * random (the rate does not depend on it). */
+static double time_attention(engine *e, const glm_step *st) {
+    const kernels_iface *k = e->kb.iface;
+    void *ctx = e->kb.ctx;
+    const glm_config *c = &e->m->cfg;
+    const glm_shard *sh = &e->m->shard;
+    int T = st->n_tokens, d = c->head_dim, ld = (sh->nq + 2 * sh->nkv) * d;
+    void *q = limits_random_acts(e, (size_t)T * ld, 17), *out = k->alloc(ctx, (size_t)T * sh->nq * d * k->act_bytes);
+    int32_t *dv[4];
+    const int32_t *src[4] = {st->pos, st->seq, st->slots, st->block_tables};
+    size_t n[4] = {(size_t)T, (size_t)T, (size_t)T, (size_t)st->n_seqs * st->max_blocks};
+    for (int i = 0; i < 4; i++) {
+        dv[i] = k->alloc(ctx, n[i] * 4);
+        k->to_device(ctx, dv[i], src[i], n[i] * 4);
+    }
+    kattn_batch b = {T, dv[0], dv[1], dv[2], dv[3], st->max_blocks, st->block_size, T - 1, st->pos, st->seq, 1};
+    double best = 1e30;
+    for (int r = 0; r < 3; r++) {
+        b.serial = (uint64_t)r + 1; /* as a new step would: any per-step planning is in the time */
+        k->sync(ctx);
+        double t0 = util_now();
+        k->attention(ctx, out, q, ld, e->kv->k[0], e->kv->v[0], &b, sh->nq, sh->nkv, c->n_heads / c->n_kv, d,
+                     1.0f / sqrtf((float)d));
+        k->sync(ctx);
+        double dt = util_now() - t0;
+        if (dt < best) best = dt;
+    }
+    for (int i = 0; i < 4; i++) k->free(ctx, dv[i]);
+    k->free(ctx, q);
+    k->free(ctx, out);
+    return best;
+}
+
+/* One prefill of len tokens, timed after a warm-up of the same step (so that
+ * library plans and scratch growth stay out of the figure). */
+static void run_prefill(engine *e, const bench_machine *mc, int len, bench_row *r) {
+    kv_seq seq = {0};
+    if (kv_seq_reserve(&e->blocks, &seq, len)) abort();
+    uint64_t rng = 3;
+    glm_step st = {0};
+    step_alloc(&st, len, 1, seq.n_blocks, 1, e->blocks.block_size);
+    for (int t = 0; t < len; t++) {
+        st.ids[t] = (int)(rng_next(&rng) % (uint64_t)e->m->cfg.vocab);
+        st.pos[t] = t;
+    }
+    st.logit_rows[0] = len - 1;
+    step_set_table(&st, 0, &seq);
+    step_fill_slots(&st);
+    float *logits = malloc(sizeof(float) * (size_t)e->m->cfg.vocab);
+    if (!logits) abort();
+    engine_step(e, &st, logits, NULL);
+    double ar0, tot0, ar1, tot1;
+    forward_times(e->fw, &ar0, &tot0);
+    const kernels_iface *k = e->kb.iface;
+    k->sync(e->kb.ctx);
+    k->profile_range(e->kb.ctx, 1);
+    double t0 = util_now();
+    engine_step(e, &st, logits, NULL);
+    k->sync(e->kb.ctx);
+    double dt = util_now() - t0;
+    k->profile_range(e->kb.ctx, 0);
+    forward_times(e->fw, &ar1, &tot1);
+    double t_attn = time_attention(e, &st);
+    step_free(&st);
+    free(logits);
+    kv_seq_release(&e->blocks, &seq);
+    const glm_config *c = &e->m->cfg;
+    const glm_shard *s = &e->m->shard;
+    double linear = 2.0 * len * (double)mc->linear_params; /* per rank */
+    /* Causal: QK^T and PV over len*(len+1)/2 (query, key) pairs, 2 FLOPs each per dim. */
+    double attn_layer = 4.0 * ((double)len * (len + 1) / 2) * s->nq * c->head_dim;
+    *r = (bench_row){0};
+    r->len = len;
+    r->seconds = dt;
+    r->tokens_per_s = len / dt;
+    r->gflops = (linear + attn_layer * c->n_layers) / dt / 1e9;
+    r->linear_gflops = linear / dt / 1e9;
+    r->attn_gflops = attn_layer / t_attn / 1e9;
+    r->attn_s = t_attn;
+    r->limit = mc->gemm_gflops;
+    r->ratio = r->linear_gflops / r->limit;
+    r->allreduce_share = tot1 > tot0 ? (ar1 - ar0) / (tot1 - tot0) : 0;
+}
+
+static void run_throughput(engine *e, const bench_opts *o, bench_row *r) {
+    int n = o->requests;
+    gen_request *reqs = calloc((size_t)n, sizeof *reqs);
+    if (!reqs) abort();
+    uint64_t rng = 11;
+    for (int i = 0; i < n; i++) {
+        reqs[i].prompt = malloc(sizeof(int) * (size_t)o->in_len);
+        if (!reqs[i].prompt) abort();
+        for (int t = 0; t < o->in_len; t++) reqs[i].prompt[t] = (int)(rng_next(&rng) % (uint64_t)e->m->cfg.vocab);
+        reqs[i].n_prompt = o->in_len;
+        reqs[i].max_new = o->out_len;
+        reqs[i].top_p = 1.0f;
+        reqs[i].ignore_eos = 1;
+    }
+    double ar0, tot0, ar1, tot1;
+    forward_times(e->fw, &ar0, &tot0);
+    gen_options go = {o->step_tokens, 0, NULL, NULL};
+    double t0 = util_now();
+    gen_run(e, NULL, reqs, n, &go);
+    double dt = util_now() - t0;
+    forward_times(e->fw, &ar1, &tot1);
+    long out = 0;
+    for (int i = 0; i < n; i++) {
+        out += reqs[i].n_out;
+        gen_request_free(&reqs[i]);
+    }
+    free(reqs);
+    *r = (bench_row){0};
+    r->requests = n;
+    r->seconds = dt;
+    r->tokens_per_s = out / dt;
+    r->total_tokens_per_s = (out + (double)n * o->in_len) / dt;
+    r->allreduce_share = tot1 > tot0 ? (ar1 - ar0) / (tot1 - tot0) : 0;
+}
+
+static int parse(comm *c, bench_opts *o, int argc, char **argv) {
+    memset(o, 0, sizeof *o);
+    o->mode = argc > 0 && argv[0][0] != '-' ? argv[0] : "";
+    int skip = o->mode[0] ? 1 : 0;
+    args a;
+    args_init(&a, argc - skip, argv + skip);
+    o->model_only = args_flag(&a, "--model-only");
+    o->dir = args_str(&a, "--model", NULL);
+    o->preset = args_str(&a, "--preset", NULL);
+    o->layers = (int)args_int(&a, "--layers", 0, 1, 1000);
+    o->dtype = args_str(&a, "--dtype", "bf16");
+    o->json = args_str(&a, "--json", NULL);
+    o->device = args_str(&a, "--device", "cpu");
+    o->comm_kind = args_str(&a, "--comm", NULL);
+    o->threads = (int)args_int(&a, "--threads", 0, 0, 1024);
+    o->steps = (int)args_int(&a, "--steps", 8, 1, 1 << 20);
+    o->requests = (int)args_int(&a, "--requests", 16, 1, 1 << 20);
+    o->in_len = (int)args_int(&a, "--input", 64, 1, 1 << 24);
+    o->out_len = (int)args_int(&a, "--output", 32, 1, 1 << 24);
+    o->step_tokens = (int)args_int(&a, "--step-tokens", 512, 1, 1 << 24);
+    o->gpu = args_str(&a, "--gpu", "h100");
+    o->link = args_str(&a, "--link", "nvlink4");
+    o->tp = (int)args_int(&a, "--tp", 1, 1, 4096);
+    o->measured = args_str(&a, "--measured", NULL);
+    /* decode: greedy unless one of these asks for sampling (at temperature 1) */
+    o->top_k = (int)args_int(&a, "--top-k", 0, 0, 1 << 30);
+    o->top_p = (float)args_num(&a, "--top-p", 1.0, 1e-9, 1.0);
+    const char *lens = args_str(&a, "--lens", o->model_only ? "131072,1048576" : "128,512");
+    const char *batches = args_str(&a, "--batch", "1,8");
+    const char *contexts = args_str(&a, "--context", o->model_only ? "0,131072" : "128,1024");
+    if (!a.failed) args_int_list(&a, "--lens", lens, &o->lens, &o->n_lens);
+    if (!a.failed) args_int_list(&a, "--batch", batches, &o->batches, &o->n_batches);
+    if (!a.failed) args_int_list(&a, "--context", contexts, &o->contexts, &o->n_contexts);
+    for (int i = 0; !a.failed && i < o->n_lens; i++)
+        if (o->lens[i] < 1) snprintf(a.err, sizeof a.err, "--lens: lengths must be >= 1"), a.failed = 1;
+    for (int i = 0; !a.failed && i < o->n_batches; i++)
+        if (o->batches[i] < 1) snprintf(a.err, sizeof a.err, "--batch: sizes must be >= 1"), a.failed = 1;
+    for (int i = 0; !a.failed && !o->model_only && i < o->n_contexts; i++)
+        if (o->contexts[i] < 1) snprintf(a.err, sizeof a.err, "--context: lengths must be >= 1"), a.failed = 1;
+    if (!a.failed && !o->model_only && strcmp(o->mode, "prefill") && strcmp(o->mode, "decode") &&
+        strcmp(o->mode, "throughput"))
+        snprintf(a.err, sizeof a.err, "unknown mode '%s' (prefill, decode, throughput, or --model-only)", o->mode),
+            a.failed = 1;
+    if (!a.failed && !o->model_only && !!o->dir == !!o->preset)
+        snprintf(a.err, sizeof a.err, "give --model DIR or --preset NAME"), a.failed = 1;
+    if (!a.failed && o->preset && !preset_find(o->preset))
+        snprintf(a.err, sizeof a.err, "unknown preset '%s' (%s)", o->preset, preset_names()), a.failed = 1;
+    if (!a.failed && o->preset && !o->layers) o->layers = preset_find(o->preset)->layers;
+    if (!a.failed && strcmp(o->dtype, "bf16") && strcmp(o->dtype, "f32"))
+        snprintf(a.err, sizeof a.err, "--dtype must be bf16 or f32"), a.failed = 1;
+    int rc = args_finish(&a);
+    if (rc) engine_error(c, "bench: %s", a.err);
+    args_free(&a);
+    return rc;
+}
+
+static void free_opts(bench_opts *o) {
+    free(o->lens);
+    free(o->batches);
+    free(o->contexts);
+}
+
+int cmd_bench(comm *c, int argc, char **argv) {
+    if (engine_check_args(c, argc, argv)) return 1;
+    bench_opts o;
+    if (parse(c, &o, argc, argv)) {
+        free_opts(&o);
+        return 1;
+    }
+    if (o.model_only) {
+        int rc = c->rank == 0 ? bench_model_report(&o) : 0;
+        free_opts(&o);
+        return rc;
+    }
+    char dir[4096];
+    int rc = 1;
+    engine e = {0};
+    if (o.preset && preset_dir(c, &o, dir, sizeof dir)) goto done;
+    const char *model = o.preset ? dir : o.dir;
+
+    int kv = 1;
+    if (strcmp(o.mode, "decode") == 0)
+        kv = sum_list_max(o.batches, o.n_batches) * (sum_list_max(o.contexts, o.n_contexts) + o.steps + 2 + 16);
+    else if (strcmp(o.mode, "prefill") == 0)
+        kv = sum_list_max(o.lens, o.n_lens) + 16;
+    else
+        kv = o.requests * (o.in_len + o.out_len + 16);
+    if (engine_open(&e, c, model, kv, 16, o.threads, o.device, o.comm_kind, ENGINE_GPU_MEM_UTIL)) goto done;
+    const glm_config *cfg = &e.m->cfg;
+    int ctx_need = strcmp(o.mode, "decode") == 0 ? sum_list_max(o.contexts, o.n_contexts) + o.steps + 2
+                   : strcmp(o.mode, "prefill") == 0 ? sum_list_max(o.lens, o.n_lens)
+                                                    : o.in_len + o.out_len;
+    if (comm_first_failed(c, ctx_need > cfg->seq_len) >= 0) {
+        engine_error(c, "bench: %d tokens per sequence exceed the context length %d", ctx_need, cfg->seq_len);
+        goto done;
+    }
+    if (c->rank != 0) {
+        engine_follow(&e);
+        rc = 0;
+        goto done;
+    }
+
+    bench_machine mc;
+    bench_machine_measure(&e, &o, &mc);
+    int n_rows = strcmp(o.mode, "decode") == 0 ? o.n_batches * o.n_contexts
+                 : strcmp(o.mode, "prefill") == 0 ? o.n_lens
+                                                  : 1;
+    bench_row *rows = calloc((size_t)n_rows, sizeof *rows);
+    if (!rows) abort();
+    if (strcmp(o.mode, "decode") == 0) {
+        for (int b = 0; b < o.n_batches; b++)
+            for (int k = 0; k < o.n_contexts; k++)
+                run_decode(&e, &o, &mc, o.batches[b], o.contexts[k], &rows[b * o.n_contexts + k]);
+    } else if (strcmp(o.mode, "prefill") == 0) {
+        for (int i = 0; i < o.n_lens; i++) {
+            /* The GEMM limit at the same token count (capped on the CPU, where it
+             * is slow and its rate is flat past a few thousand rows). */
+            int T = o.lens[i] < 4096 || strcmp(e.kb.iface->name, "cpu") != 0 ? o.lens[i] : 4096;
+            limits_gemm_layer(&e, T, &mc.gemm_gflops, &mc.gemm_what);
+            run_prefill(&e, &mc, o.lens[i], &rows[i]);
+        }
+    } else {
+        run_throughput(&e, &o, &rows[0]);
+    }
+    engine_finish(&e);
+    bench_print(&o, &mc, model, rows, n_rows, stdout);
+    rc = 0;
+    if (o.json && bench_write_json(&o, &mc, model, rows, n_rows, o.json)) {
+        engine_error(c, "bench: %s: cannot write", o.json);
+        rc = 1;
+    }
+    free(rows);
+done:
+    engine_close(&e);
+    free_opts(&o);
+    return rc;
+}

@@ -1,0 +1,53 @@
+/* bench.h: shared types of glmtp bench (bench.c runs, report.c prints,
+ * model.c predicts). Figures are per job; times are seconds. */
+#ifndef GLMTP_BENCH_H
+#define GLMTP_BENCH_H
+
+#include <stdio.h>
+
+#include "../engine/engine.h"
+
+typedef struct bench_opts {
+    const char *mode; /* prefill | decode | throughput */
+    const char *dir, *preset, *dtype, *json, *device, *comm_kind;
+    int layers, threads, steps, requests, in_len, out_len, step_tokens;
+    int *lens, n_lens, *batches, n_batches, *contexts, n_contexts;
+    int model_only; /* analytic model */
+    const char *gpu, *link, *measured;
+    int tp;
+    int top_k;   /* decode: greedy steps unless top_k > 1 or top_p < 1 (then sampled at temperature 1) */
+    float top_p;
+} bench_opts;
+
+/* The job and the limits measured on this machine in the same run. */
+typedef struct bench_machine {
+    int tp, threads;
+    const char *device;
+    double weight_bytes;  /* read per decode step per rank (embedding table excluded) */
+    double linear_params; /* per rank, for prefill FLOPs */
+    double mem_gbs;       /* memory bandwidth limit: STREAM copy (CPU) or the backend's add (GPU) */
+    double read_gbs;      /* CPU only: STREAM-style read */
+    double gemm_gflops;   /* plain GEMM of the block's shapes at the prefill length */
+    const char *gemm_what, *mem_what;
+} bench_machine;
+
+typedef struct bench_row {
+    int batch, context, len, requests;
+    double seconds; /* per step (decode), per prefill, or whole run (throughput) */
+    double tokens_per_s, total_tokens_per_s;
+    double gbps, gflops, linear_gflops;
+    double attn_gflops, attn_s; /* prefill: the attention op of one layer alone */
+    double limit, ratio; /* the limit this row is compared with, and the ratio */
+    double allreduce_share;
+} bench_row;
+
+void bench_machine_measure(engine *e, const bench_opts *o, bench_machine *mc /* OUT */);
+void bench_print(const bench_opts *o, const bench_machine *mc, const char *model, const bench_row *rows, int n,
+                 FILE *f);
+/* 0, or -1 when the file cannot be written. */
+int bench_write_json(const bench_opts *o, const bench_machine *mc, const char *model, const bench_row *rows, int n,
+                     const char *path);
+/* --model-only: prints predictions (and measurements from --measured FILE). */
+int bench_model_report(const bench_opts *o);
+
+#endif

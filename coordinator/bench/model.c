@@ -1,0 +1,98 @@
+/* glmtp bench --model-only: the analytic model (roofline.c) for hardware this
+ * machine does not have, so users can plan GPUs, tp and links. With
+ * --measured FILE (JSON written by `glmtp bench ... --json` on such hardware),
+ * measured figures are printed beside the predictions. */
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../worker/util.h"
+#include "../base/presets.h"
+#include "bench.h"
+#include "roofline.h"
+
+/* Measured value for a decode (batch, context) or prefill (tokens) row, or -1. */
+static double measured(const cJSON *m, const char *mode, int a, int b) {
+    const cJSON *mm = cJSON_GetObjectItemCaseSensitive(m, "mode");
+    if (!cJSON_IsString(mm) || strcmp(mm->valuestring, mode) != 0) return -1;
+    const cJSON *r;
+    cJSON_ArrayForEach(r, cJSON_GetObjectItemCaseSensitive(m, "results")) {
+        if (strcmp(mode, "decode") == 0) {
+            const cJSON *B = cJSON_GetObjectItemCaseSensitive(r, "batch"), *C = cJSON_GetObjectItemCaseSensitive(r, "context");
+            if (cJSON_IsNumber(B) && cJSON_IsNumber(C) && B->valueint == a && C->valueint == b)
+                return cJSON_GetObjectItemCaseSensitive(r, "step_ms")->valuedouble / 1e3;
+        } else {
+            const cJSON *T = cJSON_GetObjectItemCaseSensitive(r, "tokens");
+            if (cJSON_IsNumber(T) && T->valueint == a) return cJSON_GetObjectItemCaseSensitive(r, "seconds")->valuedouble;
+        }
+    }
+    return -1;
+}
+
+static void col_measured(double v) {
+    if (v < 0)
+        printf(" %12s", "-");
+    else
+        printf(" %12.4g", v * 1e3);
+}
+
+int bench_model_report(const bench_opts *o) {
+    glm_config c;
+    char err[1024];
+    if (o->dir) {
+        if (config_load(&c, o->dir, err, sizeof err)) return fprintf(stderr, "glmtp: bench: %s\n", err), 1;
+    } else {
+        const preset *p = preset_find(o->preset ? o->preset : "glm-4-9b-chat");
+        if (!p) return fprintf(stderr, "glmtp: bench: unknown preset\n"), 1;
+        preset_config(p, &c);
+        if (o->layers) c.n_layers = o->layers;
+    }
+    const hw_gpu *g = roofline_gpu(o->gpu);
+    const hw_link *l = roofline_link(o->link);
+    if (!g) return fprintf(stderr, "glmtp: bench: unknown --gpu '%s' (h100, h200, a100)\n", o->gpu), 1;
+    if (!l) return fprintf(stderr, "glmtp: bench: unknown --link '%s' (nvlink4, pcie5, ib-ndr)\n", o->link), 1;
+    if (config_check_tp(&c, o->tp, err, sizeof err)) return fprintf(stderr, "glmtp: bench: %s\n", err), 1;
+    cJSON *m = NULL;
+    if (o->measured) {
+        size_t len;
+        char *text = util_read_file(o->measured, &len, err, sizeof err);
+        if (!text || !(m = cJSON_ParseWithLength(text, len))) {
+            fprintf(stderr, "glmtp: bench: --measured: %s\n", text ? "not JSON" : err);
+            free(text);
+            return 1;
+        }
+        free(text);
+    }
+    roofline_model s;
+    roofline_sizes(&c, o->tp, &s);
+    printf("# glmtp bench --model-only: %s, %d layers, tp %d x %s, link %s (analytic roofline, bf16)\n",
+           o->dir ? o->dir : (o->preset ? o->preset : "glm-4-9b-chat"), c.n_layers, o->tp, g->name, l->name);
+    printf("# per rank: weights held %.3f GB, read per decode step %.3f GB, KV %.1f KiB/token, KV room for %.0f "
+           "tokens at 90%% of %.0f GB\n",
+           s.weight_bytes_held / 1e9, s.weight_bytes / 1e9, s.kv_bytes_token / 1024,
+           roofline_max_tokens(&c, o->tp, g, 0.9), g->mem_bytes / 1e9);
+    printf("%-8s %6s %9s %12s %12s %12s %12s %12s\n", "phase", "batch", "tokens", "predicted", "compute", "memory",
+           "comm", "measured");
+    printf("%-8s %6s %9s %12s %12s %12s %12s %12s\n", "", "", "", "(ms)", "(ms)", "(ms)", "(ms)", "(ms)");
+    for (int b = 0; b < o->n_batches; b++)
+        for (int k = 0; k < o->n_contexts; k++) {
+            roofline_time t = roofline_decode(&c, o->tp, g, l, o->batches[b], o->contexts[k]);
+            printf("%-8s %6d %9d %12.4g %12.4g %12.4g %12.4g", "decode", o->batches[b], o->contexts[k],
+                   t.total * 1e3, t.compute * 1e3, t.memory * 1e3, t.comm * 1e3);
+            col_measured(m ? measured(m, "decode", o->batches[b], o->contexts[k]) : -1);
+            printf("\n");
+        }
+    for (int i = 0; i < o->n_lens; i++) {
+        roofline_time t = roofline_prefill(&c, o->tp, g, l, o->lens[i]);
+        printf("%-8s %6d %9d %12.4g %12.4g %12.4g %12.4g", "prefill", 1, o->lens[i], t.total * 1e3, t.compute * 1e3,
+               t.memory * 1e3, t.comm * 1e3);
+        col_measured(m ? measured(m, "prefill", o->lens[i], 0) : -1);
+        printf("\n");
+    }
+    printf("# decode tokens = context length; peaks: %.0f TFLOP/s, %.2f TB/s HBM, link %.0f GB/s + %.0f us per "
+           "all-reduce\n",
+           g->flops / 1e12, g->hbm / 1e12, l->bw / 1e9, l->latency * 1e6);
+    cJSON_Delete(m);
+    return 0;
+}

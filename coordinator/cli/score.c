@@ -1,0 +1,116 @@
+/* glmtp score: per-position log-probabilities (and optionally the final hidden
+ * state or the logits) of a token list, as one prefill or token by token
+ * through the decode path. The way glmtp is compared against a reference. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../base/args.h"
+#include "../base/commands.h"
+#include "../engine/engine.h"
+#include "../engine/step_plan.h"
+
+/* log-softmax of one row, in double for the normaliser. */
+static void log_softmax(const float *l, int V, double *out) {
+    double mx = l[0], s = 0.0;
+    for (int i = 1; i < V; i++)
+        if (l[i] > mx) mx = l[i];
+    for (int i = 0; i < V; i++) s += exp((double)l[i] - mx);
+    double lse = mx + log(s);
+    for (int i = 0; i < V; i++) out[i] = (double)l[i] - lse;
+}
+
+static void print_row(int pos, const int *ids, int n, const float *logits, const float *hidden, int V, int H,
+                      int top, const char *dump, double *lp) {
+    log_softmax(logits, V, lp);
+    printf("{\"pos\":%d,\"id\":%d,\"logprob_next\":", pos, ids[pos]);
+    if (pos + 1 < n)
+        printf("%.9g", lp[ids[pos + 1]]);
+    else
+        printf("null");
+    printf(",\"top\":[");
+    /* top-K by repeated selection: K is small. */
+    for (int k = 0; k < top && k < V; k++) {
+        int best = -1;
+        for (int i = 0; i < V; i++)
+            if (!isnan(lp[i]) && (best < 0 || lp[i] > lp[best])) best = i;
+        printf("%s[%d,%.9g]", k ? "," : "", best, lp[best]);
+        lp[best] = NAN;
+    }
+    printf("]");
+    if (dump && strcmp(dump, "hidden") == 0) {
+        printf(",\"hidden\":[");
+        for (int i = 0; i < H; i++) printf("%s%.9g", i ? "," : "", hidden[i]);
+        printf("]");
+    } else if (dump && strcmp(dump, "logits") == 0) {
+        printf(",\"logits\":[");
+        for (int i = 0; i < V; i++) printf("%s%.9g", i ? "," : "", logits[i]);
+        printf("]");
+    }
+    printf("}\n");
+}
+
+int cmd_score(comm *c, int argc, char **argv) {
+    if (engine_check_args(c, argc, argv)) return 1;
+    args a;
+    args_init(&a, argc, argv);
+    const char *dir = args_str(&a, "--model", NULL);
+    const char *ids_s = args_str(&a, "--ids", NULL);
+    const char *dump = args_str(&a, "--dump", NULL);
+    int top = (int)args_int(&a, "--top", 5, 0, 1000);
+    int incremental = args_flag(&a, "--incremental");
+    int threads = (int)args_int(&a, "--threads", 0, 0, 1024);
+    const char *device = args_str(&a, "--device", "cpu"), *comm_kind = args_str(&a, "--comm", NULL);
+    int block_size = (int)args_int(&a, "--block-size", 16, 1, 1 << 20);
+    int *ids = NULL, n = 0, rc = 1;
+    engine e = {0};
+    float *logits = NULL, *hidden = NULL;
+    double *lp = NULL;
+    if (!a.failed && !dir) snprintf(a.err, sizeof a.err, "--model DIR is required"), a.failed = 1;
+    if (!a.failed && !ids_s) snprintf(a.err, sizeof a.err, "--ids 1,2,3 is required"), a.failed = 1;
+    if (!a.failed && dump && strcmp(dump, "hidden") && strcmp(dump, "logits"))
+        snprintf(a.err, sizeof a.err, "--dump must be hidden or logits, not '%s'", dump), a.failed = 1;
+    if (!a.failed) args_int_list(&a, "--ids", ids_s, &ids, &n);
+    if (args_finish(&a)) {
+        engine_error(c, "score: %s", a.err);
+        goto done;
+    }
+    if (engine_open(&e, c, dir, n, block_size, threads, device, comm_kind, ENGINE_GPU_MEM_UTIL)) goto done;
+    const glm_config *cfg = &e.m->cfg;
+    if (plan_check_ids(c, ids, n, cfg, "--ids")) goto done;
+
+    int V = cfg->vocab, H = cfg->hidden;
+    if (c->rank == 0) {
+        logits = malloc(sizeof(float) * (size_t)n * V);
+        hidden = malloc(sizeof(float) * (size_t)n * H);
+        lp = malloc(sizeof(double) * (size_t)V);
+        if (!logits || !hidden || !lp) abort();
+    }
+    kv_seq seq = {0};
+    if (c->rank == 0 && kv_seq_reserve(&e.blocks, &seq, n)) abort(); /* sized for n above */
+    int chunk = incremental ? 1 : n;
+    for (int start = 0; start < n; start += chunk) {
+        glm_step s = {0};
+        if (c->rank == 0) plan_one_seq(&s, &seq, ids + start, start, chunk, block_size, 1);
+        step_bcast(c, &s);
+        forward_run(e.fw, &s, c->rank == 0 ? logits + (size_t)start * V : NULL,
+                    c->rank == 0 ? hidden + (size_t)start * H : NULL);
+        step_free(&s);
+    }
+    if (c->rank == 0) {
+        for (int i = 0; i < n; i++)
+            print_row(i, ids, n, logits + (size_t)i * V, hidden + (size_t)i * H, V, H, top, dump, lp);
+        fflush(stdout);
+        kv_seq_release(&e.blocks, &seq);
+    }
+    rc = 0;
+done:
+    free(logits);
+    free(hidden);
+    free(lp);
+    free(ids);
+    engine_close(&e);
+    args_free(&a);
+    return rc;
+}

@@ -1,0 +1,299 @@
+/* glmtp-client: talks to `glmtp serve` over its protobuf channel (see
+ * proto/glmtp.proto and wire.h).
+ *   glmtp-client [--connect 127.0.0.1:7070|unix:/path] [--auth-token-file F]
+ *     --prompt TEXT | --chat FILE.json | --ids 1,2,3   generate, printing the stream
+ *       [--max-new-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed S]
+ *       [--stop STR] [--stop-ids 1,2] [--id REQUEST_ID] [--no-stream]
+ *       [--json] (one JSON record at the end instead of text: text, ids, finish, usage, ttft_ms)
+ *       [--disconnect-after N] (close after N deltas: for tests)
+ *     --stats | --health | --cancel ID
+ *     --load --requests N --input-len I --output-len O [--rate R] [--seed S] [--vocab V] [--json FILE]
+ *       (load generator: Poisson arrivals, TTFT / TPOT / ITL percentiles, throughput; client_load.h)
+ * Exit status: 0 done, 1 the server answered with an error (or unhealthy,
+ * or cancel of an unknown id), 2 usage or connection problems. */
+#include <cjson/cJSON.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../../proto/wire.h"
+#include "../base/args.h"
+#include "client_load.h"
+#include "client_wire.h"
+#include "glmtp.pb-c.h"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* client_send, printing the error. */
+static int send_msg(int fd, const Glmtp__ClientMessage *m) {
+    char err[256];
+    int rc = client_send(fd, m, err, sizeof err);
+    if (rc) fprintf(stderr, "glmtp-client: %s\n", err);
+    return rc;
+}
+
+/* Next ServerMessage, or NULL after printing why. */
+static Glmtp__ServerMessage *recv_msg(int fd) {
+    uint8_t *body;
+    char err[256] = "";
+    long n = wire_read_frame(fd, &body, 1u << 30, err, sizeof err);
+    if (n < 0) fprintf(stderr, "glmtp-client: %s\n", err);
+    if (n == 0) fprintf(stderr, "glmtp-client: the server closed the connection\n");
+    if (n <= 0) return NULL;
+    Glmtp__ServerMessage *m = glmtp__server_message__unpack(NULL, (size_t)n, body);
+    free(body);
+    if (!m) fprintf(stderr, "glmtp-client: a reply of %ld bytes is not a valid ServerMessage\n", n);
+    return m;
+}
+
+static int parse_ids(const char *name, const char *text, int **out, int *n) {
+    args a;
+    args_init(&a, 0, NULL);
+    int rc = args_int_list(&a, name, text, out, n);
+    if (rc) fprintf(stderr, "glmtp-client: %s\n", a.err);
+    args_free(&a);
+    return rc;
+}
+
+/* --chat FILE: a JSON list of {role, content, metadata?}. */
+static int load_chat(const char *path, Glmtp__ChatMessages *cm, cJSON **keep) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        perror(path);
+        return -1;
+    }
+    static char buf[1 << 20];
+    size_t len = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[len] = 0;
+    cJSON *j = cJSON_Parse(buf);
+    if (!cJSON_IsArray(j)) {
+        fprintf(stderr, "glmtp-client: --chat %s: expected a JSON list of {role, content}\n", path);
+        cJSON_Delete(j);
+        return -1;
+    }
+    int n = cJSON_GetArraySize(j);
+    cm->messages = calloc((size_t)n + 1, sizeof *cm->messages);
+    if (!cm->messages) abort();
+    for (int i = 0; i < n; i++) {
+        const cJSON *o = cJSON_GetArrayItem(j, i);
+        Glmtp__ChatMessage *m = calloc(1, sizeof *m);
+        if (!m) abort();
+        glmtp__chat_message__init(m);
+        const cJSON *v;
+        if (cJSON_IsString(v = cJSON_GetObjectItemCaseSensitive(o, "role"))) m->role = v->valuestring;
+        if (cJSON_IsString(v = cJSON_GetObjectItemCaseSensitive(o, "content"))) m->content = v->valuestring;
+        if (cJSON_IsString(v = cJSON_GetObjectItemCaseSensitive(o, "metadata"))) m->metadata = v->valuestring;
+        cm->messages[cm->n_messages++] = m;
+    }
+    *keep = j;
+    return 0;
+}
+
+static void print_stats(const Glmtp__StatsReply *s) {
+    printf("{\"queue_depth\":%d,\"running\":%d,\"kv_blocks_used\":%d,\"kv_blocks_free\":%d,\"tokens_per_s\":%.3f,"
+           "\"steps\":%ld,\"preemptions\":%ld,\"tokens_generated\":%ld,\"ranks\":%zu}\n",
+           s->queue_depth, s->running, s->kv_blocks_used, s->kv_blocks_free, s->tokens_per_s, (long)s->steps,
+           (long)s->preemptions, (long)s->tokens_generated, s->n_rank_state);
+}
+
+int main(int argc, char **argv) {
+    signal(SIGPIPE, SIG_IGN);
+    args a;
+    args_init(&a, argc - 1, argv + 1);
+    const char *addr = args_str(&a, "--connect", "127.0.0.1:7070");
+    const char *token_file = args_str(&a, "--auth-token-file", NULL);
+    const char *prompt = args_str(&a, "--prompt", NULL), *chat = args_str(&a, "--chat", NULL);
+    const char *ids_s = args_str(&a, "--ids", NULL), *stop_ids_s = args_str(&a, "--stop-ids", NULL);
+    const char *stop = args_str(&a, "--stop", NULL), *cancel = args_str(&a, "--cancel", NULL);
+    char defid[64];
+    snprintf(defid, sizeof defid, "client-%d", (int)getpid());
+    const char *rid = args_str(&a, "--id", defid);
+    const char *temp = args_str(&a, "--temperature", NULL), *top_p = args_str(&a, "--top-p", NULL);
+    const char *top_k = args_str(&a, "--top-k", NULL), *seed = args_str(&a, "--seed", NULL);
+    const char *max_new = args_str(&a, "--max-new-tokens", NULL);
+    int stats = args_flag(&a, "--stats"), health = args_flag(&a, "--health"), json = args_flag(&a, "--json");
+    int no_stream = args_flag(&a, "--no-stream");
+    long disconnect_after = args_int(&a, "--disconnect-after", -1, 0, 1L << 30);
+    int load = args_flag(&a, "--load");
+    load_opts lo = {addr, token_file, args_str(&a, "--json-out", NULL), args_num(&a, "--rate", 0, 0, 1e9),
+                    (int)args_int(&a, "--requests", 16, 1, 100000), (int)args_int(&a, "--input-len", 32, 1, 1 << 24),
+                    (int)args_int(&a, "--output-len", 32, 1, 1 << 24), (int)args_int(&a, "--vocab", 150000, 1, 1 << 30),
+                    (uint64_t)args_int(&a, "--seed", 0, 0, 2147483647L)};
+    int n_modes = !!prompt + !!chat + !!ids_s + stats + health + !!cancel + load;
+    if (!a.failed && n_modes != 1)
+        snprintf(a.err, sizeof a.err, "give one of --prompt, --chat, --ids, --stats, --health, --cancel, --load"),
+            a.failed = 1;
+    if (args_finish(&a)) {
+        fprintf(stderr, "glmtp-client: %s\n", a.err);
+        args_free(&a);
+        return 2;
+    }
+    args_free(&a);
+    if (load) return client_load(&lo);
+
+    char err[512];
+    int fd = wire_connect(addr, err, sizeof err);
+    if (fd < 0) {
+        fprintf(stderr, "glmtp-client: %s\n", err);
+        return 2;
+    }
+    Glmtp__ClientMessage cm = GLMTP__CLIENT_MESSAGE__INIT;
+    if (client_auth(fd, token_file, err, sizeof err)) {
+        fprintf(stderr, "glmtp-client: %s\n", err);
+        return 2;
+    }
+    Glmtp__Stats st = GLMTP__STATS__INIT;
+    Glmtp__Health he = GLMTP__HEALTH__INIT;
+    Glmtp__Cancel ca = GLMTP__CANCEL__INIT;
+    Glmtp__GenerateRequest g = GLMTP__GENERATE_REQUEST__INIT;
+    Glmtp__TokenIds ti = GLMTP__TOKEN_IDS__INIT;
+    Glmtp__ChatMessages chm = GLMTP__CHAT_MESSAGES__INIT;
+    cJSON *chat_json = NULL;
+    int *ids = NULL, n_ids = 0, *sids = NULL, n_sids = 0;
+    char *stops[1];
+    if (stats) cm.msg_case = GLMTP__CLIENT_MESSAGE__MSG_STATS, cm.stats = &st;
+    else if (health) cm.msg_case = GLMTP__CLIENT_MESSAGE__MSG_HEALTH, cm.health = &he;
+    else if (cancel) ca.request_id = (char *)cancel, cm.msg_case = GLMTP__CLIENT_MESSAGE__MSG_CANCEL, cm.cancel = &ca;
+    else {
+        g.request_id = (char *)rid;
+        if (prompt) g.input_case = GLMTP__GENERATE_REQUEST__INPUT_TEXT, g.text = (char *)prompt;
+        else if (chat) {
+            if (load_chat(chat, &chm, &chat_json)) return 2;
+            g.input_case = GLMTP__GENERATE_REQUEST__INPUT_CHAT, g.chat = &chm;
+        } else {
+            if (parse_ids("--ids", ids_s, &ids, &n_ids)) return 2;
+            ti.ids = ids, ti.n_ids = (size_t)n_ids;
+            g.input_case = GLMTP__GENERATE_REQUEST__INPUT_TOKEN_IDS, g.token_ids = &ti;
+        }
+        if (temp) g.has_temperature = 1, g.temperature = strtof(temp, NULL);
+        if (top_p) g.has_top_p = 1, g.top_p = strtof(top_p, NULL);
+        if (top_k) g.has_top_k = 1, g.top_k = atoi(top_k);
+        if (seed) g.has_seed = 1, g.seed = strtoull(seed, NULL, 10);
+        if (max_new) g.has_max_new_tokens = 1, g.max_new_tokens = atoi(max_new);
+        if (stop) stops[0] = (char *)stop, g.stop = stops, g.n_stop = 1;
+        if (stop_ids_s) {
+            if (parse_ids("--stop-ids", stop_ids_s, &sids, &n_sids)) return 2;
+            g.stop_ids = sids, g.n_stop_ids = (size_t)n_sids;
+        }
+        g.has_stream = 1, g.stream = !no_stream;
+        cm.msg_case = GLMTP__CLIENT_MESSAGE__MSG_GENERATE, cm.generate = &g;
+    }
+    double t0 = now_s(), ttft = -1;
+    if (send_msg(fd, &cm)) return 2;
+    int rc = 2;
+    long n_deltas = 0;
+    cJSON *rec = cJSON_CreateObject(), *out_ids = cJSON_CreateArray();
+    size_t tcap = 1024, tlen = 0;
+    char *text = malloc(tcap);
+    if (!text) abort();
+    text[0] = 0;
+    for (;;) {
+        Glmtp__ServerMessage *m = recv_msg(fd);
+        if (!m) break;
+        int done = 1;
+        if (m->msg_case == GLMTP__SERVER_MESSAGE__MSG_STATS) {
+            print_stats(m->stats);
+            rc = 0;
+        } else if (m->msg_case == GLMTP__SERVER_MESSAGE__MSG_HEALTH) {
+            printf("%s\n", m->health->state ? m->health->state : "?");
+            rc = m->health->ok ? 0 : 1;
+        } else if (m->msg_case == GLMTP__SERVER_MESSAGE__MSG_CANCEL) {
+            printf("cancel %s: %s\n", m->cancel->request_id, m->cancel->found ? "found" : "not found");
+            rc = m->cancel->found ? 0 : 1;
+        } else if (m->msg_case == GLMTP__SERVER_MESSAGE__MSG_ERROR) {
+            fprintf(stderr, "glmtp-client: server error %d: %s\n", m->error->code, m->error->message);
+            cJSON_AddStringToObject(rec, "error", m->error->message ? m->error->message : "");
+            rc = 1;
+        } else if (m->msg_case == GLMTP__SERVER_MESSAGE__MSG_RESPONSE) {
+            Glmtp__GenerateResponse *r = m->response;
+            const char *piece = NULL;
+            int32_t *pid = NULL;
+            size_t np = 0;
+            if (r->body_case == GLMTP__GENERATE_RESPONSE__BODY_DELTA) {
+                piece = r->delta->text, pid = r->delta->token_ids, np = r->delta->n_token_ids;
+                done = 0;
+                n_deltas++;
+            } else if (r->body_case == GLMTP__GENERATE_RESPONSE__BODY_FINAL) {
+                piece = r->final->text, pid = r->final->token_ids, np = r->final->n_token_ids;
+                cJSON_AddStringToObject(rec, "finish_reason", r->final->finish_reason ? r->final->finish_reason : "");
+                cJSON *u = cJSON_AddObjectToObject(rec, "usage");
+                if (r->final->usage) {
+                    cJSON_AddNumberToObject(u, "prompt_tokens", r->final->usage->prompt_tokens);
+                    cJSON_AddNumberToObject(u, "completion_tokens", r->final->usage->completion_tokens);
+                }
+                rc = 0;
+            } else {
+                const char *msg = r->body_case == GLMTP__GENERATE_RESPONSE__BODY_ERROR && r->error->message
+                                      ? r->error->message : "response with no body";
+                fprintf(stderr, "glmtp-client: request %s: %s\n", r->request_id, msg);
+                cJSON_AddStringToObject(rec, "error", msg);
+                if (r->body_case == GLMTP__GENERATE_RESPONSE__BODY_ERROR)
+                    cJSON_AddNumberToObject(rec, "error_code", r->error->code);
+                rc = 1;
+            }
+            if (np && ttft < 0) ttft = now_s() - t0;
+            for (size_t i = 0; i < np; i++) cJSON_AddItemToArray(out_ids, cJSON_CreateNumber(pid[i]));
+            if (piece && *piece) {
+                size_t k = strlen(piece);
+                if (tlen + k + 1 > tcap) {
+                    while (tlen + k + 1 > tcap) tcap *= 2;
+                    text = realloc(text, tcap);
+                    if (!text) abort();
+                }
+                memcpy(text + tlen, piece, k + 1);
+                tlen += k;
+                if (!json) fputs(piece, stdout), fflush(stdout);
+            }
+            if (!done && disconnect_after >= 0 && n_deltas >= disconnect_after) {
+                glmtp__server_message__free_unpacked(m, NULL);
+                close(fd);
+                fd = -1;
+                rc = 0;
+                cJSON_AddStringToObject(rec, "finish_reason", "disconnected");
+                break;
+            }
+        } else {
+            fprintf(stderr, "glmtp-client: unknown reply from the server\n");
+            rc = 2;
+        }
+        glmtp__server_message__free_unpacked(m, NULL);
+        if (done) break;
+    }
+    double total = now_s() - t0;
+    if (cm.msg_case == GLMTP__CLIENT_MESSAGE__MSG_GENERATE) {
+        if (json) {
+            cJSON_AddStringToObject(rec, "id", rid);
+            cJSON_AddStringToObject(rec, "text", text);
+            cJSON_AddItemToObject(rec, "token_ids", out_ids);
+            out_ids = NULL;
+            cJSON_AddNumberToObject(rec, "ttft_ms", ttft * 1e3);
+            cJSON_AddNumberToObject(rec, "total_ms", total * 1e3);
+            cJSON_AddNumberToObject(rec, "deltas", (double)n_deltas);
+            char *s = cJSON_PrintUnformatted(rec);
+            printf("%s\n", s);
+            free(s);
+        } else if (tlen) {
+            printf("\n");
+        }
+    }
+    cJSON_Delete(out_ids);
+    cJSON_Delete(rec);
+    cJSON_Delete(chat_json);
+    free(text);
+    free(ids);
+    free(sids);
+    if (chm.messages) {
+        for (size_t i = 0; i < chm.n_messages; i++) free(chm.messages[i]);
+        free(chm.messages);
+    }
+    if (fd >= 0) close(fd);
+    return rc;
+}

@@ -1,0 +1,69 @@
+/* gen_request.h: one request being generated on rank 0: its prompt, sampling
+ * parameters and output (ids and text), and how a sampled token is taken into
+ * it (stop ids, stop strings, max_new). The scheduler (sched.h) owns the steps;
+ * this file knows nothing of batching. */
+#ifndef GLMTP_GEN_REQUEST_H
+#define GLMTP_GEN_REQUEST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../text/tokenizer.h"
+#include "engine.h"
+
+typedef struct gen_request {
+    /* input, owned by the request */
+    int *prompt;
+    int n_prompt;
+    int max_new;
+    float temperature; /* 0: greedy */
+    float top_p;
+    int top_k;
+    uint64_t seed;
+    char **stop; /* stop strings */
+    int n_stop;
+    int strip_leading; /* drop whitespace before the first visible character (chat replies) */
+    int ignore_eos;    /* keep going past the model's stop ids (benchmarks, tests) */
+    /* output */
+    int *out; /* generated ids, stop token excluded */
+    int n_out;
+    char *text; /* decoded, NUL-terminated (NULL without a tokenizer) */
+    size_t text_len;
+    const char *finish; /* "stop", "length", or NULL while running */
+    /* private */
+    int cap_out;
+    size_t text_cap;
+    tok_decoder dec;
+    kv_seq kv;
+    uint64_t rng;
+} gen_request;
+
+/* Called on rank 0 for each new piece of a request's text (may be empty when a
+ * token ends mid-character). */
+typedef void (*gen_stream_fn)(void *user, gen_request *r, const char *delta, size_t len);
+
+typedef struct gen_options {
+    int step_tokens;     /* token budget per step (prefill chunk size) */
+    int progress;        /* 1: progress on stderr */
+    gen_stream_fn on_text; /* optional */
+    void *user;
+} gen_options;
+
+/* Whether a request of this size can ever be admitted into e's KV pool. */
+int gen_fits(const engine *e, int n_prompt, int max_new);
+
+/* Appends sampled token id to r (text through tok when not NULL, o->on_text
+ * called with the new text) and sets r->finish when it is a stop id, a stop
+ * string appeared, or max_new is reached. buf: scratch of cap bytes, at least
+ * 3 * (tok_max_token_len + 4). Called by the scheduler (sched.c). */
+void gen_accept_token(engine *e, const tokenizer *tok, gen_request *r, int id, const gen_options *o, char *buf,
+                      size_t cap);
+
+/* Appends the bytes of a character left unfinished by the last token (the
+ * request has ended; no-op without text). */
+void gen_flush_text(gen_request *r);
+
+/* Frees a request's input and output; accepts NULL. */
+void gen_request_free(gen_request *r);
+
+#endif

@@ -1,0 +1,190 @@
+/* Continuous batching (see sched.h). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../worker/util.h"
+#include "sched.h"
+
+void sched_init(sched *q, engine *e, const tokenizer *tok, const gen_options *go, const sched_hooks *h) {
+    memset(q, 0, sizeof *q);
+    q->e = e, q->tok = tok, q->go = *go, q->hooks = *h;
+    q->dcap = tok ? 3 * (tok_max_token_len(tok) + 4) : 16;
+    q->dbuf = malloc(q->dcap + 1);
+    if (!q->dbuf) abort();
+}
+
+void sched_free(sched *q) {
+    free(q->run);
+    free(q->wait);
+    free(q->dbuf);
+    memset(q, 0, sizeof *q);
+}
+
+/* Removes list[i] keeping the order. */
+static void remove_at(sched_req **list, int *n, int i) {
+    memmove(list + i, list + i + 1, sizeof(sched_req *) * (size_t)(*n - i - 1));
+    (*n)--;
+}
+
+void sched_add(sched *q, sched_req *r) {
+    if (q->n_run + q->n_wait + 1 > q->cap) {
+        q->cap = q->cap ? 2 * q->cap : 64;
+        q->run = realloc(q->run, sizeof(sched_req *) * (size_t)q->cap);
+        q->wait = realloc(q->wait, sizeof(sched_req *) * (size_t)q->cap);
+        if (!q->run || !q->wait) abort();
+    }
+    r->arrival = ++q->arrivals, r->n_fed = 0, r->running = 0;
+    q->wait[q->n_wait++] = r;
+}
+
+void sched_remove(sched *q, sched_req *r) {
+    for (int i = 0; i < q->n_run; i++)
+        if (q->run[i] == r) remove_at(q->run, &q->n_run, i--);
+    for (int i = 0; i < q->n_wait; i++)
+        if (q->wait[i] == r) remove_at(q->wait, &q->n_wait, i--);
+    kv_seq_release(&q->e->blocks, &r->g->kv);
+}
+
+static int known(const sched_req *r) { return r->g->n_prompt + r->g->n_out; }
+static int token_at(const sched_req *r, int p) {
+    return p < r->g->n_prompt ? r->g->prompt[p] : r->g->out[p - r->g->n_prompt];
+}
+
+/* Frees r's blocks and puts it back among the waiting, in arrival order. */
+static void preempt(sched *q, int i) {
+    sched_req *r = q->run[i];
+    remove_at(q->run, &q->n_run, i);
+    kv_seq_release(&q->e->blocks, &r->g->kv);
+    r->n_fed = 0, r->running = 0;
+    int k = 0;
+    while (k < q->n_wait && q->wait[k]->arrival < r->arrival) k++;
+    memmove(q->wait + k + 1, q->wait + k, sizeof(sched_req *) * (size_t)(q->n_wait - k));
+    q->wait[k] = r;
+    q->n_wait++;
+    q->preemptions++;
+}
+
+static int in_plan(const sched_plan *p, const sched_req *r) {
+    for (int i = 0; i < p->n; i++)
+        if (p->req[i] == r) return 1;
+    return 0;
+}
+
+/* Reserves blocks for r's chunk c, preempting the newest running request not in
+ * this step while the pool is short. Returns 1 if r is planned, 0 if r itself
+ * was preempted. */
+static int reserve(sched *q, sched_plan *p, sched_req *r, int c) {
+    while (kv_seq_reserve(&q->e->blocks, &r->g->kv, r->n_fed + c)) {
+        int victim = -1;
+        for (int i = q->n_run - 1; i >= 0 && victim < 0; i--)
+            if (q->run[i] != r && !in_plan(p, q->run[i])) victim = i;
+        if (victim < 0) /* nothing else to take from: r waits */
+            for (int i = 0; i < q->n_run; i++)
+                if (q->run[i] == r) victim = i;
+        int self = q->run[victim] == r;
+        preempt(q, victim);
+        if (self) return 0;
+    }
+    p->req[p->n] = r, p->chunk[p->n++] = c, p->tokens += c;
+    return 1;
+}
+
+static void make_plan(sched *q, sched_plan *p, int budget) {
+    /* decode tokens first, oldest first */
+    for (int i = 0; i < q->n_run; i++) {
+        sched_req *r = q->run[i];
+        if (known(r) - r->n_fed != 1 || in_plan(p, r)) continue;
+        if (!reserve(q, p, r, 1)) i = -1; /* the list changed: rescan */
+    }
+    /* then prompt chunks of running requests, then admissions in arrival order */
+    for (int i = 0; i < q->n_run && p->tokens < budget; i++) {
+        sched_req *r = q->run[i];
+        int left = known(r) - r->n_fed;
+        if (left <= 1 || in_plan(p, r)) continue;
+        int c = left < budget - p->tokens ? left : budget - p->tokens;
+        if (!reserve(q, p, r, c)) i = -1;
+    }
+    while (q->n_wait > 0 && p->tokens < budget) {
+        sched_req *r = q->wait[0];
+        int left = known(r), c = left < budget - p->tokens ? left : budget - p->tokens;
+        if (kv_seq_reserve(&q->e->blocks, &r->g->kv, c)) break; /* FCFS: wait for blocks */
+        remove_at(q->wait, &q->n_wait, 0);
+        r->running = 1;
+        q->run[q->n_run++] = r;
+        p->req[p->n] = r, p->chunk[p->n++] = c, p->tokens += c;
+    }
+}
+
+/* The planned step as a glm_step; rows[l] is the request of logit row l. */
+static void fill_step(sched *q, const sched_plan *p, glm_step *st, sched_req **rows, int n_logits) {
+    int max_blocks = 1;
+    for (int i = 0; i < p->n; i++)
+        if (p->req[i]->g->kv.n_blocks > max_blocks) max_blocks = p->req[i]->g->kv.n_blocks;
+    step_alloc(st, p->tokens, p->n, max_blocks, n_logits, q->e->blocks.block_size);
+    int t = 0, l = 0;
+    for (int i = 0; i < p->n; i++) {
+        sched_req *r = p->req[i];
+        for (int k = 0; k < p->chunk[i]; k++, t++) {
+            st->ids[t] = token_at(r, r->n_fed + k);
+            st->pos[t] = r->n_fed + k;
+            st->seq[t] = i;
+        }
+        if (r->n_fed + p->chunk[i] == known(r)) rows[l] = r, st->logit_rows[l++] = t - 1;
+        step_set_table(st, i, &r->g->kv);
+    }
+    step_fill_slots(st);
+}
+
+int sched_step(sched *q, int budget) {
+    int cap = q->n_run + q->n_wait + 1;
+    sched_plan p = {malloc(sizeof(sched_req *) * (size_t)cap), malloc(sizeof(int) * (size_t)cap), 0, 0};
+    if (!p.req || !p.chunk) abort();
+    make_plan(q, &p, budget);
+    if (p.n == 0) {
+        free(p.req);
+        free(p.chunk);
+        return 0;
+    }
+    int n_logits = 0;
+    for (int i = 0; i < p.n; i++) n_logits += p.req[i]->n_fed + p.chunk[i] == known(p.req[i]);
+    sched_req **rows = malloc(sizeof(sched_req *) * (size_t)(n_logits + 1));
+    int *sampled = malloc(sizeof(int) * (size_t)(n_logits + 1));
+    ksample_params *sp = malloc(sizeof *sp * (size_t)(n_logits + 1));
+    if (!rows || !sampled || !sp) abort();
+    glm_step st = {0};
+    fill_step(q, &p, &st, rows, n_logits);
+    for (int i = 0; i < n_logits; i++) {
+        gen_request *g = rows[i]->g;
+        sp[i] = (ksample_params){g->temperature, g->top_k, g->top_p, &g->rng};
+    }
+    int n_real = q->tok ? tok_n_total(q->tok) : q->e->m->cfg.vocab; /* ids past the tokenizer are padding */
+    double t0 = util_now();
+    engine_step_sample(q->e, &st, n_real, sp, sampled);
+    step_free(&st);
+    for (int i = 0; i < p.n; i++) p.req[i]->n_fed += p.chunk[i];
+    q->steps++;
+    if (q->hooks.on_step) q->hooks.on_step(q->hooks.user, &p, util_now() - t0);
+    for (int i = 0; i < n_logits; i++) {
+        sched_req *r = rows[i];
+        for (int k = 0; k < r->n_stop_ids; k++)
+            if (r->stop_ids[k] == sampled[i]) r->g->finish = "stop";
+        if (!r->g->finish) gen_accept_token(q->e, q->tok, r->g, sampled[i], &q->go, q->dbuf, q->dcap);
+        q->generated++;
+        if (!r->g->finish && q->hooks.on_token) q->hooks.on_token(q->hooks.user, r);
+    }
+    double dt = util_now() - t0;
+    if (dt > 0) q->tps = q->steps == 1 ? n_logits / dt : 0.9 * q->tps + 0.1 * n_logits / dt;
+    for (int i = q->n_run - 1; i >= 0; i--)
+        if (q->run[i]->g->finish) {
+            sched_req *r = q->run[i];
+            remove_at(q->run, &q->n_run, i);
+            kv_seq_release(&q->e->blocks, &r->g->kv);
+            q->hooks.on_finish(q->hooks.user, r);
+        }
+    free(rows);
+    free(sampled);
+    free(sp);
+    free(p.req);
+    free(p.chunk);
+    return 1;
+}

@@ -1,0 +1,69 @@
+/* sched.h: continuous batching on rank 0, the one scheduler of generate,
+ * chat, bench throughput and serve.
+ *
+ * Each step carries one decode token for every running request whose prompt is
+ * in the KV cache, then prompt chunks (running requests first, then waiting
+ * ones in arrival order) up to the step's token budget (chunked prefill). Block
+ * tables grow per step, only as far as the step needs. When the pool runs dry
+ * the newest running request not yet in this step is preempted: its blocks are
+ * freed and it waits again with prompt + generated tokens as what it has to
+ * feed (recompute); its sampled tokens and RNG state stay, so outputs do not
+ * change. Sampling is per request (own seed), so a request's tokens do not
+ * depend on what it is batched with. */
+#ifndef GLMTP_SCHED_H
+#define GLMTP_SCHED_H
+
+#include "gen_request.h"
+
+/* A request as the scheduler holds it. The owner allocates it (or embeds it
+ * first in its own struct), fills g and stop_ids, and frees it after
+ * on_finish. */
+typedef struct sched_req {
+    gen_request *g;     /* input and output (not owned) */
+    const char *name;   /* for the step log */
+    const int *stop_ids; /* extra stop token ids (not owned; may be NULL) */
+    int n_stop_ids;
+    /* the scheduler's */
+    int arrival, n_fed, running;
+} sched_req;
+
+/* What a step planned: requests and how many tokens each feeds. */
+typedef struct sched_plan {
+    sched_req **req;
+    int *chunk, n, tokens;
+} sched_plan;
+
+typedef struct sched_hooks {
+    /* After r accepted a token and is still running (may be NULL). */
+    void (*on_token)(void *user, sched_req *r);
+    /* r has finished (r->g->finish set) and left the scheduler, its blocks freed. */
+    void (*on_finish)(void *user, sched_req *r);
+    /* After each step, with its plan and wall time (may be NULL). */
+    void (*on_step)(void *user, const sched_plan *p, double seconds);
+    void *user;
+} sched_hooks;
+
+typedef struct sched {
+    engine *e;
+    const tokenizer *tok; /* may be NULL: no text */
+    gen_options go;       /* gen_accept_token's options (text callback) */
+    sched_hooks hooks;
+    sched_req **run, **wait; /* running (oldest first), waiting (arrival order) */
+    int n_run, n_wait, cap, arrivals;
+    long steps, preemptions, generated;
+    double tps; /* sampled tokens per second, smoothed over steps */
+    char *dbuf; /* detokenizer scratch, dcap bytes */
+    size_t dcap;
+} sched;
+
+void sched_init(sched *q, engine *e, const tokenizer *tok, const gen_options *go, const sched_hooks *h);
+void sched_free(sched *q); /* the scheduler's own memory; requests still in it are the owner's */
+/* Queues r to wait for admission. r->g must fit the KV pool (gen_fits). */
+void sched_add(sched *q, sched_req *r);
+/* Takes r out (running or waiting), freeing its blocks; on_finish is not called. */
+void sched_remove(sched *q, sched_req *r);
+/* Plans, runs and samples one step of at most budget tokens. Returns 0 when
+ * there was nothing to run. */
+int sched_step(sched *q, int budget);
+
+#endif

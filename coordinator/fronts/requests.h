@@ -1,0 +1,50 @@
+/* requests.h: generation requests from JSONL lines (glmtp generate --input).
+ *
+ * A line is {"id": any, "prompt": "..."} (raw completion, [gMASK]<sop> prefix),
+ * {"id", "messages": [{role, content, metadata?, tools?}], "tools"?} (chat), or
+ * {"id", "input_ids": [...]} (token ids as given); optional max_new_tokens,
+ * temperature, top_p, top_k, seed, stop (string or list) override the defaults.
+ * A bad line becomes a request with an error naming the line and field; it is
+ * answered with finish_reason "error" and the other lines run. */
+#ifndef GLMTP_REQUESTS_H
+#define GLMTP_REQUESTS_H
+
+#include <cjson/cJSON.h>
+
+#include "../engine/gen_request.h"
+#include "../text/tokenizer.h"
+
+typedef struct req_defaults {
+    int max_new;
+    float temperature, top_p;
+    int top_k;
+    uint64_t seed;
+} req_defaults;
+
+/* Defaults from DIR/generation_config.json when present (do_sample true:
+ * its temperature, top_p, top_k; false: greedy), else greedy like
+ * transformers' GenerationConfig(); 256 new tokens unless it sets
+ * max_new_tokens. (No implicit top_k = 50 as in transformers: vLLM's choice.) */
+void req_defaults_load(req_defaults *d /* OUT */, const char *model_dir);
+
+typedef struct req_line {
+    int line_no;
+    cJSON *id;   /* the line's "id" (owned), or null */
+    char *error; /* NULL, or "line N: field 'x': ..." (owned) */
+    gen_request g;
+} req_line;
+
+typedef struct req_context {
+    const req_defaults *defaults;
+    const tokenizer *tok; /* NULL when the model has no tokenizer.model */
+    const char *preamble; /* tool preamble */
+    int seq_len;          /* context length */
+    int n_vocab;          /* valid ids: [0, n_vocab) */
+} req_context;
+
+/* Parses one line (text need not be NUL-terminated). Never fails as a whole:
+ * problems land in out->error. line_no is 1-based. */
+void req_parse(const req_context *ctx, const char *text, size_t len, int line_no, req_line *out /* OUT */);
+void req_line_free(req_line *r); /* accepts NULL */
+
+#endif

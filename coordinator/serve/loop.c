@@ -1,0 +1,310 @@
+/* The engine loop of `glmtp serve` (rank 0's main thread; see server.h): the
+ * scheduler of sched.h, fed from the socket threads' queue. Requests arriving
+ * between steps join the next one; cancelled and disconnected ones leave it,
+ * and their blocks go back to the pool. Deltas stream after each step. */
+#include <errno.h>
+#include <math.h>
+#include <time.h>
+#include <unistd.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../worker/util.h"
+#include "../engine/sched.h"
+#include "serve.h"
+
+typedef struct sreq {
+    sched_req s; /* first: the scheduler's hooks get &s */
+    gen_request g;
+    char *id;
+    int conn, stream, sent_ids, cancel, conn_gone;
+    size_t sent_text;
+    int *stop_ids;
+} sreq;
+
+typedef struct srv_loop {
+    server *s;
+    sched q;
+    const req_context *ctx;
+} srv_loop;
+
+static void push_frame(srv_loop *l, int conn, const Glmtp__ServerMessage *m) { srv_push_out(l->s, srv_frame(conn, m)); }
+
+static void send_response(srv_loop *l, int conn, Glmtp__GenerateResponse *r) {
+    Glmtp__ServerMessage m = GLMTP__SERVER_MESSAGE__INIT;
+    m.msg_case = GLMTP__SERVER_MESSAGE__MSG_RESPONSE, m.response = r;
+    push_frame(l, conn, &m);
+}
+
+static void send_error(srv_loop *l, int conn, const char *id, Glmtp__Error__Code code, const char *msg) {
+    Glmtp__Error e = GLMTP__ERROR__INIT;
+    e.has_code = 1, e.code = code, e.message = (char *)msg;
+    Glmtp__GenerateResponse r = GLMTP__GENERATE_RESPONSE__INIT;
+    r.request_id = (char *)(id ? id : "");
+    r.body_case = GLMTP__GENERATE_RESPONSE__BODY_ERROR, r.error = &e;
+    send_response(l, conn, &r);
+}
+
+/* Streams what r has produced since the last delta (text and ids). Until r
+ * is finished the text's last (longest stop string - 1) bytes are held back,
+ * so that a stop string spanning tokens is never streamed, and the cut is
+ * moved to a UTF-8 character boundary. */
+static void send_delta(srv_loop *l, sreq *r, int final) {
+    size_t upto = r->g.text_len, hold = 0;
+    for (int i = 0; !final && i < r->g.n_stop; i++)
+        if (strlen(r->g.stop[i]) > hold + 1) hold = strlen(r->g.stop[i]) - 1;
+    upto = upto > r->sent_text + hold ? upto - hold : r->sent_text;
+    while (!final && upto > r->sent_text && ((unsigned char)r->g.text[upto] & 0xC0) == 0x80) upto--;
+    if (r->conn_gone || (upto <= r->sent_text && r->g.n_out <= r->sent_ids)) return;
+    Glmtp__Delta d = GLMTP__DELTA__INIT;
+    char save = 0, *t = r->g.text ? r->g.text + r->sent_text : "";
+    if (r->g.text) save = r->g.text[upto], r->g.text[upto] = 0;
+    d.text = t;
+    d.n_token_ids = (size_t)(r->g.n_out - r->sent_ids), d.token_ids = r->g.out + r->sent_ids;
+    Glmtp__GenerateResponse g = GLMTP__GENERATE_RESPONSE__INIT;
+    g.request_id = r->id, g.body_case = GLMTP__GENERATE_RESPONSE__BODY_DELTA, g.delta = &d;
+    send_response(l, r->conn, &g);
+    if (r->g.text) r->g.text[upto] = save;
+    r->sent_text = upto, r->sent_ids = r->g.n_out;
+}
+
+static void send_final(srv_loop *l, sreq *r, const char *reason) {
+    if (r->conn_gone) return;
+    if (l->q.tok) gen_flush_text(&r->g);
+    if (r->stream) send_delta(l, r, 1);
+    Glmtp__Usage u = GLMTP__USAGE__INIT;
+    u.has_prompt_tokens = u.has_completion_tokens = 1;
+    u.prompt_tokens = r->g.n_prompt, u.completion_tokens = r->g.n_out;
+    Glmtp__Final f = GLMTP__FINAL__INIT;
+    f.finish_reason = (char *)reason, f.usage = &u;
+    if (!r->stream) {
+        f.text = r->g.text ? r->g.text : "";
+        f.n_token_ids = (size_t)r->g.n_out, f.token_ids = r->g.out;
+    }
+    Glmtp__GenerateResponse g = GLMTP__GENERATE_RESPONSE__INIT;
+    g.request_id = r->id, g.body_case = GLMTP__GENERATE_RESPONSE__BODY_FINAL, g.final = &f;
+    send_response(l, r->conn, &g);
+}
+
+static void sreq_free(sreq *r) {
+    free(r->g.kv.table);
+    gen_request_free(&r->g);
+    free(r->id);
+    free(r->stop_ids);
+    free(r);
+}
+
+/* ---- intake: a GenerateRequest becomes a request, through the JSONL parser ---- */
+
+/* The scheduler's requests, running then waiting, are sreqs (sched_req first). */
+static sreq *find_id(srv_loop *l, const char *id) {
+    for (int i = 0; i < l->q.n_run; i++)
+        if (strcmp(((sreq *)l->q.run[i])->id, id) == 0) return (sreq *)l->q.run[i];
+    for (int i = 0; i < l->q.n_wait; i++)
+        if (strcmp(((sreq *)l->q.wait[i])->id, id) == 0) return (sreq *)l->q.wait[i];
+    return NULL;
+}
+
+/* Validates and queues req; answers the client itself on error. */
+static void intake(srv_loop *l, int conn, const Glmtp__GenerateRequest *pr) {
+    const char *id = pr->request_id ? pr->request_id : "";
+    char msg[1200];
+    if (!id[0]) {
+        send_error(l, conn, id, GLMTP__ERROR__CODE__INVALID_REQUEST, "field 'request_id': missing or empty");
+        return;
+    }
+    if (find_id(l, id)) {
+        snprintf(msg, sizeof msg, "request '%s': field 'request_id': already in use", id);
+        send_error(l, conn, id, GLMTP__ERROR__CODE__INVALID_REQUEST, msg);
+        return;
+    }
+    if ((pr->has_temperature && !isfinite(pr->temperature)) || (pr->has_top_p && !isfinite(pr->top_p))) {
+        snprintf(msg, sizeof msg, "request '%s': field '%s': must be a finite number", id,
+                 pr->has_temperature && !isfinite(pr->temperature) ? "temperature" : "top_p");
+        send_error(l, conn, id, GLMTP__ERROR__CODE__INVALID_REQUEST, msg);
+        return;
+    }
+    cJSON *o = cJSON_CreateObject();
+    if (pr->input_case == GLMTP__GENERATE_REQUEST__INPUT_TEXT) {
+        cJSON_AddStringToObject(o, "prompt", pr->text ? pr->text : "");
+    } else if (pr->input_case == GLMTP__GENERATE_REQUEST__INPUT_CHAT) {
+        cJSON *a = cJSON_AddArrayToObject(o, "messages");
+        for (size_t i = 0; pr->chat && i < pr->chat->n_messages; i++) {
+            const Glmtp__ChatMessage *m = pr->chat->messages[i];
+            cJSON *mo = cJSON_CreateObject();
+            if (m->role) cJSON_AddStringToObject(mo, "role", m->role);
+            cJSON_AddStringToObject(mo, "content", m->content ? m->content : "");
+            if (m->metadata && m->metadata[0]) cJSON_AddStringToObject(mo, "metadata", m->metadata);
+            cJSON_AddItemToArray(a, mo);
+        }
+    } else if (pr->input_case == GLMTP__GENERATE_REQUEST__INPUT_TOKEN_IDS) {
+        cJSON *a = cJSON_AddArrayToObject(o, "input_ids");
+        for (size_t i = 0; pr->token_ids && i < pr->token_ids->n_ids; i++)
+            cJSON_AddItemToArray(a, cJSON_CreateNumber(pr->token_ids->ids[i]));
+    }
+    if (pr->has_temperature) cJSON_AddNumberToObject(o, "temperature", pr->temperature);
+    if (pr->has_top_p) cJSON_AddNumberToObject(o, "top_p", pr->top_p);
+    if (pr->has_top_k) cJSON_AddNumberToObject(o, "top_k", pr->top_k);
+    if (pr->has_seed) cJSON_AddNumberToObject(o, "seed", (double)pr->seed);
+    if (pr->has_max_new_tokens) cJSON_AddNumberToObject(o, "max_new_tokens", pr->max_new_tokens);
+    if (pr->n_stop) {
+        cJSON *a = cJSON_AddArrayToObject(o, "stop");
+        for (size_t i = 0; i < pr->n_stop; i++) cJSON_AddItemToArray(a, cJSON_CreateString(pr->stop[i]));
+    }
+    char *text = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (!text) abort();
+    req_line line;
+    req_parse(l->ctx, text, strlen(text), 1, &line);
+    free(text);
+    for (size_t i = 0; !line.error && i < pr->n_stop_ids; i++)
+        if (pr->stop_ids[i] < 0 || pr->stop_ids[i] >= l->ctx->n_vocab) {
+            snprintf(msg, sizeof msg, "line 1: field 'stop_ids[%zu]': must be a token id in [0, %d)", i, l->ctx->n_vocab);
+            line.error = strdup(msg);
+        }
+    if (!line.error && !gen_fits(l->q.e, line.g.n_prompt, line.g.max_new)) {
+        snprintf(msg, sizeof msg, "line 1: prompt of %d tokens plus max_new_tokens %d needs more KV blocks than the "
+                 "server has (%d of %d tokens; --kv-tokens)", line.g.n_prompt, line.g.max_new,
+                 l->q.e->blocks.n_blocks, l->q.e->blocks.block_size);
+        line.error = strdup(msg);
+    }
+    if (line.error) { /* "line 1: field ...": name the request instead */
+        snprintf(msg, sizeof msg, "request '%s': %s", id, strncmp(line.error, "line 1: ", 8) ? line.error : line.error + 8);
+        send_error(l, conn, id, GLMTP__ERROR__CODE__INVALID_REQUEST, msg);
+        req_line_free(&line);
+        return;
+    }
+    sreq *r = calloc(1, sizeof *r);
+    if (!r || !(r->id = strdup(id))) abort();
+    r->g = line.g;
+    memset(&line.g, 0, sizeof line.g);
+    req_line_free(&line);
+    r->g.rng = r->g.seed;
+    r->conn = conn, r->stream = pr->has_stream && pr->stream;
+    if (pr->n_stop_ids) {
+        r->stop_ids = malloc(sizeof(int) * pr->n_stop_ids);
+        if (!r->stop_ids) abort();
+        for (size_t i = 0; i < pr->n_stop_ids; i++) r->stop_ids[i] = pr->stop_ids[i];
+    }
+    r->s = (sched_req){.g = &r->g, .name = r->id, .stop_ids = r->stop_ids, .n_stop_ids = (int)pr->n_stop_ids};
+    sched_add(&l->q, &r->s);
+}
+
+static void on_items(srv_loop *l, srv_item *items) {
+    for (srv_item *it = items, *nx; it; it = nx) {
+        nx = it->next;
+        if (it->kind == SRV_NEW) {
+            intake(l, it->conn, it->req);
+        } else if (it->kind == SRV_CANCEL) {
+            sreq *r = find_id(l, it->id);
+            if (r) r->cancel = 1;
+            Glmtp__CancelReply c = GLMTP__CANCEL_REPLY__INIT;
+            c.request_id = it->id, c.has_found = 1, c.found = r != NULL;
+            Glmtp__ServerMessage m = GLMTP__SERVER_MESSAGE__INIT;
+            m.msg_case = GLMTP__SERVER_MESSAGE__MSG_CANCEL, m.cancel = &c;
+            push_frame(l, it->conn, &m);
+        } else if (it->kind == SRV_GONE) {
+            sched_req **lists[2] = {l->q.run, l->q.wait};
+            int ns[2] = {l->q.n_run, l->q.n_wait};
+            for (int w = 0; w < 2; w++)
+                for (int i = 0; i < ns[w]; i++) {
+                    sreq *r = (sreq *)lists[w][i];
+                    if (r->conn == it->conn) r->cancel = 1, r->conn_gone = 1;
+                }
+        }
+        srv_item_free(it);
+    }
+}
+
+/* Ends every request marked cancelled (all of them with reason when all != 0). */
+static void reap(srv_loop *l, int all, const char *reason) {
+    for (int waiting = 0; waiting < 2; waiting++) { /* running, then waiting */
+        for (int i = (waiting ? l->q.n_wait : l->q.n_run) - 1; i >= 0; i--) {
+            sreq *r = (sreq *)(waiting ? l->q.wait : l->q.run)[i];
+            if (!all && !r->cancel) continue;
+            sched_remove(&l->q, &r->s);
+            send_final(l, r, all ? reason : "cancelled");
+            sreq_free(r);
+        }
+    }
+}
+
+static void publish(srv_loop *l) {
+    server *s = l->s;
+    const sched *q = &l->q;
+    pthread_mutex_lock(&s->mu);
+    s->stats.queue_depth = q->n_wait, s->stats.running = q->n_run;
+    s->stats.kv_free = q->e->blocks.n_free, s->stats.kv_used = q->e->blocks.n_blocks - q->e->blocks.n_free;
+    s->stats.tokens_per_s = q->tps, s->stats.steps = q->steps, s->stats.preemptions = q->preemptions;
+    s->stats.generated = q->generated, s->stats.n_ranks = q->e->comm->size;
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* ---- the scheduler's hooks ---- */
+
+/* One JSON line: step number, its wall time, tokens, and per request
+ * [id, tokens in this step, tokens in its KV after it, "p"refill or "d"ecode]. */
+static void log_step(void *user, const sched_plan *p, double dt) {
+    srv_loop *l = user;
+    FILE *f = l->s->step_log;
+    if (!f) return;
+    fprintf(f, "{\"step\":%ld,\"ms\":%.3f,\"tokens\":%d,\"seqs\":[", l->q.steps, dt * 1e3, p->tokens);
+    for (int i = 0; i < p->n; i++)
+        fprintf(f, "%s[\"%s\",%d,%d,\"%s\"]", i ? "," : "", p->req[i]->name, p->chunk[i], p->req[i]->n_fed,
+                p->req[i]->n_fed - p->chunk[i] >= p->req[i]->g->n_prompt ? "d" : "p");
+    fprintf(f, "]}\n");
+    fflush(f);
+}
+
+static void on_token(void *user, sched_req *s) {
+    sreq *r = (sreq *)s;
+    if (r->stream) send_delta(user, r, 0);
+}
+
+static void on_finish(void *user, sched_req *s) {
+    sreq *r = (sreq *)s;
+    send_final(user, r, r->g.finish);
+    sreq_free(r);
+}
+
+void srv_sched_run(server *s, engine *e, const tokenizer *tok, const req_context *ctx, const srv_sched_options *o) {
+    srv_loop l = {.s = s, .ctx = ctx};
+    gen_options go = {0};
+    sched_hooks h = {on_token, on_finish, log_step, &l};
+    sched_init(&l.q, e, tok, &go, &h);
+    publish(&l);
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        if (!s->in_head && !s->stopping && l.q.n_run + l.q.n_wait == 0) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += o->idle_keepalive_s;
+            int w = pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+            if (w == ETIMEDOUT && !s->in_head && !s->stopping) {
+                pthread_mutex_unlock(&s->mu);
+                engine_keepalive(e);
+                continue;
+            }
+        }
+        srv_item *items = s->in_head;
+        s->in_head = s->in_tail = NULL;
+        s->n_in = 0;
+        int stopping = s->stopping;
+        pthread_mutex_unlock(&s->mu);
+        on_items(&l, items);
+        if (stopping) {
+            reap(&l, 1, "shutdown");
+            publish(&l);
+            break;
+        }
+        reap(&l, 0, NULL);
+        sched_step(&l.q, o->step_tokens);
+        publish(&l);
+    }
+    pthread_mutex_lock(&s->mu);
+    s->sched_done = 1;
+    pthread_mutex_unlock(&s->mu);
+    if (write(s->wake[1], "x", 1) < 0) { /* the pipe is non-blocking: full means already woken */
+    }
+    sched_free(&l.q);
+}

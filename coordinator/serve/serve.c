@@ -1,0 +1,189 @@
+/* glmtp serve: the protobuf socket server (see serve.h for its parts).
+ * Every rank loads its shard; rank 0 also listens, runs the network thread and
+ * drives the steps; the other ranks follow. SIGTERM/SIGINT: the handler writes
+ * a byte to a pipe; the network thread stops accepting, the scheduler answers
+ * every request left with finish_reason "shutdown", then all ranks exit 0. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../../proto/wire.h"
+#include "../../worker/util.h"
+#include "../base/args.h"
+#include "../base/commands.h"
+#include "../text/chat_template.h"
+#include "serve.h"
+
+/* The handler's only way out: the write end of the server's signal pipe. */
+static int sig_fd = -1;
+
+static void on_signal(int sig) {
+    (void)sig;
+    int saved = errno;
+    if (sig_fd >= 0 && write(sig_fd, "s", 1) < 0) {
+    }
+    errno = saved;
+}
+
+static int nonblocking_pipe(int p[2], char *err, size_t errlen) {
+    if (pipe(p) < 0) {
+        snprintf(err, errlen, "serve: pipe: %s", strerror(errno));
+        return -1;
+    }
+    for (int i = 0; i < 2; i++) {
+        int fl = fcntl(p[i], F_GETFL);
+        if (fl < 0 || fcntl(p[i], F_SETFL, fl | O_NONBLOCK) < 0) {
+            snprintf(err, errlen, "serve: fcntl on a pipe: %s", strerror(errno));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+typedef struct serve_cli {
+    const char *dir, *listen, *token_file, *tok_path, *device, *comm_kind, *step_log;
+    int threads, block_size, step_tokens, kv_tokens, max_queue, keepalive;
+    double mem_util;
+    long max_frame;
+    req_defaults d;
+} serve_cli;
+
+static int parse_cli(comm *c, serve_cli *o, int argc, char **argv) {
+    args a;
+    args_init(&a, argc, argv);
+    memset(o, 0, sizeof *o);
+    o->dir = args_str(&a, "--model", NULL);
+    req_defaults_load(&o->d, o->dir ? o->dir : ".");
+    o->listen = args_str(&a, "--listen", "127.0.0.1:7070");
+    o->token_file = args_str(&a, "--auth-token-file", NULL);
+    o->tok_path = args_str(&a, "--tokenizer", NULL);
+    o->step_log = args_str(&a, "--step-log", NULL);
+    o->d.max_new = (int)args_int(&a, "--max-new-tokens", o->d.max_new, 1, 1 << 30);
+    o->d.temperature = (float)args_num(&a, "--temperature", o->d.temperature, 0.0, 1e4);
+    o->d.top_p = (float)args_num(&a, "--top-p", o->d.top_p, 1e-9, 1.0);
+    o->d.top_k = (int)args_int(&a, "--top-k", o->d.top_k, 0, 1 << 30);
+    o->d.seed = (uint64_t)args_int(&a, "--seed", 0, 0, 2147483647L);
+    o->threads = (int)args_int(&a, "--threads", 0, 0, 1024);
+    o->device = args_str(&a, "--device", "cpu");
+    o->comm_kind = args_str(&a, "--comm", NULL);
+    o->block_size = (int)args_int(&a, "--block-size", 16, 1, 1 << 20);
+    o->step_tokens = (int)args_int(&a, "--step-tokens", 512, 1, 1 << 24);
+    o->kv_tokens = (int)args_int(&a, "--kv-tokens", 0, 0, 1 << 30); /* 0: from GPU memory (65536 on CPU) */
+    o->mem_util = args_num(&a, "--gpu-memory-utilization", ENGINE_GPU_MEM_UTIL, 0.01, 1.0);
+    o->max_queue = (int)args_int(&a, "--max-queue", 256, 1, 1 << 20);
+    o->max_frame = args_int(&a, "--max-frame", WIRE_MAX_FRAME_DEFAULT, 64, 1L << 30);
+    o->keepalive = (int)args_int(&a, "--keepalive", 30, 1, 3600);
+    int rc = 0;
+    if (!a.failed && !o->dir) snprintf(a.err, sizeof a.err, "--model DIR is required"), a.failed = 1;
+    if (args_finish(&a)) {
+        engine_error(c, "serve: %s", a.err);
+        rc = 1;
+    }
+    args_free(&a);
+    return rc;
+}
+
+/* The token from the file, trailing whitespace dropped. NULL and err on failure. */
+static char *read_token(const char *path, char *err, size_t errlen) {
+    size_t len;
+    char e2[512];
+    char *t = util_read_file(path, &len, e2, sizeof e2);
+    if (!t) {
+        snprintf(err, errlen, "serve: --auth-token-file: %s", e2);
+        return NULL;
+    }
+    while (len && (t[len - 1] == '\n' || t[len - 1] == '\r' || t[len - 1] == ' ')) t[--len] = 0;
+    if (len == 0 || strlen(t) != len) {
+        snprintf(err, errlen, "serve: --auth-token-file %s: empty, or holds a NUL byte", path);
+        free(t);
+        return NULL;
+    }
+    return t;
+}
+
+int cmd_serve(comm *c, int argc, char **argv) {
+    if (engine_check_args(c, argc, argv)) return 1;
+    serve_cli o;
+    if (parse_cli(c, &o, argc, argv)) return 1;
+    server s;
+    memset(&s, 0, sizeof s);
+    s.listen_fd = -1, s.wake[0] = s.wake[1] = s.sig[0] = s.sig[1] = -1;
+    tokenizer *tok = NULL;
+    char *preamble = NULL, err[2048] = "";
+    glm_config cfg;
+    int failed = 0;
+    if (c->rank == 0) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/tokenizer.model", o.dir);
+        const char *tp = o.tok_path ? o.tok_path : path;
+        if (config_load(&cfg, o.dir, err, sizeof err)) failed = 1;
+        else if ((o.tok_path || access(tp, F_OK) == 0) && tok_load(&tok, tp, err, sizeof err)) failed = 1;
+        else if (o.token_file && !(s.token = read_token(o.token_file, err, sizeof err))) failed = 1;
+        else if ((s.listen_fd = wire_listen(o.listen, &s.loopback, err, sizeof err)) < 0) failed = 1;
+        else if (!s.loopback && !s.token) {
+            snprintf(err, sizeof err, "serve: --listen %s is not a loopback address: give --auth-token-file FILE", o.listen);
+            failed = 1;
+        } else if (nonblocking_pipe(s.wake, err, sizeof err) || nonblocking_pipe(s.sig, err, sizeof err))
+            failed = 1;
+        else if (o.step_log && !(s.step_log = fopen(o.step_log, "w"))) {
+            snprintf(err, sizeof err, "serve: --step-log %s: %s", o.step_log, strerror(errno));
+            failed = 1;
+        }
+        if (failed) engine_error(c, "%s", err);
+        sig_fd = s.sig[1];
+    }
+    /* Every rank: a TERM forwarded by mpirun must not kill the followers; rank 0 ends them. */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGTERM, &sa, NULL) < 0 || sigaction(SIGINT, &sa, NULL) < 0 || signal(SIGPIPE, SIG_IGN) == SIG_ERR) {
+        engine_error(c, "serve: sigaction: %s", strerror(errno));
+        failed = 1;
+    }
+    int rc = 1;
+    engine e = {0};
+    if (comm_first_failed(c, failed) >= 0) goto done;
+    if (engine_open(&e, c, o.dir, o.kv_tokens, o.block_size, o.threads, o.device, o.comm_kind, o.mem_util)) goto done;
+    if (c->rank != 0) {
+        engine_follow(&e);
+        rc = 0;
+        goto done;
+    }
+    preamble = chat_tool_preamble(o.dir);
+    req_context ctx = {&o.d, tok, preamble, cfg.seq_len, tok ? tok_n_total(tok) : cfg.vocab};
+    if (ctx.n_vocab > cfg.vocab) ctx.n_vocab = cfg.vocab;
+    s.max_frame = (uint32_t)o.max_frame, s.max_queue = o.max_queue;
+    if (pthread_mutex_init(&s.mu, NULL) || pthread_cond_init(&s.cv, NULL)) {
+        engine_error(c, "serve: pthread_mutex_init/pthread_cond_init failed");
+        engine_finish(&e);
+        goto done;
+    }
+    pthread_t th;
+    int pe = pthread_create(&th, NULL, srv_net_main, &s);
+    if (pe) {
+        engine_error(c, "serve: pthread_create of the network thread: %s", strerror(pe));
+        engine_finish(&e);
+        goto done;
+    }
+    fprintf(stderr, "glmtp: serve: listening on %s (pid %d, %d ranks, %d KV blocks of %d)\n", o.listen, (int)getpid(),
+            c->size, e.blocks.n_blocks, e.blocks.block_size);
+    srv_sched_options so = {o.step_tokens, o.keepalive};
+    srv_sched_run(&s, &e, tok, &ctx, &so);
+    pthread_join(th, NULL);
+    engine_finish(&e);
+    fprintf(stderr, "glmtp: serve: stopped\n");
+    rc = 0;
+done:
+    if (c->rank == 0 && !failed && strncmp(o.listen, "unix:", 5) == 0) unlink(o.listen + 5);
+    if (s.listen_fd >= 0) close(s.listen_fd);
+    if (s.step_log) fclose(s.step_log);
+    free(s.token);
+    free(preamble);
+    tok_free(tok);
+    engine_close(&e);
+    return rc;
+}
