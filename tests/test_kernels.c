@@ -756,6 +756,90 @@ static void test_attention_case(int n_kv, int q_per_kv, int d) {
 #undef VAT
 }
 
+/* Long contexts: keys past one tile of the tiled CPU kernel (64), query tiles of
+ * many tokens, a chunk whose rows end at different keys, and a decode token
+ * over history stored in an earlier step. Block size 16, blocks in reverse
+ * order. Step 1: seq 1 positions 0..149. Step 2: seq 1 decodes position 150,
+ * then seq 0 prefills positions 0..199 in one chunk. */
+static void test_attention_long(int n_kv, int q_per_kv, int d) {
+    enum { LBS = 16, LMAXB = 13, L0 = 200, L1 = 151 };
+    int n_q = n_kv * q_per_kv, kvw = n_kv * d, qw = n_q * d, ld = qw + 2 * kvw;
+    int32_t tables[2 * LMAXB];
+    for (int i = 0; i < 2 * LMAXB; i++) tables[i] = 2 * LMAXB - 1 - i;
+    int lens[2] = {L0, L1};
+    float *Q[2], *Kx[2], *Vx[2];
+    for (int s = 0; s < 2; s++) {
+        Q[s] = xmalloc((size_t)lens[s] * qw * 4), Kx[s] = xmalloc((size_t)lens[s] * kvw * 4);
+        Vx[s] = xmalloc((size_t)lens[s] * kvw * 4);
+        fill_normal(Q[s], (size_t)lens[s] * qw, 1.5f);
+        fill_normal(Kx[s], (size_t)lens[s] * kvw, 1.0f);
+        fill_normal(Vx[s], (size_t)lens[s] * kvw, 1.0f);
+    }
+    size_t cache_n = (size_t)2 * LMAXB * LBS * kvw;
+    float *zero = xmalloc(cache_n * 4);
+    for (size_t i = 0; i < cache_n; i++) zero[i] = POISON;
+    void *kc = dev_copy(zero, cache_n * 4), *vc = dev_copy(zero, cache_n * 4), *dt = dev_copy(tables, sizeof tables);
+    tok steps[2][L0 + 1];
+    int n_steps[2] = {0, 0};
+    for (int p = 0; p < L1 - 1; p++) steps[0][n_steps[0]++] = (tok){1, p};
+    steps[1][n_steps[1]++] = (tok){1, L1 - 1};
+    for (int p = 0; p < L0; p++) steps[1][n_steps[1]++] = (tok){0, p};
+    for (int step = 0; step < 2; step++) {
+        int T = n_steps[step], max_pos = 0;
+        const tok *tk = steps[step];
+        float *qkv = xmalloc((size_t)T * ld * 4);
+        int32_t *pos = xmalloc((size_t)T * 4), *seq = xmalloc((size_t)T * 4), *slots = xmalloc((size_t)T * 4);
+        for (int t = 0; t < T; t++) {
+            int s = tk[t].s, p = tk[t].p;
+            memcpy(qkv + (size_t)t * ld, Q[s] + (size_t)p * qw, (size_t)qw * 4);
+            memcpy(qkv + (size_t)t * ld + qw, Kx[s] + (size_t)p * kvw, (size_t)kvw * 4);
+            memcpy(qkv + (size_t)t * ld + qw + kvw, Vx[s] + (size_t)p * kvw, (size_t)kvw * 4);
+            pos[t] = p, seq[t] = s, slots[t] = tables[s * LMAXB + p / LBS] * LBS + p % LBS;
+            if (p > max_pos) max_pos = p;
+        }
+        void *dqkv = dev_copy(qkv, (size_t)T * ld * 4), *dpos = dev_copy(pos, (size_t)T * 4),
+             *dseq = dev_copy(seq, (size_t)T * 4), *dslots = dev_copy(slots, (size_t)T * 4);
+        kattn_batch b = {T, dpos, dseq, dslots, dt, LMAXB, LBS, max_pos, NULL, NULL, 0};
+        K_->kv_store(kb.ctx, kc, vc, (float *)dqkv + qw, (float *)dqkv + qw + kvw, ld, kvw, &b);
+        double scale = 1.0 / sqrt((double)d), *want = xmalloc((size_t)T * qw * sizeof(double));
+        double *sc = xmalloc(sizeof(double) * L0);
+        for (int t = 0; t < T; t++) {
+            int s = tk[t].s, p = tk[t].p;
+            for (int h = 0; h < n_q; h++) {
+                int g = h / q_per_kv;
+                const float *qv = Q[s] + (size_t)p * qw + (size_t)h * d;
+                double mx = -INFINITY, sum = 0.0;
+                for (int u = 0; u <= p; u++) {
+                    double dot = 0.0;
+                    for (int i = 0; i < d; i++) dot += (double)qv[i] * Kx[s][(size_t)u * kvw + (size_t)g * d + i];
+                    sc[u] = dot * scale;
+                    if (sc[u] > mx) mx = sc[u];
+                }
+                for (int u = 0; u <= p; u++) sum += (sc[u] = exp(sc[u] - mx));
+                for (int i = 0; i < d; i++) {
+                    double o = 0.0;
+                    for (int u = 0; u <= p; u++) o += sc[u] / sum * Vx[s][(size_t)u * kvw + (size_t)g * d + i];
+                    want[(size_t)t * qw + (size_t)h * d + i] = o;
+                }
+            }
+        }
+        void *dout = K_->alloc(kb.ctx, (size_t)T * qw * 4);
+        K_->attention(kb.ctx, dout, dqkv, ld, kc, vc, &b, n_q, n_kv, q_per_kv, d, (float)scale);
+        float *got = xmalloc((size_t)T * qw * 4);
+        K_->to_host(kb.ctx, got, dout, (size_t)T * qw * 4);
+        char name[128];
+        snprintf(name, sizeof name, "attention long step %d n_kv=%d q_per_kv=%d d=%d T=%d max_pos=%d", step + 1,
+                 n_kv, q_per_kv, d, T, max_pos);
+        check(name, got, want, (size_t)T * qw, 2e-5, 1e-4);
+        K_->free(kb.ctx, dqkv), K_->free(kb.ctx, dpos), K_->free(kb.ctx, dseq), K_->free(kb.ctx, dslots);
+        K_->free(kb.ctx, dout);
+        free(qkv), free(pos), free(seq), free(slots), free(want), free(sc), free(got);
+    }
+    K_->free(kb.ctx, kc), K_->free(kb.ctx, vc), K_->free(kb.ctx, dt);
+    for (int s = 0; s < 2; s++) free(Q[s]), free(Kx[s]), free(Vx[s]);
+    free(zero);
+}
+
 static void test_attention(void) {
     test_attention_case(1, 2, 16);
     test_attention_case(2, 4, 16);
@@ -763,6 +847,9 @@ static void test_attention(void) {
     test_attention_case(2, 2, 16);
     test_attention_case(2, 16, 128); /* GLM-4-9B chat shapes, tp = 1 */
     test_attention_case(1, 1, 5);    /* MHA, odd head dim */
+    test_attention_long(2, 2, 16);   /* 32-token query tiles */
+    test_attention_long(2, 16, 128); /* 4-token query tiles, GLM-4-9B head shapes */
+    test_attention_long(1, 96, 8);   /* more heads per group than a tile's rows */
 }
 
 /* -------------------------------------------------------------------- main */

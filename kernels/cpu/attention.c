@@ -1,4 +1,4 @@
-/* Causal GQA attention over the paged KV cache, CPU reference. One code path for
+/* Causal GQA attention over the paged KV cache on the CPU. One code path for
  * prefill and decode: every token reads its sequence's K/V through the block
  * table, so a prefill token and a decode token differ only in how many positions
  * they see. Cache elements are fp32. */
@@ -23,45 +23,124 @@ void cpu_kv_store(void *ctx, void *kcache, void *vcache, const void *k, const vo
     }
 }
 
+/* Attention in tiles, flash style: a tile is up to ROWS query rows (consecutive
+ * tokens of one sequence x the q_per_kv heads of one KV group) against TK keys
+ * at a time, with an online softmax, so each K/V row is read once per tile
+ * instead of once per query head and token, and the inner loops run over
+ * contiguous keys (scores) or head dims (values), which the compiler
+ * vectorises. Causality is per row: a token sees positions <= its own. */
+enum { TK = 64, ROWS = 64 };
+
+typedef struct attn_tile {
+    int t0, nt, g; /* tokens [t0, t0 + nt) of one sequence, KV group g */
+} attn_tile;
+
+/* Splits the step's tokens into runs of one sequence, each run into tiles of
+ * at most ROWS / q_per_kv tokens (at least one), times every KV group.
+ * Returns the count; *out is malloc'ed (caller frees). */
+static int plan_tiles(const kattn_batch *b, int n_kv, int q_per_kv, attn_tile **out) {
+    int T = b->n_tokens, per = ROWS / q_per_kv > 0 ? ROWS / q_per_kv : 1, n = 0, cap = 0;
+    attn_tile *tl = NULL;
+    for (int t = 0; t < T;) {
+        int e = t + 1;
+        while (e < T && e - t < per && b->seq[e] == b->seq[t]) e++;
+        for (int g = 0; g < n_kv; g++) {
+            if (n == cap) {
+                cap = cap ? 2 * cap : 64;
+                tl = realloc(tl, sizeof *tl * (size_t)cap);
+                if (!tl) abort();
+            }
+            tl[n++] = (attn_tile){t, e - t, g};
+        }
+        t = e;
+    }
+    *out = tl;
+    return n;
+}
+
+typedef struct attn_scratch {
+    float *q;     /* [rows, d] scaled queries */
+    float *kt;    /* [d, TK] keys, transposed */
+    float *vt;    /* [TK, d] values */
+    float *s;     /* [rows, TK] scores, then probabilities */
+    float *o;     /* [rows, d] unnormalised output */
+    float *m, *l; /* [rows] running max and sum */
+} attn_scratch;
+
+static void tile_run(const attn_tile *tile, attn_scratch *w, float *out, const float *q, int ld_q, const float *K,
+                     const float *V, const kattn_batch *b, int n_q, int n_kv, int q_per_kv, int d, float scale) {
+    int R = tile->nt * q_per_kv, s_id = b->seq[tile->t0], maxp = 0;
+    for (int r = 0; r < R; r++) {
+        int t = tile->t0 + r / q_per_kv, h = tile->g * q_per_kv + r % q_per_kv;
+        const float *qv = q + (size_t)t * ld_q + (size_t)h * d;
+        for (int i = 0; i < d; i++) w->q[(size_t)r * d + i] = qv[i] * scale;
+        for (int i = 0; i < d; i++) w->o[(size_t)r * d + i] = 0.0f;
+        w->m[r] = -INFINITY, w->l[r] = 0.0f;
+        if (b->pos[t] > maxp) maxp = b->pos[t];
+    }
+    for (int k0 = 0; k0 <= maxp; k0 += TK) {
+        int nk = maxp + 1 - k0 < TK ? maxp + 1 - k0 : TK;
+        for (int j = 0; j < nk; j++) {
+            size_t row = (slot_of(b, s_id, k0 + j) * n_kv + tile->g) * d;
+            for (int i = 0; i < d; i++) w->kt[(size_t)i * TK + j] = K[row + i];
+            memcpy(w->vt + (size_t)j * d, V + row, sizeof(float) * d);
+        }
+        for (int r = 0; r < R; r++) {
+            int lim = b->pos[tile->t0 + r / q_per_kv] - k0 + 1;
+            if (lim <= 0) continue; /* this row's keys are all behind it */
+            if (lim > nk) lim = nk;
+            float *sr = w->s + (size_t)r * TK, *qr = w->q + (size_t)r * d, *orow = w->o + (size_t)r * d;
+            for (int j = 0; j < lim; j++) sr[j] = 0.0f;
+            for (int i = 0; i < d; i++) {
+                float qi = qr[i];
+                const float *kr = w->kt + (size_t)i * TK;
+#pragma omp simd
+                for (int j = 0; j < lim; j++) sr[j] += qi * kr[j];
+            }
+            float mx = w->m[r];
+            for (int j = 0; j < lim; j++) mx = sr[j] > mx ? sr[j] : mx;
+            float corr = expf(w->m[r] - mx), sum = 0.0f;
+            for (int j = 0; j < lim; j++) {
+                sr[j] = expf(sr[j] - mx);
+                sum += sr[j];
+            }
+            w->l[r] = w->l[r] * corr + sum, w->m[r] = mx;
+            for (int i = 0; i < d; i++) orow[i] *= corr;
+            for (int j = 0; j < lim; j++) {
+                float pj = sr[j];
+                const float *vr = w->vt + (size_t)j * d;
+#pragma omp simd
+                for (int i = 0; i < d; i++) orow[i] += pj * vr[i];
+            }
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        int t = tile->t0 + r / q_per_kv, h = tile->g * q_per_kv + r % q_per_kv;
+        float *o = out + (size_t)t * n_q * d + (size_t)h * d, inv = 1.0f / w->l[r];
+        for (int i = 0; i < d; i++) o[i] = w->o[(size_t)r * d + i] * inv;
+    }
+}
+
 void cpu_attention(void *ctx, void *out, const void *q, int ld_q, const void *kcache, const void *vcache,
                    const kattn_batch *b, int n_q, int n_kv, int q_per_kv, int d, float scale) {
     (void)ctx;
-    const float *K = kcache, *V = vcache;
-    int T = b->n_tokens;
-#pragma omp parallel
+    attn_tile *tiles;
+    int n_tiles = plan_tiles(b, n_kv, q_per_kv, &tiles);
+    int rows = ROWS > q_per_kv ? ROWS : q_per_kv; /* a tile holds at least one token */
+#pragma omp parallel if (n_tiles > 1)
     {
-        float *sc = malloc(sizeof(float) * (size_t)(b->max_pos + 1));
-        if (!sc) abort();
-#pragma omp for collapse(2) schedule(dynamic, 1)
-        for (int t = 0; t < T; t++) {
-            for (int h = 0; h < n_q; h++) {
-                const float *qv = (const float *)q + (size_t)t * ld_q + (size_t)h * d;
-                float *o = (float *)out + (size_t)t * n_q * d + (size_t)h * d;
-                int g = h / q_per_kv, s = b->seq[t], np = b->pos[t] + 1;
-                float mx = -INFINITY;
-                for (int p = 0; p < np; p++) {
-                    const float *kv = K + (slot_of(b, s, p) * n_kv + g) * d;
-                    float dot = 0.0f;
-                    for (int i = 0; i < d; i++) dot += qv[i] * kv[i];
-                    sc[p] = dot * scale;
-                    if (sc[p] > mx) mx = sc[p];
-                }
-                float sum = 0.0f;
-                for (int p = 0; p < np; p++) {
-                    sc[p] = expf(sc[p] - mx);
-                    sum += sc[p];
-                }
-                float inv = 1.0f / sum;
-                for (int i = 0; i < d; i++) o[i] = 0.0f;
-                for (int p = 0; p < np; p++) {
-                    const float *vv = V + (slot_of(b, s, p) * n_kv + g) * d;
-                    float w = sc[p] * inv;
-                    for (int i = 0; i < d; i++) o[i] += w * vv[i];
-                }
-            }
-        }
-        free(sc);
+        attn_scratch w;
+        size_t n = (size_t)rows * d * 2 + (size_t)d * TK * 2 + (size_t)rows * TK + 2 * (size_t)rows;
+        float *mem = malloc(sizeof(float) * n);
+        if (!mem) abort();
+        w.q = mem, w.o = w.q + (size_t)rows * d, w.kt = w.o + (size_t)rows * d, w.vt = w.kt + (size_t)d * TK;
+        w.s = w.vt + (size_t)d * TK, w.m = w.s + (size_t)rows * TK, w.l = w.m + rows;
+#pragma omp for schedule(dynamic, 1)
+        for (int i = 0; i < n_tiles; i++)
+            tile_run(&tiles[i], &w, out, q, ld_q, kcache, vcache, b, n_q, n_kv, q_per_kv, d, scale);
+        free(mem);
     }
+    free(tiles);
 }
 
 /* On the CPU the two passes touch rows already in cache: no fused kernel. */
