@@ -99,9 +99,13 @@ static int load_chat(const char *path, Glmtp__ChatMessages *cm, cJSON **keep) {
 
 static void print_stats(const Glmtp__StatsReply *s) {
     printf("{\"queue_depth\":%d,\"running\":%d,\"kv_blocks_used\":%d,\"kv_blocks_free\":%d,\"tokens_per_s\":%.3f,"
-           "\"steps\":%ld,\"preemptions\":%ld,\"tokens_generated\":%ld,\"ranks\":%zu}\n",
+           "\"steps\":%ld,\"preemptions\":%ld,\"tokens_generated\":%ld,\"ranks\":%zu,"
+           "\"prefix_cache\":%s,\"prompt_tokens\":%lld,\"cached_tokens\":%lld,\"prefix_hit_rate\":%.4f,"
+           "\"kv_blocks_cached\":%d,\"kv_blocks_evicted\":%lld}\n",
            s->queue_depth, s->running, s->kv_blocks_used, s->kv_blocks_free, s->tokens_per_s, (long)s->steps,
-           (long)s->preemptions, (long)s->tokens_generated, s->n_rank_state);
+           (long)s->preemptions, (long)s->tokens_generated, s->n_rank_state, s->prefix_cache ? "true" : "false",
+           (long long)s->prompt_tokens, (long long)s->cached_tokens, s->prefix_hit_rate, s->kv_blocks_cached,
+           (long long)s->kv_blocks_evicted);
 }
 
 int main(int argc, char **argv) {
@@ -228,6 +232,8 @@ int main(int argc, char **argv) {
                 if (r->final->usage) {
                     cJSON_AddNumberToObject(u, "prompt_tokens", r->final->usage->prompt_tokens);
                     cJSON_AddNumberToObject(u, "completion_tokens", r->final->usage->completion_tokens);
+                    if (r->final->usage->has_cached_tokens)
+                        cJSON_AddNumberToObject(u, "cached_tokens", r->final->usage->cached_tokens);
                 }
                 rc = 0;
             } else {

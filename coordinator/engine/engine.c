@@ -205,7 +205,7 @@ int engine_open(engine *e, comm *c, const char *dir, int kv_tokens, int block_si
     e->kv = kv_create(e->m, n_blocks, block_size);
     e->fw = forward_create(e->m, e->kv);
     /* Agreed on, or the other ranks would wait in the first step for rank 0. */
-    int oom = c->rank == 0 && kv_blocks_init(&e->blocks, n_blocks, block_size);
+    int oom = c->rank == 0 && (kv_blocks_init(&e->blocks, n_blocks, block_size) || !(e->pc = pcache_create(&e->blocks)));
     if (comm_first_failed(c, oom) >= 0) {
         engine_error(c, "%s", c->rank == 0 ? "out of memory for the KV block pool"
                                            : "stopping: rank 0 is out of memory for the KV block pool");
@@ -234,6 +234,8 @@ int engine_open(engine *e, comm *c, const char *dir, int kv_tokens, int block_si
 
 void engine_close(engine *e) {
     if (e->comm && e->comm->rank == 0) kv_blocks_free(&e->blocks);
+    pcache_free(e->pc);
+    e->pc = NULL;
     forward_free(e->fw);
     if (e->m) kv_free(e->m, e->kv);
     model_free(e->m);

@@ -1,7 +1,8 @@
 /* engine.h: what every rank sets up before running steps: backend, this rank's
  * shard of the model, its KV cache, the forward pass; and on rank 0 the KV block
- * pool. Load errors are agreed on by all ranks so that every rank exits with
- * the message instead of some hanging in the first collective. */
+ * pool and its prefix cache. Load errors are agreed on by all ranks so that
+ * every rank exits with the message instead of some hanging in the first
+ * collective. */
 #ifndef GLMTP_ENGINE_H
 #define GLMTP_ENGINE_H
 
@@ -10,6 +11,7 @@
 #include "../../worker/forward.h"
 #include "../../worker/kvcache.h"
 #include "../../worker/model.h"
+#include "prefix_cache.h"
 
 typedef struct engine {
     comm *comm;
@@ -19,6 +21,7 @@ typedef struct engine {
     kv_cache *kv;
     glm_forward *fw;
     kv_blocks blocks; /* rank 0 only */
+    pcache *pc;       /* rank 0 only: the scheduler's view of blocks (prefix cache, on by default) */
 } engine;
 
 #define ENGINE_GPU_MEM_UTIL 0.90    /* --gpu-memory-utilization default, as vLLM's */

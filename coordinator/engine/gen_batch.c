@@ -19,6 +19,13 @@ static void progress(int done, int n, double t0, const sched *q, int final) {
         fprintf(stderr, "glmtp: generate: %d/%d requests done, %ld tokens generated, %.1f tokens/s, %.1f s\n", done,
                 n, q->generated, tps, dt);
     }
+    if (final && pcache_enabled(q->e->pc)) {
+        pcache_stats ps;
+        pcache_get_stats(q->e->pc, &ps);
+        fprintf(stderr, "glmtp: generate: prefix cache: %lld of %lld prompt tokens cached (hit rate %.1f%%), "
+                "%lld blocks evicted\n", ps.cached_tokens, ps.prompt_tokens,
+                ps.prompt_tokens ? 100.0 * (double)ps.cached_tokens / (double)ps.prompt_tokens : 0.0, ps.evictions);
+    }
     /* recomputed prompts cost time: say so, as vLLM warns */
     if (final && q->preemptions)
         fprintf(stderr, "glmtp: generate: %ld preemptions (KV pool full: requests freed their blocks and recomputed "

@@ -24,6 +24,7 @@ typedef struct gen_request {
     int n_stop;
     int strip_leading; /* drop whitespace before the first visible character (chat replies) */
     int ignore_eos;    /* keep going past the model's stop ids (benchmarks, tests) */
+    uint64_t content_hash; /* non-text content (images; 0 for text): part of every prefix-cache key */
     /* output */
     int *out; /* generated ids, stop token excluded */
     int n_out;
@@ -49,7 +50,8 @@ typedef struct gen_options {
     void *user;
 } gen_options;
 
-/* Whether a request of this size can ever be admitted into e's KV pool. */
+/* Whether a request of this size can ever be admitted into e's KV pool (every
+ * block counts: cached blocks nobody references are evictable). */
 int gen_fits(const engine *e, int n_prompt, int max_new);
 
 /* Appends sampled token id to r (text through tok when not NULL, o->on_text

@@ -10,13 +10,15 @@ void sched_init(sched *q, engine *e, const tokenizer *tok, const gen_options *go
     q->e = e, q->tok = tok, q->go = *go, q->hooks = *h;
     q->dcap = tok ? 3 * (tok_max_token_len(tok) + 4) : 16;
     q->dbuf = malloc(q->dcap + 1);
-    if (!q->dbuf) abort();
+    q->blk = malloc(sizeof(int) * (size_t)e->blocks.block_size);
+    if (!q->dbuf || !q->blk) abort();
 }
 
 void sched_free(sched *q) {
     free(q->run);
     free(q->wait);
     free(q->dbuf);
+    free(q->blk);
     memset(q, 0, sizeof *q);
 }
 
@@ -33,7 +35,7 @@ void sched_add(sched *q, sched_req *r) {
         q->wait = realloc(q->wait, sizeof(sched_req *) * (size_t)q->cap);
         if (!q->run || !q->wait) abort();
     }
-    r->arrival = ++q->arrivals, r->n_fed = 0, r->running = 0;
+    r->arrival = ++q->arrivals, r->n_fed = 0, r->running = 0, r->n_cached = 0, r->n_hashed = 0;
     q->wait[q->n_wait++] = r;
 }
 
@@ -42,7 +44,7 @@ void sched_remove(sched *q, sched_req *r) {
         if (q->run[i] == r) remove_at(q->run, &q->n_run, i--);
     for (int i = 0; i < q->n_wait; i++)
         if (q->wait[i] == r) remove_at(q->wait, &q->n_wait, i--);
-    kv_seq_release(&q->e->blocks, &r->g->kv);
+    pcache_release(q->e->pc, &r->g->kv);
 }
 
 static int known(const sched_req *r) { return r->g->n_prompt + r->g->n_out; }
@@ -50,12 +52,49 @@ static int token_at(const sched_req *r, int p) {
     return p < r->g->n_prompt ? r->g->prompt[p] : r->g->out[p - r->g->n_prompt];
 }
 
-/* Frees r's blocks and puts it back among the waiting, in arrival order. */
+/* ---- the prefix cache ---- */
+
+/* The key of r's block b (tokens into q->blk), chained on r->chain. */
+static uint64_t block_key(sched *q, const sched_req *r, int b) {
+    int bs = q->e->blocks.block_size;
+    for (int k = 0; k < bs; k++) q->blk[k] = token_at(r, b * bs + k);
+    return pcache_key(q->e->pc, r->chain, r->g->content_hash, q->blk);
+}
+
+/* r (no blocks yet) takes the cached blocks that start its known tokens, all
+ * but the last token; n_fed starts past them. Returns the tokens taken. */
+static int match_prefix(sched *q, sched_req *r) {
+    pcache *pc = q->e->pc;
+    int bs = q->e->blocks.block_size, max = (known(r) - 1) / bs;
+    r->n_hashed = 0, r->chain = PCACHE_ROOT;
+    for (int b = 0; b < max && pcache_enabled(pc); b++) {
+        uint64_t key = block_key(q, r, b);
+        int id = pcache_find(pc, key, r->chain, r->g->content_hash, q->blk);
+        if (id < 0) break;
+        pcache_take(pc, &r->g->kv, id);
+        r->chain = key, r->n_hashed++;
+    }
+    return r->n_fed = r->n_hashed * bs;
+}
+
+/* Registers r's blocks that its fed tokens have filled since the last call. */
+static void register_full(sched *q, sched_req *r) {
+    pcache *pc = q->e->pc;
+    int bs = q->e->blocks.block_size;
+    while (pcache_enabled(pc) && (r->n_hashed + 1) * bs <= r->n_fed) {
+        uint64_t key = block_key(q, r, r->n_hashed);
+        pcache_register(pc, r->g->kv.table[r->n_hashed], key, r->chain, r->g->content_hash, q->blk);
+        r->chain = key, r->n_hashed++;
+    }
+}
+
+/* Drops r's block references and puts it back among the waiting, in arrival
+ * order; its registered blocks stay cached, to be found again on readmission. */
 static void preempt(sched *q, int i) {
     sched_req *r = q->run[i];
     remove_at(q->run, &q->n_run, i);
-    kv_seq_release(&q->e->blocks, &r->g->kv);
-    r->n_fed = 0, r->running = 0;
+    pcache_release(q->e->pc, &r->g->kv);
+    r->n_fed = 0, r->running = 0, r->n_hashed = 0;
     int k = 0;
     while (k < q->n_wait && q->wait[k]->arrival < r->arrival) k++;
     memmove(q->wait + k + 1, q->wait + k, sizeof(sched_req *) * (size_t)(q->n_wait - k));
@@ -74,7 +113,7 @@ static int in_plan(const sched_plan *p, const sched_req *r) {
  * this step while the pool is short. Returns 1 if r is planned, 0 if r itself
  * was preempted. */
 static int reserve(sched *q, sched_plan *p, sched_req *r, int c) {
-    while (kv_seq_reserve(&q->e->blocks, &r->g->kv, r->n_fed + c)) {
+    while (pcache_reserve(q->e->pc, &r->g->kv, r->n_fed + c)) {
         int victim = -1;
         for (int i = q->n_run - 1; i >= 0 && victim < 0; i--)
             if (q->run[i] != r && !in_plan(p, q->run[i])) victim = i;
@@ -106,8 +145,15 @@ static void make_plan(sched *q, sched_plan *p, int budget) {
     }
     while (q->n_wait > 0 && p->tokens < budget) {
         sched_req *r = q->wait[0];
-        int left = known(r), c = left < budget - p->tokens ? left : budget - p->tokens;
-        if (kv_seq_reserve(&q->e->blocks, &r->g->kv, c)) break; /* FCFS: wait for blocks */
+        int cached = match_prefix(q, r);
+        int left = known(r) - cached, c = left < budget - p->tokens ? left : budget - p->tokens;
+        if (pcache_reserve(q->e->pc, &r->g->kv, cached + c)) { /* FCFS: wait for blocks */
+            pcache_release(q->e->pc, &r->g->kv);
+            r->n_fed = 0, r->n_hashed = 0;
+            break;
+        }
+        pcache_count(q->e->pc, known(r), cached);
+        r->n_cached = cached;
         remove_at(q->wait, &q->n_wait, 0);
         r->running = 1;
         q->run[q->n_run++] = r;
@@ -161,7 +207,10 @@ int sched_step(sched *q, int budget) {
     double t0 = util_now();
     engine_step_sample(q->e, &st, n_real, sp, sampled);
     step_free(&st);
-    for (int i = 0; i < p.n; i++) p.req[i]->n_fed += p.chunk[i];
+    for (int i = 0; i < p.n; i++) {
+        p.req[i]->n_fed += p.chunk[i];
+        register_full(q, p.req[i]);
+    }
     q->steps++;
     if (q->hooks.on_step) q->hooks.on_step(q->hooks.user, &p, util_now() - t0);
     for (int i = 0; i < n_logits; i++) {
@@ -178,7 +227,7 @@ int sched_step(sched *q, int budget) {
         if (q->run[i]->g->finish) {
             sched_req *r = q->run[i];
             remove_at(q->run, &q->n_run, i);
-            kv_seq_release(&q->e->blocks, &r->g->kv);
+            pcache_release(q->e->pc, &r->g->kv);
             q->hooks.on_finish(q->hooks.user, r);
         }
     free(rows);

@@ -9,7 +9,14 @@
  * freed and it waits again with prompt + generated tokens as what it has to
  * feed (recompute); its sampled tokens and RNG state stay, so outputs do not
  * change. Sampling is per request (own seed), so a request's tokens do not
- * depend on what it is batched with. */
+ * depend on what it is batched with.
+ *
+ * Blocks come from the engine's prefix cache (prefix_cache.h). On admission a
+ * request takes the cached blocks that start its known tokens (whole blocks,
+ * never the one holding its last token) and feeds only the rest: n_fed starts
+ * past them. After each step the blocks that became full are registered,
+ * prompt and generated tokens alike. Preemption, removal and finishing drop the
+ * request's references; its registered blocks stay cached until evicted. */
 #ifndef GLMTP_SCHED_H
 #define GLMTP_SCHED_H
 
@@ -25,6 +32,9 @@ typedef struct sched_req {
     int n_stop_ids;
     /* the scheduler's */
     int arrival, n_fed, running;
+    int n_cached;   /* tokens taken from the prefix cache at its last admission */
+    int n_hashed;   /* leading blocks of its table keyed in the cache's chain */
+    uint64_t chain; /* the key of block n_hashed - 1 (PCACHE_ROOT when none) */
 } sched_req;
 
 /* What a step planned: requests and how many tokens each feeds. */
@@ -54,13 +64,15 @@ typedef struct sched {
     double tps; /* sampled tokens per second, smoothed over steps */
     char *dbuf; /* detokenizer scratch, dcap bytes */
     size_t dcap;
+    int *blk; /* one block's token ids (block_size) */
 } sched;
 
 void sched_init(sched *q, engine *e, const tokenizer *tok, const gen_options *go, const sched_hooks *h);
 void sched_free(sched *q); /* the scheduler's own memory; requests still in it are the owner's */
 /* Queues r to wait for admission. r->g must fit the KV pool (gen_fits). */
 void sched_add(sched *q, sched_req *r);
-/* Takes r out (running or waiting), freeing its blocks; on_finish is not called. */
+/* Takes r out (running or waiting), dropping its block references; on_finish
+ * is not called. */
 void sched_remove(sched *q, sched_req *r);
 /* Plans, runs and samples one step of at most budget tokens. Returns 0 when
  * there was nothing to run. */

@@ -1,6 +1,8 @@
 /* glmtp chat: interactive multi-turn chat on rank 0's terminal, like
- * model.chat(history) in Python: the whole history is re-encoded each turn and
- * the reply streams as it is generated. Commands: /reset, /system TEXT, /exit. */
+ * model.chat(history) in Python: the whole history is re-encoded each turn
+ * (the prefix cache still holds its KV, so a turn feeds little more than the
+ * new message) and the reply streams as it is generated. Commands: /reset,
+ * /system TEXT, /exit. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,6 +95,7 @@ int cmd_chat(comm *c, int argc, char **argv) {
     const char *device = args_str(&a, "--device", "cpu"), *comm_kind = args_str(&a, "--comm", NULL);
     int kv_tokens = (int)args_int(&a, "--kv-tokens", 0, 0, 1 << 30); /* 0: from GPU memory (65536 on CPU) */
     double mem_util = args_num(&a, "--gpu-memory-utilization", ENGINE_GPU_MEM_UTIL, 0.01, 1.0);
+    int no_prefix_cache = args_flag(&a, "--no-prefix-cache");
     if (!a.failed && !dir) snprintf(a.err, sizeof a.err, "--model DIR is required"), a.failed = 1;
     int rc = args_finish(&a) ? 1 : 0;
     if (rc) engine_error(c, "chat: %s", a.err);
@@ -118,6 +121,7 @@ int cmd_chat(comm *c, int argc, char **argv) {
         rc = 0;
         goto done;
     }
+    pcache_set_enabled(e.pc, !no_prefix_cache); /* on: each turn feeds only what follows the cached history */
     int pool = e.kv->n_blocks * e.kv->block_size;
     int limit = e.m->cfg.seq_len < pool ? e.m->cfg.seq_len : pool;
     char *preamble = chat_tool_preamble(dir);

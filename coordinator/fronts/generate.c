@@ -17,7 +17,7 @@
 
 typedef struct gen_cli {
     const char *dir, *input, *output, *ids, *tok_path, *device, *comm_kind;
-    int threads, block_size, step_tokens, kv_tokens, ignore_eos;
+    int threads, block_size, step_tokens, kv_tokens, ignore_eos, no_prefix_cache;
     double mem_util;
     req_defaults d;
 } gen_cli;
@@ -38,6 +38,7 @@ static int parse_cli(comm *c, gen_cli *o, int argc, char **argv) {
     o->d.top_k = (int)args_int(&a, "--top-k", o->d.top_k, 0, 1 << 30);
     o->d.seed = (uint64_t)args_int(&a, "--seed", 0, 0, 2147483647L);
     o->ignore_eos = args_flag(&a, "--ignore-eos");
+    o->no_prefix_cache = args_flag(&a, "--no-prefix-cache");
     o->threads = (int)args_int(&a, "--threads", 0, 0, 1024);
     o->device = args_str(&a, "--device", "cpu");
     o->comm_kind = args_str(&a, "--comm", NULL);
@@ -205,6 +206,7 @@ int cmd_generate(comm *c, int argc, char **argv) {
         batch[nb++] = lines[i].g;
     }
     gen_options go = {o.step_tokens, 1, NULL, NULL};
+    pcache_set_enabled(e.pc, !o.no_prefix_cache);
     gen_run(&e, tok, batch, nb, &go);
     engine_finish(&e);
     for (int k = 0; k < nb; k++) lines[which[k]].g = batch[k];

@@ -1,7 +1,8 @@
 /* The engine loop of `glmtp serve` (rank 0's main thread; see server.h): the
  * scheduler of sched.h, fed from the socket threads' queue. Requests arriving
  * between steps join the next one; cancelled and disconnected ones leave it,
- * and their blocks go back to the pool. Deltas stream after each step. */
+ * dropping their block references (blocks shared with others stay theirs;
+ * cached ones stay in the prefix cache). Deltas stream after each step. */
 #include <errno.h>
 #include <math.h>
 #include <time.h>
@@ -73,8 +74,8 @@ static void send_final(srv_loop *l, sreq *r, const char *reason) {
     if (l->q.tok) gen_flush_text(&r->g);
     if (r->stream) send_delta(l, r, 1);
     Glmtp__Usage u = GLMTP__USAGE__INIT;
-    u.has_prompt_tokens = u.has_completion_tokens = 1;
-    u.prompt_tokens = r->g.n_prompt, u.completion_tokens = r->g.n_out;
+    u.has_prompt_tokens = u.has_completion_tokens = u.has_cached_tokens = 1;
+    u.prompt_tokens = r->g.n_prompt, u.completion_tokens = r->g.n_out, u.cached_tokens = r->s.n_cached;
     Glmtp__Final f = GLMTP__FINAL__INIT;
     f.finish_reason = (char *)reason, f.usage = &u;
     if (!r->stream) {
@@ -234,7 +235,11 @@ static void publish(srv_loop *l) {
     const sched *q = &l->q;
     pthread_mutex_lock(&s->mu);
     s->stats.queue_depth = q->n_wait, s->stats.running = q->n_run;
-    s->stats.kv_free = q->e->blocks.n_free, s->stats.kv_used = q->e->blocks.n_blocks - q->e->blocks.n_free;
+    pcache_stats ps;
+    pcache_get_stats(q->e->pc, &ps);
+    s->stats.kv_free = ps.available, s->stats.kv_used = ps.used, s->stats.kv_cached = ps.cached_free;
+    s->stats.prefix_cache = pcache_enabled(q->e->pc), s->stats.evicted = ps.evictions;
+    s->stats.prompt_tokens = ps.prompt_tokens, s->stats.cached_tokens = ps.cached_tokens;
     s->stats.tokens_per_s = q->tps, s->stats.steps = q->steps, s->stats.preemptions = q->preemptions;
     s->stats.generated = q->generated, s->stats.n_ranks = q->e->comm->size;
     pthread_mutex_unlock(&s->mu);
@@ -243,15 +248,16 @@ static void publish(srv_loop *l) {
 /* ---- the scheduler's hooks ---- */
 
 /* One JSON line: step number, its wall time, tokens, and per request
- * [id, tokens in this step, tokens in its KV after it, "p"refill or "d"ecode]. */
+ * [id, tokens in this step, tokens in its KV after it, "p"refill or "d"ecode,
+ * tokens it took from the prefix cache at admission]. */
 static void log_step(void *user, const sched_plan *p, double dt) {
     srv_loop *l = user;
     FILE *f = l->s->step_log;
     if (!f) return;
     fprintf(f, "{\"step\":%ld,\"ms\":%.3f,\"tokens\":%d,\"seqs\":[", l->q.steps, dt * 1e3, p->tokens);
     for (int i = 0; i < p->n; i++)
-        fprintf(f, "%s[\"%s\",%d,%d,\"%s\"]", i ? "," : "", p->req[i]->name, p->chunk[i], p->req[i]->n_fed,
-                p->req[i]->n_fed - p->chunk[i] >= p->req[i]->g->n_prompt ? "d" : "p");
+        fprintf(f, "%s[\"%s\",%d,%d,\"%s\",%d]", i ? "," : "", p->req[i]->name, p->chunk[i], p->req[i]->n_fed,
+                p->req[i]->n_fed - p->chunk[i] >= p->req[i]->g->n_prompt ? "d" : "p", p->req[i]->n_cached);
     fprintf(f, "]}\n");
     fflush(f);
 }

@@ -167,6 +167,11 @@ static void handle_frame(net *nt, conn *c) {
         r.queue_depth = st.queue_depth, r.running = st.running, r.kv_blocks_used = st.kv_used;
         r.kv_blocks_free = st.kv_free, r.tokens_per_s = st.tokens_per_s, r.steps = st.steps;
         r.preemptions = st.preemptions, r.tokens_generated = st.generated;
+        r.has_prefix_cache = r.has_prompt_tokens = r.has_cached_tokens = r.has_prefix_hit_rate = 1;
+        r.has_kv_blocks_cached = r.has_kv_blocks_evicted = 1;
+        r.prefix_cache = st.prefix_cache, r.prompt_tokens = st.prompt_tokens, r.cached_tokens = st.cached_tokens;
+        r.prefix_hit_rate = st.prompt_tokens ? (double)st.cached_tokens / (double)st.prompt_tokens : 0.0;
+        r.kv_blocks_cached = st.kv_cached, r.kv_blocks_evicted = st.evicted;
         char *ok[64];
         int nr = st.n_ranks < 64 ? st.n_ranks : 64;
         for (int i = 0; i < nr; i++) ok[i] = "ok"; /* a failed rank ends the job (collective timeout) */

@@ -32,6 +32,8 @@ typedef struct srv_stats {
     int queue_depth, running, kv_used, kv_free, n_ranks;
     double tokens_per_s;
     long steps, preemptions, generated;
+    int prefix_cache, kv_cached; /* on/off; unreferenced blocks holding a cached prefix */
+    long long prompt_tokens, cached_tokens, evicted;
 } srv_stats;
 
 typedef struct server {

@@ -45,7 +45,7 @@ static int nonblocking_pipe(int p[2], char *err, size_t errlen) {
 
 typedef struct serve_cli {
     const char *dir, *listen, *token_file, *tok_path, *device, *comm_kind, *step_log;
-    int threads, block_size, step_tokens, kv_tokens, max_queue, keepalive;
+    int threads, block_size, step_tokens, kv_tokens, max_queue, keepalive, no_prefix_cache;
     double mem_util;
     long max_frame;
     req_defaults d;
@@ -76,6 +76,7 @@ static int parse_cli(comm *c, serve_cli *o, int argc, char **argv) {
     o->max_queue = (int)args_int(&a, "--max-queue", 256, 1, 1 << 20);
     o->max_frame = args_int(&a, "--max-frame", WIRE_MAX_FRAME_DEFAULT, 64, 1L << 30);
     o->keepalive = (int)args_int(&a, "--keepalive", 30, 1, 3600);
+    o->no_prefix_cache = args_flag(&a, "--no-prefix-cache");
     int rc = 0;
     if (!a.failed && !o->dir) snprintf(a.err, sizeof a.err, "--model DIR is required"), a.failed = 1;
     if (args_finish(&a)) {
@@ -153,6 +154,7 @@ int cmd_serve(comm *c, int argc, char **argv) {
         rc = 0;
         goto done;
     }
+    pcache_set_enabled(e.pc, !o.no_prefix_cache);
     preamble = chat_tool_preamble(o.dir);
     req_context ctx = {&o.d, tok, preamble, cfg.seq_len, tok ? tok_n_total(tok) : cfg.vocab};
     if (ctx.n_vocab > cfg.vocab) ctx.n_vocab = cfg.vocab;
@@ -169,8 +171,8 @@ int cmd_serve(comm *c, int argc, char **argv) {
         engine_finish(&e);
         goto done;
     }
-    fprintf(stderr, "glmtp: serve: listening on %s (pid %d, %d ranks, %d KV blocks of %d)\n", o.listen, (int)getpid(),
-            c->size, e.blocks.n_blocks, e.blocks.block_size);
+    fprintf(stderr, "glmtp: serve: listening on %s (pid %d, %d ranks, %d KV blocks of %d, prefix cache %s)\n",
+            o.listen, (int)getpid(), c->size, e.blocks.n_blocks, e.blocks.block_size, o.no_prefix_cache ? "off" : "on");
     srv_sched_options so = {o.step_tokens, o.keepalive};
     srv_sched_run(&s, &e, tok, &ctx, &so);
     pthread_join(th, NULL);
