@@ -31,6 +31,55 @@ void cpu_kv_store(void *ctx, void *kcache, void *vcache, const void *k, const vo
  * vectorises. Causality is per row: a token sees positions <= its own. */
 enum { TK = 64, ROWS = 64 };
 
+/* x[j] = e^(x[j] - mx) for j < n (x[j] <= mx), returning their sum, in a form
+ * the compiler vectorises (expf is a library call it cannot): y = k ln2 + r
+ * with |r| <= ln2/2 (ln2 in two parts, Cody-Waite), e^r by its degree-6 Taylor
+ * polynomial (truncation < 2e-9 relative), times 2^k through the exponent
+ * bits. Within 2 ulp of expf; below -87 it gives 0 where expf gives a
+ * denormal, which no softmax weight can tell apart. n <= TK. */
+static float exp_shifted(float *x, int n, float mx) {
+    int32_t bits[TK];
+    float two_k[TK], sum = 0.0f;
+#pragma omp simd
+    for (int j = 0; j < n; j++) {
+        float y = x[j] - mx;
+        y = y < -87.0f ? -87.0f : y;
+        float k = (y * 1.44269504f + 12582912.0f) - 12582912.0f; /* round to nearest: 1.5 * 2^23 */
+        float r = (y - k * 0.693145752f) - k * 1.42860677e-6f;
+        x[j] = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+        bits[j] = y <= -87.0f ? 0 : ((int32_t)k + 127) << 23; /* 2^k, or 0 */
+    }
+    memcpy(two_k, bits, sizeof(float) * (size_t)n);
+#pragma omp simd reduction(+ : sum)
+    for (int j = 0; j < n; j++) {
+        x[j] *= two_k[j];
+        sum += x[j];
+    }
+    return sum;
+}
+
+/* orow[0, d) += sum_j p[j] vt[j, 0, d) for j < lim. Inlined with a constant d
+ * (16, 64, 128) the row stays in registers across the keys; a local copy, so
+ * that the compiler need not assume vt's loads alias orow's stores. */
+static inline __attribute__((always_inline)) void pv_row(float *orow, const float *p, const float *vt, int lim,
+                                                         int d) {
+    enum { DMAX = 128 };
+    if (d > DMAX) {
+        for (int j = 0; j < lim; j++)
+            for (int i = 0; i < d; i++) orow[i] += p[j] * vt[(size_t)j * d + i];
+        return;
+    }
+    float o[DMAX];
+    memcpy(o, orow, sizeof(float) * (size_t)d);
+    for (int j = 0; j < lim; j++) {
+        float pj = p[j];
+        const float *vr = vt + (size_t)j * d;
+#pragma omp simd
+        for (int i = 0; i < d; i++) o[i] += pj * vr[i];
+    }
+    memcpy(orow, o, sizeof(float) * (size_t)d);
+}
+
 typedef struct attn_tile {
     int t0, nt, g; /* tokens [t0, t0 + nt) of one sequence, KV group g */
 } attn_tile;
@@ -62,7 +111,6 @@ typedef struct attn_scratch {
     float *q;     /* [rows, d] scaled queries */
     float *kt;    /* [d, TK] keys, transposed */
     float *vt;    /* [TK, d] values */
-    float *s;     /* [rows, TK] scores, then probabilities */
     float *o;     /* [rows, d] unnormalised output */
     float *m, *l; /* [rows] running max and sum */
 } attn_scratch;
@@ -85,32 +133,30 @@ static void tile_run(const attn_tile *tile, attn_scratch *w, float *out, const f
             for (int i = 0; i < d; i++) w->kt[(size_t)i * TK + j] = K[row + i];
             memcpy(w->vt + (size_t)j * d, V + row, sizeof(float) * d);
         }
+        for (int i = 0; nk < TK && i < d; i++) memset(w->kt + (size_t)i * TK + nk, 0, sizeof(float) * (TK - nk));
         for (int r = 0; r < R; r++) {
             int lim = b->pos[tile->t0 + r / q_per_kv] - k0 + 1;
             if (lim <= 0) continue; /* this row's keys are all behind it */
             if (lim > nk) lim = nk;
-            float *sr = w->s + (size_t)r * TK, *qr = w->q + (size_t)r * d, *orow = w->o + (size_t)r * d;
-            for (int j = 0; j < lim; j++) sr[j] = 0.0f;
+            float *qr = w->q + (size_t)r * d, *orow = w->o + (size_t)r * d;
+            /* all TK columns, so the sums stay in registers; those past lim are ignored */
+            float acc[TK];
+            for (int j = 0; j < TK; j++) acc[j] = 0.0f;
             for (int i = 0; i < d; i++) {
                 float qi = qr[i];
                 const float *kr = w->kt + (size_t)i * TK;
-#pragma omp simd
-                for (int j = 0; j < lim; j++) sr[j] += qi * kr[j];
+                for (int j = 0; j < TK; j++) acc[j] += qi * kr[j];
             }
             float mx = w->m[r];
-            for (int j = 0; j < lim; j++) mx = sr[j] > mx ? sr[j] : mx;
-            float corr = expf(w->m[r] - mx), sum = 0.0f;
-            for (int j = 0; j < lim; j++) {
-                sr[j] = expf(sr[j] - mx);
-                sum += sr[j];
-            }
+            for (int j = 0; j < lim; j++) mx = acc[j] > mx ? acc[j] : mx;
+            float corr = expf(w->m[r] - mx), sum = exp_shifted(acc, lim, mx);
             w->l[r] = w->l[r] * corr + sum, w->m[r] = mx;
             for (int i = 0; i < d; i++) orow[i] *= corr;
-            for (int j = 0; j < lim; j++) {
-                float pj = sr[j];
-                const float *vr = w->vt + (size_t)j * d;
-#pragma omp simd
-                for (int i = 0; i < d; i++) orow[i] += pj * vr[i];
+            switch (d) { /* the common head sizes with the row in registers */
+            case 16: pv_row(orow, acc, w->vt, lim, 16); break;
+            case 64: pv_row(orow, acc, w->vt, lim, 64); break;
+            case 128: pv_row(orow, acc, w->vt, lim, 128); break;
+            default: pv_row(orow, acc, w->vt, lim, d);
             }
         }
     }
@@ -130,11 +176,11 @@ void cpu_attention(void *ctx, void *out, const void *q, int ld_q, const void *kc
 #pragma omp parallel if (n_tiles > 1)
     {
         attn_scratch w;
-        size_t n = (size_t)rows * d * 2 + (size_t)d * TK * 2 + (size_t)rows * TK + 2 * (size_t)rows;
+        size_t n = (size_t)rows * d * 2 + (size_t)d * TK * 2 + 2 * (size_t)rows;
         float *mem = malloc(sizeof(float) * n);
         if (!mem) abort();
         w.q = mem, w.o = w.q + (size_t)rows * d, w.kt = w.o + (size_t)rows * d, w.vt = w.kt + (size_t)d * TK;
-        w.s = w.vt + (size_t)d * TK, w.m = w.s + (size_t)rows * TK, w.l = w.m + rows;
+        w.m = w.vt + (size_t)d * TK, w.l = w.m + rows;
 #pragma omp for schedule(dynamic, 1)
         for (int i = 0; i < n_tiles; i++)
             tile_run(&tiles[i], &w, out, q, ld_q, kcache, vcache, b, n_q, n_kv, q_per_kv, d, scale);
