@@ -386,8 +386,8 @@ void test_rope_kv_store(int T, int n_q, int n_kv, int d, int rot) {
 /* -------------------------------------------------------------------- rope */
 
 static void test_rope_case(int n_q, int n_kv, int d, int rot, float base) {
-    const int32_t pos[] = {0, 1, 7, 4095, 32768, 100000};
-    int T = 6, ld = (n_q + 2 * n_kv) * d + 3;
+    const int32_t pos[] = {0, 1, 7, 4095, 32768, 100000, 524287, 1048575}; /* up to chat-1m's last position */
+    int T = 8, ld = (n_q + 2 * n_kv) * d + 3;
     float *x = rand_bf16((size_t)T * ld, -2, 2);
     void *gx = g_act(x, (size_t)T * ld), *cx = c_act(x, (size_t)T * ld), *gp = g_ints(pos, T), *cp = c_ints(pos, T);
     G.iface->rope(G.ctx, gx, gp, T, ld, n_q + n_kv, d, rot, base);
