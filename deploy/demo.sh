@@ -19,6 +19,11 @@ cat > "$demo/prompts.jsonl" <<'JSONL'
 JSONL
 if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
 export OMP_NUM_THREADS=1
+echo "demo: a tiny GLM-4-shaped model with RANDOM weights and the real GLM-4 tokenizer, 2 MPI ranks."
+echo "demo: the text below is gibberish because the weights are random; what is real is the pipeline:"
+echo "demo: tokenizer, chat template, tensor-parallel forward pass, sampling, stop strings, JSONL in and out."
 mpirun -np 2 --oversubscribe ./build/glmtp generate --model "$demo/tiny" --input "$demo/prompts.jsonl" \
   --output "$demo/out.jsonl"
+echo "demo: $demo/out.jsonl (one record per request: id, text, token_ids, finish_reason, usage):"
 cat "$demo/out.jsonl"
+echo "demo: done. Next: README.md, 'Install and first run' (cmake --install build, then glmtp --help)."

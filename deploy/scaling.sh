@@ -2,12 +2,13 @@
 # Multi-rank scaling sweep: glmtp bench at tp = 1, 2, 4, 8 (up to --max-tp),
 # a CSV of speed-up and efficiency against ideal, and a PNG plot (gnuplot).
 #
-#   deploy/scaling.sh [--glmtp build/glmtp] [--preset glm-4-9b-chat --layers 2 | --model DIR]
+#   deploy/scaling.sh [--glmtp PATH (default build/glmtp, else glmtp on PATH)] [--preset glm-4-9b-chat --layers 2 | --model DIR]
 #                     [--mode decode|prefill] [--max-tp 8] [--oversubscribe] [--out DIR] [-- extra bench options]
 # On a CPU machine with fewer cores than ranks, --oversubscribe lets mpirun place them
 # (each rank then gets one thread: the figures show communication cost, not speed-up).
+#   deploy/scaling.sh --help   prints this
 set -euo pipefail
-glmtp=build/glmtp; model=(--preset glm-4-9b-chat --layers 2); mode=decode; max_tp=8; over=""; out=scaling-out
+glmtp=build/glmtp; [ -x "$glmtp" ] || glmtp=$(command -v glmtp || echo build/glmtp); model=(--preset glm-4-9b-chat --layers 2); mode=decode; max_tp=8; over=""; out=scaling-out
 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -20,7 +21,8 @@ while [ $# -gt 0 ]; do
     --oversubscribe) over=--oversubscribe; shift ;;
     --out) out=$2; shift 2 ;;
     --) shift; extra=("$@"); break ;;
-    *) echo "scaling.sh: unknown option '$1'" >&2; exit 2 ;;
+    -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "scaling.sh: unknown option '$1' (deploy/scaling.sh --help)" >&2; exit 2 ;;
   esac
 done
 case "$mode" in decode|prefill) ;; *) echo "scaling.sh: --mode must be decode or prefill" >&2; exit 2 ;; esac

@@ -8,9 +8,10 @@ bf16, HF layout, 3 shards, 4 KV groups), then for every case a corrupted copy,
 and runs `glmtp score --model DIR --ids 1,2,3` on 1 rank and, when --mpirun is
 not empty, on 2 and 4 ranks (`MPIRUN -np N glmtp ...`). Each run must:
   - exit non-zero (and not by a signal) within 20 s;
-  - print exactly one error line per rank on stderr: `glmtp: rank R: ...` for
-    each R of N > 1 ranks, `glmtp: ...` for one rank (the load summary line
-    `glmtp: rank R/N: weights ...` is not an error line);
+  - print one clear error line: `glmtp: ...` alone when every rank failed the
+    same way (one rank, or N ranks that agree: rank 0 speaks for all), else
+    exactly one line per rank, `glmtp: rank R: ...` for each R (the load
+    summary line `glmtp: rank R/N: weights ...` is not an error line);
   - name what is wrong: every expected substring (the file's path, the tensor
     or config field) in every rank's line;
   - show no sanitizer report (AddressSanitizer, LeakSanitizer, UBSan
@@ -533,6 +534,8 @@ def check(rc, err, np, expect, d):
         stray = [l for l in lines if re.match(r"glmtp: rank \d+: ", l)]
         if stray:
             bad.append("single-rank line with a rank prefix: %r" % stray[0])
+    elif lines and not any(re.match(r"glmtp: rank \d+: ", l) for l in lines):
+        per_rank = {0: lines}  # every rank failed alike: rank 0 alone speaks
     else:
         per_rank = {r: [l for l in lines if l.startswith("glmtp: rank %d: " % r)] for r in range(np)}
         stray = [l for l in lines if not re.match(r"glmtp: rank \d+: ", l)]

@@ -90,7 +90,8 @@ def main():
             ref_rows = ref_gen = ref_smp = ref_bytes = None
             for tp in (1, 2, 4, 8):
                 launch = mpirun + ["-np", str(tp)]
-                out, err = run(launch + [a.glmtp, "score", "--model", d, "--ids", ids_s, "--dump", "logits", "--top", "0"])
+                out, err = run(launch + [a.glmtp, "score", "--model", d, "--ids", ids_s, "--dump", "logits", "--top", "0",
+                                          "--log-level", "debug"])  # every rank's start-up line
                 rows = [json.loads(l)["logits"] for l in out.splitlines()]
                 gen_out, _ = run(launch + [a.glmtp, "generate", "--model", d, "--ids", ids_s[:ids_s.index(",", 20)],
                                            "--max-new-tokens", "64", "--ignore-eos"])

@@ -15,6 +15,7 @@
 
 #include "../../kernels/rng.h"
 #include "../../worker/util.h"
+#include "../../worker/log.h"
 #include "../base/args.h"
 #include "../base/commands.h"
 #include "../base/presets.h"
@@ -45,6 +46,10 @@ static int preset_dir(comm *c, const bench_opts *o, char *dir, size_t len) {
                             "--out", dir, "--seed", "1"};
             failed = cmd_make_model(10, argv) != 0;
         }
+        /* Several GB for the big presets: say where, and that it stays. */
+        if (!failed)
+            log_msg(LOG_INFO, "bench: the random-weight checkpoint %s is kept for later runs with the same preset; "
+                              "rm -r it to free the space", dir);
     }
     return comm_first_failed(c, failed) >= 0 ? -1 : 0;
 }
@@ -240,12 +245,54 @@ static void run_throughput(engine *e, const bench_opts *o, bench_row *r) {
     r->allreduce_share = tot1 > tot0 ? (ar1 - ar0) / (tot1 - tot0) : 0;
 }
 
+static const args_opt bench_opts_list[] = {
+    {"--model", "DIR", "checkpoint to run (or --preset)"},
+    {"--preset", "NAME", "make a random-weight checkpoint of this preset in $TMPDIR for the run (deleted after)"},
+    {"--layers", "N", "with --preset: layers of the made model (default the preset's)"},
+    {"--dtype", "bf16|f32", "with --preset: weight type (default bf16)"},
+    {"--lens", "N,..", "prefill: prompt lengths (default 128,512; --model-only 131072,1048576)"},
+    {"--batch", "B,..", "decode: batch sizes (default 1,8)"},
+    {"--context", "C,..", "decode: context lengths (default 128,1024; --model-only 0,131072)"},
+    {"--steps", "S", "decode: timed steps per point (default 8)"},
+    {"--top-k", "K", "decode: sample with top-k at temperature 1 (default greedy)"},
+    {"--top-p", "P", "decode: sample with top-p at temperature 1 (default greedy)"},
+    {"--requests", "N", "throughput: requests (default 16)"},
+    {"--input", "N", "throughput: prompt tokens per request (default 64)"},
+    {"--output", "N", "throughput: new tokens per request (default 32)"},
+    {"--step-tokens", "N", "throughput: tokens per step (default 512)"},
+    {"--json", "FILE", "also write the results as JSON"},
+    {"--model-only", NULL, "no run: the analytic roofline model of a GPU deployment"},
+    {"--gpu", "h100|h200|a100", "--model-only: the GPU (default h100)"},
+    {"--link", "nvlink4|pcie5|ib-ndr", "--model-only: the link between GPUs (default nvlink4)"},
+    {"--tp", "N", "--model-only: tensor-parallel size (default 1)"},
+    {"--measured", "bench.json", "--model-only: put a measured run's figures beside the model's"},
+    {NULL, NULL, NULL},
+};
+
+static const args_opt bench_engine_opts[] = {
+    {"--threads", "N", "CPU threads per rank (default: OMP_NUM_THREADS, else the cores the rank may run on; "
+                       "mpirun -np 2 binds each rank to one core unless given --bind-to none)"},
+    {"--device", "cpu|cuda", "where each rank computes (default cpu)"},
+    {"--comm", "mpi|nccl", "GPU all-reduce (default nccl with more than one rank)"},
+    {NULL, NULL, NULL},
+};
+
+const args_spec cmd_bench_spec = {
+    "glmtp bench",
+    "prefill|decode|throughput --model DIR|--preset NAME [options]\n"
+    "       glmtp bench --model-only [--gpu h100|h200|a100] [--tp N] [--link L] [--measured bench.json] [--json FILE]",
+    "Benchmarks, each figure beside the limit measured in the same run (memory bandwidth, GEMM, all-reduce).",
+    {bench_opts_list, bench_engine_opts, args_log_opts, NULL},
+    NULL,
+};
+
 static int parse(comm *c, bench_opts *o, int argc, char **argv) {
+    (void)c; /* every rank parses the same argv; rank 0 reports */
     memset(o, 0, sizeof *o);
     o->mode = argc > 0 && argv[0][0] != '-' ? argv[0] : "";
     int skip = o->mode[0] ? 1 : 0;
     args a;
-    args_init(&a, argc - skip, argv + skip);
+    args_init(&a, &cmd_bench_spec, argc - skip, argv + skip);
     o->model_only = args_flag(&a, "--model-only");
     o->dir = args_str(&a, "--model", NULL);
     o->preset = args_str(&a, "--preset", NULL);
@@ -291,7 +338,7 @@ static int parse(comm *c, bench_opts *o, int argc, char **argv) {
     if (!a.failed && strcmp(o->dtype, "bf16") && strcmp(o->dtype, "f32"))
         snprintf(a.err, sizeof a.err, "--dtype must be bf16 or f32"), a.failed = 1;
     int rc = args_finish(&a);
-    if (rc) engine_error(c, "bench: %s", a.err);
+    if (rc) log_error_agreed("bench: %s (glmtp bench --help lists the options)", a.err);
     args_free(&a);
     return rc;
 }

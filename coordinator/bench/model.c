@@ -3,6 +3,7 @@
  * --measured FILE (JSON written by `glmtp bench ... --json` on such hardware),
  * measured figures are printed beside the predictions. */
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,32 @@ static double measured(const cJSON *m, const char *mode, int a, int b) {
         }
     }
     return -1;
+}
+
+/* One row of the --json document. */
+static void json_row(cJSON *rows, const char *phase, int batch, int tokens, roofline_time t, double meas) {
+    cJSON *r = cJSON_CreateObject();
+    cJSON_AddStringToObject(r, "phase", phase);
+    cJSON_AddNumberToObject(r, "batch", batch);
+    cJSON_AddNumberToObject(r, "tokens", tokens);
+    cJSON_AddNumberToObject(r, "predicted_ms", t.total * 1e3);
+    cJSON_AddNumberToObject(r, "compute_ms", t.compute * 1e3);
+    cJSON_AddNumberToObject(r, "memory_ms", t.memory * 1e3);
+    cJSON_AddNumberToObject(r, "comm_ms", t.comm * 1e3);
+    if (meas >= 0) cJSON_AddNumberToObject(r, "measured_ms", meas * 1e3);
+    cJSON_AddItemToArray(rows, r);
+}
+
+/* Writes doc to path; 0, or -1 after printing why. */
+static int write_json(const cJSON *doc, const char *path) {
+    char *text = cJSON_Print(doc);
+    if (!text) abort();
+    FILE *f = fopen(path, "w");
+    int rc = f && fputs(text, f) >= 0 && fputc('\n', f) != EOF ? 0 : -1;
+    if (f && fclose(f) != 0) rc = -1;
+    if (rc) fprintf(stderr, "glmtp: bench: --json %s: cannot write: %s\n", path, strerror(errno));
+    free(text);
+    return rc;
 }
 
 static void col_measured(double v) {
@@ -66,6 +93,16 @@ int bench_model_report(const bench_opts *o) {
     }
     roofline_model s;
     roofline_sizes(&c, o->tp, &s);
+    cJSON *doc = cJSON_CreateObject();
+    cJSON_AddStringToObject(doc, "mode", "model-only");
+    cJSON_AddStringToObject(doc, "model", o->dir ? o->dir : (o->preset ? o->preset : "glm-4-9b-chat"));
+    cJSON_AddNumberToObject(doc, "layers", c.n_layers);
+    cJSON_AddNumberToObject(doc, "tp", o->tp);
+    cJSON_AddStringToObject(doc, "gpu", g->name);
+    cJSON_AddStringToObject(doc, "link", l->name);
+    cJSON_AddNumberToObject(doc, "weight_bytes_per_rank", s.weight_bytes_held);
+    cJSON_AddNumberToObject(doc, "kv_bytes_per_token_per_rank", s.kv_bytes_token);
+    cJSON *rows = cJSON_AddArrayToObject(doc, "results");
     printf("# glmtp bench --model-only: %s, %d layers, tp %d x %s, link %s (analytic roofline, bf16)\n",
            o->dir ? o->dir : (o->preset ? o->preset : "glm-4-9b-chat"), c.n_layers, o->tp, g->name, l->name);
     printf("# per rank: weights held %.3f GB, read per decode step %.3f GB, KV %.1f KiB/token, KV room for %.0f "
@@ -80,19 +117,25 @@ int bench_model_report(const bench_opts *o) {
             roofline_time t = roofline_decode(&c, o->tp, g, l, o->batches[b], o->contexts[k]);
             printf("%-8s %6d %9d %12.4g %12.4g %12.4g %12.4g", "decode", o->batches[b], o->contexts[k],
                    t.total * 1e3, t.compute * 1e3, t.memory * 1e3, t.comm * 1e3);
-            col_measured(m ? measured(m, "decode", o->batches[b], o->contexts[k]) : -1);
+            double meas = m ? measured(m, "decode", o->batches[b], o->contexts[k]) : -1;
+            col_measured(meas);
+            json_row(rows, "decode", o->batches[b], o->contexts[k], t, meas);
             printf("\n");
         }
     for (int i = 0; i < o->n_lens; i++) {
         roofline_time t = roofline_prefill(&c, o->tp, g, l, o->lens[i]);
         printf("%-8s %6d %9d %12.4g %12.4g %12.4g %12.4g", "prefill", 1, o->lens[i], t.total * 1e3, t.compute * 1e3,
                t.memory * 1e3, t.comm * 1e3);
-        col_measured(m ? measured(m, "prefill", o->lens[i], 0) : -1);
+        double meas = m ? measured(m, "prefill", o->lens[i], 0) : -1;
+        col_measured(meas);
+        json_row(rows, "prefill", 1, o->lens[i], t, meas);
         printf("\n");
     }
     printf("# decode tokens = context length; peaks: %.0f TFLOP/s, %.2f TB/s HBM, link %.0f GB/s + %.0f us per "
            "all-reduce\n",
            g->flops / 1e12, g->hbm / 1e12, l->bw / 1e9, l->latency * 1e6);
     cJSON_Delete(m);
-    return 0;
+    int rc = o->json ? (write_json(doc, o->json) ? 1 : 0) : 0;
+    cJSON_Delete(doc);
+    return rc;
 }

@@ -4,69 +4,105 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../worker/log.h"
 #include "../base/commands.h"
 
+#ifndef GLMTP_VERSION
+#define GLMTP_VERSION "unknown"
+#endif
+
+typedef struct command {
+    const char *name;
+    const args_spec *spec;
+    int (*local)(int, char **);        /* runs without MPI (make-model, tokenize) */
+    int (*ranked)(comm *, int, char **); /* runs on every rank */
+} command;
+
+static const command commands[] = {
+    {"make-model", &cmd_make_model_spec, cmd_make_model, NULL},
+    {"generate", &cmd_generate_spec, NULL, cmd_generate},
+    {"chat", &cmd_chat_spec, NULL, cmd_chat},
+#ifdef GLMTP_HAVE_SERVE
+    {"serve", &cmd_serve_spec, NULL, cmd_serve},
+#endif
+    {"score", &cmd_score_spec, NULL, cmd_score},
+    {"tokenize", &cmd_tokenize_spec, cmd_tokenize, NULL},
+    {"bench", &cmd_bench_spec, NULL, cmd_bench},
+};
+#define N_COMMANDS (int)(sizeof commands / sizeof commands[0])
+
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: [mpirun -np N] glmtp COMMAND [options]\n"
-            "  make-model --out DIR [--preset tiny|glm-4-9b|glm-4-9b-chat|glm-4-9b-chat-1m] [--layout chatglm|hf]\n"
-            "             [--dtype bf16|f32] [--seed S] [--layers N] [--kv-groups N] [--vocab N] [--shards N]\n"
-            "             [--rope-ratio R] [--tokenizer tokenizer.model]\n"
-            "  score      --model DIR --ids 1,2,3 [--incremental] [--dump hidden|logits] [--top K]\n"
-            "  generate   --model DIR --input prompts.jsonl [--output out.jsonl] | --ids 1,2,3\n"
-            "             [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--ignore-eos]\n"
-            "             [--step-tokens N] [--kv-tokens N]\n"
-            "  chat       --model DIR [--system TEXT] [--max-new-tokens N] [--temperature T] ...\n"
-            "  serve      --model DIR [--listen 127.0.0.1:7070|unix:/path] [--auth-token-file F] [--max-queue N]\n"
-            "             [--max-frame BYTES] [--step-tokens N] [--kv-tokens N] [--step-log FILE] [sampling defaults]\n"
-            "             (client: glmtp-client --connect ADDR ...)\n"
-            "  tokenize   --model DIR [--prefix] [--chat [--no-generation-prompt]] [--decode] < input\n"
-            "  bench      prefill|decode|throughput --model DIR|--preset P [--layers L] [--lens N,..]\n"
-            "             [--batch B,..] [--context C,..] [--steps S] [--top-k K] [--top-p P] [--json FILE]\n"
-            "common: --threads N (per rank; default all cores), --block-size B (KV block, default 16),\n"
-            "        --device cpu|cuda (cuda: one GPU per node-local rank, bf16), --comm mpi|nccl (GPU all-reduce;\n"
-            "        default nccl with more than one rank, mpi lets ranks share a GPU),\n"
-            "        --kv-tokens N (KV pool; serve and chat default: sized from GPU memory, 65536 on CPU),\n"
-            "        --gpu-memory-utilization F (share of each GPU's memory for weights + KV + activations, 0.90),\n"
-            "        GLMTP_COMM_TIMEOUT=seconds (collective timeout, default 600),\n"
-            "        GLMTP_NO_CUDA_GRAPHS=1 (decode steps without CUDA graphs); README: other GPU switches\n");
+    fprintf(f, "usage: [mpirun -np N] glmtp COMMAND [options]    (glmtp COMMAND --help: all of its options)\n\n");
+    for (int i = 0; i < N_COMMANDS; i++) {
+        const args_spec *s = commands[i].spec;
+        fprintf(f, "  %s %s\n", s->cmd, s->synopsis);
+    }
+#ifndef GLMTP_HAVE_SERVE
+    fprintf(f, "  (serve and glmtp-client: not in this build, which has no protoc-c/libprotobuf-c)\n");
+#else
+    fprintf(f, "  glmtp-client --connect ADDR --prompt TEXT | --chat FILE | --ids 1,2,3 | --stats | --health |\n"
+               "               --cancel ID | --load ...    (the client of serve; glmtp-client --help)\n");
+#endif
+    fprintf(f, "\nevery command: --log-level error|warn|info|debug, --quiet (= warn); glmtp --version\n"
+               "environment: GLMTP_COMM_TIMEOUT=seconds (collective timeout, default 600); GPU switches: README\n");
+}
+
+/* Under mpirun every rank would print --help; only the first one does. */
+static int first_rank_by_env(void) {
+    const char *vars[] = {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"};
+    for (int i = 0; i < 4; i++) {
+        const char *v = getenv(vars[i]);
+        if (v) return atoi(v) == 0;
+    }
+    return 1;
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-        usage(argc < 2 ? stderr : stdout);
+    char err[256];
+    if (log_take_args(&argc, argv, err, sizeof err)) {
+        fprintf(stderr, "glmtp: %s\n", err);
+        return 2;
+    }
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+        if (first_rank_by_env()) usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
-    const char *cmd = argv[1];
-    if (strcmp(cmd, "make-model") == 0) return cmd_make_model(argc - 2, argv + 2);
-    if (strcmp(cmd, "tokenize") == 0) return cmd_tokenize(argc - 2, argv + 2);
+    if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0) {
+        if (first_rank_by_env()) printf("glmtp %s\n", GLMTP_VERSION);
+        return 0;
+    }
+    const char *name = argv[1];
+    const command *cmd = NULL;
+    for (int i = 0; i < N_COMMANDS; i++)
+        if (strcmp(commands[i].name, name) == 0) cmd = &commands[i];
+    if (!cmd) {
+        if (first_rank_by_env()) {
+            if (strcmp(name, "serve") == 0)
+                fprintf(stderr, "glmtp: serve: this glmtp was built without protoc-c/libprotobuf-c (-DGLMTP_SERVE=OFF)\n");
+            else
+                fprintf(stderr, "glmtp: unknown command '%s' (glmtp --help lists them)\n", name);
+        }
+        return 2;
+    }
+    if (args_wants_help(argc - 2, argv + 2)) {
+        if (first_rank_by_env()) args_print_help(cmd->spec, stdout);
+        return 0;
+    }
+    for (int i = 2; i < argc; i++)
+        if (strcmp(argv[i], "--version") == 0) {
+            if (first_rank_by_env()) printf("glmtp %s\n", GLMTP_VERSION);
+            return 0;
+        }
+    if (cmd->local) return cmd->local(argc - 2, argv + 2);
 
-    int (*run)(comm *, int, char **) = NULL;
-    if (strcmp(cmd, "score") == 0) run = cmd_score;
-    else if (strcmp(cmd, "generate") == 0) run = cmd_generate;
-    else if (strcmp(cmd, "bench") == 0) run = cmd_bench;
-    else if (strcmp(cmd, "chat") == 0) run = cmd_chat;
-#ifdef GLMTP_HAVE_SERVE
-    else if (strcmp(cmd, "serve") == 0) run = cmd_serve;
-#else
-    else if (strcmp(cmd, "serve") == 0) {
-        fprintf(stderr, "glmtp: serve: this glmtp was built without protoc-c/libprotobuf-c (-DGLMTP_SERVE=OFF)\n");
-        return 2;
-    }
-#endif
-    if (!run) {
-        fprintf(stderr, "glmtp: unknown command '%s'\n", cmd);
-        usage(stderr);
-        return 2;
-    }
     const char *to = getenv("GLMTP_COMM_TIMEOUT");
-    char err[256];
     comm *c = comm_create(&argc, &argv, to ? atof(to) : 0, err, sizeof err);
     if (!c) {
         fprintf(stderr, "glmtp: %s\n", err);
         return 1;
     }
-    int rc = run(c, argc - 2, argv + 2);
+    log_set_rank(c->rank, c->size);
+    int rc = cmd->ranked(c, argc - 2, argv + 2);
     comm_destroy(c);
     return rc;
 }

@@ -281,9 +281,47 @@ static int copy_file(const char *src, const char *dir, const char *name, char *e
     return rc;
 }
 
+/* The marker generate and chat look for (MAKE_MODEL_MARKER), saying why the
+ * text is gibberish. */
+static int write_marker(const char *dir, char *err, size_t errlen) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, MAKE_MODEL_MARKER);
+    FILE *f = fopen(path, "w");
+    int rc = f && fputs("Made by glmtp make-model: the weights are seeded random numbers, not a trained model.\n"
+                        "Text generated from them is gibberish; the pipeline around them is the real one.\n", f) >= 0
+                 ? 0 : -1;
+    if (f && fclose(f) != 0) rc = -1;
+    if (rc) snprintf(err, errlen, "%s: write failed: %s", path, strerror(errno));
+    return rc;
+}
+
+static const args_opt make_model_opts[] = {
+    {"--out", "DIR", "where the checkpoint goes (created); required"},
+    {"--preset", "NAME", "tiny (default), glm-4-9b, glm-4-9b-chat, glm-4-9b-chat-1m"},
+    {"--seed", "S", "seed of the random weights (default 0)"},
+    {"--layout", "chatglm|hf", "tensor names of the THUDM repos (default) or of the -hf repos"},
+    {"--dtype", "bf16|f32", "weight type (default bf16)"},
+    {"--layers", "N", "override the preset's layer count"},
+    {"--kv-groups", "N", "override the preset's KV groups (must divide the query heads)"},
+    {"--vocab", "N", "override the preset's vocabulary size"},
+    {"--shards", "N", "split the weights over N safetensors files with an index (default 1)"},
+    {"--rope-ratio", "R", "override the preset's RoPE ratio"},
+    {"--tokenizer", "FILE", "copy this tokenizer.model beside the weights (e.g. tests/data/glm4-tokenizer/tokenizer.model)"},
+    {NULL, NULL, NULL},
+};
+
+const args_spec cmd_make_model_spec = {
+    "glmtp make-model",
+    "--out DIR [--preset tiny|glm-4-9b|glm-4-9b-chat|glm-4-9b-chat-1m] [--seed S] [options]",
+    "A checkpoint with seeded random weights in the real format, for tests, demos and benchmarks.\n"
+    "The weights are random: a model made this way writes fluent-looking gibberish.",
+    {make_model_opts, args_log_opts, NULL},
+    NULL,
+};
+
 int cmd_make_model(int argc, char **argv) {
     args a;
-    args_init(&a, argc, argv);
+    args_init(&a, &cmd_make_model_spec, argc, argv);
     const char *pname = args_str(&a, "--preset", "tiny");
     const char *layout = args_str(&a, "--layout", "chatglm");
     const char *dtype = args_str(&a, "--dtype", "bf16");
@@ -330,6 +368,13 @@ int cmd_make_model(int argc, char **argv) {
         fprintf(stderr, "glmtp make-model: --kv-groups %d does not divide the %d query heads\n", s.kv, s.heads);
         goto done;
     }
+    struct stat st;
+    int st_rc = tok_src ? stat(tok_src, &st) : 0;
+    if (tok_src && (st_rc != 0 || !S_ISREG(st.st_mode))) { /* checked before anything is written */
+        fprintf(stderr, "glmtp make-model: --tokenizer %s: %s\n", tok_src,
+                st_rc != 0 ? strerror(errno) : "not a regular file");
+        goto done;
+    }
     if (mkdir(out, 0755) != 0 && errno != EEXIST) {
         fprintf(stderr, "glmtp make-model: %s: cannot create: %s\n", out, strerror(errno));
         goto done;
@@ -360,7 +405,11 @@ int cmd_make_model(int argc, char **argv) {
         fprintf(stderr, "glmtp make-model: %s\n", err);
         goto done;
     }
-    fprintf(stderr, "glmtp make-model: wrote %s (%s, %s layout, %s, %d layers, %d KV groups, vocab %d, seed %llu)\n",
+    if (write_marker(out, err, sizeof err)) {
+        fprintf(stderr, "glmtp make-model: %s\n", err);
+        goto done;
+    }
+    fprintf(stderr, "glmtp make-model: wrote %s (random weights: %s, %s layout, %s, %d layers, %d KV groups, vocab %d, seed %llu)\n",
             out, s.name, hf ? "hf" : "chatglm", kdtype_name(dt), s.layers, s.kv, s.vocab, (unsigned long long)seed);
     rc = 0;
 done:

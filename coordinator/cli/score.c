@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../worker/log.h"
 #include "../base/args.h"
 #include "../base/commands.h"
 #include "../engine/engine.h"
@@ -51,10 +52,27 @@ static void print_row(int pos, const int *ids, int n, const float *logits, const
     printf("}\n");
 }
 
+static const args_opt score_opts[] = {
+    {"--model", "DIR", "checkpoint directory; required"},
+    {"--ids", "1,2,3", "the token ids to score; required"},
+    {"--incremental", NULL, "one token per step through the KV cache instead of one prefill"},
+    {"--dump", "hidden|logits", "also print each position's final hidden state or logits"},
+    {"--top", "K", "top-K next tokens per position (default 5)"},
+    {NULL, NULL, NULL},
+};
+
+const args_spec cmd_score_spec = {
+    "glmtp score",
+    "--model DIR --ids 1,2,3 [--incremental] [--dump hidden|logits] [--top K]",
+    "Per-position log-probabilities of the given ids, one JSON line per position.",
+    {score_opts, args_engine_opts, args_log_opts, NULL},
+    NULL,
+};
+
 int cmd_score(comm *c, int argc, char **argv) {
     if (engine_check_args(c, argc, argv)) return 1;
     args a;
-    args_init(&a, argc, argv);
+    args_init(&a, &cmd_score_spec, argc, argv);
     const char *dir = args_str(&a, "--model", NULL);
     const char *ids_s = args_str(&a, "--ids", NULL);
     const char *dump = args_str(&a, "--dump", NULL);
@@ -73,7 +91,7 @@ int cmd_score(comm *c, int argc, char **argv) {
         snprintf(a.err, sizeof a.err, "--dump must be hidden or logits, not '%s'", dump), a.failed = 1;
     if (!a.failed) args_int_list(&a, "--ids", ids_s, &ids, &n);
     if (args_finish(&a)) {
-        engine_error(c, "score: %s", a.err);
+        log_error_agreed("score: %s (glmtp score --help lists the options)", a.err);
         goto done;
     }
     if (engine_open(&e, c, dir, n, block_size, threads, device, comm_kind, ENGINE_GPU_MEM_UTIL)) goto done;

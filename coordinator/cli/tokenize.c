@@ -139,9 +139,29 @@ static int do_chat(const tokenizer *t, const char *dir, const char *in, size_t l
     return rc;
 }
 
+static const args_opt tokenize_opts[] = {
+    {"--model", "DIR", "checkpoint directory holding tokenizer.model (or --tokenizer)"},
+    {"--tokenizer", "FILE", "the tokenizer.model file itself"},
+    {"--prefix", NULL, "prepend [gMASK]<sop>, as a raw prompt gets"},
+    {"--chat", NULL, "stdin is a JSON list of messages: print the chat prompt's ids"},
+    {"--no-generation-prompt", NULL, "with --chat: no <|assistant|> at the end"},
+    {"--decode", NULL, "stdin is ids (1,2,3 or JSON list): print the text"},
+    {"--bench", NULL, "time encoding stdin (--repeat times)"},
+    {"--repeat", "N", "repetitions for --bench (default 5)"},
+    {NULL, NULL, NULL},
+};
+
+const args_spec cmd_tokenize_spec = {
+    "glmtp tokenize",
+    "--model DIR | --tokenizer FILE [--prefix | --chat [--no-generation-prompt] | --decode | --bench] < input",
+    "Text on stdin to token ids (a JSON list on stdout), or back with --decode.",
+    {tokenize_opts, args_log_opts, NULL},
+    NULL,
+};
+
 int cmd_tokenize(int argc, char **argv) {
     args a;
-    args_init(&a, argc, argv);
+    args_init(&a, &cmd_tokenize_spec, argc, argv);
     const char *dir = args_str(&a, "--model", NULL);
     const char *file = args_str(&a, "--tokenizer", NULL);
     int prefix = args_flag(&a, "--prefix");

@@ -1,14 +1,6 @@
 /* glmtp-client: talks to `glmtp serve` over its protobuf channel (see
- * proto/glmtp.proto and wire.h).
- *   glmtp-client [--connect 127.0.0.1:7070|unix:/path] [--auth-token-file F]
- *     --prompt TEXT | --chat FILE.json | --ids 1,2,3   generate, printing the stream
- *       [--max-new-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed S]
- *       [--stop STR] [--stop-ids 1,2] [--id REQUEST_ID] [--no-stream]
- *       [--json] (one JSON record at the end instead of text: text, ids, finish, usage, ttft_ms)
- *       [--disconnect-after N] (close after N deltas: for tests)
- *     --stats | --health | --cancel ID
- *     --load --requests N --input-len I --output-len O [--rate R] [--seed S] [--vocab V] [--json FILE]
- *       (load generator: Poisson arrivals, TTFT / TPOT / ITL percentiles, throughput; client_load.h)
+ * proto/glmtp.proto and wire.h). Its options, with what each does, are the
+ * table client_opts below (glmtp-client --help prints it).
  * Exit status: 0 done, 1 the server answered with an error (or unhealthy,
  * or cancel of an unknown id), 2 usage or connection problems. */
 #include <cjson/cJSON.h>
@@ -55,7 +47,7 @@ static Glmtp__ServerMessage *recv_msg(int fd) {
 
 static int parse_ids(const char *name, const char *text, int **out, int *n) {
     args a;
-    args_init(&a, 0, NULL);
+    args_init(&a, NULL, 0, NULL);
     int rc = args_int_list(&a, name, text, out, n);
     if (rc) fprintf(stderr, "glmtp-client: %s\n", a.err);
     args_free(&a);
@@ -108,15 +100,71 @@ static void print_stats(const Glmtp__StatsReply *s) {
            (long long)s->kv_blocks_evicted);
 }
 
+#ifndef GLMTP_VERSION
+#define GLMTP_VERSION "unknown"
+#endif
+
+static const args_opt client_opts[] = {
+    {"--connect", "ADDR", "the server: HOST:PORT or unix:/path (default 127.0.0.1:7070)"},
+    {"--auth-token-file", "F", "send the token in this file first (a server beyond loopback wants it)"},
+    {"--prompt", "TEXT", "generate: a raw completion of TEXT"},
+    {"--chat", "FILE", "generate: a JSON list of {role, content, metadata?} messages"},
+    {"--ids", "1,2,3", "generate: from these token ids"},
+    {"--max-new-tokens", "N", "new tokens (default: the server's)"},
+    {"--temperature", "T", "sampling temperature, 0 = greedy (default: the server's)"},
+    {"--top-p", "P", "nucleus sampling (default: the server's)"},
+    {"--top-k", "K", "top-k sampling (default: the server's)"},
+    {"--seed", "S", "sampling seed; with --load, the seed of the generated prompts"},
+    {"--stop", "STR", "stop when the text contains STR (repeat for several)"},
+    {"--stop-ids", "1,2", "stop at any of these token ids"},
+    {"--id", "REQUEST_ID", "the request's id, for --cancel from another client (default client-PID)"},
+    {"--no-stream", NULL, "one reply at the end instead of streamed deltas"},
+    {"--json", NULL, "print one JSON record at the end (text, token_ids, finish_reason, usage, ttft_ms)"},
+    {"--disconnect-after", "N", "close the connection after N deltas (for tests)"},
+    {"--stats", NULL, "print the server's statistics as JSON"},
+    {"--health", NULL, "print the server's state; exit 1 unless healthy"},
+    {"--cancel", "ID", "cancel the running request with this --id"},
+    {"--load", NULL, "load generator: Poisson arrivals, TTFT / TPOT / ITL percentiles, throughput"},
+    {"--requests", "N", "--load: requests (default 16)"},
+    {"--rate", "R", "--load: requests per second (default 0: all at once)"},
+    {"--input-len", "I", "--load: prompt tokens (default 32)"},
+    {"--output-len", "O", "--load: new tokens (default 32)"},
+    {"--vocab", "V", "--load: prompt ids drawn from [0, V) (default 150000)"},
+    {"--json-out", "FILE", "--load: also write the figures as JSON"},
+    {"--version", NULL, "print the version and exit"},
+    {"--help", NULL, "print this help and exit"},
+    {NULL, NULL, NULL},
+};
+
+static const args_spec client_spec = {
+    "glmtp-client",
+    "[--connect ADDR] [--auth-token-file F] --prompt TEXT | --chat FILE | --ids 1,2,3 [options]\n"
+    "       glmtp-client [--connect ADDR] --stats | --health | --cancel ID\n"
+    "       glmtp-client [--connect ADDR] --load --requests N --rate R --input-len I --output-len O [--json-out F]",
+    "The client of `glmtp serve` (protobuf channel, proto/glmtp.proto). Exit status: 0 done, 1 the server\n"
+    "answered with an error (or is unhealthy, or cancel found no such id), 2 usage or connection problems.",
+    {client_opts, NULL},
+    NULL,
+};
+
 int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
+    if (args_wants_help(argc - 1, argv + 1)) {
+        args_print_help(&client_spec, stdout);
+        return 0;
+    }
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("glmtp-client %s\n", GLMTP_VERSION);
+            return 0;
+        }
     args a;
-    args_init(&a, argc - 1, argv + 1);
+    args_init(&a, &client_spec, argc - 1, argv + 1);
     const char *addr = args_str(&a, "--connect", "127.0.0.1:7070");
     const char *token_file = args_str(&a, "--auth-token-file", NULL);
     const char *prompt = args_str(&a, "--prompt", NULL), *chat = args_str(&a, "--chat", NULL);
     const char *ids_s = args_str(&a, "--ids", NULL), *stop_ids_s = args_str(&a, "--stop-ids", NULL);
-    const char *stop = args_str(&a, "--stop", NULL), *cancel = args_str(&a, "--cancel", NULL);
+    const char *cancel = args_str(&a, "--cancel", NULL);
     char defid[64];
     snprintf(defid, sizeof defid, "client-%d", (int)getpid());
     const char *rid = args_str(&a, "--id", defid);
@@ -131,17 +179,23 @@ int main(int argc, char **argv) {
                     (int)args_int(&a, "--requests", 16, 1, 100000), (int)args_int(&a, "--input-len", 32, 1, 1 << 24),
                     (int)args_int(&a, "--output-len", 32, 1, 1 << 24), (int)args_int(&a, "--vocab", 150000, 1, 1 << 30),
                     (uint64_t)args_int(&a, "--seed", 0, 0, 2147483647L)};
+    const char **stop = NULL;
+    int n_stop = args_strs(&a, "--stop", &stop);
     int n_modes = !!prompt + !!chat + !!ids_s + stats + health + !!cancel + load;
     if (!a.failed && n_modes != 1)
         snprintf(a.err, sizeof a.err, "give one of --prompt, --chat, --ids, --stats, --health, --cancel, --load"),
             a.failed = 1;
     if (args_finish(&a)) {
-        fprintf(stderr, "glmtp-client: %s\n", a.err);
+        fprintf(stderr, "glmtp-client: %s (glmtp-client --help lists the options)\n", a.err);
         args_free(&a);
+        free(stop);
         return 2;
     }
     args_free(&a);
-    if (load) return client_load(&lo);
+    if (load) {
+        free(stop);
+        return client_load(&lo);
+    }
 
     char err[512];
     int fd = wire_connect(addr, err, sizeof err);
@@ -162,7 +216,6 @@ int main(int argc, char **argv) {
     Glmtp__ChatMessages chm = GLMTP__CHAT_MESSAGES__INIT;
     cJSON *chat_json = NULL;
     int *ids = NULL, n_ids = 0, *sids = NULL, n_sids = 0;
-    char *stops[1];
     if (stats) cm.msg_case = GLMTP__CLIENT_MESSAGE__MSG_STATS, cm.stats = &st;
     else if (health) cm.msg_case = GLMTP__CLIENT_MESSAGE__MSG_HEALTH, cm.health = &he;
     else if (cancel) ca.request_id = (char *)cancel, cm.msg_case = GLMTP__CLIENT_MESSAGE__MSG_CANCEL, cm.cancel = &ca;
@@ -182,7 +235,7 @@ int main(int argc, char **argv) {
         if (top_k) g.has_top_k = 1, g.top_k = atoi(top_k);
         if (seed) g.has_seed = 1, g.seed = strtoull(seed, NULL, 10);
         if (max_new) g.has_max_new_tokens = 1, g.max_new_tokens = atoi(max_new);
-        if (stop) stops[0] = (char *)stop, g.stop = stops, g.n_stop = 1;
+        if (n_stop) g.stop = (char **)stop, g.n_stop = (size_t)n_stop;
         if (stop_ids_s) {
             if (parse_ids("--stop-ids", stop_ids_s, &sids, &n_sids)) return 2;
             g.stop_ids = sids, g.n_stop_ids = (size_t)n_sids;
@@ -239,7 +292,10 @@ int main(int argc, char **argv) {
             } else {
                 const char *msg = r->body_case == GLMTP__GENERATE_RESPONSE__BODY_ERROR && r->error->message
                                       ? r->error->message : "response with no body";
-                fprintf(stderr, "glmtp-client: request %s: %s\n", r->request_id, msg);
+                if (strncmp(msg, "request '", 9) == 0) /* the server's message names the request */
+                    fprintf(stderr, "glmtp-client: %s\n", msg);
+                else
+                    fprintf(stderr, "glmtp-client: request '%s': %s\n", r->request_id, msg);
                 cJSON_AddStringToObject(rec, "error", msg);
                 if (r->body_case == GLMTP__GENERATE_RESPONSE__BODY_ERROR)
                     cJSON_AddNumberToObject(rec, "error_code", r->error->code);
@@ -296,6 +352,7 @@ int main(int argc, char **argv) {
     free(text);
     free(ids);
     free(sids);
+    free(stop);
     if (chm.messages) {
         for (size_t i = 0; i < chm.n_messages; i++) free(chm.messages[i]);
         free(chm.messages);

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../worker/log.h"
 #include "../../worker/util.h"
 #include "engine.h"
 #ifdef GLMTP_HAVE_NCCL
@@ -122,11 +123,18 @@ static void close_backend(engine *e) {
 /* ---- end of the backend factory ---- */
 
 /* Agreement on a step that may fail on some ranks: 0 when every rank is fine,
- * else 1 after every rank printed the first failing rank's message. */
+ * else 1 after the first failing rank's message is printed: by rank 0 alone
+ * when every rank failed the same way (a config error, a missing file), else
+ * by every rank, naming itself. */
 static int agree(comm *c, int rc, char *err, size_t errlen, const char *what) {
     int first = comm_first_failed(c, rc != 0);
-    if (first >= 0) share_error(c, first, err, errlen);
-    if (rc)
+    if (first < 0) return 0;
+    int all_failed = comm_first_failed(c, rc == 0) < 0;
+    int same = comm_first_mismatch(c, util_fnv(UTIL_FNV_INIT, err, strnlen(err, errlen))) < 0;
+    share_error(c, first, err, errlen);
+    if (all_failed && same)
+        log_error_agreed("%s", err);
+    else if (rc)
         engine_error(c, "%s", err);
     else if (first >= 0)
         engine_error(c, "stopping: rank %d failed to %s: %s", first, what, err);
@@ -214,6 +222,8 @@ int engine_open(engine *e, comm *c, const char *dir, int kv_tokens, int block_si
     }
     long long tokens = (long long)n_blocks * block_size;
     int ctx = e->m->cfg.seq_len;
+    /* Start-up lines: rank 0's at info level, the others' at debug. */
+    if (!log_enabled(LOG_INFO)) return 0;
     fprintf(stderr, "glmtp: rank %d/%d: weights %zu bytes (sharded %zu, replicated %zu); KV cache %zu bytes, %lld tokens\n",
             c->rank, c->size, e->m->bytes_sharded + e->m->bytes_replicated, e->m->bytes_sharded,
             e->m->bytes_replicated, e->kv->bytes, tokens);
@@ -224,7 +234,8 @@ int engine_open(engine *e, comm *c, const char *dir, int kv_tokens, int block_si
     if (tokens >= ctx)
         snprintf(room, sizeof room, "room for %.1f sequences of the full %d-token context", (double)tokens / ctx, ctx);
     else
-        snprintf(room, sizeof room, "room for %lld tokens, less than the model's %d-token context", tokens, ctx);
+        snprintf(room, sizeof room, "room for %lld tokens in all (the model's context is %d; --kv-tokens N sets the pool)",
+                 tokens, ctx);
     fprintf(stderr, "glmtp: rank %d/%d: %.2f GiB of weights, %.2f GiB of KV cache (%.1f KiB per token%s%s): %s\n",
             c->rank, c->size, (e->m->bytes_sharded + e->m->bytes_replicated) / 1073741824.0,
             e->kv->bytes / 1073741824.0, per_token / 1024, fit >= 0 && kv_tokens <= 0 ? "; " : "",

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../../worker/log.h"
 #include "../base/args.h"
 #include "../base/commands.h"
 #include "../engine/engine.h"
@@ -78,10 +79,30 @@ static char *turn(engine *e, const tokenizer *tok, const history *h, const char 
     return reply;
 }
 
+static const args_opt chat_opts[] = {
+    {"--model", "DIR", "checkpoint directory with tokenizer.model; required"},
+    {"--system", "TEXT", "system prompt of the conversation"},
+    {"--max-new-tokens", "N", "new tokens per request (default: generation_config.json, else 256; at most the room left in the context)"},
+    {"--temperature", "T", "sampling temperature, 0 = greedy (default: generation_config.json, else greedy)"},
+    {"--top-p", "P", "nucleus sampling (default: generation_config.json, else 1)"},
+    {"--top-k", "K", "top-k sampling, 0 = off (default: generation_config.json, else 0)"},
+    {"--seed", "S", "base seed of sampled requests (default 0)"},
+    {"--no-prefix-cache", NULL, "do not reuse the KV blocks of a prompt prefix seen before"},
+    {NULL, NULL, NULL},
+};
+
+const args_spec cmd_chat_spec = {
+    "glmtp chat",
+    "--model DIR [--system TEXT] [options]",
+    "Interactive multi-turn chat on rank 0's terminal; replies stream as they are generated.",
+    {chat_opts, args_engine_opts, args_log_opts, NULL},
+    "commands at the prompt: /reset (clear the history), /system TEXT (new system prompt), /exit (or end of input)\n",
+};
+
 int cmd_chat(comm *c, int argc, char **argv) {
     if (engine_check_args(c, argc, argv)) return 1;
     args a;
-    args_init(&a, argc, argv);
+    args_init(&a, &cmd_chat_spec, argc, argv);
     const char *dir = args_str(&a, "--model", NULL);
     req_defaults d;
     req_defaults_load(&d, dir ? dir : ".");
@@ -98,7 +119,7 @@ int cmd_chat(comm *c, int argc, char **argv) {
     int no_prefix_cache = args_flag(&a, "--no-prefix-cache");
     if (!a.failed && !dir) snprintf(a.err, sizeof a.err, "--model DIR is required"), a.failed = 1;
     int rc = args_finish(&a) ? 1 : 0;
-    if (rc) engine_error(c, "chat: %s", a.err);
+    if (rc) log_error_agreed("chat: %s (glmtp chat --help lists the options)", a.err);
     args_free(&a);
     if (rc) return 1;
 
@@ -111,6 +132,10 @@ int cmd_chat(comm *c, int argc, char **argv) {
             engine_error(c, "chat: %s", err);
             failed = 1;
         }
+        snprintf(path, sizeof path, "%s/%s", dir, MAKE_MODEL_MARKER);
+        if (access(path, F_OK) == 0)
+            log_msg(LOG_INFO, "chat: %s holds random weights (made by glmtp make-model): the replies will be "
+                              "gibberish", dir);
     }
     engine e = {0};
     rc = 1;
@@ -128,14 +153,13 @@ int cmd_chat(comm *c, int argc, char **argv) {
     history h = {0};
     char *sys = system ? strdup(system) : NULL;
     hist_clear(&h, sys);
-    int interactive = isatty(0);
-    if (interactive) printf("glmtp chat: %d-token context. /reset, /system TEXT, /exit\n", limit);
+    /* The banner and the "user>" / "assistant>" markers go to stderr, as
+     * bash's read -p prompt does: under mpirun stdin is never a terminal, and
+     * stdout stays the replies alone for scripts. */
+    fprintf(stderr, "glmtp chat: %d-token context. Commands: /reset, /system TEXT, /exit\n", limit);
     char line[65536];
     for (uint64_t n_turn = 0;; n_turn++) {
-        if (interactive) {
-            printf("user> ");
-            fflush(stdout);
-        }
+        fprintf(stderr, "user> ");
         if (!fgets(line, sizeof line, stdin)) break;
         line[strcspn(line, "\r\n")] = 0;
         if (!line[0]) continue;
@@ -152,9 +176,13 @@ int cmd_chat(comm *c, int argc, char **argv) {
             printf("(system prompt set; history cleared)\n");
             continue;
         }
+        if (line[0] == '/') {
+            fprintf(stderr, "glmtp chat: unknown command '%s' (/reset, /system TEXT, /exit); nothing was sent\n", line);
+            continue;
+        }
         hist_push(&h, "user", line);
-        if (interactive) printf("assistant> ");
         fflush(stdout);
+        fprintf(stderr, "assistant> ");
         char *reply = turn(&e, tok, &h, preamble, &d, limit, seed + n_turn);
         if (!reply) {
             hist_pop(&h);

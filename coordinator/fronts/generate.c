@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "../../worker/util.h"
+#include "../../worker/log.h"
 #include "../base/args.h"
 #include "../base/commands.h"
 #include "../engine/engine.h"
@@ -22,9 +23,38 @@ typedef struct gen_cli {
     req_defaults d;
 } gen_cli;
 
+static const args_opt gen_opts[] = {
+    {"--model", "DIR", "checkpoint directory (config.json, *.safetensors, tokenizer.model); required"},
+    {"--input", "FILE.jsonl", "one request per line (see below); or --ids"},
+    {"--ids", "1,2,3", "one request of these token ids instead of --input"},
+    {"--output", "FILE.jsonl", "where the records go (default: stdout)"},
+    {"--tokenizer", "FILE", "tokenizer.model to use instead of the one in DIR"},
+    {"--max-new-tokens", "N", "new tokens per request (default: generation_config.json, else 256; at most the room left in the context)"},
+    {"--temperature", "T", "sampling temperature, 0 = greedy (default: generation_config.json, else greedy)"},
+    {"--top-p", "P", "nucleus sampling (default: generation_config.json, else 1)"},
+    {"--top-k", "K", "top-k sampling, 0 = off (default: generation_config.json, else 0)"},
+    {"--seed", "S", "base seed of sampled requests (default 0)"},
+    {"--ignore-eos", NULL, "keep generating past end-of-sequence tokens"},
+    {"--step-tokens", "N", "tokens per step, prefill chunks included (default 512)"},
+    {"--no-prefix-cache", NULL, "do not reuse the KV blocks of a prompt prefix seen before"},
+    {NULL, NULL, NULL},
+};
+
+const args_spec cmd_generate_spec = {
+    "glmtp generate",
+    "--model DIR --input prompts.jsonl [--output out.jsonl] | --ids 1,2,3 [options]",
+    "Batch generation: one JSON request per input line, one record per line out, in input order.",
+    {gen_opts, args_engine_opts, args_log_opts, NULL},
+    "request lines: {\"id\": 1, \"prompt\": \"...\"} | {\"id\": 2, \"messages\": [{\"role\": \"user\", \"content\": \"...\"}],\n"
+    "  \"tools\": [...]} | {\"id\": 3, \"input_ids\": [...]}; optional max_new_tokens (or max_tokens), temperature,\n"
+    "  top_p, top_k, seed, stop. Any other key is an error naming it.\n"
+    "records: {\"id\", \"text\", \"token_ids\", \"finish_reason\": stop|length|error, \"error\"?, \"usage\"}\n",
+};
+
 static int parse_cli(comm *c, gen_cli *o, int argc, char **argv) {
     args a;
-    args_init(&a, argc, argv);
+    (void)c; /* every rank parses the same argv; rank 0 reports */
+    args_init(&a, &cmd_generate_spec, argc, argv);
     memset(o, 0, sizeof *o);
     o->dir = args_str(&a, "--model", NULL);
     req_defaults_load(&o->d, o->dir ? o->dir : ".");
@@ -51,7 +81,7 @@ static int parse_cli(comm *c, gen_cli *o, int argc, char **argv) {
     if (!a.failed && !!o->input == !!o->ids)
         snprintf(a.err, sizeof a.err, "give --input FILE.jsonl or --ids 1,2,3"), a.failed = 1;
     if (args_finish(&a)) {
-        engine_error(c, "generate: %s", a.err);
+        log_error_agreed("generate: %s (glmtp generate --help lists the options)", a.err);
         rc = 1;
     }
     args_free(&a);
@@ -65,7 +95,7 @@ static int read_requests(const gen_cli *o, const req_context *ctx, req_line **ou
     char err[512];
     if (o->ids) { /* one request from the command line */
         args a;
-        args_init(&a, 0, NULL);
+        args_init(&a, NULL, 0, NULL);
         int *ids, k;
         if (args_int_list(&a, "--ids", o->ids, &ids, &k)) {
             fprintf(stderr, "glmtp: generate: %s\n", a.err);
@@ -156,6 +186,10 @@ int cmd_generate(comm *c, int argc, char **argv) {
             engine_error(c, "%s", err);
             failed = 1;
         } else {
+            snprintf(path, sizeof path, "%s/%s", o.dir, MAKE_MODEL_MARKER);
+            if (access(path, F_OK) == 0)
+                log_msg(LOG_INFO, "generate: %s holds random weights (made by glmtp make-model): the text will be "
+                                  "gibberish, the pipeline is the real one", o.dir);
             preamble = chat_tool_preamble(o.dir);
             req_context ctx = {&o.d, tok, preamble, cfg.seq_len, tok ? tok_n_total(tok) : cfg.vocab};
             if (ctx.n_vocab > cfg.vocab) ctx.n_vocab = cfg.vocab;

@@ -133,6 +133,26 @@ static void parse_prompt(const req_context *c, req_line *r, int line, const cJSO
     free(ids);
 }
 
+/* The keys a request line may hold; "max_tokens" is the OpenAI spelling of
+ * "max_new_tokens". Anything else is an error naming it: a misspelt option
+ * must not run with the default silently. */
+static const char *const known_keys[] = {"id",    "prompt", "messages", "input_ids", "tools", "max_new_tokens",
+                                         "max_tokens", "temperature", "top_p", "top_k", "seed", "stop"};
+
+static void check_keys(req_line *r, int line, const cJSON *o) {
+    for (const cJSON *k = o->child; k; k = k->next) {
+        size_t i = 0;
+        while (i < sizeof known_keys / sizeof known_keys[0] && strcmp(k->string, known_keys[i]) != 0) i++;
+        if (i == sizeof known_keys / sizeof known_keys[0]) {
+            set_error(r, line, "unknown field '%s' (known: id, prompt | messages [+ tools] | input_ids, max_new_tokens "
+                               "or max_tokens, temperature, top_p, top_k, seed, stop)", k->string);
+            return;
+        }
+    }
+    if (cJSON_GetObjectItemCaseSensitive(o, "max_new_tokens") && cJSON_GetObjectItemCaseSensitive(o, "max_tokens"))
+        set_error(r, line, "fields 'max_new_tokens' and 'max_tokens' are the same option: give one");
+}
+
 void req_parse(const req_context *c, const char *text, size_t len, int line_no, req_line *r) {
     memset(r, 0, sizeof *r);
     r->line_no = line_no;
@@ -151,6 +171,7 @@ void req_parse(const req_context *c, const char *text, size_t len, int line_no, 
     }
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(o, "id");
     r->id = id ? cJSON_Duplicate(id, 1) : cJSON_CreateNull();
+    check_keys(r, line_no, o);
 
     const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(o, "prompt");
     const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(o, "messages");
@@ -170,15 +191,26 @@ void req_parse(const req_context *c, const char *text, size_t len, int line_no, 
         parse_ids(c, r, line_no, ids);
 
     double v;
-    if (get_int(r, line_no, o, "max_new_tokens", 1, 1e9, &v)) r->g.max_new = (int)v;
+    int max_given = get_int(r, line_no, o, "max_new_tokens", 1, 1e9, &v) || get_int(r, line_no, o, "max_tokens", 1, 1e9, &v);
+    if (max_given) r->g.max_new = (int)v;
     if (get_num(r, line_no, o, "temperature", 0, 0, 1e4, &v)) r->g.temperature = (float)v;
     if (get_num(r, line_no, o, "top_p", 0, 1, 1, &v)) r->g.top_p = (float)v;
     if (get_int(r, line_no, o, "top_k", 0, 1e9, &v)) r->g.top_k = (int)v;
     if (get_int(r, line_no, o, "seed", 0, 9007199254740991.0, &v)) r->g.seed = (uint64_t)v;
     parse_stop(r, line_no, o);
-    if (!r->error && r->g.n_prompt + r->g.max_new > c->seq_len)
-        set_error(r, line_no, "field '%s': prompt of %d tokens plus max_new_tokens %d exceeds the context length %d",
-                  prompt ? "prompt" : msgs ? "messages" : "input_ids", r->g.n_prompt, r->g.max_new, c->seq_len);
+    /* The default fits the room the prompt leaves (vLLM's default is the rest
+     * of the context); a limit the line asked for is checked as given. */
+    if (!r->error && !max_given && r->g.n_prompt < c->seq_len && r->g.n_prompt + r->g.max_new > c->seq_len)
+        r->g.max_new = c->seq_len - r->g.n_prompt;
+    if (!r->error && r->g.n_prompt + r->g.max_new > c->seq_len) {
+        const char *f = prompt ? "prompt" : msgs ? "messages" : "input_ids";
+        if (max_given)
+            set_error(r, line_no, "field '%s': prompt of %d tokens plus max_new_tokens %d exceeds the context length %d",
+                      f, r->g.n_prompt, r->g.max_new, c->seq_len);
+        else
+            set_error(r, line_no, "field '%s': prompt of %d tokens leaves no room in the context length %d", f,
+                      r->g.n_prompt, c->seq_len);
+    }
     cJSON_Delete(o);
 }
 

@@ -3,7 +3,10 @@
  * A line is {"id": any, "prompt": "..."} (raw completion, [gMASK]<sop> prefix),
  * {"id", "messages": [{role, content, metadata?, tools?}], "tools"?} (chat), or
  * {"id", "input_ids": [...]} (token ids as given); optional max_new_tokens,
- * temperature, top_p, top_k, seed, stop (string or list) override the defaults.
+ * (or max_tokens, the OpenAI spelling), temperature, top_p, top_k, seed, stop
+ * (string or list) override the defaults; any other key is an error naming
+ * it. Without a max_new_tokens the default is cut to the room the prompt
+ * leaves in the context.
  * A bad line becomes a request with an error naming the line and field; it is
  * answered with finish_reason "error" and the other lines run. */
 #ifndef GLMTP_REQUESTS_H

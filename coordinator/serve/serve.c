@@ -12,6 +12,7 @@
 
 #include "../../proto/wire.h"
 #include "../../worker/util.h"
+#include "../../worker/log.h"
 #include "../base/args.h"
 #include "../base/commands.h"
 #include "../text/chat_template.h"
@@ -51,9 +52,38 @@ typedef struct serve_cli {
     req_defaults d;
 } serve_cli;
 
+static const args_opt serve_opts[] = {
+    {"--model", "DIR", "checkpoint directory; required"},
+    {"--listen", "ADDR", "127.0.0.1:7070 (default), HOST:PORT or unix:/path; beyond loopback needs --auth-token-file"},
+    {"--auth-token-file", "F", "clients must send the token in this file first"},
+    {"--tokenizer", "FILE", "tokenizer.model to use instead of the one in DIR"},
+    {"--step-log", "FILE", "one JSON line per engine step (batch, tokens, times)"},
+    {"--max-new-tokens", "N", "default new tokens per request (default: generation_config.json, else 256; at most the room left in the context)"},
+    {"--temperature", "T", "sampling temperature, 0 = greedy (default: generation_config.json, else greedy)"},
+    {"--top-p", "P", "nucleus sampling (default: generation_config.json, else 1)"},
+    {"--top-k", "K", "top-k sampling, 0 = off (default: generation_config.json, else 0)"},
+    {"--seed", "S", "base seed of sampled requests (default 0)"},
+    {"--step-tokens", "N", "tokens per step, prefill chunks included (default 512)"},
+    {"--max-queue", "N", "requests waiting beyond the running ones before \"overloaded\" (default 256)"},
+    {"--max-frame", "BYTES", "largest message a client may send (default 16 MiB)"},
+    {"--keepalive", "S", "seconds between idle keepalive steps to the other ranks (default 30)"},
+    {"--no-prefix-cache", NULL, "do not reuse the KV blocks of a prompt prefix seen before"},
+    {NULL, NULL, NULL},
+};
+
+const args_spec cmd_serve_spec = {
+    "glmtp serve",
+    "--model DIR [--listen 127.0.0.1:7070|unix:/path] [options]",
+    "Serving over the protobuf channel (proto/glmtp.proto, installed in share/glmtp/): continuous batching,\n"
+    "chunked prefill, preemption, bounded queue, cancel, Health/Stats. Client: glmtp-client --help.",
+    {serve_opts, args_engine_opts, args_log_opts, NULL},
+    NULL,
+};
+
 static int parse_cli(comm *c, serve_cli *o, int argc, char **argv) {
     args a;
-    args_init(&a, argc, argv);
+    (void)c; /* every rank parses the same argv; rank 0 reports */
+    args_init(&a, &cmd_serve_spec, argc, argv);
     memset(o, 0, sizeof *o);
     o->dir = args_str(&a, "--model", NULL);
     req_defaults_load(&o->d, o->dir ? o->dir : ".");
@@ -80,7 +110,7 @@ static int parse_cli(comm *c, serve_cli *o, int argc, char **argv) {
     int rc = 0;
     if (!a.failed && !o->dir) snprintf(a.err, sizeof a.err, "--model DIR is required"), a.failed = 1;
     if (args_finish(&a)) {
-        engine_error(c, "serve: %s", a.err);
+        log_error_agreed("serve: %s (glmtp serve --help lists the options)", a.err);
         rc = 1;
     }
     args_free(&a);

@@ -4,8 +4,9 @@
  *
  * Tolerances and the shared helpers: gpu_check.h.
  *
- * Without a usable CUDA device it prints "skipped: no CUDA device" and exits 0,
- * so the CPU-only ctest run stays green. Last line: "N passed, M failed".
+ * Without a usable CUDA device it prints "skipped: no CUDA device" and exits
+ * GPU_SKIP_EXIT (77, ctest's SKIP_RETURN_CODE for it), so ctest on a machine
+ * without a GPU reports it skipped, not passed. Last line: "N passed, M failed".
  * The parts are test_gpu_*.c; gpu_check.h has what they share. */
 #include <cuda_runtime.h>
 #include <stdio.h>
@@ -15,12 +16,14 @@
 
 #include "gpu_check.h"
 
+#define GPU_SKIP_EXIT 77
+
 int main(int argc, char **argv) {
     int n_dev = 0;
     cudaError_t e = cudaGetDeviceCount(&n_dev);
     if (e != cudaSuccess || n_dev == 0) {
         printf("skipped: no CUDA device (%s)\n", e != cudaSuccess ? cudaGetErrorString(e) : "none visible");
-        return 0;
+        return GPU_SKIP_EXIT;
     }
     char err[512];
     setenv("GLMTP_FUSED_ADD_NORM", "1", 0); /* the fused kernels (the default) unless told otherwise */
@@ -30,7 +33,7 @@ int main(int argc, char **argv) {
     G = kernels_cuda_create(0, err, sizeof err);
     if (!G.iface) {
         printf("skipped: no CUDA device (%s)\n", err);
-        return 0;
+        return GPU_SKIP_EXIT;
     }
     C = kernels_cpu_create(0);
     /* GLMTP_GPU_TEST_ONLY=prefill: only the small prefill attention cases

@@ -1,0 +1,28 @@
+# Writes the glmtp(1) man page from the commands' own --help (cmake -P; the
+# build runs it): the help text is the one list of options, so the man page
+# cannot disagree with it. -DGLMTP=bin -DCLIENT=bin (optional) -DVERSION= -DOUT=
+function(help_of out)
+  execute_process(COMMAND ${ARGN} OUTPUT_VARIABLE text RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "${ARGN}: exit ${rc}")
+  endif()
+  string(REPLACE "\\" "\\e" text "${text}")
+  string(REGEX REPLACE "(^|\n)([.'])" "\\1\\\\&\\2" text "${text}")
+  set(${out} "${text}" PARENT_SCOPE)
+endfunction()
+help_of(top ${GLMTP} --help)
+set(page ".TH GLMTP 1 \"\" \"glmtp ${VERSION}\" \"User Commands\"\n.SH NAME\nglmtp \\- tensor-parallel inference for the GLM-4-9B family\n")
+string(APPEND page ".SH SYNOPSIS\n.nf\n${top}.fi\n.SH COMMANDS\n")
+foreach(cmd make-model generate chat serve score tokenize bench)
+  execute_process(COMMAND ${GLMTP} ${cmd} --help OUTPUT_VARIABLE probe RESULT_VARIABLE rc ERROR_QUIET)
+  if(rc EQUAL 0) # serve is absent from builds without protoc-c
+    help_of(text ${GLMTP} ${cmd} --help)
+    string(APPEND page ".SS glmtp ${cmd}\n.nf\n${text}.fi\n")
+  endif()
+endforeach()
+if(CLIENT)
+  help_of(text ${CLIENT} --help)
+  string(APPEND page ".SS glmtp-client\n.nf\n${text}.fi\n")
+endif()
+string(APPEND page ".SH SEE ALSO\nmpirun(1); the README in the doc directory; the serve channel: share/glmtp/glmtp.proto\n")
+file(WRITE ${OUT} "${page}")
