@@ -761,9 +761,9 @@ static void test_attention_case(int n_kv, int q_per_kv, int d) {
  * over history stored in an earlier step. Block size 16, blocks in reverse
  * order. Step 1: seq 1 positions 0..149. Step 2: seq 1 decodes position 150,
  * then seq 0 prefills positions 0..199 in one chunk. */
-static void test_attention_long(int n_kv, int q_per_kv, int d) {
+static void test_attention_long(int n_q, int n_kv, int q_per_kv, int d) {
     enum { LBS = 16, LMAXB = 13, L0 = 200, L1 = 151 };
-    int n_q = n_kv * q_per_kv, kvw = n_kv * d, qw = n_q * d, ld = qw + 2 * kvw;
+    int kvw = n_kv * d, qw = n_q * d, ld = qw + 2 * kvw;
     int32_t tables[2 * LMAXB];
     for (int i = 0; i < 2 * LMAXB; i++) tables[i] = 2 * LMAXB - 1 - i;
     int lens[2] = {L0, L1};
@@ -828,8 +828,8 @@ static void test_attention_long(int n_kv, int q_per_kv, int d) {
         float *got = xmalloc((size_t)T * qw * 4);
         K_->to_host(kb.ctx, got, dout, (size_t)T * qw * 4);
         char name[128];
-        snprintf(name, sizeof name, "attention long step %d n_kv=%d q_per_kv=%d d=%d T=%d max_pos=%d", step + 1,
-                 n_kv, q_per_kv, d, T, max_pos);
+        snprintf(name, sizeof name, "attention long step %d n_q=%d n_kv=%d q_per_kv=%d d=%d T=%d max_pos=%d",
+                 step + 1, n_q, n_kv, q_per_kv, d, T, max_pos);
         check(name, got, want, (size_t)T * qw, 2e-5, 1e-4);
         K_->free(kb.ctx, dqkv), K_->free(kb.ctx, dpos), K_->free(kb.ctx, dseq), K_->free(kb.ctx, dslots);
         K_->free(kb.ctx, dout);
@@ -847,9 +847,10 @@ static void test_attention(void) {
     test_attention_case(2, 2, 16);
     test_attention_case(2, 16, 128); /* GLM-4-9B chat shapes, tp = 1 */
     test_attention_case(1, 1, 5);    /* MHA, odd head dim */
-    test_attention_long(2, 2, 16);   /* 32-token query tiles */
-    test_attention_long(2, 16, 128); /* 4-token query tiles, GLM-4-9B head shapes */
-    test_attention_long(1, 96, 8);   /* more heads per group than a tile's rows */
+    test_attention_long(4, 2, 2, 16);    /* 32-token query tiles */
+    test_attention_long(32, 2, 16, 128); /* 4-token query tiles, GLM-4-9B head shapes */
+    test_attention_long(96, 1, 96, 8);   /* more heads per group than a tile's rows */
+    test_attention_long(2, 1, 4, 16);    /* tp above the KV groups: 2 of a group's 4 heads on the rank */
 }
 
 /* -------------------------------------------------------------------- main */

@@ -85,10 +85,10 @@ typedef struct attn_tile {
 } attn_tile;
 
 /* Splits the step's tokens into runs of one sequence, each run into tiles of
- * at most ROWS / q_per_kv tokens (at least one), times every KV group.
+ * at most ROWS / hp tokens (at least one), times every KV group.
  * Returns the count; *out is malloc'ed (caller frees). */
-static int plan_tiles(const kattn_batch *b, int n_kv, int q_per_kv, attn_tile **out) {
-    int T = b->n_tokens, per = ROWS / q_per_kv > 0 ? ROWS / q_per_kv : 1, n = 0, cap = 0;
+static int plan_tiles(const kattn_batch *b, int n_kv, int hp, attn_tile **out) {
+    int T = b->n_tokens, per = ROWS / hp > 0 ? ROWS / hp : 1, n = 0, cap = 0;
     attn_tile *tl = NULL;
     for (int t = 0; t < T;) {
         int e = t + 1;
@@ -115,11 +115,15 @@ typedef struct attn_scratch {
     float *m, *l; /* [rows] running max and sum */
 } attn_scratch;
 
+/* hp: heads per KV group on this rank, min(q_per_kv, n_q): with KV heads
+ * replicated (tp above the KV groups) a rank holds fewer q heads than a group
+ * has, all of them on its one KV head. Group g's heads are g * q_per_kv + i. */
 static void tile_run(const attn_tile *tile, attn_scratch *w, float *out, const float *q, int ld_q, const float *K,
-                     const float *V, const kattn_batch *b, int n_q, int n_kv, int q_per_kv, int d, float scale) {
-    int R = tile->nt * q_per_kv, s_id = b->seq[tile->t0], maxp = 0;
+                     const float *V, const kattn_batch *b, int n_q, int n_kv, int q_per_kv, int hp, int d,
+                     float scale) {
+    int R = tile->nt * hp, s_id = b->seq[tile->t0], maxp = 0;
     for (int r = 0; r < R; r++) {
-        int t = tile->t0 + r / q_per_kv, h = tile->g * q_per_kv + r % q_per_kv;
+        int t = tile->t0 + r / hp, h = tile->g * q_per_kv + r % hp;
         const float *qv = q + (size_t)t * ld_q + (size_t)h * d;
         for (int i = 0; i < d; i++) w->q[(size_t)r * d + i] = qv[i] * scale;
         for (int i = 0; i < d; i++) w->o[(size_t)r * d + i] = 0.0f;
@@ -135,7 +139,7 @@ static void tile_run(const attn_tile *tile, attn_scratch *w, float *out, const f
         }
         for (int i = 0; nk < TK && i < d; i++) memset(w->kt + (size_t)i * TK + nk, 0, sizeof(float) * (TK - nk));
         for (int r = 0; r < R; r++) {
-            int lim = b->pos[tile->t0 + r / q_per_kv] - k0 + 1;
+            int lim = b->pos[tile->t0 + r / hp] - k0 + 1;
             if (lim <= 0) continue; /* this row's keys are all behind it */
             if (lim > nk) lim = nk;
             float *qr = w->q + (size_t)r * d, *orow = w->o + (size_t)r * d;
@@ -161,7 +165,7 @@ static void tile_run(const attn_tile *tile, attn_scratch *w, float *out, const f
         }
     }
     for (int r = 0; r < R; r++) {
-        int t = tile->t0 + r / q_per_kv, h = tile->g * q_per_kv + r % q_per_kv;
+        int t = tile->t0 + r / hp, h = tile->g * q_per_kv + r % hp;
         float *o = out + (size_t)t * n_q * d + (size_t)h * d, inv = 1.0f / w->l[r];
         for (int i = 0; i < d; i++) o[i] = w->o[(size_t)r * d + i] * inv;
     }
@@ -171,8 +175,9 @@ void cpu_attention(void *ctx, void *out, const void *q, int ld_q, const void *kc
                    const kattn_batch *b, int n_q, int n_kv, int q_per_kv, int d, float scale) {
     (void)ctx;
     attn_tile *tiles;
-    int n_tiles = plan_tiles(b, n_kv, q_per_kv, &tiles);
-    int rows = ROWS > q_per_kv ? ROWS : q_per_kv; /* a tile holds at least one token */
+    int hp = q_per_kv < n_q ? q_per_kv : n_q;
+    int n_tiles = plan_tiles(b, n_kv, hp, &tiles);
+    int rows = ROWS > hp ? ROWS : hp; /* a tile holds at least one token */
 #pragma omp parallel if (n_tiles > 1)
     {
         attn_scratch w;
@@ -183,7 +188,7 @@ void cpu_attention(void *ctx, void *out, const void *q, int ld_q, const void *kc
         w.m = w.vt + (size_t)d * TK, w.l = w.m + rows;
 #pragma omp for schedule(dynamic, 1)
         for (int i = 0; i < n_tiles; i++)
-            tile_run(&tiles[i], &w, out, q, ld_q, kcache, vcache, b, n_q, n_kv, q_per_kv, d, scale);
+            tile_run(&tiles[i], &w, out, q, ld_q, kcache, vcache, b, n_q, n_kv, q_per_kv, hp, d, scale);
         free(mem);
     }
     free(tiles);
