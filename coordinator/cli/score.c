@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "../../worker/log.h"
+#include "../../worker/util.h"
 #include "../base/args.h"
 #include "../base/commands.h"
 #include "../engine/engine.h"
@@ -52,9 +53,32 @@ static void print_row(int pos, const int *ids, int n, const float *logits, const
     printf("}\n");
 }
 
+/* The file's ids with white space turned into commas, for args_int_list.
+ * NULL with err on failure; the caller frees. */
+static char *read_ids_file(const char *path, char *err, size_t errlen) {
+    size_t len;
+    char e2[400];
+    char *t = util_read_file(path, &len, e2, sizeof e2);
+    if (!t) {
+        snprintf(err, errlen, "--ids-file: %s", e2);
+        return NULL;
+    }
+    size_t w = 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = t[i] == ' ' || t[i] == '\n' || t[i] == '\t' || t[i] == '\r' ? ',' : t[i];
+        if (ch == ',' && (w == 0 || t[w - 1] == ',')) continue; /* runs of separators count once */
+        t[w++] = ch;
+    }
+    if (w && t[w - 1] == ',') w--;
+    t[w] = 0;
+    return t;
+}
+
 static const args_opt score_opts[] = {
     {"--model", "DIR", "checkpoint directory; required"},
-    {"--ids", "1,2,3", "the token ids to score; required"},
+    {"--ids", "1,2,3", "the token ids to score (or --ids-file)"},
+    {"--ids-file", "FILE", "the token ids from a file, separated by commas or white space (long contexts)"},
+    {"--from", "P", "print positions P.. only; the ids before P are prefilled without logits (default 0)"},
     {"--incremental", NULL, "one token per step through the KV cache instead of one prefill"},
     {"--dump", "hidden|logits", "also print each position's final hidden state or logits"},
     {"--top", "K", "top-K next tokens per position (default 5)"},
@@ -63,7 +87,7 @@ static const args_opt score_opts[] = {
 
 const args_spec cmd_score_spec = {
     "glmtp score",
-    "--model DIR --ids 1,2,3 [--incremental] [--dump hidden|logits] [--top K]",
+    "--model DIR --ids 1,2,3|--ids-file FILE [--from P] [--incremental] [--dump hidden|logits] [--top K]",
     "Per-position log-probabilities of the given ids, one JSON line per position.",
     {score_opts, args_engine_opts, args_log_opts, NULL},
     NULL,
@@ -74,7 +98,9 @@ int cmd_score(comm *c, int argc, char **argv) {
     args a;
     args_init(&a, &cmd_score_spec, argc, argv);
     const char *dir = args_str(&a, "--model", NULL);
-    const char *ids_s = args_str(&a, "--ids", NULL);
+    const char *ids_s = args_str(&a, "--ids", NULL), *ids_file = args_str(&a, "--ids-file", NULL);
+    long from = args_int(&a, "--from", 0, 0, 2147483647L);
+    char *file_text = NULL;
     const char *dump = args_str(&a, "--dump", NULL);
     int top = (int)args_int(&a, "--top", 5, 0, 1000);
     int incremental = args_flag(&a, "--incremental");
@@ -86,10 +112,14 @@ int cmd_score(comm *c, int argc, char **argv) {
     float *logits = NULL, *hidden = NULL;
     double *lp = NULL;
     if (!a.failed && !dir) snprintf(a.err, sizeof a.err, "--model DIR is required"), a.failed = 1;
-    if (!a.failed && !ids_s) snprintf(a.err, sizeof a.err, "--ids 1,2,3 is required"), a.failed = 1;
+    if (!a.failed && !ids_s == !ids_file)
+        snprintf(a.err, sizeof a.err, "give the ids as --ids 1,2,3 or --ids-file FILE (one of them)"), a.failed = 1;
+    if (!a.failed && ids_file && !(file_text = read_ids_file(ids_file, a.err, sizeof a.err))) a.failed = 1;
     if (!a.failed && dump && strcmp(dump, "hidden") && strcmp(dump, "logits"))
         snprintf(a.err, sizeof a.err, "--dump must be hidden or logits, not '%s'", dump), a.failed = 1;
-    if (!a.failed) args_int_list(&a, "--ids", ids_s, &ids, &n);
+    if (!a.failed) args_int_list(&a, ids_s ? "--ids" : "--ids-file", ids_s ? ids_s : file_text, &ids, &n);
+    if (!a.failed && from >= n)
+        snprintf(a.err, sizeof a.err, "--from %ld: only %d ids, so positions 0..%d", from, n, n - 1), a.failed = 1;
     if (args_finish(&a)) {
         log_error_agreed("score: %s (glmtp score --help lists the options)", a.err);
         goto done;
@@ -98,27 +128,32 @@ int cmd_score(comm *c, int argc, char **argv) {
     const glm_config *cfg = &e.m->cfg;
     if (plan_check_ids(c, ids, n, cfg, "--ids")) goto done;
 
-    int V = cfg->vocab, H = cfg->hidden;
-    if (c->rank == 0) {
-        logits = malloc(sizeof(float) * (size_t)n * V);
-        hidden = malloc(sizeof(float) * (size_t)n * H);
+    int V = cfg->vocab, H = cfg->hidden, P = (int)from;
+    if (c->rank == 0) { /* rows P..n-1 only; logits at position P - 1 land in row 0 when P > 0 and are overwritten */
+        logits = malloc(sizeof(float) * (size_t)(n - P) * V);
+        hidden = malloc(sizeof(float) * (size_t)(n - P) * H);
         lp = malloc(sizeof(double) * (size_t)V);
         if (!logits || !hidden || !lp) abort();
     }
     kv_seq seq = {0};
     if (c->rank == 0 && kv_seq_reserve(&e.blocks, &seq, n)) abort(); /* sized for n above */
+    /* Positions before P in steps that keep only their last row's logits (in
+     * row 0, overwritten later), then P.. with every row's. */
     int chunk = incremental ? 1 : n;
-    for (int start = 0; start < n; start += chunk) {
+    for (int start = 0; start < n;) {
+        int before = start < P, end = before ? P : n;
+        int len = chunk < end - start ? chunk : end - start;
+        size_t row = before ? 0 : (size_t)(start - P);
         glm_step s = {0};
-        if (c->rank == 0) plan_one_seq(&s, &seq, ids + start, start, chunk, block_size, 1);
+        if (c->rank == 0) plan_one_seq(&s, &seq, ids + start, start, len, block_size, !before);
         step_bcast(c, &s);
-        forward_run(e.fw, &s, c->rank == 0 ? logits + (size_t)start * V : NULL,
-                    c->rank == 0 ? hidden + (size_t)start * H : NULL);
+        forward_run(e.fw, &s, c->rank == 0 ? logits + row * V : NULL, c->rank == 0 ? hidden + row * H : NULL);
         step_free(&s);
+        start += len;
     }
     if (c->rank == 0) {
-        for (int i = 0; i < n; i++)
-            print_row(i, ids, n, logits + (size_t)i * V, hidden + (size_t)i * H, V, H, top, dump, lp);
+        for (int i = P; i < n; i++)
+            print_row(i, ids, n, logits + (size_t)(i - P) * V, hidden + (size_t)(i - P) * H, V, H, top, dump, lp);
         fflush(stdout);
         kv_seq_release(&e.blocks, &seq);
     }
@@ -128,6 +163,7 @@ done:
     free(hidden);
     free(lp);
     free(ids);
+    free(file_text);
     engine_close(&e);
     args_free(&a);
     return rc;
