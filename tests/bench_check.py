@@ -22,7 +22,9 @@ def run(cmd, env=None):
 
 FIELDS = {"decode": ["batch", "context", "step_ms", "tokens_per_s", "moved_gbs", "limit_gbs", "ratio"],
           "prefill": ["tokens", "seconds", "tokens_per_s", "gflops", "linear_gflops", "limit_gflops", "ratio"],
-          "throughput": ["requests", "input", "output", "seconds", "output_tokens_per_s", "total_tokens_per_s"]}
+          "throughput": ["requests", "input", "output", "seconds", "output_tokens_per_s", "total_tokens_per_s"],
+          "prefix": ["document_tokens", "question_tokens", "ttft_cold_s", "ttft_cached_s", "ttft_uncached_s",
+                     "cached_tokens", "ratio"]}
 
 
 def main():
@@ -37,7 +39,8 @@ def main():
         run([a.glmtp, "make-model", "--preset", "tiny", "--vocab", "2000", "--out", model, "--seed", "2"])
         modes = {"decode": ["--batch", "1,3", "--context", "8,40", "--steps", "2"],
                  "prefill": ["--lens", "16,64"],
-                 "throughput": ["--requests", "3", "--input", "12", "--output", "5"]}
+                 "throughput": ["--requests", "3", "--input", "12", "--output", "5"],
+                 "prefix": ["--lens", "40,100", "--input", "5"]}
         for mode, opts in modes.items():
             js = f"{tmp}/{mode}.json"
             p = run(launch + [a.glmtp, "bench", mode, "--model", model, "--json", js] + opts)
@@ -46,12 +49,17 @@ def main():
                 continue
             j = json.load(open(js))
             rows = j.get("results", [])
-            want_rows = {"decode": 4, "prefill": 2, "throughput": 1}[mode]
+            want_rows = {"decode": 4, "prefill": 2, "throughput": 1, "prefix": 2}[mode]
             ok = len(rows) == want_rows and j.get("tp") == (2 if launch else 1) and j["limits"]["memory_gbs"] > 0
             bad = [(f, r.get(f)) for r in rows for f in FIELDS[mode] + ["allreduce_share"]
                    if not isinstance(r.get(f), (int, float)) or (r[f] <= 0 and f != "allreduce_share") or r[f] < 0]
             check(f"bench {mode} JSON: fields present and positive", ok and not bad, str(bad[:3]))
-            check(f"bench {mode} prints a table with a units row", "(%)" in p.stdout and "#" in p.stdout)
+            check(f"bench {mode} prints a table with a units row",
+                  ("(%)" in p.stdout or "(x)" in p.stdout) and "#" in p.stdout)
+            if mode == "prefix":  # question 2 takes the document's full 16-token blocks from the cache
+                got = [r.get("cached_tokens") for r in rows]
+                check("bench prefix: the second question takes the document's full blocks from the cache",
+                      got == [32, 96], f"cached_tokens {got}, want [32, 96]")
         env = dict(os.environ, TMPDIR=tmp)
         p = run([a.glmtp, "bench", "decode", "--preset", "tiny", "--layers", "1", "--batch", "1", "--context", "4",
                  "--steps", "1"], env)

@@ -245,21 +245,74 @@ static void run_throughput(engine *e, const bench_opts *o, bench_row *r) {
     r->allreduce_share = tot1 > tot0 ? (ar1 - ar0) / (tot1 - tot0) : 0;
 }
 
+/* Seconds to the first token of doc + q through the scheduler (prefix cache as
+ * it stands), one request alone; *cached gets the prompt tokens it took from
+ * the cache. */
+static double ttft_one(engine *e, const bench_opts *o, const int *doc, int n_doc, const int *q, int n_q, int *cached) {
+    gen_request r = {0};
+    r.n_prompt = n_doc + n_q;
+    r.prompt = malloc(sizeof(int) * (size_t)r.n_prompt);
+    if (!r.prompt) abort();
+    memcpy(r.prompt, doc, sizeof(int) * (size_t)n_doc);
+    memcpy(r.prompt + n_doc, q, sizeof(int) * (size_t)n_q);
+    r.max_new = 1, r.top_p = 1.0f, r.ignore_eos = 1;
+    gen_options go = {o->step_tokens, 0, NULL, NULL};
+    pcache_stats before, after;
+    pcache_get_stats(e->pc, &before);
+    double t0 = util_now();
+    gen_run(e, NULL, &r, 1, &go);
+    double dt = util_now() - t0;
+    pcache_get_stats(e->pc, &after);
+    *cached = (int)(after.cached_tokens - before.cached_tokens);
+    gen_request_free(&r);
+    return dt;
+}
+
+/* Time to first token of questions over one document of len tokens: question
+ * 1 cold (the whole prompt fed), question 2 on the same document with the
+ * prefix cache (only what follows the cached blocks fed), and question 2 again
+ * with the cache off, the figure the cache is compared with. */
+static void run_prefix(engine *e, const bench_opts *o, int len, bench_row *r) {
+    int nq = o->in_len, *doc = malloc(sizeof(int) * (size_t)len), *q = malloc(sizeof(int) * 2 * (size_t)nq);
+    if (!doc || !q) abort();
+    uint64_t rng = 5;
+    for (int t = 0; t < len; t++) doc[t] = (int)(rng_next(&rng) % (uint64_t)e->m->cfg.vocab);
+    for (int t = 0; t < 2 * nq; t++) q[t] = (int)(rng_next(&rng) % (uint64_t)e->m->cfg.vocab);
+    int was_on = pcache_enabled(e->pc), cached;
+    pcache_set_enabled(e->pc, 1);
+    pcache_drop_unused(e->pc); /* no hits on an earlier run's documents */
+    ttft_one(e, o, q, nq, q + nq, nq, &cached); /* warm-up: scratch and plans outside the figures */
+    pcache_drop_unused(e->pc);
+    *r = (bench_row){0};
+    r->len = len;
+    r->seconds = ttft_one(e, o, doc, len, q, nq, &cached);
+    r->cached_s = ttft_one(e, o, doc, len, q + nq, nq, &r->cached_tokens);
+    pcache_set_enabled(e->pc, 0);
+    r->uncached_s = ttft_one(e, o, doc, len, q + nq, nq, &cached);
+    pcache_set_enabled(e->pc, was_on);
+    pcache_drop_unused(e->pc); /* the other modes take blocks from the free list directly */
+    r->tokens_per_s = (len + nq) / r->seconds;
+    r->ratio = r->uncached_s / r->cached_s;
+    free(doc);
+    free(q);
+}
+
 static const args_opt bench_opts_list[] = {
     {"--model", "DIR", "checkpoint to run (or --preset)"},
     {"--preset", "NAME", "make a random-weight checkpoint of this preset in $TMPDIR for the run (deleted after)"},
     {"--layers", "N", "with --preset: layers of the made model (default the preset's)"},
     {"--dtype", "bf16|f32", "with --preset: weight type (default bf16)"},
-    {"--lens", "N,..", "prefill: prompt lengths (default 128,512; --model-only 131072,1048576)"},
+    {"--lens", "N,..", "prefill: prompt lengths; prefix: document lengths (default 128,512; --model-only "
+                       "131072,1048576)"},
     {"--batch", "B,..", "decode: batch sizes (default 1,8)"},
     {"--context", "C,..", "decode: context lengths (default 128,1024; --model-only 0,131072)"},
     {"--steps", "S", "decode: timed steps per point (default 8)"},
     {"--top-k", "K", "decode: sample with top-k at temperature 1 (default greedy)"},
     {"--top-p", "P", "decode: sample with top-p at temperature 1 (default greedy)"},
     {"--requests", "N", "throughput: requests (default 16)"},
-    {"--input", "N", "throughput: prompt tokens per request (default 64)"},
+    {"--input", "N", "throughput: prompt tokens per request; prefix: question tokens (default 64)"},
     {"--output", "N", "throughput: new tokens per request (default 32)"},
-    {"--step-tokens", "N", "throughput: tokens per step (default 512)"},
+    {"--step-tokens", "N", "throughput, prefix: tokens per step (default 512)"},
     {"--json", "FILE", "also write the results as JSON"},
     {"--model-only", NULL, "no run: the analytic roofline model of a GPU deployment"},
     {"--gpu", "h100|h200|a100", "--model-only: the GPU (default h100)"},
@@ -279,7 +332,7 @@ static const args_opt bench_engine_opts[] = {
 
 const args_spec cmd_bench_spec = {
     "glmtp bench",
-    "prefill|decode|throughput --model DIR|--preset NAME [options]\n"
+    "prefill|decode|throughput|prefix --model DIR|--preset NAME [options]\n"
     "       glmtp bench --model-only [--gpu h100|h200|a100] [--tp N] [--link L] [--measured bench.json] [--json FILE]",
     "Benchmarks, each figure beside the limit measured in the same run (memory bandwidth, GEMM, all-reduce).",
     {bench_opts_list, bench_engine_opts, args_log_opts, NULL},
@@ -327,8 +380,9 @@ static int parse(comm *c, bench_opts *o, int argc, char **argv) {
     for (int i = 0; !a.failed && !o->model_only && i < o->n_contexts; i++)
         if (o->contexts[i] < 1) snprintf(a.err, sizeof a.err, "--context: lengths must be >= 1"), a.failed = 1;
     if (!a.failed && !o->model_only && strcmp(o->mode, "prefill") && strcmp(o->mode, "decode") &&
-        strcmp(o->mode, "throughput"))
-        snprintf(a.err, sizeof a.err, "unknown mode '%s' (prefill, decode, throughput, or --model-only)", o->mode),
+        strcmp(o->mode, "throughput") && strcmp(o->mode, "prefix"))
+        snprintf(a.err, sizeof a.err, "unknown mode '%s' (prefill, decode, throughput, prefix, or --model-only)",
+                 o->mode),
             a.failed = 1;
     if (!a.failed && !o->model_only && !!o->dir == !!o->preset)
         snprintf(a.err, sizeof a.err, "give --model DIR or --preset NAME"), a.failed = 1;
@@ -372,12 +426,15 @@ int cmd_bench(comm *c, int argc, char **argv) {
         kv = sum_list_max(o.batches, o.n_batches) * (sum_list_max(o.contexts, o.n_contexts) + o.steps + 2 + 16);
     else if (strcmp(o.mode, "prefill") == 0)
         kv = sum_list_max(o.lens, o.n_lens) + 16;
+    else if (strcmp(o.mode, "prefix") == 0) /* the document's blocks stay cached while a question runs */
+        kv = sum_list_max(o.lens, o.n_lens) + 2 * o.in_len + 3 * 16;
     else
         kv = o.requests * (o.in_len + o.out_len + 16);
     if (engine_open(&e, c, model, kv, 16, o.threads, o.device, o.comm_kind, ENGINE_GPU_MEM_UTIL)) goto done;
     const glm_config *cfg = &e.m->cfg;
     int ctx_need = strcmp(o.mode, "decode") == 0 ? sum_list_max(o.contexts, o.n_contexts) + o.steps + 2
                    : strcmp(o.mode, "prefill") == 0 ? sum_list_max(o.lens, o.n_lens)
+                   : strcmp(o.mode, "prefix") == 0  ? sum_list_max(o.lens, o.n_lens) + o.in_len + 1
                                                     : o.in_len + o.out_len;
     if (comm_first_failed(c, ctx_need > cfg->seq_len) >= 0) {
         engine_error(c, "bench: %d tokens per sequence exceed the context length %d", ctx_need, cfg->seq_len);
@@ -392,8 +449,8 @@ int cmd_bench(comm *c, int argc, char **argv) {
     bench_machine mc;
     bench_machine_measure(&e, &o, &mc);
     int n_rows = strcmp(o.mode, "decode") == 0 ? o.n_batches * o.n_contexts
-                 : strcmp(o.mode, "prefill") == 0 ? o.n_lens
-                                                  : 1;
+                 : strcmp(o.mode, "prefill") == 0 || strcmp(o.mode, "prefix") == 0 ? o.n_lens
+                                                                                     : 1;
     bench_row *rows = calloc((size_t)n_rows, sizeof *rows);
     if (!rows) abort();
     if (strcmp(o.mode, "decode") == 0) {
@@ -408,6 +465,8 @@ int cmd_bench(comm *c, int argc, char **argv) {
             limits_gemm_layer(&e, T, &mc.gemm_gflops, &mc.gemm_what);
             run_prefill(&e, &mc, o.lens[i], &rows[i]);
         }
+    } else if (strcmp(o.mode, "prefix") == 0) {
+        for (int i = 0; i < o.n_lens; i++) run_prefix(&e, &o, o.lens[i], &rows[i]);
     } else {
         run_throughput(&e, &o, &rows[0]);
     }

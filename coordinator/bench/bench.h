@@ -39,6 +39,8 @@ typedef struct bench_row {
     double attn_gflops, attn_s; /* prefill: the attention op of one layer alone */
     double limit, ratio; /* the limit this row is compared with, and the ratio */
     double allreduce_share;
+    double cached_s, uncached_s; /* prefix: question 2's time to first token with and without the cache */
+    int cached_tokens;           /* prefix: prompt tokens question 2 took from the cache */
 } bench_row;
 
 void bench_machine_measure(engine *e, const bench_opts *o, bench_machine *mc /* OUT */);

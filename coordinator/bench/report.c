@@ -68,6 +68,17 @@ void bench_print(const bench_opts *o, const bench_machine *mc, const char *model
         fprintf(f, "# per rank; GEMM: %s of the block's four weight shapes at the same token count (max 4096 on "
                    "the CPU); attention: the attention op of one layer alone, causal FLOPs\n",
                 mc->gemm_what ? mc->gemm_what : "?");
+    } else if (strcmp(o->mode, "prefix") == 0) {
+        fprintf(f, "%9s %9s %10s %12s %10s %12s %8s\n", "document", "question", "cold", "cached", "cached",
+                "no cache", "speedup");
+        fprintf(f, "%9s %9s %10s %12s %10s %12s %8s\n", "(tokens)", "(tokens)", "(s)", "(tokens)", "(s)", "(s)",
+                "(x)");
+        for (int i = 0; i < n; i++)
+            fprintf(f, "%9d %9d %10.4f %12d %10.4f %12.4f %8.1f\n", r[i].len, o->in_len, r[i].seconds,
+                    r[i].cached_tokens, r[i].cached_s, r[i].uncached_s, r[i].ratio);
+        fprintf(f, "# time to the first token of one request alone: cold = question 1 over the document; cached = "
+                   "question 2 over it with the prefix cache; no cache = question 2 with the cache off; speedup = "
+                   "no cache / cached\n");
     } else {
         fprintf(f, "%9s %7s %7s %10s %14s %14s %10s\n", "requests", "input", "output", "time", "output tok/s",
                 "total tok/s", "allreduce");
@@ -114,6 +125,13 @@ int bench_write_json(const bench_opts *o, const bench_machine *mc, const char *m
             cJSON_AddNumberToObject(x, "limit_gflops", r[i].limit);
             cJSON_AddNumberToObject(x, "attention_gflops", r[i].attn_gflops);
             cJSON_AddNumberToObject(x, "attention_layer_seconds", r[i].attn_s);
+        } else if (strcmp(o->mode, "prefix") == 0) {
+            cJSON_AddNumberToObject(x, "document_tokens", r[i].len);
+            cJSON_AddNumberToObject(x, "question_tokens", o->in_len);
+            cJSON_AddNumberToObject(x, "ttft_cold_s", r[i].seconds);
+            cJSON_AddNumberToObject(x, "ttft_cached_s", r[i].cached_s);
+            cJSON_AddNumberToObject(x, "ttft_uncached_s", r[i].uncached_s);
+            cJSON_AddNumberToObject(x, "cached_tokens", r[i].cached_tokens);
         } else {
             cJSON_AddNumberToObject(x, "requests", r[i].requests);
             cJSON_AddNumberToObject(x, "input", o->in_len);
