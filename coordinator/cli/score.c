@@ -113,7 +113,7 @@ int cmd_score(comm *c, int argc, char **argv) {
     double *lp = NULL;
     if (!a.failed && !dir) snprintf(a.err, sizeof a.err, "--model DIR is required"), a.failed = 1;
     if (!a.failed && !ids_s == !ids_file)
-        snprintf(a.err, sizeof a.err, "give the ids as --ids 1,2,3 or --ids-file FILE (one of them)"), a.failed = 1;
+        snprintf(a.err, sizeof a.err, "--ids 1,2,3 or --ids-file FILE is required (one of them)"), a.failed = 1;
     if (!a.failed && ids_file && !(file_text = read_ids_file(ids_file, a.err, sizeof a.err))) a.failed = 1;
     if (!a.failed && dump && strcmp(dump, "hidden") && strcmp(dump, "logits"))
         snprintf(a.err, sizeof a.err, "--dump must be hidden or logits, not '%s'", dump), a.failed = 1;
