@@ -74,6 +74,24 @@ def main():
         p = run([a.glmtp, "bench", "--model-only", "--gpu", "h100", "--tp", "4", "--preset", "glm-4-9b-chat"])
         check("model-only tp=4: 20 KiB KV per token per rank", p.returncode == 0 and "KV 20.0 KiB/token" in p.stdout)
 
+        # --plan: the capacity question for glm-4-9b-chat-1m at 1M tokens (figures: tests/test_roofline.c)
+        p = run([a.glmtp, "bench", "--model-only", "--plan", "1048576", "--preset", "glm-4-9b-chat-1m",
+                 "--json", f"{tmp}/plan.json"])
+        rows = {}
+        if p.returncode == 0 and os.path.exists(f"{tmp}/plan.json"):
+            rows = {(r["kv_dtype"], r["gpu"]): r for r in json.load(open(f"{tmp}/plan.json"))["results"]}
+        table = {(l.split()[0], l.split()[1]): l.split() for l in p.stdout.splitlines()
+                 if l.split()[:1] in (["bf16"], ["fp8"])}
+        want = {("bf16", "h200"): 1, ("bf16", "h100"): 2, ("bf16", "a100"): 2, ("fp8", "h100"): 1, ("fp8", "h200"): 1}
+        check("model-only --plan 1M: the table's GPU counts (bf16: one H200, two H100; fp8: one H100)",
+              all(k in table and table[k][3] == str(n) for k, n in want.items()), p.stdout[-900:])
+        check("model-only --plan 1M: JSON rows for bf16 and fp8 on every GPU kind, same counts",
+              len(rows) == 6 and all(rows[k]["gpus"] == n for k, n in want.items()), str(list(rows)))
+        h200 = rows.get(("bf16", "h200"), {})
+        check("model-only --plan 1M: one H200 holds 80 GiB of KV, prefill ~383 s, decode ~21.6 ms/token",
+              h200.get("kv_bytes_per_gpu") == 80 * 2**30 and abs(h200.get("prefill_s", 0) - 383.09) < 0.1
+              and abs(h200.get("decode_ms_per_token", 0) - 21.589) < 0.01, str(h200))
+
         for name, cmd, want in (
                 ("tp not dividing heads", ["--model-only", "--tp", "3"], "cannot be split over 3 ranks"),
                 ("unknown preset", ["decode", "--preset", "glm-5"], "unknown preset"),

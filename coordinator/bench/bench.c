@@ -319,6 +319,7 @@ static const args_opt bench_opts_list[] = {
     {"--link", "nvlink4|pcie5|ib-ndr", "--model-only: the link between GPUs (default nvlink4)"},
     {"--tp", "N", "--model-only: tensor-parallel size (default 1)"},
     {"--measured", "bench.json", "--model-only: put a measured run's figures beside the model's"},
+    {"--plan", "TOKENS", "--model-only: per GPU kind, the fewest GPUs holding one sequence of TOKENS (weights + KV + activations), bf16 and fp8 KV, with prefill s and decode ms/token at that length"},
     {NULL, NULL, NULL},
 };
 
@@ -333,7 +334,8 @@ static const args_opt bench_engine_opts[] = {
 const args_spec cmd_bench_spec = {
     "glmtp bench",
     "prefill|decode|throughput|prefix --model DIR|--preset NAME [options]\n"
-    "       glmtp bench --model-only [--gpu h100|h200|a100] [--tp N] [--link L] [--measured bench.json] [--json FILE]",
+    "       glmtp bench --model-only [--gpu h100|h200|a100] [--tp N] [--link L] [--measured bench.json] [--json FILE]\n"
+    "       glmtp bench --model-only --plan TOKENS [--preset glm-4-9b-chat-1m|--model DIR] [--link L] [--json FILE]",
     "Benchmarks, each figure beside the limit measured in the same run (memory bandwidth, GEMM, all-reduce).",
     {bench_opts_list, bench_engine_opts, args_log_opts, NULL},
     NULL,
@@ -364,6 +366,7 @@ static int parse(comm *c, bench_opts *o, int argc, char **argv) {
     o->link = args_str(&a, "--link", "nvlink4");
     o->tp = (int)args_int(&a, "--tp", 1, 1, 4096);
     o->measured = args_str(&a, "--measured", NULL);
+    o->plan = args_int(&a, "--plan", 0, 1, 1L << 31);
     /* decode: greedy unless one of these asks for sampling (at temperature 1) */
     o->top_k = (int)args_int(&a, "--top-k", 0, 0, 1 << 30);
     o->top_p = (float)args_num(&a, "--top-p", 1.0, 1e-9, 1.0);

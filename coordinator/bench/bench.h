@@ -15,8 +15,10 @@ typedef struct bench_opts {
     int model_only; /* analytic model */
     const char *gpu, *link, *measured;
     int tp;
+    long plan; /* --model-only --plan N: which GPUs hold one sequence of N tokens (0: off) */
     int top_k;   /* decode: greedy steps unless top_k > 1 or top_p < 1 (then sampled at temperature 1) */
     float top_p;
+    int kv_dtype; /* --kv-cache-dtype: KV_DTYPE_ACT or KV_DTYPE_FP8 */
 } bench_opts;
 
 /* The job and the limits measured on this machine in the same run. */

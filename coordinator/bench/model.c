@@ -64,6 +64,68 @@ static void col_measured(double v) {
         printf(" %12.4g", v * 1e3);
 }
 
+#define GIB 1073741824.0
+
+/* --plan: per GPU kind and KV dtype, the fewest GPUs holding one sequence of
+ * o->plan tokens, with its prefill and decode times (roofline_plan_fit). */
+static int plan_report(const bench_opts *o, const glm_config *c, const char *model) {
+    const hw_link *l = roofline_link(o->link);
+    if (!l) return fprintf(stderr, "glmtp: bench: unknown --link '%s' (nvlink4, pcie5, ib-ndr)\n", o->link), 1;
+    if (o->plan > c->seq_len)
+        fprintf(stderr, "glmtp: bench: note: --plan %ld is beyond %s's context of %d tokens\n", o->plan, model,
+                c->seq_len);
+    int n_gpus;
+    const hw_gpu *gpus = roofline_gpus(&n_gpus);
+    const char *dtypes[] = {"bf16", "fp8"};
+    cJSON *doc = cJSON_CreateObject();
+    cJSON_AddStringToObject(doc, "mode", "model-only-plan");
+    cJSON_AddStringToObject(doc, "model", model);
+    cJSON_AddNumberToObject(doc, "layers", c->n_layers);
+    cJSON_AddNumberToObject(doc, "context", (double)o->plan);
+    cJSON_AddStringToObject(doc, "link", l->name);
+    cJSON_AddNumberToObject(doc, "mem_util", ROOFLINE_MEM_UTIL);
+    cJSON *rows = cJSON_AddArrayToObject(doc, "results");
+    printf("# glmtp bench --model-only --plan %ld: %s, %d layers, one sequence of %ld tokens; link %s "
+           "(analytic roofline)\n", o->plan, model, c->n_layers, o->plan, l->name);
+    printf("# per rank: weights + KV of the sequence + activations of a %d-token step + %.1f GiB slack <= %.0f%% of "
+           "HBM; fp8 KV = 1 byte + an fp32 scale per %d-element head vector\n",
+           ROOFLINE_ACT_TOKENS, ROOFLINE_SLACK_BYTES / GIB, ROOFLINE_MEM_UTIL * 100, c->head_dim);
+    printf("%-5s %-6s %6s %4s %9s %9s %9s %9s %9s %10s %10s\n", "kv", "gpu", "memory", "gpus", "weights", "kv", "act",
+           "need", "room", "prefill", "decode");
+    printf("%-5s %-6s %6s %4s %9s %9s %9s %9s %9s %10s %10s\n", "", "", "(GB)", "(tp)", "(GiB/gpu)", "(GiB/gpu)",
+           "(GiB/gpu)", "(GiB/gpu)", "(GiB/gpu)", "(s)", "(ms/token)");
+    for (int d = 0; d < 2; d++)
+        for (int i = 0; i < n_gpus; i++) {
+            roofline_plan p;
+            double elem = roofline_kv_elem_bytes(dtypes[d], c->head_dim);
+            int tp = roofline_plan_fit(c, &gpus[i], l, o->plan, elem, ROOFLINE_MEM_UTIL, &p);
+            char tps[16];
+            snprintf(tps, sizeof tps, tp ? "%d" : ">%d", tp ? tp : ROOFLINE_MAX_TP);
+            printf("%-5s %-6s %6.0f %4s %9.2f %9.2f %9.2f %9.2f %9.2f %10.1f %10.2f\n", dtypes[d], gpus[i].name,
+                   gpus[i].mem_bytes / 1e9, tps, p.weight_bytes / GIB, p.kv_bytes / GIB, p.act_bytes / GIB,
+                   p.need_bytes / GIB, p.room_bytes / GIB, p.prefill_s, p.decode_s * 1e3);
+            cJSON *r = cJSON_CreateObject();
+            cJSON_AddStringToObject(r, "kv_dtype", dtypes[d]);
+            cJSON_AddStringToObject(r, "gpu", gpus[i].name);
+            cJSON_AddNumberToObject(r, "gpu_mem_bytes", gpus[i].mem_bytes);
+            cJSON_AddNumberToObject(r, "gpus", tp); /* 0: none up to ROOFLINE_MAX_TP */
+            cJSON_AddNumberToObject(r, "weight_bytes_per_gpu", p.weight_bytes);
+            cJSON_AddNumberToObject(r, "kv_bytes_per_gpu", p.kv_bytes);
+            cJSON_AddNumberToObject(r, "kv_bytes_per_token_per_gpu", p.kv_token_bytes);
+            cJSON_AddNumberToObject(r, "act_bytes_per_gpu", p.act_bytes);
+            cJSON_AddNumberToObject(r, "need_bytes_per_gpu", p.need_bytes);
+            cJSON_AddNumberToObject(r, "room_bytes_per_gpu", p.room_bytes);
+            cJSON_AddNumberToObject(r, "prefill_s", p.prefill_s);
+            cJSON_AddNumberToObject(r, "decode_ms_per_token", p.decode_s * 1e3);
+            cJSON_AddItemToArray(rows, r);
+        }
+    printf("# prefill: linear FLOPs + causal attention 2 x L^2 x heads x head_dim x layers FLOPs over the dense bf16 "
+           "peak, at tp GPUs; decode: batch 1 at L tokens of context\n");
+    int rc = o->json ? (write_json(doc, o->json) ? 1 : 0) : 0;
+    cJSON_Delete(doc);
+    return rc;
+}
+
 int bench_model_report(const bench_opts *o) {
     glm_config c;
     char err[1024];
@@ -75,6 +137,7 @@ int bench_model_report(const bench_opts *o) {
         preset_config(p, &c);
         if (o->layers) c.n_layers = o->layers;
     }
+    if (o->plan > 0) return plan_report(o, &c, o->dir ? o->dir : (o->preset ? o->preset : "glm-4-9b-chat"));
     const hw_gpu *g = roofline_gpu(o->gpu);
     const hw_link *l = roofline_link(o->link);
     if (!g) return fprintf(stderr, "glmtp: bench: unknown --gpu '%s' (h100, h200, a100)\n", o->gpu), 1;

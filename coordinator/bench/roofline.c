@@ -56,19 +56,27 @@ static double comm_time(const glm_config *c, int tp, const hw_link *l, double by
 
 static double max2(double a, double b) { return a > b ? a : b; }
 
-roofline_time roofline_decode(const glm_config *c, int tp, const hw_gpu *g, const hw_link *l, int batch,
-                              long context) {
+/* A decode step with kv_token bytes of KV per token per rank. */
+static roofline_time decode_time(const glm_config *c, int tp, const hw_gpu *g, const hw_link *l, int batch,
+                                 long context, double kv_token) {
     roofline_model m;
     roofline_sizes(c, tp, &m);
     glm_shard s;
     shard_plan(&s, c, tp, 0);
     double attn_flops = 4.0 * batch * (double)context * s.nq * c->head_dim * c->n_layers;
     roofline_time t;
-    t.memory = (m.weight_bytes + (double)batch * context * m.kv_bytes_token) / g->hbm;
+    t.memory = (m.weight_bytes + (double)batch * context * kv_token) / g->hbm;
     t.compute = (batch * m.flops_token + attn_flops) / g->flops;
     t.comm = comm_time(c, tp, l, BF16 * batch * c->hidden);
     t.total = max2(t.memory, t.compute) + t.comm;
     return t;
+}
+
+roofline_time roofline_decode(const glm_config *c, int tp, const hw_gpu *g, const hw_link *l, int batch,
+                              long context) {
+    roofline_model m;
+    roofline_sizes(c, tp, &m);
+    return decode_time(c, tp, g, l, batch, context, m.kv_bytes_token);
 }
 
 roofline_time roofline_prefill(const glm_config *c, int tp, const hw_gpu *g, const hw_link *l, long tokens) {
@@ -92,4 +100,50 @@ double roofline_max_tokens(const glm_config *c, int tp, const hw_gpu *g, double 
     roofline_sizes(c, tp, &m);
     double free_bytes = g->mem_bytes * util - m.weight_bytes_held;
     return free_bytes > 0 ? free_bytes / m.kv_bytes_token : 0.0;
+}
+
+const hw_gpu *roofline_gpus(int *n) {
+    *n = (int)(sizeof gpus / sizeof *gpus);
+    return gpus;
+}
+
+double roofline_kv_elem_bytes(const char *dtype, int head_dim) {
+    if (dtype && strcmp(dtype, "bf16") == 0) return BF16;
+    if (dtype && strcmp(dtype, "fp8") == 0) return 1.0 + 4.0 / head_dim;
+    return -1;
+}
+
+/* As engine.c's activation_bytes: forward.c's buffers for `tokens` rows and
+ * 256 rows of fp32 logits over the rank's vocabulary slice. */
+double roofline_act_bytes(const glm_config *c, int tp, int tokens) {
+    glm_shard s;
+    shard_plan(&s, c, tp, 0);
+    double ld = (double)(s.nq + 2 * s.nkv) * c->head_dim, nf = s.f1 - s.f0;
+    double per = 3.0 * c->hidden + ld + (double)s.nq * c->head_dim + 3 * nf;
+    return (double)tokens * per * BF16 + 256.0 * (s.v1 - s.v0) * 4;
+}
+
+int roofline_plan_fit(const glm_config *c, const hw_gpu *g, const hw_link *l, long context, double kv_elem,
+                      double util, roofline_plan *p) {
+    memset(p, 0, sizeof *p);
+    char err[256];
+    for (int tp = 1; tp <= ROOFLINE_MAX_TP; tp *= 2) {
+        if (config_check_tp(c, tp, err, sizeof err)) continue;
+        roofline_model m;
+        roofline_sizes(c, tp, &m);
+        roofline_plan q = {0};
+        q.tp = tp;
+        q.weight_bytes = m.weight_bytes_held;
+        q.kv_token_bytes = m.kv_bytes_token / BF16 * kv_elem;
+        q.kv_bytes = (double)context * q.kv_token_bytes;
+        q.act_bytes = roofline_act_bytes(c, tp, ROOFLINE_ACT_TOKENS);
+        q.need_bytes = q.weight_bytes + q.kv_bytes + q.act_bytes + ROOFLINE_SLACK_BYTES;
+        q.room_bytes = util * g->mem_bytes;
+        q.prefill_s = roofline_prefill(c, tp, g, l, context).total;
+        q.decode_s = decode_time(c, tp, g, l, 1, context, q.kv_token_bytes).total;
+        *p = q;
+        if (q.need_bytes <= q.room_bytes) return tp;
+    }
+    p->tp = 0; /* the figures stay those of the largest tp tried */
+    return 0;
 }

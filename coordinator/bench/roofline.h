@@ -50,4 +50,38 @@ roofline_time roofline_prefill(const glm_config *c, int tp, const hw_gpu *g, con
 /* Tokens of KV cache that fit per rank when `util` of HBM is usable. */
 double roofline_max_tokens(const glm_config *c, int tp, const hw_gpu *g, double util);
 
+/* ---- capacity planning: which GPUs hold one sequence of N tokens ---- */
+
+/* The GPU table (for listing every kind); *n gets its length. */
+const hw_gpu *roofline_gpus(int *n /* OUT */);
+
+/* KV bytes per element: "bf16" 2; "fp8" 1 plus one fp32 scale per head
+ * vector of head_dim elements (4 / head_dim). -1 for another name. */
+double roofline_kv_elem_bytes(const char *dtype, int head_dim);
+
+/* What the engine reserves beside weights and KV (engine.c's figures): the
+ * activations of an 8192-token step in bf16 plus logits rows, and 512 MiB of
+ * library workspaces; the pool gets ROOFLINE_MEM_UTIL of the memory. */
+#define ROOFLINE_ACT_TOKENS 8192
+#define ROOFLINE_SLACK_BYTES (512.0 * 1048576)
+#define ROOFLINE_MEM_UTIL 0.90
+#define ROOFLINE_MAX_TP 64
+
+double roofline_act_bytes(const glm_config *c, int tp, int tokens);
+
+typedef struct roofline_plan {
+    int tp; /* the fewest ranks (tp the heads allow) that hold it; 0: none up to ROOFLINE_MAX_TP */
+    /* per rank at that tp */
+    double weight_bytes, kv_bytes, act_bytes, need_bytes, room_bytes; /* need = the three + slack; room = util x HBM */
+    double kv_token_bytes;
+    double prefill_s; /* the whole sequence prefilled (roofline_prefill: attention FLOPs grow as context^2) */
+    double decode_s;  /* one decode step at that context: (weights + context x KV) / HBM, or FLOPs / peak */
+} roofline_plan;
+
+/* The fewest GPUs of kind g (joined by l) whose memory holds the weights, the
+ * KV cache of one sequence of `context` tokens at kv_elem bytes per element,
+ * and the engine's reserve, each within util of HBM. Returns p->tp. */
+int roofline_plan_fit(const glm_config *c, const hw_gpu *g, const hw_link *l, long context, double kv_elem,
+                      double util, roofline_plan *p /* OUT */);
+
 #endif
