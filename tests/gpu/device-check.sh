@@ -45,7 +45,17 @@
 # GLMTP_CHECK_FLASH_VARIANT1=1 (also time prefill with the 64-row kernel, GLMTP_FLASH_VARIANT=1),
 # GLMTP_CHECK_SKIP_TP2=1 (skip step 6), GLMTP_CHECK_NCU=1 (per-kernel times of
 # a decode step through Nsight Compute, tests/gpu/kernel_times.py),
-# GLMTP_CHECK_DRY=1 (no GPU: run every step on the CPU backend, small sizes).
+# GLMTP_CHECK_DRY=1 (no GPU: run every step on the CPU backend, small sizes),
+# GLMTP_CHECK_LONG=1|only (7. long documents after step 5, or instead of steps 2-6: a
+# call of its own, about 6 minutes on an H200; see tests/gpu/README.md).
+#
+#   7. long    - glm-4-9b-chat-1m shapes (40 layers, 4 KV groups), random
+#                weights: decode at 131K and 1M tokens of context (KV not
+#                filled: the step reads it all the same) against (weights +
+#                KV bytes) / the bandwidth measured in the run, bf16 and, where
+#                built, fp8 KV; time to the first token of a question over a
+#                cached 256K-token document, cold (= the 256K prefill, chunked)
+#                and without the cache (`glmtp bench prefix`); one 128K prefill.
 set -o pipefail
 OUT=${1:?usage: tests/gpu/device-check.sh OUTDIR}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -67,6 +77,10 @@ elapsed() { echo $(($(date +%s) - T0)); }
 log() { echo "[$(elapsed)s] $*" | tee -a "$LOG" >&2; }
 # part KEY JSON: one field of the result file.
 part() { NPART=$((NPART + 1)); printf '%s\n' "$2" > "$PARTS/$(printf %02d $NPART)_$1.json"; }
+# bench_json NAME JSON_FILE EXIT: the bench's JSON (or the exit status) as one part.
+bench_json() {
+    if [ "$3" = 0 ] && [ -s "$2" ]; then part "$1" "$(cat "$2")"; else part "$1" "{\"exit\": $3}"; FAILED=1; fi
+}
 # jstr TEXT: TEXT as a JSON string.
 jstr() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; }
 
@@ -175,6 +189,38 @@ part build "{\"ok\": true, \"archs\": $(jstr "$ARCHS"), \"nccl\": \"$NCCL\", \"w
 # per-kernel traces of step 5 are skipped, nothing else.
 step build_trace 120 cmake --build "$BUILD" -j"$(nproc)" --target glmtp_kernel_trace ||
     log "no CUPTI tracer built: per-kernel traces will be skipped"
+
+# ---------------------------------------------------------------- 7. long
+# Defined here, run after step 5 (GLMTP_CHECK_LONG=1) or right after the build
+# (GLMTP_CHECK_LONG=only). The model is kept between runs (.complete).
+long_docs() {
+    local L=${GLMTP_CHECK_LAYERS:-40} ctx=131000,1048000 doc=262144 pre=131072 steptok=8192
+    [ "$DEV" = cpu ] && L=1 ctx=512,2048 doc=1024 pre=512 steptok=256
+    local M1=$WORK/glm4-9b-chat-1m-L$L
+    if [ ! -e "$M1/.complete" ]; then
+        rm -rf "$M1"
+        step make_1m 180 "$BIN" make-model --preset glm-4-9b-chat-1m --layers "$L" --seed 1 --out "$M1" &&
+            touch "$M1/.complete" || { part long '{"ok": false, "stage": "make-model"}'; FAILED=1; return; }
+    fi
+    step bench_decode_1m 150 "$BIN" bench decode --model "$M1" --device "$DEV" --batch 1 --context "$ctx" \
+        --steps 8 --json "$WORK/bench_decode_1m.json"
+    bench_json bench_decode_1m "$WORK/bench_decode_1m.json" $?
+    if "$BIN" bench --help 2>&1 | grep -q -- --kv-cache-dtype; then
+        step bench_decode_1m_fp8 150 "$BIN" bench decode --model "$M1" --device "$DEV" --batch 1 --context "$ctx" \
+            --steps 8 --kv-cache-dtype fp8 --json "$WORK/bench_decode_1m_fp8.json"
+        bench_json bench_decode_1m_fp8 "$WORK/bench_decode_1m_fp8.json" $?
+    fi
+    step bench_prefix_256k 300 "$BIN" bench prefix --model "$M1" --device "$DEV" --lens "$doc" --input 64 \
+        --step-tokens "$steptok" --json "$WORK/bench_prefix_256k.json"
+    bench_json bench_prefix_256k "$WORK/bench_prefix_256k.json" $?
+    step bench_prefill_128k 150 "$BIN" bench prefill --model "$M1" --device "$DEV" --lens "$pre" \
+        --json "$WORK/bench_prefill_128k.json"
+    bench_json bench_prefill_128k "$WORK/bench_prefill_128k.json" $?
+}
+if [ "${GLMTP_CHECK_LONG:-}" = only ]; then
+    long_docs
+    [ $FAILED = 0 ] && finish ok || finish failed
+fi
 
 # ---------------------------------------------------------------- 2. kernels
 step kernels 150 "$BUILD/tests/test_gpu_kernels"
@@ -335,10 +381,6 @@ make9() { # make9 DIR LAYOUT
     rm -rf "$1" && step "make_9b_$2" 150 "$BIN" make-model --preset glm-4-9b-chat --layers "$LAYERS" --layout "$2" \
         --seed 1 --tokenizer "$ROOT/tests/data/glm4-tokenizer/tokenizer.model" --out "$1" && touch "$1/.complete"
 }
-# bench_json NAME JSON_FILE EXIT: the bench's JSON (or the exit status) as one part.
-bench_json() {
-    if [ "$3" = 0 ] && [ -s "$2" ]; then part "$1" "$(cat "$2")"; else part "$1" "{\"exit\": $3}"; FAILED=1; fi
-}
 if make9 "$M9" chatglm; then
     # The KV pool sized from GPU memory (--gpu-memory-utilization 0.90) and the
     # start-up lines saying what fits; then a share too small for the weights.
@@ -465,6 +507,7 @@ if python3 -c 'import torch, transformers' 2> /dev/null && make9 "$M9HF" hf; the
     part hf_transformers "$line"
     rm -rf "$M9HF" # disk: the next run writes it again
 fi
+[ "${GLMTP_CHECK_LONG:-}" = 1 ] && long_docs
 # The figures the issue asks for, each as a ratio measured in this run.
 part summary "$(python3 "$ROOT/tests/gpu/check_summary.py" "$PARTS" "$LAYERS")"
 
