@@ -54,7 +54,21 @@ typedef struct kattn_batch {
      * every step, so a plan made for one layer can serve the step's others. */
     const int32_t *host_pos, *host_seq;
     uint64_t serial;
+    /* KV cache element type, a property of the cache (kvcache.h) that the
+     * three KV ops read here: KV_DTYPE_ACT (0) keeps activations as laid out
+     * above. KV_DTYPE_FP8: each K or V buffer holds e4m3 bytes (kernels/fp8.h)
+     * [n_slots, n_kv_local, d] from its start and, from byte kv_scale_off (a
+     * multiple of 16), fp32 scales [n_slots, n_kv_local]: one per (token, KV
+     * head) row, max |x| / 448 of the row as stored. kv_store and
+     * rope_kv_store quantise on write (fp8_quantise_row's numbers from the
+     * backend's activations), attention dequantises on read (e4m3 * scale;
+     * CPU in fp32, CUDA rounded to bf16 for the tensor cores). */
+    int kv_dtype;
+    int kv_head_dim; /* fp8: d, the width of a scaled row (kv_store sees n_kv * d) */
+    size_t kv_scale_off;
 } kattn_batch;
+
+enum { KV_DTYPE_ACT = 0, KV_DTYPE_FP8 = 1 };
 
 typedef struct kernels_iface {
     const char *name;

@@ -77,7 +77,7 @@ int main(int argc, char **argv) {
     }
     /* Each sequence alone, one prefill, in a fresh cache. */
     for (int s = 0; s < NSEQ; s++) {
-        kv_cache *kv = kv_create(m, 16, BS);
+        kv_cache *kv = kv_create(m, 16, BS, KV_DTYPE_ACT);
         glm_forward *fw = forward_create(m, kv);
         kv_blocks pool;
         kv_blocks_init(&pool, 16, BS);
@@ -91,7 +91,7 @@ int main(int argc, char **argv) {
         kv_free(m, kv);
     }
     /* Together: chunks of prefill beside decode tokens; blocks interleave across sequences. */
-    kv_cache *kv = kv_create(m, 32, BS);
+    kv_cache *kv = kv_create(m, 32, BS, KV_DTYPE_ACT);
     glm_forward *fw = forward_create(m, kv);
     kv_blocks pool;
     kv_blocks_init(&pool, 32, BS);

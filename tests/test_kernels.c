@@ -695,7 +695,7 @@ static void test_attention_case(int n_kv, int q_per_kv, int d) {
         }
         void *dqkv = dev_copy(qkv, (size_t)T * ld * 4), *dpos = dev_copy(pos, (size_t)T * 4),
              *dseq = dev_copy(seq, (size_t)T * 4), *dslots = dev_copy(slots, (size_t)T * 4);
-        kattn_batch b = {T, dpos, dseq, dslots, dtables, MAXB, BS, max_pos, NULL, NULL, 0};
+        kattn_batch b = {T, dpos, dseq, dslots, dtables, MAXB, BS, max_pos, NULL, NULL, 0, 0, 0, 0};
         K_->kv_store(kb.ctx, kc, vc, (float *)dqkv + qw, (float *)dqkv + qw + kvw, ld, kvw, &b);
 
         char name[128];
@@ -799,7 +799,7 @@ static void test_attention_long(int n_q, int n_kv, int q_per_kv, int d) {
         }
         void *dqkv = dev_copy(qkv, (size_t)T * ld * 4), *dpos = dev_copy(pos, (size_t)T * 4),
              *dseq = dev_copy(seq, (size_t)T * 4), *dslots = dev_copy(slots, (size_t)T * 4);
-        kattn_batch b = {T, dpos, dseq, dslots, dt, LMAXB, LBS, max_pos, NULL, NULL, 0};
+        kattn_batch b = {T, dpos, dseq, dslots, dt, LMAXB, LBS, max_pos, NULL, NULL, 0, 0, 0, 0};
         K_->kv_store(kb.ctx, kc, vc, (float *)dqkv + qw, (float *)dqkv + qw + kvw, ld, kvw, &b);
         double scale = 1.0 / sqrt((double)d), *want = xmalloc((size_t)T * qw * sizeof(double));
         double *sc = xmalloc(sizeof(double) * L0);

@@ -250,7 +250,7 @@ static int graph_step(glm_forward *f, const glm_step *s) {
      * by it (attention's sequence splits) then record the same launch shapes
      * for every step this graph serves. */
     kattn_batch b = {B, f->pos, f->seq, f->slots, f->tables, MB, s->block_size, MB * s->block_size - 1,
-                     NULL, NULL, ++f->serial};
+                     NULL, NULL, ++f->serial, f->kv->dtype, f->kv->head_dim, f->kv->scale_off};
     graph_slot *g = NULL;
     for (int i = 0; i < f->n_graphs; i++)
         if (f->graphs[i].tokens == B && f->graphs[i].max_blocks == MB) g = &f->graphs[i];
@@ -298,7 +298,7 @@ static void device_step(glm_forward *f, const glm_step *s, float *hidden) {
         for (int t = 0; t < T; t++)
             if (s->pos[t] > max_pos) max_pos = s->pos[t];
         kattn_batch b = {T, f->pos, f->seq, f->slots, f->tables, s->max_blocks, s->block_size, max_pos, s->pos,
-                         s->seq, ++f->serial};
+                         s->seq, ++f->serial, f->kv->dtype, f->kv->head_dim, f->kv->scale_off};
         /* Logit rows 0..n-1 need no gather. */
         int identity = s->n_logits == T;
         for (int i = 0; identity && i < T; i++) identity = s->logit_rows[i] == i;

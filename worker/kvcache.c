@@ -2,7 +2,13 @@
 
 #include "kvcache.h"
 
-kv_cache *kv_create(const glm_model *m, int n_blocks, int block_size) {
+double kv_bytes_per_token(const glm_model *m, int dtype) {
+    double nkv = m->shard.nkv, d = m->cfg.head_dim;
+    double row = dtype == KV_DTYPE_FP8 ? d + 4.0 : d * (double)m->kb.iface->act_bytes; /* fp8: bytes + fp32 scale */
+    return 2.0 * m->cfg.n_layers * nkv * row;
+}
+
+kv_cache *kv_create(const glm_model *m, int n_blocks, int block_size, int dtype) {
     kv_cache *kv = calloc(1, sizeof *kv);
     if (!kv) abort();
     kv->n_layers = m->cfg.n_layers;
@@ -13,7 +19,15 @@ kv_cache *kv_create(const glm_model *m, int n_blocks, int block_size) {
     kv->v = calloc((size_t)kv->n_layers, sizeof *kv->v);
     if (!kv->k || !kv->v) abort();
     kv->spare_block = n_blocks;
-    size_t per = (size_t)(n_blocks + 1) * block_size * kv->width * m->kb.iface->act_bytes;
+    kv->dtype = dtype;
+    kv->head_dim = m->cfg.head_dim;
+    size_t slots = (size_t)(n_blocks + 1) * block_size, per;
+    if (dtype == KV_DTYPE_FP8) {
+        kv->scale_off = (slots * kv->width + 15) / 16 * 16;
+        per = kv->scale_off + slots * m->shard.nkv * sizeof(float);
+    } else {
+        per = slots * kv->width * m->kb.iface->act_bytes;
+    }
     for (int l = 0; l < kv->n_layers; l++) {
         kv->k[l] = m->kb.iface->alloc(m->kb.ctx, per);
         kv->v[l] = m->kb.iface->alloc(m->kb.ctx, per);

@@ -2,7 +2,7 @@
  * does for each sequence.
  *
  * Storage: per layer, K and V pools of [n_blocks + 1, block_size, nkv_local, d]
- * activations in backend memory. A sequence owns a list of block ids (its block
+ * activations in backend memory (or fp8 bytes with a scale per row: dtype). A sequence owns a list of block ids (its block
  * table); position p lives in block table[p / block_size] at p % block_size.
  * Every rank holds the same block ids for its own heads, so rank 0 decides the
  * tables and sends them with each step. */
@@ -19,9 +19,17 @@ typedef struct kv_cache {
     int width; /* nkv_local * d elements per slot */
     void **k, **v; /* [n_layers] backend buffers */
     size_t bytes;
+    /* Element type (kernels.h KV_DTYPE_*): ACT, activations; FP8, e4m3 bytes
+     * [slots, width] then from byte scale_off fp32 scales [slots, nkv_local]
+     * (one per token and KV head) in each buffer. head_dim: d. */
+    int dtype, head_dim;
+    size_t scale_off;
 } kv_cache;
 
-kv_cache *kv_create(const glm_model *m, int n_blocks, int block_size);
+/* KV bytes one token takes on this rank's layers (K and V, scales included). */
+double kv_bytes_per_token(const glm_model *m, int dtype);
+/* dtype: KV_DTYPE_ACT or KV_DTYPE_FP8. */
+kv_cache *kv_create(const glm_model *m, int n_blocks, int block_size, int dtype);
 void kv_free(const glm_model *m, kv_cache *kv); /* accepts NULL */
 
 /* Free list of block ids (rank 0). */

@@ -21,6 +21,7 @@ const args_opt args_engine_opts[] = {
     {"--block-size", "B", "KV cache block, in tokens (default 16)"},
     {"--kv-tokens", "N", "KV pool in tokens (default: sized from GPU memory; on CPU 65536, generate: what the batch needs)"},
     {"--gpu-memory-utilization", "F", "share of each GPU's memory for weights, KV and activations (default 0.90)"},
+    {"--kv-cache-dtype", "bf16|fp8", ARGS_KV_DTYPE_HELP},
     {NULL, NULL, NULL},
 };
 
@@ -39,6 +40,14 @@ static void fail(args *a, const char *fmt, const char *name, const char *val) {
     if (a->failed) return;
     a->failed = 1;
     snprintf(a->err, sizeof a->err, fmt, name, val);
+}
+
+int args_kv_dtype(args *a) {
+    const char *v = args_str(a, "--kv-cache-dtype", "bf16");
+    if (strcmp(v, "bf16") == 0) return 0;
+    if (strcmp(v, "fp8") == 0) return 1;
+    fail(a, "option %s takes bf16 or fp8, not '%s'", "--kv-cache-dtype", v);
+    return 0;
 }
 
 static const args_opt *spec_find(const args_spec *spec, const char *name) {

@@ -28,6 +28,9 @@ typedef struct args_spec {
 /* Options every glmtp command takes (main.c reads them, see log.h). */
 extern const args_opt args_log_opts[];
 /* Options of the commands that load the model on every rank (engine_open). */
+#define ARGS_KV_DTYPE_HELP                                                                                   \
+    "KV cache element type (default bf16: the activations' type, which on the CPU is fp32; fp8: e4m3 with " \
+    "an fp32 scale per token and KV head, 0.52x the bytes of bf16, so about twice the tokens fit)"
 extern const args_opt args_engine_opts[];
 
 typedef struct args {
@@ -53,6 +56,11 @@ int args_flag(args *a, const char *name);
 int args_finish(args *a);
 /* Parses "1,2,3" into a malloc'ed array; -1 and err on junk. */
 int args_int_list(args *a, const char *name, const char *text, int **out, int *n);
+
+/* --kv-cache-dtype (args_engine_opts; bench's table repeats it): 0 for
+ * "bf16" or absent (the activations' type: bf16 on GPUs, fp32 on the CPU), 1
+ * for "fp8" (kernels.h KV_DTYPE_ACT, KV_DTYPE_FP8); anything else fails. */
+int args_kv_dtype(args *a);
 
 /* 1 when argv holds --help or -h. */
 int args_wants_help(int argc, char **argv);

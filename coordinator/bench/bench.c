@@ -109,7 +109,7 @@ static void run_decode(engine *e, const bench_opts *o, const bench_machine *mc, 
     free(seqs);
     free(ids);
     /* Bytes every rank reads per step: its weights (not the embedding table) and its KV. */
-    double kv_tok = 2.0 * e->m->cfg.n_layers * e->kv->width * e->kb.iface->act_bytes;
+    double kv_tok = kv_bytes_per_token(e->m, e->kv->dtype);
     double bytes = (double)mc->weight_bytes + (double)B * (C + 1) * kv_tok;
     *r = (bench_row){0};
     r->batch = B;
@@ -139,7 +139,8 @@ static double time_attention(engine *e, const glm_step *st) {
         dv[i] = k->alloc(ctx, n[i] * 4);
         k->to_device(ctx, dv[i], src[i], n[i] * 4);
     }
-    kattn_batch b = {T, dv[0], dv[1], dv[2], dv[3], st->max_blocks, st->block_size, T - 1, st->pos, st->seq, 1};
+    kattn_batch b = {T, dv[0], dv[1], dv[2], dv[3], st->max_blocks, st->block_size, T - 1, st->pos, st->seq, 1,
+                     e->kv->dtype, e->kv->head_dim, e->kv->scale_off};
     double best = 1e30;
     for (int r = 0; r < 3; r++) {
         b.serial = (uint64_t)r + 1; /* as a new step would: any per-step planning is in the time */
@@ -328,6 +329,7 @@ static const args_opt bench_engine_opts[] = {
                        "mpirun -np 2 binds each rank to one core unless given --bind-to none)"},
     {"--device", "cpu|cuda", "where each rank computes (default cpu)"},
     {"--comm", "mpi|nccl", "GPU all-reduce (default nccl with more than one rank)"},
+    {"--kv-cache-dtype", "bf16|fp8", ARGS_KV_DTYPE_HELP},
     {NULL, NULL, NULL},
 };
 
@@ -356,6 +358,7 @@ static int parse(comm *c, bench_opts *o, int argc, char **argv) {
     o->json = args_str(&a, "--json", NULL);
     o->device = args_str(&a, "--device", "cpu");
     o->comm_kind = args_str(&a, "--comm", NULL);
+    o->kv_dtype = args_kv_dtype(&a);
     o->threads = (int)args_int(&a, "--threads", 0, 0, 1024);
     o->steps = (int)args_int(&a, "--steps", 8, 1, 1 << 20);
     o->requests = (int)args_int(&a, "--requests", 16, 1, 1 << 20);
@@ -433,7 +436,7 @@ int cmd_bench(comm *c, int argc, char **argv) {
         kv = sum_list_max(o.lens, o.n_lens) + 2 * o.in_len + 3 * 16;
     else
         kv = o.requests * (o.in_len + o.out_len + 16);
-    if (engine_open(&e, c, model, kv, 16, o.threads, o.device, o.comm_kind, ENGINE_GPU_MEM_UTIL)) goto done;
+    if (engine_open(&e, c, model, kv, 16, o.threads, o.device, o.comm_kind, ENGINE_GPU_MEM_UTIL, o.kv_dtype)) goto done;
     const glm_config *cfg = &e.m->cfg;
     int ctx_need = strcmp(o.mode, "decode") == 0 ? sum_list_max(o.contexts, o.n_contexts) + o.steps + 2
                    : strcmp(o.mode, "prefill") == 0 ? sum_list_max(o.lens, o.n_lens)

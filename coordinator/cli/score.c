@@ -107,6 +107,7 @@ int cmd_score(comm *c, int argc, char **argv) {
     int threads = (int)args_int(&a, "--threads", 0, 0, 1024);
     const char *device = args_str(&a, "--device", "cpu"), *comm_kind = args_str(&a, "--comm", NULL);
     int block_size = (int)args_int(&a, "--block-size", 16, 1, 1 << 20);
+    int kv_dtype = args_kv_dtype(&a);
     int *ids = NULL, n = 0, rc = 1;
     engine e = {0};
     float *logits = NULL, *hidden = NULL;
@@ -124,7 +125,7 @@ int cmd_score(comm *c, int argc, char **argv) {
         log_error_agreed("score: %s (glmtp score --help lists the options)", a.err);
         goto done;
     }
-    if (engine_open(&e, c, dir, n, block_size, threads, device, comm_kind, ENGINE_GPU_MEM_UTIL)) goto done;
+    if (engine_open(&e, c, dir, n, block_size, threads, device, comm_kind, ENGINE_GPU_MEM_UTIL, kv_dtype)) goto done;
     const glm_config *cfg = &e.m->cfg;
     if (plan_check_ids(c, ids, n, cfg, "--ids")) goto done;
 

@@ -4,6 +4,7 @@
  * Exit status: 0 done, 1 the server answered with an error (or unhealthy,
  * or cancel of an unknown id), 2 usage or connection problems. */
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +53,59 @@ static int parse_ids(const char *name, const char *text, int **out, int *n) {
     if (rc) fprintf(stderr, "glmtp-client: %s\n", a.err);
     args_free(&a);
     return rc;
+}
+
+/* The whole of path ("-": stdin) as a NUL-terminated string the caller frees;
+ * NULL after printing why (also for a NUL byte inside: the prompt is text). */
+static char *read_all(const char *path) {
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "glmtp-client: --prompt-file %s: %s\n", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    for (size_t k; buf && (k = fread(buf + len, 1, cap - len - 1, f)) > 0;) {
+        len += k;
+        if (len + 1 == cap) buf = realloc(buf, cap *= 2);
+    }
+    int bad = !buf || ferror(f);
+    if (f != stdin) fclose(f);
+    if (bad) {
+        fprintf(stderr, "glmtp-client: --prompt-file %s: %s\n", path, buf ? "read error" : "out of memory");
+        free(buf);
+        return NULL;
+    }
+    buf[len] = 0;
+    if (strlen(buf) != len) {
+        fprintf(stderr, "glmtp-client: --prompt-file %s: holds a NUL byte at offset %zu\n", path, strlen(buf));
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+/* One Progress message: a bar on stderr when it is a terminal (redrawn in
+ * place, ended by a newline once the prompt is in); with --json also a record
+ * in rec's "progress" list. Nothing otherwise. */
+static void show_progress(const Glmtp__Progress *p, int tty, cJSON *rec) {
+    if (rec) {
+        cJSON *a = cJSON_GetObjectItemCaseSensitive(rec, "progress");
+        if (!a) a = cJSON_AddArrayToObject(rec, "progress");
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddNumberToObject(o, "tokens_done", p->tokens_done);
+        cJSON_AddNumberToObject(o, "tokens_total", p->tokens_total);
+        cJSON_AddNumberToObject(o, "tokens_per_s", p->tokens_per_s);
+        cJSON_AddNumberToObject(o, "cached_tokens", p->cached_tokens);
+        cJSON_AddNumberToObject(o, "elapsed_s", p->elapsed_s);
+        cJSON_AddItemToArray(a, o);
+    }
+    if (!tty || p->tokens_total <= 0) return;
+    int w = 30, fill = (int)((long long)p->tokens_done * w / p->tokens_total);
+    double left = p->tokens_per_s > 0 ? (p->tokens_total - p->tokens_done) / p->tokens_per_s : 0;
+    fprintf(stderr, "\rprefill [%.*s%*s] %d/%d tokens (%d cached), %.0f tokens/s, %.0f s, %.0f s left%s", fill,
+            "##############################", w - fill, "", p->tokens_done, p->tokens_total, p->cached_tokens,
+            p->tokens_per_s, p->elapsed_s, left, p->tokens_done >= p->tokens_total ? "\n" : "\033[K");
 }
 
 /* --chat FILE: a JSON list of {role, content, metadata?}. */
@@ -108,6 +162,7 @@ static const args_opt client_opts[] = {
     {"--connect", "ADDR", "the server: HOST:PORT or unix:/path (default 127.0.0.1:7070)"},
     {"--auth-token-file", "F", "send the token in this file first (a server beyond loopback wants it)"},
     {"--prompt", "TEXT", "generate: a raw completion of TEXT"},
+    {"--prompt-file", "FILE", "generate: a raw completion of FILE's text (- reads stdin; a 1M-token document is 4-6 MB, within serve's default --max-frame)"},
     {"--chat", "FILE", "generate: a JSON list of {role, content, metadata?} messages"},
     {"--ids", "1,2,3", "generate: from these token ids"},
     {"--max-new-tokens", "N", "new tokens (default: the server's)"},
@@ -119,7 +174,8 @@ static const args_opt client_opts[] = {
     {"--stop-ids", "1,2", "stop at any of these token ids"},
     {"--id", "REQUEST_ID", "the request's id, for --cancel from another client (default client-PID)"},
     {"--no-stream", NULL, "one reply at the end instead of streamed deltas"},
-    {"--json", NULL, "print one JSON record at the end (text, token_ids, finish_reason, usage, ttft_ms)"},
+    {"--json", NULL, "print one JSON record at the end (text, token_ids, finish_reason, usage, ttft_ms, progress)"},
+    {"--no-progress", NULL, "no prefill progress bar (drawn on stderr when it is a terminal, for streamed long prompts)"},
     {"--disconnect-after", "N", "close the connection after N deltas (for tests)"},
     {"--stats", NULL, "print the server's statistics as JSON"},
     {"--health", NULL, "print the server's state; exit 1 unless healthy"},
@@ -138,7 +194,7 @@ static const args_opt client_opts[] = {
 
 static const args_spec client_spec = {
     "glmtp-client",
-    "[--connect ADDR] [--auth-token-file F] --prompt TEXT | --chat FILE | --ids 1,2,3 [options]\n"
+    "[--connect ADDR] [--auth-token-file F] --prompt TEXT | --prompt-file FILE | --chat FILE | --ids 1,2,3 [options]\n"
     "       glmtp-client [--connect ADDR] --stats | --health | --cancel ID\n"
     "       glmtp-client [--connect ADDR] --load --requests N --rate R --input-len I --output-len O [--json-out F]",
     "The client of `glmtp serve` (protobuf channel, proto/glmtp.proto). Exit status: 0 done, 1 the server\n"
@@ -163,6 +219,8 @@ int main(int argc, char **argv) {
     const char *addr = args_str(&a, "--connect", "127.0.0.1:7070");
     const char *token_file = args_str(&a, "--auth-token-file", NULL);
     const char *prompt = args_str(&a, "--prompt", NULL), *chat = args_str(&a, "--chat", NULL);
+    const char *prompt_file = args_str(&a, "--prompt-file", NULL);
+    int no_progress = args_flag(&a, "--no-progress");
     const char *ids_s = args_str(&a, "--ids", NULL), *stop_ids_s = args_str(&a, "--stop-ids", NULL);
     const char *cancel = args_str(&a, "--cancel", NULL);
     char defid[64];
@@ -181,9 +239,10 @@ int main(int argc, char **argv) {
                     (uint64_t)args_int(&a, "--seed", 0, 0, 2147483647L)};
     const char **stop = NULL;
     int n_stop = args_strs(&a, "--stop", &stop);
-    int n_modes = !!prompt + !!chat + !!ids_s + stats + health + !!cancel + load;
+    int n_modes = !!prompt + !!prompt_file + !!chat + !!ids_s + stats + health + !!cancel + load;
     if (!a.failed && n_modes != 1)
-        snprintf(a.err, sizeof a.err, "give one of --prompt, --chat, --ids, --stats, --health, --cancel, --load"),
+        snprintf(a.err, sizeof a.err,
+                 "give one of --prompt, --prompt-file, --chat, --ids, --stats, --health, --cancel, --load"),
             a.failed = 1;
     if (args_finish(&a)) {
         fprintf(stderr, "glmtp-client: %s (glmtp-client --help lists the options)\n", a.err);
@@ -197,6 +256,12 @@ int main(int argc, char **argv) {
         return client_load(&lo);
     }
 
+    char *file_text = NULL; /* read before connecting: a missing file is a usage error */
+    if (prompt_file && !(file_text = read_all(prompt_file))) {
+        free(stop);
+        return 2;
+    }
+    if (file_text) prompt = file_text;
     char err[512];
     int fd = wire_connect(addr, err, sizeof err);
     if (fd < 0) {
@@ -274,6 +339,11 @@ int main(int argc, char **argv) {
             const char *piece = NULL;
             int32_t *pid = NULL;
             size_t np = 0;
+            if (r->body_case == GLMTP__GENERATE_RESPONSE__BODY_PROGRESS) {
+                show_progress(r->progress, !no_progress && isatty(2), json ? rec : NULL);
+                glmtp__server_message__free_unpacked(m, NULL);
+                continue;
+            }
             if (r->body_case == GLMTP__GENERATE_RESPONSE__BODY_DELTA) {
                 piece = r->delta->text, pid = r->delta->token_ids, np = r->delta->n_token_ids;
                 done = 0;
@@ -350,6 +420,7 @@ int main(int argc, char **argv) {
     cJSON_Delete(rec);
     cJSON_Delete(chat_json);
     free(text);
+    free(file_text);
     free(ids);
     free(sids);
     free(stop);

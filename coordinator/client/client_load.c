@@ -113,6 +113,8 @@ static void *run_one(void *arg) {
         } else if (gr->body_case == GLMTP__GENERATE_RESPONSE__BODY_FINAL) {
             stamp(r, gr->final->n_token_ids, t);
             r->ok = 1;
+        } else if (gr->body_case == GLMTP__GENERATE_RESPONSE__BODY_PROGRESS) {
+            done = 0; /* prefill progress of a long prompt: no tokens yet */
         } else {
             snprintf(r->err, sizeof r->err, "%s",
                      gr->body_case == GLMTP__GENERATE_RESPONSE__BODY_ERROR && gr->error->message ? gr->error->message

@@ -167,7 +167,7 @@ static long long kv_tokens_fit(const engine *e, double mem_util, double per_toke
 }
 
 int engine_open(engine *e, comm *c, const char *dir, int kv_tokens, int block_size, int threads,
-                const char *device, const char *comm_kind, double mem_util) {
+                const char *device, const char *comm_kind, double mem_util, int kv_dtype) {
     memset(e, 0, sizeof *e);
     e->comm = c;
     char err[2048] = "";
@@ -187,7 +187,7 @@ int engine_open(engine *e, comm *c, const char *dir, int kv_tokens, int block_si
     }
     /* The pool: asked for, or what device memory allows; every rank needs the
      * same block count, so the smallest rank's figure is taken. */
-    double per_token = 2.0 * e->m->cfg.n_layers * e->m->shard.nkv * e->m->cfg.head_dim * e->kb.iface->act_bytes;
+    double per_token = kv_bytes_per_token(e->m, kv_dtype);
     char why[512] = "";
     long long fit = kv_tokens_fit(e, mem_util, per_token, why, sizeof why);
     long long want = kv_tokens > 0 ? kv_tokens : fit >= 0 ? fit : ENGINE_KV_TOKENS_CPU;
@@ -210,7 +210,7 @@ int engine_open(engine *e, comm *c, const char *dir, int kv_tokens, int block_si
     free(all);
     int n_blocks = (int)((want + block_size - 1) / block_size);
     if (kv_tokens <= 0) n_blocks = (int)(want / block_size); /* sized from memory: round down */
-    e->kv = kv_create(e->m, n_blocks, block_size);
+    e->kv = kv_create(e->m, n_blocks, block_size, kv_dtype);
     e->fw = forward_create(e->m, e->kv);
     /* Agreed on, or the other ranks would wait in the first step for rank 0. */
     int oom = c->rank == 0 && (kv_blocks_init(&e->blocks, n_blocks, block_size) || !(e->pc = pcache_create(&e->blocks)));
@@ -236,9 +236,10 @@ int engine_open(engine *e, comm *c, const char *dir, int kv_tokens, int block_si
     else
         snprintf(room, sizeof room, "room for %lld tokens in all (the model's context is %d; --kv-tokens N sets the pool)",
                  tokens, ctx);
-    fprintf(stderr, "glmtp: rank %d/%d: %.2f GiB of weights, %.2f GiB of KV cache (%.1f KiB per token%s%s): %s\n",
+    const char *kv_type = kv_dtype == KV_DTYPE_FP8 ? "fp8 e4m3 + scales" : e->kb.iface->act_bytes == 4 ? "fp32" : "bf16";
+    fprintf(stderr, "glmtp: rank %d/%d: %.2f GiB of weights, %.2f GiB of %s KV cache (%.1f KiB per token%s%s): %s\n",
             c->rank, c->size, (e->m->bytes_sharded + e->m->bytes_replicated) / 1073741824.0,
-            e->kv->bytes / 1073741824.0, per_token / 1024, fit >= 0 && kv_tokens <= 0 ? "; " : "",
+            e->kv->bytes / 1073741824.0, kv_type, per_token / 1024, fit >= 0 && kv_tokens <= 0 ? "; " : "",
             fit >= 0 && kv_tokens <= 0 ? why : "", room);
     return 0;
 }

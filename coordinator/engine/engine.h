@@ -35,9 +35,11 @@ typedef struct engine {
  * device: "cpu" (threads per rank, 0 = all cores) or "cuda" (GPU node-local
  * rank modulo visible GPUs). comm_kind: NULL (default: NCCL for cuda with more
  * than one rank), "nccl" or "mpi" (all-reduce through the host; lets ranks
- * share a GPU). Returns 0, or 1 after every rank has printed why it stops. */
+ * share a GPU). kv_dtype: KV_DTYPE_ACT or KV_DTYPE_FP8 (kernels.h; the bytes
+ * per token, so the tokens that fit, follow from it). Returns 0, or 1 after
+ * every rank has printed why it stops. */
 int engine_open(engine *e, comm *c, const char *dir, int kv_tokens, int block_size, int threads,
-                const char *device, const char *comm_kind, double mem_util);
+                const char *device, const char *comm_kind, double mem_util, int kv_dtype);
 void engine_close(engine *e);
 
 /* Rank 0 drives, the other ranks follow: rank 0 calls engine_step for each

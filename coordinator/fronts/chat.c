@@ -116,6 +116,7 @@ int cmd_chat(comm *c, int argc, char **argv) {
     const char *device = args_str(&a, "--device", "cpu"), *comm_kind = args_str(&a, "--comm", NULL);
     int kv_tokens = (int)args_int(&a, "--kv-tokens", 0, 0, 1 << 30); /* 0: from GPU memory (65536 on CPU) */
     double mem_util = args_num(&a, "--gpu-memory-utilization", ENGINE_GPU_MEM_UTIL, 0.01, 1.0);
+    int kv_dtype = args_kv_dtype(&a);
     int no_prefix_cache = args_flag(&a, "--no-prefix-cache");
     if (!a.failed && !dir) snprintf(a.err, sizeof a.err, "--model DIR is required"), a.failed = 1;
     int rc = args_finish(&a) ? 1 : 0;
@@ -140,7 +141,7 @@ int cmd_chat(comm *c, int argc, char **argv) {
     engine e = {0};
     rc = 1;
     if (comm_first_failed(c, failed) >= 0) goto done;
-    if (engine_open(&e, c, dir, kv_tokens, 16, threads, device, comm_kind, mem_util)) goto done;
+    if (engine_open(&e, c, dir, kv_tokens, 16, threads, device, comm_kind, mem_util, kv_dtype)) goto done;
     if (c->rank != 0) {
         engine_follow(&e);
         rc = 0;

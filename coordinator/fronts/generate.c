@@ -20,6 +20,7 @@ typedef struct gen_cli {
     const char *dir, *input, *output, *ids, *tok_path, *device, *comm_kind;
     int threads, block_size, step_tokens, kv_tokens, ignore_eos, no_prefix_cache;
     double mem_util;
+    int kv_dtype; /* --kv-cache-dtype */
     req_defaults d;
 } gen_cli;
 
@@ -76,6 +77,7 @@ static int parse_cli(comm *c, gen_cli *o, int argc, char **argv) {
     o->step_tokens = (int)args_int(&a, "--step-tokens", 512, 1, 1 << 24);
     o->kv_tokens = (int)args_int(&a, "--kv-tokens", 0, 1, 1 << 30);
     o->mem_util = args_num(&a, "--gpu-memory-utilization", ENGINE_GPU_MEM_UTIL, 0.01, 1.0);
+    o->kv_dtype = args_kv_dtype(&a);
     int rc = 0;
     if (!a.failed && !o->dir) snprintf(a.err, sizeof a.err, "--model DIR is required"), a.failed = 1;
     if (!a.failed && !!o->input == !!o->ids)
@@ -218,7 +220,9 @@ int cmd_generate(comm *c, int argc, char **argv) {
     engine e = {0};
     if (comm_first_failed(c, failed) >= 0) goto done;
     c->iface->bcast(c->ctx, &kv_tokens, sizeof kv_tokens);
-    if (engine_open(&e, c, o.dir, kv_tokens, o.block_size, o.threads, o.device, o.comm_kind, o.mem_util)) goto done;
+    if (engine_open(&e, c, o.dir, kv_tokens, o.block_size, o.threads, o.device, o.comm_kind, o.mem_util,
+                    o.kv_dtype))
+        goto done;
     if (c->rank != 0) {
         engine_follow(&e);
         rc = 0;

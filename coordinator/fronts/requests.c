@@ -204,12 +204,17 @@ void req_parse(const req_context *c, const char *text, size_t len, int line_no, 
         r->g.max_new = c->seq_len - r->g.n_prompt;
     if (!r->error && r->g.n_prompt + r->g.max_new > c->seq_len) {
         const char *f = prompt ? "prompt" : msgs ? "messages" : "input_ids";
-        if (max_given)
-            set_error(r, line_no, "field '%s': prompt of %d tokens plus max_new_tokens %d exceeds the context length %d",
-                      f, r->g.n_prompt, r->g.max_new, c->seq_len);
+        char lim[160];
+        if (c->model_ctx > c->seq_len)
+            snprintf(lim, sizeof lim, "the maximum model length %d (--max-model-len, or what the KV pool holds; the "
+                     "model's context is %d)", c->seq_len, c->model_ctx);
         else
-            set_error(r, line_no, "field '%s': prompt of %d tokens leaves no room in the context length %d", f,
-                      r->g.n_prompt, c->seq_len);
+            snprintf(lim, sizeof lim, "the context length %d", c->seq_len);
+        if (max_given)
+            set_error(r, line_no, "field '%s': prompt of %d tokens plus max_new_tokens %d exceeds %s", f,
+                      r->g.n_prompt, r->g.max_new, lim);
+        else
+            set_error(r, line_no, "field '%s': prompt of %d tokens leaves no room in %s", f, r->g.n_prompt, lim);
     }
     cJSON_Delete(o);
 }

@@ -41,8 +41,9 @@ typedef struct req_context {
     const req_defaults *defaults;
     const tokenizer *tok; /* NULL when the model has no tokenizer.model */
     const char *preamble; /* tool preamble */
-    int seq_len;          /* context length */
+    int seq_len;          /* the maximum model length: the context, or less (--max-model-len, the KV pool) */
     int n_vocab;          /* valid ids: [0, n_vocab) */
+    int model_ctx;        /* the model's context when seq_len is less (named in errors), else 0 */
 } req_context;
 
 /* Parses one line (text need not be NUL-terminated). Never fails as a whole:

@@ -2,7 +2,9 @@
  * scheduler of sched.h, fed from the socket threads' queue. Requests arriving
  * between steps join the next one; cancelled and disconnected ones leave it,
  * dropping their block references (blocks shared with others stay theirs;
- * cached ones stay in the prefix cache). Deltas stream after each step. */
+ * cached ones stay in the prefix cache). Deltas stream after each step; a
+ * streamed prompt longer than one step's budget gets Progress messages while
+ * it is prefilled (send_progress). */
 #include <errno.h>
 #include <math.h>
 #include <time.h>
@@ -21,12 +23,14 @@ typedef struct sreq {
     int conn, stream, sent_ids, cancel, conn_gone;
     size_t sent_text;
     int *stop_ids;
+    double t_first, t_progress; /* start of its first prefill chunk, last Progress sent (util_now) */
 } sreq;
 
 typedef struct srv_loop {
     server *s;
     sched q;
     const req_context *ctx;
+    int step_tokens, progress_ms;
 } srv_loop;
 
 static void push_frame(srv_loop *l, int conn, const Glmtp__ServerMessage *m) { srv_push_out(l->s, srv_frame(conn, m)); }
@@ -262,6 +266,35 @@ static void log_step(void *user, const sched_plan *p, double dt) {
     fflush(f);
 }
 
+/* Prefill progress of r after a step that fed it chunk tokens of its prompt
+ * (see Progress in glmtp.proto): only for streamed requests whose prompt
+ * needs more than one step, at most every progress_ms, and always once the
+ * prompt is in. step_start: when the step began (the first chunk's start). */
+static void send_progress(srv_loop *l, sreq *r, int chunk, double step_start) {
+    int total = r->g.n_prompt, done = r->s.n_fed < total ? r->s.n_fed : total;
+    if (!r->stream || r->conn_gone || r->g.n_out > 0 || r->s.n_fed - chunk >= total) return;
+    if (r->t_first == 0) r->t_first = step_start;
+    if (total - r->s.n_cached <= l->step_tokens) return; /* one step: nothing to wait for */
+    double now = util_now();
+    if (done < total && (now - r->t_progress) * 1e3 < l->progress_ms) return;
+    r->t_progress = now;
+    Glmtp__Progress pg = GLMTP__PROGRESS__INIT;
+    double el = now - r->t_first;
+    pg.has_tokens_done = pg.has_tokens_total = pg.has_tokens_per_s = pg.has_cached_tokens = pg.has_elapsed_s = 1;
+    pg.tokens_done = done, pg.tokens_total = total, pg.cached_tokens = r->s.n_cached, pg.elapsed_s = el;
+    pg.tokens_per_s = el > 0 ? (done - r->s.n_cached) / el : 0.0;
+    Glmtp__GenerateResponse g = GLMTP__GENERATE_RESPONSE__INIT;
+    g.request_id = r->id, g.body_case = GLMTP__GENERATE_RESPONSE__BODY_PROGRESS, g.progress = &pg;
+    send_response(l, r->conn, &g);
+}
+
+static void on_step(void *user, const sched_plan *p, double dt) {
+    srv_loop *l = user;
+    log_step(user, p, dt);
+    double start = util_now() - dt;
+    for (int i = 0; i < p->n; i++) send_progress(l, (sreq *)p->req[i], p->chunk[i], start);
+}
+
 static void on_token(void *user, sched_req *s) {
     sreq *r = (sreq *)s;
     if (r->stream) send_delta(user, r, 0);
@@ -274,9 +307,9 @@ static void on_finish(void *user, sched_req *s) {
 }
 
 void srv_sched_run(server *s, engine *e, const tokenizer *tok, const req_context *ctx, const srv_sched_options *o) {
-    srv_loop l = {.s = s, .ctx = ctx};
+    srv_loop l = {.s = s, .ctx = ctx, .step_tokens = o->step_tokens, .progress_ms = o->progress_ms};
     gen_options go = {0};
-    sched_hooks h = {on_token, on_finish, log_step, &l};
+    sched_hooks h = {on_token, on_finish, on_step, &l};
     sched_init(&l.q, e, tok, &go, &h);
     publish(&l);
     for (;;) {

@@ -48,6 +48,7 @@ typedef struct serve_cli {
     const char *dir, *listen, *token_file, *tok_path, *device, *comm_kind, *step_log;
     int threads, block_size, step_tokens, kv_tokens, max_queue, keepalive, no_prefix_cache;
     double mem_util;
+    int kv_dtype; /* --kv-cache-dtype */
     long max_frame;
     req_defaults d;
 } serve_cli;
@@ -103,6 +104,7 @@ static int parse_cli(comm *c, serve_cli *o, int argc, char **argv) {
     o->step_tokens = (int)args_int(&a, "--step-tokens", 512, 1, 1 << 24);
     o->kv_tokens = (int)args_int(&a, "--kv-tokens", 0, 0, 1 << 30); /* 0: from GPU memory (65536 on CPU) */
     o->mem_util = args_num(&a, "--gpu-memory-utilization", ENGINE_GPU_MEM_UTIL, 0.01, 1.0);
+    o->kv_dtype = args_kv_dtype(&a);
     o->max_queue = (int)args_int(&a, "--max-queue", 256, 1, 1 << 20);
     o->max_frame = args_int(&a, "--max-frame", WIRE_MAX_FRAME_DEFAULT, 64, 1L << 30);
     o->keepalive = (int)args_int(&a, "--keepalive", 30, 1, 3600);
@@ -178,7 +180,9 @@ int cmd_serve(comm *c, int argc, char **argv) {
     int rc = 1;
     engine e = {0};
     if (comm_first_failed(c, failed) >= 0) goto done;
-    if (engine_open(&e, c, o.dir, o.kv_tokens, o.block_size, o.threads, o.device, o.comm_kind, o.mem_util)) goto done;
+    if (engine_open(&e, c, o.dir, o.kv_tokens, o.block_size, o.threads, o.device, o.comm_kind, o.mem_util,
+                    o.kv_dtype))
+        goto done;
     if (c->rank != 0) {
         engine_follow(&e);
         rc = 0;

@@ -23,6 +23,7 @@ void *srv_net_main(void *arg);
 typedef struct srv_sched_options {
     int step_tokens;
     int idle_keepalive_s;
+    int progress_ms; /* Progress of a streamed long prompt at most this often (0: every chunk) */
 } srv_sched_options;
 /* Runs the engine loop until stopping and every request is answered. */
 void srv_sched_run(server *s, engine *e, const tokenizer *tok, const req_context *ctx,

@@ -1,11 +1,15 @@
 /* Causal GQA attention over the paged KV cache on the CPU. One code path for
  * prefill and decode: every token reads its sequence's K/V through the block
  * table, so a prefill token and a decode token differ only in how many positions
- * they see. Cache elements are fp32. */
+ * they see. Cache elements are fp32, or with b->kv_dtype KV_DTYPE_FP8 e4m3
+ * bytes and a scale per (token, KV head) row (kernels.h), quantised by
+ * fp8_quantise_row on store and widened to fp32 as tiles are gathered. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../fp8.h"
 #include "cpu.h"
 
 static inline size_t slot_of(const kattn_batch *b, int s, int p) {
@@ -13,9 +17,39 @@ static inline size_t slot_of(const kattn_batch *b, int s, int p) {
     return (size_t)blk * b->block_size + p % b->block_size;
 }
 
+/* The fp32 scales of an fp8 K or V buffer [n_slots, n_kv] (kernels.h). */
+static inline float *kv_scales(const void *cache, const kattn_batch *b) {
+    return (float *)((const char *)cache + b->kv_scale_off);
+}
+
+/* fp8 store: each d-wide head of the kv_width = n_kv * d row gets its own scale. */
+static void kv_store_fp8(void *kcache, void *vcache, const void *k, const void *v, int ld, int kv_width,
+                         const kattn_batch *b) {
+    int d = b->kv_head_dim;
+    if (d <= 0 || kv_width % d) {
+        fprintf(stderr, "glmtp: cpu kv_store: fp8 rows of %d values need kv_head_dim dividing them (got %d)\n",
+                kv_width, d);
+        abort();
+    }
+    int n_kv = kv_width / d;
+    float *ks = kv_scales(kcache, b), *vs = kv_scales(vcache, b);
+    for (int t = 0; t < b->n_tokens; t++) {
+        size_t slot = (size_t)b->slots[t];
+        for (int g = 0; g < n_kv; g++) {
+            size_t row = slot * n_kv + g, src = (size_t)t * ld + (size_t)g * d;
+            fp8_quantise_row((uint8_t *)kcache + row * d, &ks[row], (const float *)k + src, d);
+            fp8_quantise_row((uint8_t *)vcache + row * d, &vs[row], (const float *)v + src, d);
+        }
+    }
+}
+
 void cpu_kv_store(void *ctx, void *kcache, void *vcache, const void *k, const void *v, int ld, int kv_width,
                   const kattn_batch *b) {
     (void)ctx;
+    if (b->kv_dtype == KV_DTYPE_FP8) {
+        kv_store_fp8(kcache, vcache, k, v, ld, kv_width, b);
+        return;
+    }
     for (int t = 0; t < b->n_tokens; t++) {
         size_t slot = (size_t)b->slots[t];
         memcpy((float *)kcache + slot * kv_width, (const float *)k + (size_t)t * ld, sizeof(float) * kv_width);
@@ -118,9 +152,30 @@ typedef struct attn_scratch {
 /* hp: heads per KV group on this rank, min(q_per_kv, n_q): with KV heads
  * replicated (tp above the KV groups) a rank holds fewer q heads than a group
  * has, all of them on its one KV head. Group g's heads are g * q_per_kv + i. */
-static void tile_run(const attn_tile *tile, attn_scratch *w, float *out, const float *q, int ld_q, const float *K,
-                     const float *V, const kattn_batch *b, int n_q, int n_kv, int q_per_kv, int hp, int d,
-                     float scale) {
+/* The cache as the tiles read it: fp32 rows, or fp8 rows with their scales
+ * and the e4m3 values of the 256 bytes. */
+typedef struct kv_view {
+    const float *K, *V;           /* fp32 cache, or NULL */
+    const uint8_t *K8, *V8;       /* fp8 cache */
+    const float *ks, *vs, *lut;   /* [n_slots, n_kv] scales; lut[256] */
+} kv_view;
+
+/* Key row `row` (element offset, a multiple of d) of the view into kt's
+ * column j (transposed) and vt's row j, as fp32. */
+static inline void gather_kv(attn_scratch *w, const kv_view *c, size_t row, int j, int d) {
+    if (c->K) {
+        for (int i = 0; i < d; i++) w->kt[(size_t)i * TK + j] = c->K[row + i];
+        memcpy(w->vt + (size_t)j * d, c->V + row, sizeof(float) * d);
+        return;
+    }
+    float sk = c->ks[row / d], sv = c->vs[row / d];
+    float *vr = w->vt + (size_t)j * d;
+    for (int i = 0; i < d; i++) w->kt[(size_t)i * TK + j] = c->lut[c->K8[row + i]] * sk;
+    for (int i = 0; i < d; i++) vr[i] = c->lut[c->V8[row + i]] * sv;
+}
+
+static void tile_run(const attn_tile *tile, attn_scratch *w, float *out, const float *q, int ld_q, const kv_view *c,
+                     const kattn_batch *b, int n_q, int n_kv, int q_per_kv, int hp, int d, float scale) {
     int R = tile->nt * hp, s_id = b->seq[tile->t0], maxp = 0;
     for (int r = 0; r < R; r++) {
         int t = tile->t0 + r / hp, h = tile->g * q_per_kv + r % hp;
@@ -132,11 +187,7 @@ static void tile_run(const attn_tile *tile, attn_scratch *w, float *out, const f
     }
     for (int k0 = 0; k0 <= maxp; k0 += TK) {
         int nk = maxp + 1 - k0 < TK ? maxp + 1 - k0 : TK;
-        for (int j = 0; j < nk; j++) {
-            size_t row = (slot_of(b, s_id, k0 + j) * n_kv + tile->g) * d;
-            for (int i = 0; i < d; i++) w->kt[(size_t)i * TK + j] = K[row + i];
-            memcpy(w->vt + (size_t)j * d, V + row, sizeof(float) * d);
-        }
+        for (int j = 0; j < nk; j++) gather_kv(w, c, (slot_of(b, s_id, k0 + j) * n_kv + tile->g) * d, j, d);
         for (int i = 0; nk < TK && i < d; i++) memset(w->kt + (size_t)i * TK + nk, 0, sizeof(float) * (TK - nk));
         for (int r = 0; r < R; r++) {
             int lim = b->pos[tile->t0 + r / hp] - k0 + 1;
@@ -178,6 +229,14 @@ void cpu_attention(void *ctx, void *out, const void *q, int ld_q, const void *kc
     int hp = q_per_kv < n_q ? q_per_kv : n_q;
     int n_tiles = plan_tiles(b, n_kv, hp, &tiles);
     int rows = ROWS > hp ? ROWS : hp; /* a tile holds at least one token */
+    float lut[256];
+    kv_view c = {kcache, vcache, NULL, NULL, NULL, NULL, lut};
+    if (b->kv_dtype == KV_DTYPE_FP8) {
+        fp8_e4m3_table(lut);
+        c.K = c.V = NULL;
+        c.K8 = kcache, c.V8 = vcache;
+        c.ks = kv_scales(kcache, b), c.vs = kv_scales(vcache, b);
+    }
 #pragma omp parallel if (n_tiles > 1)
     {
         attn_scratch w;
@@ -188,7 +247,7 @@ void cpu_attention(void *ctx, void *out, const void *q, int ld_q, const void *kc
         w.m = w.vt + (size_t)d * TK, w.l = w.m + rows;
 #pragma omp for schedule(dynamic, 1)
         for (int i = 0; i < n_tiles; i++)
-            tile_run(&tiles[i], &w, out, q, ld_q, kcache, vcache, b, n_q, n_kv, q_per_kv, hp, d, scale);
+            tile_run(&tiles[i], &w, out, q, ld_q, &c, b, n_q, n_kv, q_per_kv, hp, d, scale);
         free(mem);
     }
     free(tiles);

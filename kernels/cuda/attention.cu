@@ -1,4 +1,6 @@
-/* Causal GQA attention over the paged bf16 KV cache, prefill and decode in one
+/* Causal GQA attention over the paged bf16 KV cache (or the fp8 one:
+ * kernels.h KV_DTYPE_FP8, rows widened as they are loaded, each kernel a
+ * template on it), prefill and decode in one
  * kernel (kernels.h: token t of sequence seq[t] attends to positions
  * 0..pos[t] through its block table; local q head h uses KV head h / q_per_kv).
  * When the step's host positions are given and the head dim suits it,
@@ -32,7 +34,8 @@ typedef struct attn_args {
     float *part_o;  /* [n, n_q, n_split, d] unnormalised outputs, when n_split > 1 (n: tokens in the grid) */
     float *part_ml; /* [n, n_q, n_split, 2] running max and sum */
     const bf16 *q;
-    const bf16 *kc, *vc;
+    const bf16 *kc, *vc; /* an fp8 cache's e4m3 bytes when ks, vs are set */
+    const float *ks, *vs; /* fp8 cache (kernels.h KV_DTYPE_FP8): a scale per (slot, KV head) row; else NULL */
     const int32_t *pos, *seq, *tables;
     const int32_t *tok_list; /* [n] step token of grid row blockIdx.y; NULL: row i is token i */
     int ld_q, max_blocks, block_size, n_kv, q_per_kv, d, split_len, n_split;
@@ -69,13 +72,20 @@ static __device__ __forceinline__ void load_row(float *dst, const bf16 *row, int
     for (int e = 0; e < EPL; e++) dst[e] = lane * EPL + e < d ? bf2f(src[e]) : 0.0f;
 }
 
+/* The same from an fp8 cache row (bytes) and its scale, in fp32. */
+template <int EPL>
+static __device__ __forceinline__ void load_row_fp8(float *dst, const uint8_t *row, float scale, int lane, int d) {
+#pragma unroll
+    for (int e = 0; e < EPL; e++) dst[e] = lane * EPL + e < d ? fp8_to_f32(row[lane * EPL + e]) * scale : 0.0f;
+}
+
 /* Element offset of position p's row of KV head g in the paged cache. */
 static __device__ __forceinline__ size_t kv_row(const attn_args &a, const int32_t *table, int p, int g) {
     int blk = table[p / a.block_size];
     return (((size_t)blk * a.block_size + p % a.block_size) * a.n_kv + g) * a.d;
 }
 
-template <int EPL>
+template <int EPL, bool FP8>
 static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_kernel(attn_args a) {
     pdl_begin();
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
@@ -98,8 +108,13 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_kernel(attn_a
     const int32_t *table = a.tables + (size_t)s * a.max_blocks;
     for (int p = p0 + w; p < p1; p += ATT_WARPS) {
         size_t row = kv_row(a, table, p, g);
-        load_row<EPL>(kf, a.kc + row, lane, d);
-        load_row<EPL>(vf, a.vc + row, lane, d);
+        if constexpr (FP8) {
+            load_row_fp8<EPL>(kf, (const uint8_t *)a.kc + row, a.ks[row / d], lane, d);
+            load_row_fp8<EPL>(vf, (const uint8_t *)a.vc + row, a.vs[row / d], lane, d);
+        } else {
+            load_row<EPL>(kf, a.kc + row, lane, d);
+            load_row<EPL>(vf, a.vc + row, lane, d);
+        }
         float dot = 0.0f;
 #pragma unroll
         for (int e = 0; e < EPL; e++) dot += qr[e] * kf[e];
@@ -169,7 +184,21 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_kernel(attn_a
  * bytes (34,816 for d = 128), static. */
 #define GQA_BN (ATT_WARPS * 16) /* keys per tile: 16 per warp */
 
-template <int D>
+/* Keys kb..kb+GQA_BN-1 of KV head grp into dst: cp.async from a bf16 cache,
+ * or (FP8) dequantised to bf16 with plain loads and stores at the same point
+ * (cuda_common.cuh fp8_kv_rows; the commits and waits around it then cover
+ * nothing, the barriers still order the buffers). */
+template <int D, bool FP8>
+static __device__ __forceinline__ void gqa_rows(bf16 *dst, const bf16 *cache, const float *scales,
+                                                const int32_t *table, int kb, int kmax, int grp, const attn_args &a) {
+    if constexpr (FP8)
+        fp8_kv_rows<D, GQA_BN, ATT_WARPS * 32>(dst, (const uint8_t *)cache, scales, table, kb, kmax, grp,
+                                               a.block_size, a.n_kv);
+    else
+        cp_async_kv_rows<D, GQA_BN, ATT_WARPS * 32>(dst, cache, table, kb, kmax, grp, a.block_size, a.n_kv);
+}
+
+template <int D, bool FP8>
 static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_gqa_kernel(attn_args a, int n_q) {
     pdl_begin();
     constexpr int LDS = D + 8, CPR = D / 8, KS = D / 16, DT = D / 8;
@@ -211,9 +240,9 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_gqa_kernel(at
     /* Groups per thread: K0 V0 | K1 V1 | ...; "wait 1" leaves only the newest
      * in flight (empty groups are committed after the last tile). */
     if (n_kt > 0) {
-        cp_async_kv_rows<D, GQA_BN, ATT_WARPS * 32>(sk, a.kc, table, p0, kmax, grp, a.block_size, a.n_kv);
+        gqa_rows<D, FP8>(sk, a.kc, a.ks, table, p0, kmax, grp, a);
         cp_async_commit();
-        cp_async_kv_rows<D, GQA_BN, ATT_WARPS * 32>(sv, a.vc, table, p0, kmax, grp, a.block_size, a.n_kv);
+        gqa_rows<D, FP8>(sv, a.vc, a.vs, table, p0, kmax, grp, a);
         cp_async_commit();
     }
     for (int j = 0; j < n_kt; j++) {
@@ -233,7 +262,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_gqa_kernel(at
         }
         __syncthreads(); /* every warp is done with sk */
         if (j + 1 < n_kt)
-            cp_async_kv_rows<D, GQA_BN, ATT_WARPS * 32>(sk, a.kc, table, kb + GQA_BN, kmax, grp, a.block_size, a.n_kv);
+            gqa_rows<D, FP8>(sk, a.kc, a.ks, table, kb + GQA_BN, kmax, grp, a);
         cp_async_commit();
 
         /* Scale to log2 units; keys past the split are -inf. */
@@ -283,7 +312,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_gqa_kernel(at
         }
         __syncthreads(); /* every warp is done with sv */
         if (j + 1 < n_kt)
-            cp_async_kv_rows<D, GQA_BN, ATT_WARPS * 32>(sv, a.vc, table, kb + GQA_BN, kmax, grp, a.block_size, a.n_kv);
+            gqa_rows<D, FP8>(sv, a.vc, a.vs, table, kb + GQA_BN, kmax, grp, a);
         cp_async_commit();
     }
     cp_async_wait_0();
@@ -356,7 +385,18 @@ static __global__ void attention_combine_kernel(bf16 *out, const float *part_o, 
 
 template <int EPL>
 static void attention_launch(const cuda_ctx *c, dim3 grid, const attn_args &a) {
-    launch(c, attention_kernel<EPL>, grid, ATT_WARPS * 32, 0, a);
+    if (a.ks)
+        launch(c, attention_kernel<EPL, true>, grid, ATT_WARPS * 32, 0, a);
+    else
+        launch(c, attention_kernel<EPL, false>, grid, ATT_WARPS * 32, 0, a);
+}
+
+template <int D>
+static void attention_gqa_launch(const cuda_ctx *c, dim3 grid, const attn_args &a, int n_q) {
+    if (a.ks)
+        launch(c, attention_gqa_kernel<D, true>, grid, ATT_WARPS * 32, 0, a, n_q);
+    else
+        launch(c, attention_gqa_kernel<D, false>, grid, ATT_WARPS * 32, 0, a, n_q);
 }
 
 static void attention_cuda(cuda_ctx *c, bf16 *out, const bf16 *q, int ld_q, const bf16 *kc, const bf16 *vc,
@@ -390,6 +430,10 @@ static void attention_cuda(cuda_ctx *c, bf16 *out, const bf16 *q, int ld_q, cons
     attn_args a;
     memset(&a, 0, sizeof a);
     a.out = out, a.q = q, a.kc = kc, a.vc = vc;
+    if (b->kv_dtype == KV_DTYPE_FP8) {
+        a.ks = (const float *)((const uint8_t *)kc + b->kv_scale_off);
+        a.vs = (const float *)((const uint8_t *)vc + b->kv_scale_off);
+    }
     a.pos = b->pos, a.seq = b->seq, a.tables = b->block_tables, a.tok_list = tok_list;
     a.ld_q = ld_q, a.max_blocks = b->max_blocks, a.block_size = b->block_size;
     a.n_kv = n_kv, a.q_per_kv = q_per_kv, a.d = d, a.scale = scale;
@@ -404,9 +448,9 @@ static void attention_cuda(cuda_ctx *c, bf16 *out, const bf16 *q, int ld_q, cons
     if (gqa) {
         dim3 ggrid((unsigned)groups, (unsigned)n, (unsigned)n_split);
         if (d == 64)
-            launch(c, attention_gqa_kernel<64>, ggrid, ATT_WARPS * 32, 0, a, n_q);
+            attention_gqa_launch<64>(c, ggrid, a, n_q);
         else
-            launch(c, attention_gqa_kernel<128>, ggrid, ATT_WARPS * 32, 0, a, n_q);
+            attention_gqa_launch<128>(c, ggrid, a, n_q);
     } else {
         dim3 grid((unsigned)n_q, (unsigned)n, (unsigned)n_split);
         if (d <= 32)

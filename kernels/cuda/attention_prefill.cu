@@ -1,5 +1,8 @@
 /* Tensor-core causal attention for the prefill runs of a step (FlashAttention
- * style), over the paged bf16 KV cache; attention.cu's general kernel takes the
+ * style), over the paged bf16 KV cache (or the fp8 one, kernels.h
+ * KV_DTYPE_FP8: each kernel a template on it, whose tile loaders dequantise
+ * the rows to bf16 in shared memory with plain loads where the bf16 path
+ * issues cp.async; the rest of the kernel is the same); attention.cu's general kernel takes the
  * step's other tokens. Same contract as the attention op (kernels.h).
  *
  * Plan (host, once per step): a run is a stretch of consecutive tokens of one
@@ -117,7 +120,8 @@
 
 typedef struct flash_args {
     bf16 *out;
-    const bf16 *q, *kc, *vc;
+    const bf16 *q, *kc, *vc; /* kc, vc: an fp8 cache's e4m3 bytes when ks, vs are set */
+    const float *ks, *vs;    /* fp8 cache (kernels.h KV_DTYPE_FP8): a scale per (slot, KV head) row; else NULL */
     const int32_t *tiles;  /* [n_tiles][4]: first token, rows, sequence, first position */
     const int32_t *tables; /* [n_seqs, max_blocks] */
     int ld_q, ld_out, max_blocks, block_size, n_kv, q_per_kv;
@@ -128,13 +132,18 @@ typedef struct flash_args {
 
 /* Keys kb..kb+FA_BN-1 of KV head g into dst [FA_BN][D + 8] (cp.async; keys
  * past kmax zero rows: masked anyway, and zeros keep 0 * garbage out of P V). */
-template <int D>
-static __device__ __forceinline__ void load_kv_tile(bf16 *dst, const bf16 *cache, const int32_t *table, int kb,
-                                                    int kmax, int g, const flash_args &a) {
-    cp_async_kv_rows<D, FA_BN, FA_THREADS>(dst, cache, table, kb, kmax, g, a.block_size, a.n_kv);
+template <int D, bool FP8>
+static __device__ __forceinline__ void load_kv_tile(bf16 *dst, const bf16 *cache, const float *scales,
+                                                    const int32_t *table, int kb, int kmax, int g,
+                                                    const flash_args &a) {
+    if constexpr (FP8) /* dequantised with plain loads where the cp.async would be issued */
+        fp8_kv_rows<D, FA_BN, FA_THREADS>(dst, (const uint8_t *)cache, scales, table, kb, kmax, g, a.block_size,
+                                          a.n_kv);
+    else
+        cp_async_kv_rows<D, FA_BN, FA_THREADS>(dst, cache, table, kb, kmax, g, a.block_size, a.n_kv);
 }
 
-template <int D>
+template <int D, bool FP8>
 static __global__ void __launch_bounds__(FA_THREADS, FA_MIN_CTAS) flash_prefill_kernel(flash_args a) {
     pdl_begin();
     constexpr int LDS = D + 8;     /* shared row stride in elements (+16 bytes: no ldmatrix bank conflicts) */
@@ -182,9 +191,9 @@ static __global__ void __launch_bounds__(FA_THREADS, FA_MIN_CTAS) flash_prefill_
     /* Group order per thread: K0 V0 | K1 V1 | ... ; "wait 1" always leaves only
      * the newest group in flight (empty groups are committed when there is no
      * next tile, so the count stays the same on the last one). */
-    load_kv_tile<D>(sk, a.kc, table, 0, kmax, g, a);
+    load_kv_tile<D, FP8>(sk, a.kc, a.ks, table, 0, kmax, g, a);
     cp_async_commit();
-    load_kv_tile<D>(sv, a.vc, table, 0, kmax, g, a);
+    load_kv_tile<D, FP8>(sv, a.vc, a.vs, table, 0, kmax, g, a);
     cp_async_commit();
 
     for (int j = 0; j < n_kt; j++) {
@@ -209,7 +218,7 @@ static __global__ void __launch_bounds__(FA_THREADS, FA_MIN_CTAS) flash_prefill_
             }
         }
         __syncthreads(); /* every warp is done with sk: the next K may land there */
-        if (j + 1 < n_kt) load_kv_tile<D>(sk, a.kc, table, kb + FA_BN, kmax, g, a);
+        if (j + 1 < n_kt) load_kv_tile<D, FP8>(sk, a.kc, a.ks, table, kb + FA_BN, kmax, g, a);
         cp_async_commit();
 
         /* Scale to log2 units, then mask keys past each row's limit; only
@@ -271,7 +280,7 @@ static __global__ void __launch_bounds__(FA_THREADS, FA_MIN_CTAS) flash_prefill_
             }
         }
         __syncthreads(); /* every warp is done with sv: the next V may land there */
-        if (j + 1 < n_kt) load_kv_tile<D>(sv, a.vc, table, kb + FA_BN, kmax, g, a);
+        if (j + 1 < n_kt) load_kv_tile<D, FP8>(sv, a.vc, a.vs, table, kb + FA_BN, kmax, g, a);
         cp_async_commit();
     }
 
@@ -302,7 +311,7 @@ static __global__ void __launch_bounds__(FA_THREADS, FA_MIN_CTAS) flash_prefill_
  * both, so it looks each row up in the block table once, and its row and
  * column offsets are two registers (load_kv_tile's generic loop keeps one pair
  * per chunk live, which this kernel has no registers for). */
-template <int D>
+template <int D, bool FP8>
 static __device__ __forceinline__ void load_kv_tile2(bf16 *dk, bf16 *dv, const int32_t *table, int kb, int kmax,
                                                      int g, const flash_args &a) {
     constexpr int LDS = D + 8, CPR = D / 8, RPP = FA2_THREADS / CPR; /* rows per pass */
@@ -315,9 +324,19 @@ static __device__ __forceinline__ void load_kv_tile2(bf16 *dk, bf16 *dv, const i
          * no branch around the table lookup */
         const int bytes = kb + (int)r <= kmax ? 16 : 0;
         const unsigned bs = (unsigned)a.block_size, blk = (unsigned)table[p / bs];
-        const size_t off = (((size_t)blk * bs + p % bs) * (unsigned)a.n_kv + (unsigned)g) * D + col;
-        cp_async16(dk + r * LDS + col, a.kc + off, bytes);
-        cp_async16(dv + r * LDS + col, a.vc + off, bytes);
+        const size_t kvrow = ((size_t)blk * bs + p % bs) * (unsigned)a.n_kv + (unsigned)g, off = kvrow * D + col;
+        if constexpr (FP8) { /* fp8 cache: dequantised with plain loads, the same rows and columns */
+            uint4 kv = make_uint4(0u, 0u, 0u, 0u), vv = kv;
+            if (bytes) {
+                kv = fp8x8_to_bf16x8(*(const uint2 *)((const uint8_t *)a.kc + off), a.ks[kvrow]);
+                vv = fp8x8_to_bf16x8(*(const uint2 *)((const uint8_t *)a.vc + off), a.vs[kvrow]);
+            }
+            *(uint4 *)(dk + r * LDS + col) = kv;
+            *(uint4 *)(dv + r * LDS + col) = vv;
+        } else {
+            cp_async16(dk + r * LDS + col, a.kc + off, bytes);
+            cp_async16(dv + r * LDS + col, a.vc + off, bytes);
+        }
     }
 }
 
@@ -327,7 +346,7 @@ static constexpr size_t flash2_smem_bytes(void) {
     return (size_t)(FA2_BM + 4 * FA2_BN) * (D + 8) * sizeof(bf16);
 }
 
-template <int D>
+template <int D, bool FP8>
 static __global__ void __launch_bounds__(FA2_THREADS, FA2_MIN_CTAS) flash2_prefill_kernel(flash_args a) {
     pdl_begin();
     constexpr int LDS = D + 8;           /* shared row stride in elements (+16 bytes: no ldmatrix bank conflicts) */
@@ -364,7 +383,7 @@ static __global__ void __launch_bounds__(FA2_THREADS, FA2_MIN_CTAS) flash2_prefi
             cp_async16(sq + r * LDS + col, src, bytes);
         }
     }
-    load_kv_tile2<D>(sk, sv, table, 0, kmax, g, a);
+    load_kv_tile2<D, FP8>(sk, sv, table, 0, kmax, g, a);
     cp_async_commit();
 
     /* This thread's rows: wrow + 16 rb + 8 hf + lane / 4 for row block rb and
@@ -390,7 +409,7 @@ static __global__ void __launch_bounds__(FA2_THREADS, FA2_MIN_CTAS) flash2_prefi
         __syncthreads();   /* everyone's have, and every warp is done with tile j - 1 */
         if (j + 1 < n_kt) {
             /* into the buffers tile j - 1 used; lands while tile j is computed */
-            load_kv_tile2<D>(sk + ((j + 1) & 1) * BUF, sv + ((j + 1) & 1) * BUF, table, kb + FA2_BN, kmax, g, a);
+            load_kv_tile2<D, FP8>(sk + ((j + 1) & 1) * BUF, sv + ((j + 1) & 1) * BUF, table, kb + FA2_BN, kmax, g, a);
             cp_async_commit();
         }
         /* The tile in sub-tiles of KN keys (one softmax step each). Keys are
@@ -616,7 +635,10 @@ static void plan_update(cuda_ctx *c, const kattn_batch *b, int bm) {
 
 template <int D>
 static void flash_launch(const cuda_ctx *c, int n_q, int n_tiles, const flash_args &a) {
-    launch(c, flash_prefill_kernel<D>, dim3((unsigned)n_q, (unsigned)n_tiles), FA_THREADS, 0, a);
+    if (a.ks)
+        launch(c, flash_prefill_kernel<D, true>, dim3((unsigned)n_q, (unsigned)n_tiles), FA_THREADS, 0, a);
+    else
+        launch(c, flash_prefill_kernel<D, false>, dim3((unsigned)n_q, (unsigned)n_tiles), FA_THREADS, 0, a);
 }
 
 /* Variant 2 takes over 48 KB of dynamic shared memory, which must be allowed
@@ -624,13 +646,22 @@ static void flash_launch(const cuda_ctx *c, int n_q, int n_tiles, const flash_ar
  * fit an SM (its global loads are cp.async.cg, which bypass L1). Host-side
  * attribute writes (about a microsecond each), made at every launch so they
  * hold on whichever device the calling context uses. */
+template <int D, bool FP8>
+static void flash2_launch_kv(const cuda_ctx *c, int n_q, int n_tiles, const flash_args &a) {
+    const size_t smem = flash2_smem_bytes<D>();
+    CUDA_CHECK(cudaFuncSetAttribute(flash2_prefill_kernel<D, FP8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    (int)smem));
+    CUDA_CHECK(cudaFuncSetAttribute(flash2_prefill_kernel<D, FP8>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                    (int)cudaSharedmemCarveoutMaxShared));
+    launch(c, flash2_prefill_kernel<D, FP8>, dim3((unsigned)n_q, (unsigned)n_tiles), FA2_THREADS, smem, a);
+}
+
 template <int D>
 static void flash2_launch(const cuda_ctx *c, int n_q, int n_tiles, const flash_args &a) {
-    const size_t smem = flash2_smem_bytes<D>();
-    CUDA_CHECK(cudaFuncSetAttribute(flash2_prefill_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    CUDA_CHECK(cudaFuncSetAttribute(flash2_prefill_kernel<D>, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                    (int)cudaSharedmemCarveoutMaxShared));
-    launch(c, flash2_prefill_kernel<D>, dim3((unsigned)n_q, (unsigned)n_tiles), FA2_THREADS, smem, a);
+    if (a.ks)
+        flash2_launch_kv<D, true>(c, n_q, n_tiles, a);
+    else
+        flash2_launch_kv<D, false>(c, n_q, n_tiles, a);
 }
 
 
@@ -660,6 +691,10 @@ int cuda_attention_prefill(cuda_ctx *c, void *out, const void *q, int ld_q, cons
     flash_args a;
     memset(&a, 0, sizeof a);
     a.out = (bf16 *)out, a.q = (const bf16 *)q, a.kc = (const bf16 *)kcache, a.vc = (const bf16 *)vcache;
+    if (b->kv_dtype == KV_DTYPE_FP8) {
+        a.ks = (const float *)((const uint8_t *)kcache + b->kv_scale_off);
+        a.vs = (const float *)((const uint8_t *)vcache + b->kv_scale_off);
+    }
     a.tiles = dev, a.tables = b->block_tables;
     a.ld_q = ld_q, a.ld_out = n_q * d, a.max_blocks = b->max_blocks, a.block_size = b->block_size;
     a.n_kv = n_kv, a.q_per_kv = q_per_kv;

@@ -5,6 +5,8 @@
 #define GLMTP_CUDA_COMMON_CUH
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -145,6 +147,50 @@ static __device__ __forceinline__ void cp_async_kv_rows(bf16 *dst, const bf16 *c
     }
 }
 
+/* ---- fp8 KV cache (kernels.h KV_DTYPE_FP8; host reference kernels/fp8.c) ----
+ * cuda_fp8.h's conversions: hardware cvt on sm_89+ and its software path on
+ * sm_80, the same numbers either way. */
+
+/* One e4m3 byte's value (e4m3 -> half is exact). */
+static __device__ __forceinline__ float fp8_to_f32(uint8_t b) {
+    return __half2float(__half(__nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)b, __NV_E4M3)));
+}
+
+/* 8 e4m3 bytes (one 8-byte load) times their row's scale as 8 bf16 (one
+ * 16-byte store): the product is rounded once, to bf16. */
+static __device__ __forceinline__ uint4 fp8x8_to_bf16x8(uint2 raw, float scale) {
+    float f[8];
+    unsigned w[2] = {raw.x, raw.y};
+#pragma unroll
+    for (int i = 0; i < 4; i++) { /* little-endian: the lower byte is .x */
+        __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w[i / 2] >> (16 * (i % 2))), __NV_E4M3);
+        float2 v = __half22float2(__half2(h));
+        f[2 * i] = v.x * scale, f[2 * i + 1] = v.y * scale;
+    }
+    return f32x8_to_bf16(f);
+}
+
+/* Synchronous counterpart of cp_async_kv_rows for an fp8 cache: the same rows
+ * (bytes [slots * n_kv, D], scales [slots * n_kv]) dequantised into dst
+ * [ROWS][D + 8] bf16, zero rows past kmax. Called where the bf16 path issues
+ * its cp.async, so the barriers that guard those buffers guard these stores. */
+template <int D, int ROWS, int THREADS>
+static __device__ __forceinline__ void fp8_kv_rows(bf16 *dst, const uint8_t *cache, const float *scales,
+                                                   const int32_t *table, int kb, int kmax, int g, int block_size,
+                                                   int n_kv) {
+    constexpr int LDS = D + 8, CPR = D / 8; /* 8-element chunks per row */
+    for (int c = threadIdx.x; c < ROWS * CPR; c += THREADS) {
+        int r = c / CPR, col = (c % CPR) * 8, p = kb + r;
+        uint4 v = make_uint4(0u, 0u, 0u, 0u);
+        if (p <= kmax) {
+            int blk = table[p / block_size];
+            size_t row = ((size_t)blk * block_size + p % block_size) * n_kv + g;
+            v = fp8x8_to_bf16x8(*(const uint2 *)(cache + row * D + col), scales[row]);
+        }
+        *(uint4 *)(dst + r * LDS + col) = v;
+    }
+}
+
 /* Four 8x8 bf16 matrices from shared memory; lane i gives the address of row
  * i % 8 of matrix i / 8; r[j] gets matrix j, lane l holding row l/4, columns
  * 2(l%4) and 2(l%4)+1 (with .trans: column l/4, rows 2(l%4) and 2(l%4)+1). */
@@ -178,6 +224,59 @@ static __device__ __forceinline__ float warp_sum(float v) {
 static __device__ __forceinline__ float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
+}
+
+/* One warp quantises a d-wide KV row x into dst [d] e4m3 and *scale, as
+ * kernels/fp8.c's fp8_quantise_row does: scale = max|x| / 448 (fmaxf: NaN
+ * ignored), byte i = e4m3(x[i] / scale) rounded to nearest even, saturating
+ * (x[i] itself when the scale is 0). IEEE division (no fast math), so from the
+ * same inputs the same bytes as the host. */
+static __device__ __forceinline__ void fp8_quantise_row_warp(uint8_t *dst, float *scale, const bf16 *x, int d,
+                                                             int lane) {
+    float amax = 0.0f;
+    for (int i = lane; i < d; i += 32) amax = fmaxf(amax, fabsf(bf2f(x[i])));
+    amax = warp_max(amax);
+    float s = amax / 448.0f;
+    if (lane == 0) *scale = s;
+    for (int i = lane; i < d; i += 32) {
+        float v = bf2f(x[i]);
+        dst[i] = (uint8_t)__nv_cvt_float_to_fp8(s > 0.0f ? v / s : v, __NV_SATFINITE, __NV_E4M3);
+    }
+}
+
+/* Where one token's fp8 K and V rows go: the two caches' bytes and scales. */
+typedef struct kv_fp8_dst {
+    uint8_t *k, *v;
+    float *ks, *vs;
+    int n_kv, d;
+} kv_fp8_dst;
+
+/* The caches of an fp8 step (host side; aborts on a batch without kv_head_dim). */
+static inline kv_fp8_dst kv_fp8_dst_of(void *kc, void *vc, int kv_width, const kattn_batch *b) {
+    int d = b->kv_head_dim;
+    if (d <= 0 || kv_width % d) {
+        fprintf(stderr, "glmtp: rank %s: cuda kv_store: fp8 rows of %d values need kv_head_dim dividing them (got %d)\n",
+                glmtp_check_rank(), kv_width, d);
+        abort();
+    }
+    kv_fp8_dst o;
+    o.k = (uint8_t *)kc, o.v = (uint8_t *)vc;
+    o.ks = (float *)((uint8_t *)kc + b->kv_scale_off), o.vs = (float *)((uint8_t *)vc + b->kv_scale_off);
+    o.n_kv = kv_width / d, o.d = d;
+    return o;
+}
+
+/* The block's warps quantise one token's n_kv K rows (k [n_kv * d]) and V rows
+ * into slot `slot`, one warp per row. */
+static __device__ __forceinline__ void kv_store_fp8_rows(const kv_fp8_dst &o, const bf16 *k, const bf16 *v,
+                                                         int slot) {
+    int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    for (int r = threadIdx.x >> 5; r < 2 * o.n_kv; r += nw) {
+        int isv = r >= o.n_kv, h = isv ? r - o.n_kv : r;
+        size_t row = (size_t)slot * o.n_kv + h;
+        fp8_quantise_row_warp((isv ? o.v : o.k) + row * o.d, (isv ? o.vs : o.ks) + row,
+                              (isv ? v : k) + (size_t)h * o.d, o.d, lane);
+    }
 }
 
 /* Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread

@@ -45,17 +45,9 @@ static const float *rope_table(cuda_ctx *c, float base, int rot_dim) {
     return dev;
 }
 
-/* RoPE on the q and k heads of one token (one block per token), then its K
- * and V rows into the cache slot: the rope kernel's arithmetic per pair, and
- * the kv_store copy after a barrier, so the cache gets the rotated K exactly
- * as the two kernels would write it. */
-static __global__ void rope_kv_store_kernel(bf16 *qkv, bf16 *kc, bf16 *vc, const int32_t *pos, const int32_t *slots,
-                                            const float *inv, int ld, int n_heads, int d, int half, int kcol,
-                                            int vcol, int kv_width) {
-    pdl_begin();
-    int t = blockIdx.x;
-    bf16 *row = qkv + (size_t)t * ld;
-    float p = (float)pos[t];
+/* RoPE on the n_heads heads of one token's row, the block's threads sharing
+ * the pairs: the rope kernel's arithmetic per pair. */
+static __device__ __forceinline__ void rope_row(bf16 *row, float p, const float *inv, int n_heads, int d, int half) {
     for (int i = threadIdx.x; i < n_heads * half; i += blockDim.x) {
         int h = i / half, j = i % half;
         float a = p * inv[j], s, c;
@@ -65,12 +57,38 @@ static __global__ void rope_kv_store_kernel(bf16 *qkv, bf16 *kc, bf16 *vc, const
         v[0] = f2bf(x0 * c - x1 * s);
         v[1] = f2bf(x1 * c + x0 * s);
     }
+}
+
+/* RoPE on the q and k heads of one token (one block per token), then its K
+ * and V rows into the cache slot: rope_row, and the kv_store copy after a
+ * barrier, so the cache gets the rotated K exactly as the two kernels would
+ * write it. */
+static __global__ void rope_kv_store_kernel(bf16 *qkv, bf16 *kc, bf16 *vc, const int32_t *pos, const int32_t *slots,
+                                            const float *inv, int ld, int n_heads, int d, int half, int kcol,
+                                            int vcol, int kv_width) {
+    pdl_begin();
+    int t = blockIdx.x;
+    bf16 *row = qkv + (size_t)t * ld;
+    rope_row(row, (float)pos[t], inv, n_heads, d, half);
     __syncthreads();
     size_t dst = (size_t)slots[t] * kv_width;
     for (int i = threadIdx.x; i < kv_width; i += blockDim.x) {
         kc[dst + i] = row[kcol + i];
         vc[dst + i] = row[vcol + i];
     }
+}
+
+/* The same with an fp8 cache (kernels.h KV_DTYPE_FP8): the rotated K and V
+ * rows quantised as kv_store.cu's fp8 kernel does. */
+static __global__ void rope_kv_store_fp8_kernel(bf16 *qkv, kv_fp8_dst dst, const int32_t *pos, const int32_t *slots,
+                                                const float *inv, int ld, int n_heads, int d, int half, int kcol,
+                                                int vcol) {
+    pdl_begin();
+    int t = blockIdx.x;
+    bf16 *row = qkv + (size_t)t * ld;
+    rope_row(row, (float)pos[t], inv, n_heads, d, half);
+    __syncthreads();
+    kv_store_fp8_rows(dst, row + kcol, row + vcol, slots[t]);
 }
 
 // kernel launchers
@@ -103,6 +121,11 @@ void cuda_op_rope_kv_store(void *ctx, void *qkv, void *kcache, void *vcache, int
     }
     if (T <= 0) return;
     const float *inv = rope_table(c, base, rot_dim);
+    if (b->kv_dtype == KV_DTYPE_FP8) {
+        launch(c, rope_kv_store_fp8_kernel, T, 256, 0, q, kv_fp8_dst_of(kcache, vcache, kv_width, b), b->pos,
+               b->slots, inv, ld, n_q + n_kv, d, rot_dim / 2, kcol, vcol);
+        return;
+    }
     launch(c, rope_kv_store_kernel, T, 256, 0, q, (bf16 *)kcache, (bf16 *)vcache, b->pos, b->slots, inv, ld,
            n_q + n_kv, d, rot_dim / 2, kcol, vcol, kv_width);
 }

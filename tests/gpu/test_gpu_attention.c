@@ -47,8 +47,8 @@ static void attn_step(const char *what, const tok *tk, int T, const int32_t *tab
     void *gq = g_act(qkv, (size_t)T * ld), *cq = c_act(qkv, (size_t)T * ld);
     void *g_i[4] = {g_ints(pos, T), g_ints(seq, T), g_ints(slots, T), g_ints(tables, (size_t)n_seqs * max_blocks)};
     void *c_i[4] = {c_ints(pos, T), c_ints(seq, T), c_ints(slots, T), c_ints(tables, (size_t)n_seqs * max_blocks)};
-    kattn_batch gb = {T, g_i[0], g_i[1], g_i[2], g_i[3], max_blocks, bs, max_pos, NULL, NULL, 0};
-    kattn_batch cb = {T, c_i[0], c_i[1], c_i[2], c_i[3], max_blocks, bs, max_pos, NULL, NULL, 0};
+    kattn_batch gb = {T, g_i[0], g_i[1], g_i[2], g_i[3], max_blocks, bs, max_pos, NULL, NULL, 0, 0, 0, 0};
+    kattn_batch cb = {T, c_i[0], c_i[1], c_i[2], c_i[3], max_blocks, bs, max_pos, NULL, NULL, 0, 0, 0, 0};
     G.iface->kv_store(G.ctx, gk, gv, (uint16_t *)gq + qw, (uint16_t *)gq + qw + kvw, ld, kvw, &gb);
     C.iface->kv_store(C.ctx, ck, cv, (float *)cq + qw, (float *)cq + qw + kvw, ld, kvw, &cb);
     char name[160];
@@ -336,10 +336,10 @@ static void prefill_step(const char *what, pf_setup *u, const tok *tk, int T, ui
     void *gq = g_act(qkv, (size_t)T * ld), *cq = c_act(qkv, (size_t)T * ld);
     void *g_i[4] = {g_ints(pos, T), g_ints(seq, T), g_ints(slots, T), g_ints(u->tables, nt)};
     void *c_i[4] = {c_ints(pos, T), c_ints(seq, T), c_ints(slots, T), c_ints(u->tables, nt)};
-    kattn_batch gb_old = {T, g_i[0], g_i[1], g_i[2], g_i[3], max_blocks, bs, max_pos, NULL, NULL, 0};
+    kattn_batch gb_old = {T, g_i[0], g_i[1], g_i[2], g_i[3], max_blocks, bs, max_pos, NULL, NULL, 0, 0, 0, 0};
     kattn_batch gb = gb_old;
     gb.host_pos = pos, gb.host_seq = seq, gb.serial = serial;
-    kattn_batch cb = {T, c_i[0], c_i[1], c_i[2], c_i[3], max_blocks, bs, max_pos, NULL, NULL, 0};
+    kattn_batch cb = {T, c_i[0], c_i[1], c_i[2], c_i[3], max_blocks, bs, max_pos, NULL, NULL, 0, 0, 0, 0};
     G.iface->kv_store(G.ctx, u->gk, u->gv, (uint16_t *)gq + qw, (uint16_t *)gq + qw + kvw, ld, kvw, &gb);
     C.iface->kv_store(C.ctx, u->ck, u->cv, (float *)cq + qw, (float *)cq + qw + kvw, ld, kvw, &cb);
 
@@ -534,7 +534,7 @@ static void prefill_attention_big(int T) {
     size_t cache_n = (size_t)max_blocks * bs * kvw, no = (size_t)T * qw;
     void *gq = g_act(qkv, (size_t)T * ld), *gk = g_act(NULL, cache_n), *gv = g_act(NULL, cache_n);
     void *g_i[4] = {g_ints(pos, T), g_ints(seq, T), g_ints(slots, T), g_ints(tables, max_blocks)};
-    kattn_batch gb_old = {T, g_i[0], g_i[1], g_i[2], g_i[3], max_blocks, bs, T - 1, NULL, NULL, 0};
+    kattn_batch gb_old = {T, g_i[0], g_i[1], g_i[2], g_i[3], max_blocks, bs, T - 1, NULL, NULL, 0, 0, 0, 0};
     kattn_batch gb = gb_old;
     gb.host_pos = pos, gb.host_seq = seq, gb.serial = ++g_serial;
     G.iface->kv_store(G.ctx, gk, gv, (uint16_t *)gq + qw, (uint16_t *)gq + qw + kvw, ld, kvw, &gb);

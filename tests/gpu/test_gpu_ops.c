@@ -359,8 +359,8 @@ void test_rope_kv_store(int T, int n_q, int n_kv, int d, int rot) {
     int32_t *cpos = C.iface->alloc(C.ctx, (size_t)T * 4), *cslots = C.iface->alloc(C.ctx, (size_t)T * 4);
     C.iface->to_device(C.ctx, cpos, pos, (size_t)T * 4);
     C.iface->to_device(C.ctx, cslots, slots, (size_t)T * 4);
-    kattn_batch bg = {T, gp, gq, gs, NULL, 0, 1, 0, NULL, NULL, 0}, bc = {T, cpos, NULL, cslots, NULL, 0, 1, 0, NULL,
-                                                                         NULL, 0};
+    kattn_batch bg = {T, gp, gq, gs, NULL, 0, 1, 0, NULL, NULL, 0, 0, 0, 0},
+                bc = {T, cpos, NULL, cslots, NULL, 0, 1, 0, NULL, NULL, 0, 0, 0, 0};
     float base = 10000.0f * 500.0f;
     G.iface->rope_kv_store(G.ctx, ga, gka, gva, T, ld, n_q, n_kv, d, rot, base, &bg);
     G.iface->rope(G.ctx, gb, gp, T, ld, n_q + n_kv, d, rot, base);
