@@ -18,6 +18,14 @@ typedef struct {
     int failed;
 } reader;
 
+/* The field's value, or NULL when it is absent or null: as for HF, a null in
+ * config.json means "not set" (published configs write "eos_token_id": null
+ * and the like). */
+static const cJSON *get_field(const reader *r, const char *name) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(r->root, name);
+    return cJSON_IsNull(v) ? NULL : v;
+}
+
 static void fail(reader *r, const char *field, const char *what) {
     if (r->failed) return;
     r->failed = 1;
@@ -26,7 +34,7 @@ static void fail(reader *r, const char *field, const char *what) {
 
 /* Positive (or >= min) integer field; missing is an error unless def_ok. */
 static int get_int(reader *r, const char *field, int min, int def, int def_ok) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(r->root, field);
+    const cJSON *v = get_field(r, field);
     if (!v) {
         if (!def_ok) fail(r, field, "missing");
         return def;
@@ -42,7 +50,7 @@ static int get_int(reader *r, const char *field, int min, int def, int def_ok) {
 }
 
 static double get_num(reader *r, const char *field, double def, int def_ok) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(r->root, field);
+    const cJSON *v = get_field(r, field);
     if (!v) {
         if (!def_ok) fail(r, field, "missing");
         return def;
@@ -56,7 +64,7 @@ static double get_num(reader *r, const char *field, double def, int def_ok) {
 
 /* Boolean field that must have the value this engine implements. */
 static void want_bool(reader *r, const char *field, int want, int def) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(r->root, field);
+    const cJSON *v = get_field(r, field);
     int got = def;
     if (v) {
         if (!cJSON_IsBool(v)) {
@@ -69,7 +77,7 @@ static void want_bool(reader *r, const char *field, int want, int def) {
 }
 
 static int get_bool(reader *r, const char *field, int def) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(r->root, field);
+    const cJSON *v = get_field(r, field);
     if (!v) return def;
     if (!cJSON_IsBool(v)) {
         fail(r, field, "must be true or false");
@@ -80,8 +88,8 @@ static int get_bool(reader *r, const char *field, int def) {
 
 /* Two names for one quantity: if both appear they must agree. */
 static int get_int_alias(reader *r, const char *a, const char *b, int min) {
-    int has_a = cJSON_GetObjectItemCaseSensitive(r->root, a) != NULL;
-    int has_b = cJSON_GetObjectItemCaseSensitive(r->root, b) != NULL;
+    int has_a = get_field(r, a) != NULL;
+    int has_b = get_field(r, b) != NULL;
     if (!has_a && !has_b) {
         fail(r, a, "missing");
         return 0;
@@ -102,7 +110,7 @@ static int is_id(const cJSON *v) {
 }
 
 static void get_eos(reader *r, glm_config *c) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(r->root, "eos_token_id");
+    const cJSON *v = get_field(r, "eos_token_id");
     c->n_eos = 0;
     if (!v) return;
     if (cJSON_IsNumber(v)) {
@@ -136,7 +144,7 @@ static void parse_chatglm(reader *r, glm_config *c) {
     c->head_dim = get_int(r, "kv_channels", 2, c->n_heads ? c->hidden / c->n_heads : 0, 1);
     int mqa = get_bool(r, "multi_query_attention", 0);
     c->n_kv = mqa ? get_int(r, "multi_query_group_num", 1, 0, 0) : c->n_heads;
-    c->vocab = cJSON_GetObjectItemCaseSensitive(r->root, "padded_vocab_size")
+    c->vocab = get_field(r, "padded_vocab_size")
                    ? get_int(r, "padded_vocab_size", 1, 0, 0)
                    : get_int(r, "vocab_size", 1, 0, 0);
     c->seq_len = get_int(r, "seq_length", 1, 0, 0);
@@ -169,7 +177,7 @@ static void parse_hf(reader *r, glm_config *c) {
     c->eps = (float)get_num(r, "rms_norm_eps", 1e-5, 0);
     c->qkv_bias = get_bool(r, "attention_bias", 1);
     want_bool(r, "tie_word_embeddings", 0, 0);
-    const cJSON *act = cJSON_GetObjectItemCaseSensitive(r->root, "hidden_act");
+    const cJSON *act = get_field(r, "hidden_act");
     if (act && !(cJSON_IsString(act) && strcmp(act->valuestring, "silu") == 0)) fail(r, "hidden_act", "must be \"silu\"");
 }
 
