@@ -49,3 +49,10 @@ double util_now(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+
+int util_secret_equal(const char *given, const char *secret) {
+    size_t n = strlen(secret), m = strlen(given);
+    volatile unsigned char diff = (unsigned char)(n != m); /* volatile: no early exit */
+    for (size_t i = 0; i < n; i++) diff |= (unsigned char)(secret[i] ^ (i < m ? given[i] : 0));
+    return diff == 0;
+}

@@ -16,10 +16,14 @@
 #include "serve.h"
 
 #define MAX_CONNS 1024
+/* Connections still owing their Auth frame: a guesser may not hold many, and
+ * each for at most --auth-timeout seconds, so it cannot fill the table. */
+#define MAX_UNAUTHED 32
 #define MAX_PENDING (64 << 20) /* bytes queued for one client before it is dropped */
 
 typedef struct conn {
     int fd, serial, authed, close_after, dead, shut;
+    double opened; /* accept time, for the auth deadline */
     double dead_t; /* when it was marked dead: lingers at most 2 s */
     uint8_t hdr[4];
     size_t hdr_got;
@@ -94,6 +98,24 @@ static void close_conn(net *nt, int i) {
     nt->c[i] = nt->c[--nt->n];
 }
 
+static int n_unauthed(const net *nt) {
+    int k = 0;
+    for (int i = 0; i < nt->n; i++) k += !nt->c[i]->authed && !nt->c[i]->dead && !nt->c[i]->close_after;
+    return k;
+}
+
+/* Closes (after an error frame) connections that sent no Auth in time. */
+static void expire_unauthed(net *nt) {
+    double now = util_now();
+    for (int i = 0; i < nt->n; i++) {
+        conn *c = nt->c[i];
+        if (c->authed || c->dead || c->close_after || now - c->opened <= nt->s->auth_timeout) continue;
+        char m[96];
+        snprintf(m, sizeof m, "no Auth frame within %g s", nt->s->auth_timeout);
+        send_error(c, GLMTP__ERROR__CODE__UNAUTHENTICATED, m, 1);
+    }
+}
+
 /* One complete frame from c. */
 static void handle_frame(net *nt, conn *c) {
     server *s = nt->s;
@@ -105,7 +127,8 @@ static void handle_frame(net *nt, conn *c) {
         return;
     }
     if (s->token && !c->authed) {
-        int ok = m->msg_case == GLMTP__CLIENT_MESSAGE__MSG_AUTH && m->auth->token && strcmp(m->auth->token, s->token) == 0;
+        int ok = m->msg_case == GLMTP__CLIENT_MESSAGE__MSG_AUTH && m->auth->token &&
+                 util_secret_equal(m->auth->token, s->token);
         glmtp__client_message__free_unpacked(m, NULL);
         if (!ok) {
             send_error(c, GLMTP__ERROR__CODE__UNAUTHENTICATED, "the first frame must be Auth with the server's token", 1);
@@ -322,6 +345,7 @@ void *srv_net_main(void *arg) {
             s->listen_fd = -1;
             continue; /* the pollfd array no longer matches */
         }
+        expire_unauthed(&nt);
         for (int i = nt.n - 1; i >= 0; i--) {
             conn *c = nt.c[i];
             short re = pf[base + i].revents;
@@ -344,15 +368,18 @@ void *srv_net_main(void *arg) {
                     break;
                 }
                 int fl = fcntl(fd, F_GETFL);
-                if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || nt.n >= MAX_CONNS) {
+                int waiting = s->token ? n_unauthed(&nt) : 0;
+                if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || nt.n >= MAX_CONNS || waiting >= MAX_UNAUTHED) {
                     fprintf(stderr, "glmtp: serve: new connection refused: %s\n",
-                            nt.n >= MAX_CONNS ? "too many connections" : strerror(errno));
+                            nt.n >= MAX_CONNS        ? "too many connections"
+                            : waiting >= MAX_UNAUTHED ? "32 connections are already waiting to authenticate"
+                                                     : strerror(errno));
                     close(fd);
                     continue;
                 }
                 conn *c = calloc(1, sizeof *c);
                 if (!c) abort();
-                c->fd = fd, c->serial = ++nt.next_serial, c->authed = !s->token;
+                c->fd = fd, c->serial = ++nt.next_serial, c->authed = !s->token, c->opened = util_now();
                 nt.c[nt.n++] = c;
             }
         }

@@ -52,6 +52,7 @@ typedef struct server {
     char *token;           /* auth token, NULL: none needed */
     uint32_t max_frame;
     int max_queue;
+    double auth_timeout;   /* seconds a connection may stay unauthenticated (with a token) */
     FILE *step_log;        /* NULL or one JSON line per step */
 } server;
 

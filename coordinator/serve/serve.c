@@ -47,7 +47,7 @@ static int nonblocking_pipe(int p[2], char *err, size_t errlen) {
 typedef struct serve_cli {
     const char *dir, *listen, *token_file, *tok_path, *device, *comm_kind, *step_log;
     int threads, block_size, step_tokens, kv_tokens, max_queue, keepalive, no_prefix_cache;
-    double mem_util;
+    double mem_util, auth_timeout;
     int kv_dtype; /* --kv-cache-dtype */
     long max_frame;
     req_defaults d;
@@ -57,6 +57,8 @@ static const args_opt serve_opts[] = {
     {"--model", "DIR", "checkpoint directory; required"},
     {"--listen", "ADDR", "127.0.0.1:7070 (default), HOST:PORT or unix:/path; beyond loopback needs --auth-token-file"},
     {"--auth-token-file", "F", "clients must send the token in this file first"},
+    {"--auth-timeout", "S", "with a token: seconds a connection may take to authenticate (default 10; at most 32 wait "
+                            "at once)"},
     {"--tokenizer", "FILE", "tokenizer.model to use instead of the one in DIR"},
     {"--step-log", "FILE", "one JSON line per engine step (batch, tokens, times)"},
     {"--max-new-tokens", "N", "default new tokens per request (default: generation_config.json, else 256; at most the room left in the context)"},
@@ -108,6 +110,7 @@ static int parse_cli(comm *c, serve_cli *o, int argc, char **argv) {
     o->max_queue = (int)args_int(&a, "--max-queue", 256, 1, 1 << 20);
     o->max_frame = args_int(&a, "--max-frame", WIRE_MAX_FRAME_DEFAULT, 64, 1L << 30);
     o->keepalive = (int)args_int(&a, "--keepalive", 30, 1, 3600);
+    o->auth_timeout = args_num(&a, "--auth-timeout", 10.0, 0.01, 3600.0);
     o->no_prefix_cache = args_flag(&a, "--no-prefix-cache");
     int rc = 0;
     if (!a.failed && !o->dir) snprintf(a.err, sizeof a.err, "--model DIR is required"), a.failed = 1;
@@ -192,7 +195,7 @@ int cmd_serve(comm *c, int argc, char **argv) {
     preamble = chat_tool_preamble(o.dir);
     req_context ctx = {&o.d, tok, preamble, cfg.seq_len, tok ? tok_n_total(tok) : cfg.vocab};
     if (ctx.n_vocab > cfg.vocab) ctx.n_vocab = cfg.vocab;
-    s.max_frame = (uint32_t)o.max_frame, s.max_queue = o.max_queue;
+    s.max_frame = (uint32_t)o.max_frame, s.max_queue = o.max_queue, s.auth_timeout = o.auth_timeout;
     if (pthread_mutex_init(&s.mu, NULL) || pthread_cond_init(&s.cv, NULL)) {
         engine_error(c, "serve: pthread_mutex_init/pthread_cond_init failed");
         engine_finish(&e);
