@@ -12,6 +12,41 @@ static const char default_preamble[] =
     "模型开发的，你的任务是针对用户的问题和要求提供适当的答复和支持。\n\n# 可用工具";
 static const char function_tail[] = "\n在调用上述函数时，请使用 Json 格式表示调用的参数。";
 
+/* The template's built-in tool branches (type python / simple_browser / cogview), as
+ * HF renders them: trim_blocks drops the first of the two newlines after each
+ * {% elif %} tag. Text of the template quoted in ShishirPatil/gorilla
+ * (berkeley-function-call-leaderboard, GLM handler). */
+static const char builtin_python[] =
+    "\n## python\n\n"
+    "当你向 `python` 发送包含 Python 代码的消息时，该代码将会在一个有状态的 Jupyter notebook 环境中执行。\n"
+    "`python` 返回代码执行的输出，或在执行 60 秒后返回超时。\n"
+    "`/mnt/data` 将会持久化存储你的文件。在此会话中，`python` 无法访问互联网。"
+    "不要使用 `python` 进行任何网络请求或者在线 API 调用，这些在线内容的访问将不会成功。";
+static const char builtin_simple_browser[] =
+    "\n## simple_browser\n\n"
+    "你可以使用 `simple_browser` 工具。该工具支持以下函数：\n"
+    "`search(query: str, recency_days: int)`：使用搜索引擎进行查询并显示结果，可以使用 `recency_days` "
+    "参数控制搜索内容的时效性。\n"
+    "`mclick(ids: list[int])`：获取一系列指定 id 的页面内容。每次调用时，须选择3-10个页面。"
+    "选择多个角度的页面，同时尽可能选择可信任的信息来源。考虑到部分页面是无法加载的，"
+    "你也可以多打开一些可能有用的页面而不用担心内容过多。\n"
+    "`open_url(url: str)`：打开指定的 URL。\n"
+    "\n"
+    "使用 `【{引用 id}†{引用文本}】` 来引用内容。\n"
+    "\n"
+    "操作步骤：1. 使用 `search` 来获得信息列表; 2. 使用 `mclick` 来获取指定 ID 页面的内容; "
+    "3. 根据获得的内容进行回复。在回复中应当引用信息来源。\n"
+    " 如果用户提供了 URL，也可以用 `open_url` 直接打开页面。\n"
+    "如果初次搜索结果没有找到合适的信息，也可以再次使用 `search` 进行搜索。";
+static const char builtin_cogview[] =
+    "\n## cogview\n\n"
+    "如果用户的请求中包含了对图像的描述，你可以使用 `cogview` 来生成图像并展示给用户。"
+    "你需要向 `cogview` 发送图像描述，规则：\n"
+    "- 发送给 `cogview` 的消息必须使用英语。用户的中文描述必须完全翻译为英语。\n"
+    "- 应当尽可能详细地描述图像生成的需求，需求描述约 100 英文单词。\n"
+    "- 保持用户原始描述的意图。不要虚构内容或者没见过的人物。\n"
+    "- 如无特殊说明，所在地为中国，持有中国立场并遵循中国社会主义价值观。";
+
 typedef struct sbuf {
     char *s;
     size_t n, cap;
@@ -85,6 +120,62 @@ static void json_string(sbuf *b, const char *s) {
     sb_str(b, "\"");
 }
 
+/* A float as Python's repr writes it (json.dumps uses it): the fewest digits that
+ * read back to the same double; positional for decimal exponents -4..15, else
+ * d.ddde+XX. NaN and infinities as json.dumps writes them. */
+static void python_float_repr(char *out, size_t cap, double d) {
+    if (d != d) {
+        snprintf(out, cap, "NaN");
+        return;
+    }
+    if (d > 1.7976931348623157e308 || d < -1.7976931348623157e308) {
+        snprintf(out, cap, d > 0 ? "Infinity" : "-Infinity");
+        return;
+    }
+    char e[40];
+    int p = 1;
+    for (; p < 17; p++) {
+        snprintf(e, sizeof e, "%.*e", p - 1, d);
+        if (strtod(e, NULL) == d) break;
+    }
+    snprintf(e, sizeof e, "%.*e", p - 1, d);
+    char *ep = strchr(e, 'e');
+    int exp10 = atoi(ep + 1);
+    *ep = 0;
+    char digits[24];
+    int nd = 0, neg = e[0] == '-';
+    for (const char *c = e; *c; c++)
+        if (*c >= '0' && *c <= '9') digits[nd++] = *c;
+    while (nd > 1 && digits[nd - 1] == '0') nd--;
+    digits[nd] = 0;
+    sbuf b = {0};
+    if (neg) sb_str(&b, "-");
+    if (exp10 < -4 || exp10 >= 16) {
+        sb_put(&b, digits, 1);
+        if (nd > 1) {
+            sb_str(&b, ".");
+            sb_put(&b, digits + 1, (size_t)nd - 1);
+        }
+        char x[16];
+        snprintf(x, sizeof x, "e%c%02d", exp10 < 0 ? '-' : '+', exp10 < 0 ? -exp10 : exp10);
+        sb_str(&b, x);
+    } else if (exp10 < 0) {
+        sb_str(&b, "0.");
+        for (int i = 0; i < -exp10 - 1; i++) sb_str(&b, "0");
+        sb_put(&b, digits, (size_t)nd);
+    } else {
+        int whole = exp10 + 1; /* digits before the point */
+        for (int i = 0; i < whole; i++) sb_put(&b, i < nd ? &digits[i] : "0", 1);
+        sb_str(&b, ".");
+        if (nd > whole)
+            sb_put(&b, digits + whole, (size_t)(nd - whole));
+        else
+            sb_str(&b, "0");
+    }
+    snprintf(out, cap, "%s", b.s);
+    free(b.s);
+}
+
 static void indent(sbuf *b, int level) {
     sb_str(b, "\n");
     for (int i = 0; i < level * 4; i++) sb_str(b, " ");
@@ -118,7 +209,7 @@ static void json_value(sbuf *b, const cJSON *v, int level) {
         if (d == (double)(long long)d && d > -9e15 && d < 9e15)
             snprintf(num, sizeof num, "%lld", (long long)d);
         else
-            snprintf(num, sizeof num, "%.17g", d);
+            python_float_repr(num, sizeof num, d);
         sb_str(b, num);
     } else if (cJSON_IsBool(v)) {
         sb_str(b, cJSON_IsTrue(v) ? "true" : "false");
@@ -155,7 +246,17 @@ static int ib_text(ibuf *b, const tokenizer *t, const char *s, size_t n) {
     return 0;
 }
 
-/* The system text that describes a message's tools. */
+/* The fixed text of a built-in tool type, or NULL for "function" and unknown types. */
+static const char *builtin_text(const char *type) {
+    if (strcmp(type, "python") == 0) return builtin_python;
+    if (strcmp(type, "simple_browser") == 0) return builtin_simple_browser;
+    if (strcmp(type, "cogview") == 0) return builtin_cogview;
+    return NULL;
+}
+
+/* The system text that describes a message's tools, as HF renders the template:
+ * "\n" preamble, then per function tool "\n## NAME\n\n" + tojson(indent=4) + tail
+ * (the template writes two newlines before "##"; trim_blocks keeps one). */
 static int tools_text(sbuf *b, const cJSON *tools, const char *where, const char *preamble, char *err, size_t errlen) {
     sb_str(b, "\n");
     sb_str(b, preamble);
@@ -165,10 +266,16 @@ static int tools_text(sbuf *b, const cJSON *tools, const char *where, const char
         const cJSON *type = cJSON_GetObjectItemCaseSensitive(tool, "type");
         const cJSON *fn = cJSON_GetObjectItemCaseSensitive(tool, "function");
         const cJSON *name = fn ? cJSON_GetObjectItemCaseSensitive(fn, "name") : NULL;
+        const char *builtin = cJSON_IsString(type) ? builtin_text(type->valuestring) : NULL;
+        if (builtin) {
+            sb_str(b, builtin);
+            k++;
+            continue;
+        }
         if (!cJSON_IsString(type) || strcmp(type->valuestring, "function") != 0) {
             snprintf(err, errlen,
-                     "field '%stools[%d].type': only \"function\" tools are supported (describe built-in tools "
-                     "as functions)",
+                     "field '%stools[%d].type': must be \"function\" (or a built-in: \"python\", "
+                     "\"simple_browser\", \"cogview\")",
                      where, k);
             return -1;
         }
@@ -177,7 +284,7 @@ static int tools_text(sbuf *b, const cJSON *tools, const char *where, const char
             return -1;
         }
         char *json = chat_json_indent4(fn);
-        sb_str(b, "\n\n## ");
+        sb_str(b, "\n## ");
         sb_str(b, name->valuestring);
         sb_str(b, "\n\n");
         sb_str(b, json);
@@ -188,10 +295,12 @@ static int tools_text(sbuf *b, const cJSON *tools, const char *where, const char
     return 0;
 }
 
-/* <|system|> and the tool text, when tools is a non-empty array. */
-static int put_tools(ibuf *b, const tokenizer *t, const cJSON *tools, const char *where, const char *preamble,
-                     char *err, size_t errlen) {
-    if (!tools || cJSON_GetArraySize(tools) == 0) return 0;
+/* <|system|> and the tool text. A message's tools render whenever the key is a
+ * list, even an empty one (the template tests "is defined"); the request-level
+ * list only when non-empty (no tools asked for, none rendered). */
+static int put_tools(ibuf *b, const tokenizer *t, const cJSON *tools, int render_empty, const char *where,
+                     const char *preamble, char *err, size_t errlen) {
+    if (!tools || (!render_empty && cJSON_GetArraySize(tools) == 0)) return 0;
     sbuf s = {0};
     int rc = tools_text(&s, tools, where, preamble ? preamble : default_preamble, err, errlen);
     if (rc == 0) {
@@ -210,7 +319,7 @@ int chat_encode(const tokenizer *t, const chat_message *msgs, int n, const cJSON
     char where[48];
     ib_push(&b, tok_special_id(t, "[gMASK]"));
     ib_push(&b, tok_special_id(t, "<sop>"));
-    if (put_tools(&b, t, tools, "", preamble, err, errlen)) goto fail;
+    if (put_tools(&b, t, tools, 0, "", preamble, err, errlen)) goto fail;
     for (int i = 0; i < n; i++) {
         const chat_message *m = &msgs[i];
         int r = -1;
@@ -222,7 +331,7 @@ int chat_encode(const tokenizer *t, const chat_message *msgs, int n, const cJSON
             goto fail;
         }
         snprintf(where, sizeof where, "messages[%d].", i);
-        if (put_tools(&b, t, m->tools, where, preamble, err, errlen)) goto fail;
+        if (put_tools(&b, t, m->tools, 1, where, preamble, err, errlen)) goto fail;
         if (m->content && m->content[0]) {
             sbuf s = {0};
             if (m->metadata) sb_str(&s, m->metadata);
