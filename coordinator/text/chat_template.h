@@ -1,12 +1,20 @@
-/* chat_template.h: GLM-4 chat prompt as token ids (glm4-spec.md 4.5).
+/* chat_template.h: GLM-4 chat prompt as token ids (glm4-spec.md 4.5), equal to
+ * what HF transformers' apply_chat_template renders from glm-4-9b-chat's Jinja
+ * template (trim_blocks, lstrip_blocks; shared/glm4-chat-template.md):
  *
  *   [gMASK]<sop>
- *   per message: if it carries tools: <|system|> "\n" preamble + one block per tool
+ *   per message: if it carries tools: <|system|> "\n" preamble, then per tool
+ *                  function: "\n## NAME\n\n" tojson(function, indent=4) "\n在调用上述函数时..."
+ *                  python / simple_browser / cogview: the template's fixed text
  *                then, if content is non-empty: <|role|> metadata "\n" content
  *   generation prompt: <|assistant|>   (no newline)
  *
  * Role markers are inserted by id; message text is encoded as plain text, so a
- * user writing "<|assistant|>" gets ordinary tokens, never a control token. */
+ * user writing "<|assistant|>" gets ordinary tokens, never a control token.
+ * Golden ids: tests/chat/cases.json (make_chat_golden.py, transformers itself).
+ * Known gaps against HF: a JSON number written 1.0 renders as 1 (cJSON keeps no
+ * int/float distinction), a null metadata as "" (Jinja would write "None"), an
+ * unknown tool type is an error (the template renders nothing for it). */
 #ifndef GLMTP_CHAT_TEMPLATE_H
 #define GLMTP_CHAT_TEMPLATE_H
 
