@@ -12,6 +12,7 @@
 #include "../base/args.h"
 #include "../base/commands.h"
 #include "../engine/engine.h"
+#include "../engine/capacity.h"
 #include "../engine/gen_batch.h"
 #include "../text/chat_template.h"
 #include "requests.h"
@@ -88,6 +89,7 @@ static const args_opt chat_opts[] = {
     {"--top-k", "K", "top-k sampling, 0 = off (default: generation_config.json, else 0)"},
     {"--seed", "S", "base seed of sampled requests (default 0)"},
     {"--no-prefix-cache", NULL, "do not reuse the KV blocks of a prompt prefix seen before"},
+    {"--max-model-len", "N", "longest conversation (history + reply; default: the model's seq_length, cut to the KV pool with a warning); must fit the pool"},
     {NULL, NULL, NULL},
 };
 
@@ -118,6 +120,7 @@ int cmd_chat(comm *c, int argc, char **argv) {
     double mem_util = args_num(&a, "--gpu-memory-utilization", ENGINE_GPU_MEM_UTIL, 0.01, 1.0);
     int kv_dtype = args_kv_dtype(&a);
     int no_prefix_cache = args_flag(&a, "--no-prefix-cache");
+    int max_model_len = (int)args_int(&a, "--max-model-len", 0, 1, 1 << 30);
     if (!a.failed && !dir) snprintf(a.err, sizeof a.err, "--model DIR is required"), a.failed = 1;
     int rc = args_finish(&a) ? 1 : 0;
     if (rc) log_error_agreed("chat: %s (glmtp chat --help lists the options)", a.err);
@@ -142,14 +145,14 @@ int cmd_chat(comm *c, int argc, char **argv) {
     rc = 1;
     if (comm_first_failed(c, failed) >= 0) goto done;
     if (engine_open(&e, c, dir, kv_tokens, 16, threads, device, comm_kind, mem_util, kv_dtype)) goto done;
+    int limit = engine_max_model_len(&e, max_model_len, "chat"); /* same verdict on every rank */
+    if (limit < 0) goto done;
     if (c->rank != 0) {
         engine_follow(&e);
         rc = 0;
         goto done;
     }
     pcache_set_enabled(e.pc, !no_prefix_cache); /* on: each turn feeds only what follows the cached history */
-    int pool = e.kv->n_blocks * e.kv->block_size;
-    int limit = e.m->cfg.seq_len < pool ? e.m->cfg.seq_len : pool;
     char *preamble = chat_tool_preamble(dir);
     history h = {0};
     char *sys = system ? strdup(system) : NULL;

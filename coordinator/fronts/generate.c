@@ -12,13 +12,14 @@
 #include "../base/args.h"
 #include "../base/commands.h"
 #include "../engine/engine.h"
+#include "../engine/capacity.h"
 #include "../engine/gen_batch.h"
 #include "../text/chat_template.h"
 #include "requests.h"
 
 typedef struct gen_cli {
     const char *dir, *input, *output, *ids, *tok_path, *device, *comm_kind;
-    int threads, block_size, step_tokens, kv_tokens, ignore_eos, no_prefix_cache;
+    int threads, block_size, step_tokens, kv_tokens, ignore_eos, no_prefix_cache, max_model_len;
     double mem_util;
     int kv_dtype; /* --kv-cache-dtype */
     req_defaults d;
@@ -38,6 +39,7 @@ static const args_opt gen_opts[] = {
     {"--ignore-eos", NULL, "keep generating past end-of-sequence tokens"},
     {"--step-tokens", "N", "tokens per step, prefill chunks included (default 512)"},
     {"--no-prefix-cache", NULL, "do not reuse the KV blocks of a prompt prefix seen before"},
+    {"--max-model-len", "N", "longest request (prompt + new tokens; default: the model's seq_length); with --kv-tokens it must fit the pool"},
     {NULL, NULL, NULL},
 };
 
@@ -77,6 +79,7 @@ static int parse_cli(comm *c, gen_cli *o, int argc, char **argv) {
     o->step_tokens = (int)args_int(&a, "--step-tokens", 512, 1, 1 << 24);
     o->kv_tokens = (int)args_int(&a, "--kv-tokens", 0, 1, 1 << 30);
     o->mem_util = args_num(&a, "--gpu-memory-utilization", ENGINE_GPU_MEM_UTIL, 0.01, 1.0);
+    o->max_model_len = (int)args_int(&a, "--max-model-len", 0, 1, 1 << 30);
     o->kv_dtype = args_kv_dtype(&a);
     int rc = 0;
     if (!a.failed && !o->dir) snprintf(a.err, sizeof a.err, "--model DIR is required"), a.failed = 1;
@@ -184,6 +187,10 @@ int cmd_generate(comm *c, int argc, char **argv) {
         if (config_load(&cfg, o.dir, err, sizeof err)) {
             engine_error(c, "%s", err);
             failed = 1;
+        } else if (o.max_model_len > cfg.seq_len) {
+            engine_error(c, "generate: --max-model-len %d exceeds the model's context length %d (seq_length in "
+                         "config.json)", o.max_model_len, cfg.seq_len);
+            failed = 1;
         } else if ((o.tok_path || access(tp, F_OK) == 0) && tok_load(&tok, tp, err, sizeof err)) {
             engine_error(c, "%s", err);
             failed = 1;
@@ -193,7 +200,8 @@ int cmd_generate(comm *c, int argc, char **argv) {
                 log_msg(LOG_INFO, "generate: %s holds random weights (made by glmtp make-model): the text will be "
                                   "gibberish, the pipeline is the real one", o.dir);
             preamble = chat_tool_preamble(o.dir);
-            req_context ctx = {&o.d, tok, preamble, cfg.seq_len, tok ? tok_n_total(tok) : cfg.vocab};
+            req_context ctx = {&o.d, tok, preamble, o.max_model_len ? o.max_model_len : cfg.seq_len,
+                               tok ? tok_n_total(tok) : cfg.vocab, o.max_model_len ? cfg.seq_len : 0};
             if (ctx.n_vocab > cfg.vocab) ctx.n_vocab = cfg.vocab;
             failed = read_requests(&o, &ctx, &lines, &n);
         }
@@ -223,6 +231,9 @@ int cmd_generate(comm *c, int argc, char **argv) {
     if (engine_open(&e, c, o.dir, kv_tokens, o.block_size, o.threads, o.device, o.comm_kind, o.mem_util,
                     o.kv_dtype))
         goto done;
+    /* A pool sized from the batch holds it; one given by --kv-tokens is
+     * checked against the maximum model length (the same on every rank). */
+    if (o.kv_tokens && engine_max_model_len(&e, o.max_model_len, "generate") < 0) goto done;
     if (c->rank != 0) {
         engine_follow(&e);
         rc = 0;
@@ -235,17 +246,23 @@ int cmd_generate(comm *c, int argc, char **argv) {
     if (!batch || !which) abort();
     for (int i = 0; i < n; i++) {
         if (!lines[i].error && !gen_fits(&e, lines[i].g.n_prompt, lines[i].g.max_new)) {
-            snprintf(err, sizeof err, "line %d: prompt plus max_new_tokens need more KV cache than --kv-tokens %d",
-                     lines[i].line_no, kv_tokens);
+            snprintf(err, sizeof err, "line %d: prompt of %d tokens plus max_new_tokens %d need more KV cache than "
+                     "--kv-tokens %d holds", lines[i].line_no, lines[i].g.n_prompt, lines[i].g.max_new, kv_tokens);
             lines[i].error = strdup(err);
         }
         if (lines[i].error) continue;
         which[nb] = i;
         batch[nb++] = lines[i].g;
     }
+    char (*nm)[32] = malloc(sizeof *nm * (size_t)(nb ? nb : 1));
+    const char **names = malloc(sizeof *names * (size_t)(nb ? nb : 1));
+    if (!nm || !names) abort();
+    for (int k = 0; k < nb; k++) snprintf(nm[k], sizeof nm[k], "line %d", lines[which[k]].line_no), names[k] = nm[k];
     gen_options go = {o.step_tokens, 1, NULL, NULL};
     pcache_set_enabled(e.pc, !o.no_prefix_cache);
-    gen_run(&e, tok, batch, nb, &go);
+    gen_run_named(&e, tok, batch, nb, &go, names);
+    free(names);
+    free(nm);
     engine_finish(&e);
     for (int k = 0; k < nb; k++) lines[which[k]].g = batch[k];
     free(batch);

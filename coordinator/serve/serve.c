@@ -15,6 +15,7 @@
 #include "../../worker/log.h"
 #include "../base/args.h"
 #include "../base/commands.h"
+#include "../engine/capacity.h"
 #include "../text/chat_template.h"
 #include "serve.h"
 
@@ -46,7 +47,7 @@ static int nonblocking_pipe(int p[2], char *err, size_t errlen) {
 
 typedef struct serve_cli {
     const char *dir, *listen, *token_file, *tok_path, *device, *comm_kind, *step_log;
-    int threads, block_size, step_tokens, kv_tokens, max_queue, keepalive, no_prefix_cache;
+    int threads, block_size, step_tokens, kv_tokens, max_queue, keepalive, no_prefix_cache, max_model_len, progress_ms;
     double mem_util, auth_timeout;
     int kv_dtype; /* --kv-cache-dtype */
     long max_frame;
@@ -71,6 +72,8 @@ static const args_opt serve_opts[] = {
     {"--max-frame", "BYTES", "largest message a client may send (default 16 MiB)"},
     {"--keepalive", "S", "seconds between idle keepalive steps to the other ranks (default 30)"},
     {"--no-prefix-cache", NULL, "do not reuse the KV blocks of a prompt prefix seen before"},
+    {"--max-model-len", "N", "longest request (prompt + new tokens; default: the model's seq_length); must fit the KV pool, else an error at start-up (by default: a warning, and the pool's tokens)"},
+    {"--progress-ms", "MS", "Progress messages of a streamed prompt longer than --step-tokens at most this often (default 500; 0: every chunk)"},
     {NULL, NULL, NULL},
 };
 
@@ -112,6 +115,8 @@ static int parse_cli(comm *c, serve_cli *o, int argc, char **argv) {
     o->keepalive = (int)args_int(&a, "--keepalive", 30, 1, 3600);
     o->auth_timeout = args_num(&a, "--auth-timeout", 10.0, 0.01, 3600.0);
     o->no_prefix_cache = args_flag(&a, "--no-prefix-cache");
+    o->max_model_len = (int)args_int(&a, "--max-model-len", 0, 1, 1 << 30);
+    o->progress_ms = (int)args_int(&a, "--progress-ms", 500, 0, 3600000);
     int rc = 0;
     if (!a.failed && !o->dir) snprintf(a.err, sizeof a.err, "--model DIR is required"), a.failed = 1;
     if (args_finish(&a)) {
@@ -186,6 +191,8 @@ int cmd_serve(comm *c, int argc, char **argv) {
     if (engine_open(&e, c, o.dir, o.kv_tokens, o.block_size, o.threads, o.device, o.comm_kind, o.mem_util,
                     o.kv_dtype))
         goto done;
+    int max_len = engine_max_model_len(&e, o.max_model_len, "serve"); /* same verdict on every rank */
+    if (max_len < 0) goto done;
     if (c->rank != 0) {
         engine_follow(&e);
         rc = 0;
@@ -193,7 +200,8 @@ int cmd_serve(comm *c, int argc, char **argv) {
     }
     pcache_set_enabled(e.pc, !o.no_prefix_cache);
     preamble = chat_tool_preamble(o.dir);
-    req_context ctx = {&o.d, tok, preamble, cfg.seq_len, tok ? tok_n_total(tok) : cfg.vocab};
+    req_context ctx = {&o.d, tok, preamble, max_len, tok ? tok_n_total(tok) : cfg.vocab,
+                       max_len < cfg.seq_len ? cfg.seq_len : 0};
     if (ctx.n_vocab > cfg.vocab) ctx.n_vocab = cfg.vocab;
     s.max_frame = (uint32_t)o.max_frame, s.max_queue = o.max_queue, s.auth_timeout = o.auth_timeout;
     if (pthread_mutex_init(&s.mu, NULL) || pthread_cond_init(&s.cv, NULL)) {
@@ -208,9 +216,10 @@ int cmd_serve(comm *c, int argc, char **argv) {
         engine_finish(&e);
         goto done;
     }
-    fprintf(stderr, "glmtp: serve: listening on %s (pid %d, %d ranks, %d KV blocks of %d, prefix cache %s)\n",
-            o.listen, (int)getpid(), c->size, e.blocks.n_blocks, e.blocks.block_size, o.no_prefix_cache ? "off" : "on");
-    srv_sched_options so = {o.step_tokens, o.keepalive};
+    fprintf(stderr, "glmtp: serve: listening on %s (pid %d, %d ranks, %d KV blocks of %d, prefix cache %s, max model "
+            "len %d)\n", o.listen, (int)getpid(), c->size, e.blocks.n_blocks, e.blocks.block_size,
+            o.no_prefix_cache ? "off" : "on", max_len);
+    srv_sched_options so = {o.step_tokens, o.keepalive, o.progress_ms};
     srv_sched_run(&s, &e, tok, &ctx, &so);
     pthread_join(th, NULL);
     engine_finish(&e);
