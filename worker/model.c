@@ -5,6 +5,7 @@
 
 #include "model.h"
 #include "safetensors.h"
+#include "util.h"
 
 typedef struct loader {
     const char *dir;
@@ -255,6 +256,8 @@ int model_load(glm_model **out, const char *dir, kbackend kb, comm *cm, char *er
         }
     }
     if (st_open_dir(&ld.st, dir, err, errlen) || check_shapes(&ld)) goto fail;
+    uint64_t fp[2] = {config_hash(&m->cfg), st_fingerprint(ld.st)};
+    m->fingerprint = util_fnv(UTIL_FNV_INIT, fp, sizeof fp);
 
     const glm_config *c = &m->cfg;
     const glm_shard *s = &m->shard;

@@ -35,6 +35,7 @@ typedef struct glm_model {
     glm_layer *layers;
     size_t bytes_sharded;    /* this rank's slices of split weights */
     size_t bytes_replicated; /* weights every rank holds whole */
+    uint64_t fingerprint;    /* which checkpoint: config_hash and st_fingerprint (KV snapshots name it) */
 } glm_model;
 
 /* Loads DIR for this rank (c->rank of c->size). Returns 0, or -1 with a message

@@ -365,6 +365,20 @@ const st_tensor *st_find(const st_set *s, const char *name) {
     return bsearch(&key, s->tensors, (size_t)s->n_tensors, sizeof *s->tensors, by_name);
 }
 
+uint64_t st_fingerprint(const st_set *s) {
+    uint64_t h = UTIL_FNV_INIT;
+    for (int i = 0; i < s->n_tensors; i++) {
+        const st_tensor *t = &s->tensors[i];
+        int64_t meta[2 + ST_MAX_DIMS] = {t->dtype, t->ndim};
+        for (int d = 0; d < t->ndim; d++) meta[2 + d] = t->shape[d];
+        size_t k = t->nbytes < 64 ? t->nbytes : 64;
+        h = util_fnv(h, t->name, strlen(t->name) + 1);
+        h = util_fnv(h, meta, sizeof meta);
+        if (k) h = util_fnv(util_fnv(h, t->data, k), t->data + t->nbytes - k, k);
+    }
+    return h;
+}
+
 void st_close(st_set *s) {
     if (!s) return;
     for (int i = 0; i < s->n_tensors; i++) free((char *)s->tensors[i].name);

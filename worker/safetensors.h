@@ -35,6 +35,10 @@ int st_open_dir(st_set **out, const char *dir, char *err, size_t errlen);
 int st_open_file(st_set **out, const char *path, char *err, size_t errlen);
 /* The tensor with this name, or NULL. */
 const st_tensor *st_find(const st_set *s, const char *name);
+/* A hash that tells checkpoints apart: every tensor's name, dtype and shape
+ * (in name order), and the first and last 64 bytes of its data (two seeds of
+ * the same shapes differ there). Touches two pages per tensor. */
+uint64_t st_fingerprint(const st_set *s);
 /* Unmaps and frees; accepts NULL. */
 void st_close(st_set *s);
 

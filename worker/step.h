@@ -36,7 +36,8 @@ typedef struct glm_step {
     float *temps; /* [n_logits] */
 } glm_step;
 
-enum { STEP_LOGITS = 0, STEP_ARGMAX = 1, STEP_SAMPLE = 2 };
+/* STEP_KVSNAP: no tokens; a KV snapshot command (kvsnap.h) follows it. */
+enum { STEP_LOGITS = 0, STEP_ARGMAX = 1, STEP_SAMPLE = 2, STEP_KVSNAP = 3 };
 
 /* Allocates the arrays for the given sizes (zeroed). Aborts on OOM. */
 void step_alloc(glm_step *s, int n_tokens, int n_seqs, int max_blocks, int n_logits, int block_size);

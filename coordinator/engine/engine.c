@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../worker/kvsnap.h"
 #include "../../worker/log.h"
 #include "../../worker/util.h"
 #include "engine.h"
@@ -308,6 +309,11 @@ void engine_follow(engine *e) {
     for (;;) {
         glm_step s = {0};
         step_bcast(e->comm, &s);
+        if (s.head == STEP_KVSNAP) { /* rank 0 saves or loads a KV snapshot */
+            step_free(&s);
+            kvsnap_follow(e->comm, e->m, e->kv);
+            continue;
+        }
         if (s.n_tokens == 0) { /* the end, or a keepalive (n_seqs 1) */
             int end = s.n_seqs == 0;
             step_free(&s);

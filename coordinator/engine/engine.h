@@ -22,6 +22,7 @@ typedef struct engine {
     glm_forward *fw;
     kv_blocks blocks; /* rank 0 only */
     pcache *pc;       /* rank 0 only: the scheduler's view of blocks (prefix cache, on by default) */
+    struct kvstore *snap; /* rank 0 only: --kv-snapshot-dir's snapshots (kvstore.h; the front's), or NULL */
 } engine;
 
 #define ENGINE_GPU_MEM_UTIL 0.90    /* --gpu-memory-utilization default, as vLLM's */

@@ -25,6 +25,7 @@ typedef struct gen_request {
     int strip_leading; /* drop whitespace before the first visible character (chat replies) */
     int ignore_eos;    /* keep going past the model's stop ids (benchmarks, tests) */
     uint64_t content_hash; /* non-text content (images; 0 for text): part of every prefix-cache key */
+    int keep_prefix; /* save a KV snapshot of this many prompt tokens' full blocks (kvstore.h); -1: all; 0: none */
     /* output */
     int *out; /* generated ids, stop token excluded */
     int n_out;

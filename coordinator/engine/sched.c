@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "../../worker/util.h"
+#include "kvstore.h"
 #include "sched.h"
 
 void sched_init(sched *q, engine *e, const tokenizer *tok, const gen_options *go, const sched_hooks *h) {
@@ -35,7 +36,7 @@ void sched_add(sched *q, sched_req *r) {
         q->wait = realloc(q->wait, sizeof(sched_req *) * (size_t)q->cap);
         if (!q->run || !q->wait) abort();
     }
-    r->arrival = ++q->arrivals, r->n_fed = 0, r->running = 0, r->n_cached = 0, r->n_hashed = 0;
+    r->arrival = ++q->arrivals, r->n_fed = 0, r->running = 0, r->n_cached = 0, r->n_hashed = 0, r->kept = 0;
     q->wait[q->n_wait++] = r;
 }
 
@@ -67,6 +68,10 @@ static int match_prefix(sched *q, sched_req *r) {
     pcache *pc = q->e->pc;
     int bs = q->e->blocks.block_size, max = (known(r) - 1) / bs;
     r->n_hashed = 0, r->chain = PCACHE_ROOT;
+    if (q->e->snap) { /* a snapshot on disk may hold more of the prompt than the cache */
+        int in_prompt = r->g->n_prompt / bs;
+        kvstore_fill(q->e->snap, r->g->prompt, in_prompt < max ? in_prompt : max, r->g->content_hash);
+    }
     for (int b = 0; b < max && pcache_enabled(pc); b++) {
         uint64_t key = block_key(q, r, b);
         int id = pcache_find(pc, key, r->chain, r->g->content_hash, q->blk);
@@ -86,6 +91,17 @@ static void register_full(sched *q, sched_req *r) {
         pcache_register(pc, r->g->kv.table[r->n_hashed], key, r->chain, r->g->content_hash, q->blk);
         r->chain = key, r->n_hashed++;
     }
+}
+
+/* Saves r's keep_prefix snapshot once its prompt is fed that far. */
+static void keep_prefix(sched *q, sched_req *r) {
+    if (r->kept || !r->g->keep_prefix) return;
+    int bs = q->e->blocks.block_size, n = r->g->n_prompt;
+    int tokens = r->g->keep_prefix < 0 || r->g->keep_prefix > n ? n : r->g->keep_prefix;
+    if (r->n_fed < tokens / bs * bs) return;
+    r->kept = 1;
+    if (!q->e->snap || tokens < bs) return;
+    kvstore_save(q->e->snap, r->g->prompt, tokens / bs, &r->g->kv, r->g->content_hash);
 }
 
 /* Drops r's block references and puts it back among the waiting, in arrival
@@ -210,6 +226,7 @@ int sched_step(sched *q, int budget) {
     for (int i = 0; i < p.n; i++) {
         p.req[i]->n_fed += p.chunk[i];
         register_full(q, p.req[i]);
+        keep_prefix(q, p.req[i]);
     }
     q->steps++;
     if (q->hooks.on_step) q->hooks.on_step(q->hooks.user, &p, util_now() - t0);

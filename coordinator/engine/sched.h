@@ -16,7 +16,12 @@
  * never the one holding its last token) and feeds only the rest: n_fed starts
  * past them. After each step the blocks that became full are registered,
  * prompt and generated tokens alike. Preemption, removal and finishing drop the
- * request's references; its registered blocks stay cached until evicted. */
+ * request's references; its registered blocks stay cached until evicted.
+ *
+ * With a snapshot store (engine.snap, kvstore.h), admission first loads a
+ * snapshot on disk that holds more of the request's prompt than the cache,
+ * and a request with keep_prefix has that prefix's blocks saved once its
+ * prompt has been fed that far. */
 #ifndef GLMTP_SCHED_H
 #define GLMTP_SCHED_H
 
@@ -35,6 +40,7 @@ typedef struct sched_req {
     int n_cached;   /* tokens taken from the prefix cache at its last admission */
     int n_hashed;   /* leading blocks of its table keyed in the cache's chain */
     uint64_t chain; /* the key of block n_hashed - 1 (PCACHE_ROOT when none) */
+    int kept;       /* its keep_prefix snapshot is done (saved, or nothing to save) */
 } sched_req;
 
 /* What a step planned: requests and how many tokens each feeds. */

@@ -14,11 +14,13 @@
 #include "../engine/engine.h"
 #include "../engine/capacity.h"
 #include "../engine/gen_batch.h"
+#include "../engine/kvstore.h"
 #include "../text/chat_template.h"
 #include "requests.h"
 
 typedef struct gen_cli {
     const char *dir, *input, *output, *ids, *tok_path, *device, *comm_kind;
+    const char *snap_dir; /* --kv-snapshot-dir */
     int threads, block_size, step_tokens, kv_tokens, ignore_eos, no_prefix_cache, max_model_len;
     double mem_util;
     int kv_dtype; /* --kv-cache-dtype */
@@ -39,6 +41,7 @@ static const args_opt gen_opts[] = {
     {"--ignore-eos", NULL, "keep generating past end-of-sequence tokens"},
     {"--step-tokens", "N", "tokens per step, prefill chunks included (default 512)"},
     {"--no-prefix-cache", NULL, "do not reuse the KV blocks of a prompt prefix seen before"},
+    {"--kv-snapshot-dir", "DIR", "KV snapshots of prefixes on disk: requests with keep_prefix save theirs there; at start-up and on a cache miss they are loaded instead of recomputed"},
     {"--max-model-len", "N", "longest request (prompt + new tokens; default: the model's seq_length); with --kv-tokens it must fit the pool"},
     {NULL, NULL, NULL},
 };
@@ -50,7 +53,8 @@ const args_spec cmd_generate_spec = {
     {gen_opts, args_engine_opts, args_log_opts, NULL},
     "request lines: {\"id\": 1, \"prompt\": \"...\"} | {\"id\": 2, \"messages\": [{\"role\": \"user\", \"content\": \"...\"}],\n"
     "  \"tools\": [...]} | {\"id\": 3, \"input_ids\": [...]}; optional max_new_tokens (or max_tokens), temperature,\n"
-    "  top_p, top_k, seed, stop. Any other key is an error naming it.\n"
+    "  top_p, top_k, seed, stop, keep_prefix (true or N tokens; with --kv-snapshot-dir). Any other key is an\n"
+    "  error naming it.\n"
     "records: {\"id\", \"text\", \"token_ids\", \"finish_reason\": stop|length|error, \"error\"?, \"usage\"}\n",
 };
 
@@ -72,6 +76,7 @@ static int parse_cli(comm *c, gen_cli *o, int argc, char **argv) {
     o->d.seed = (uint64_t)args_int(&a, "--seed", 0, 0, 2147483647L);
     o->ignore_eos = args_flag(&a, "--ignore-eos");
     o->no_prefix_cache = args_flag(&a, "--no-prefix-cache");
+    o->snap_dir = args_str(&a, "--kv-snapshot-dir", NULL);
     o->threads = (int)args_int(&a, "--threads", 0, 0, 1024);
     o->device = args_str(&a, "--device", "cpu");
     o->comm_kind = args_str(&a, "--comm", NULL);
@@ -260,7 +265,17 @@ int cmd_generate(comm *c, int argc, char **argv) {
     for (int k = 0; k < nb; k++) snprintf(nm[k], sizeof nm[k], "line %d", lines[which[k]].line_no), names[k] = nm[k];
     gen_options go = {o.step_tokens, 1, NULL, NULL};
     pcache_set_enabled(e.pc, !o.no_prefix_cache);
+    if (o.snap_dir && !(e.snap = kvstore_open(&e, o.snap_dir))) {
+        engine_finish(&e);
+        free(names);
+        free(nm);
+        free(batch);
+        free(which);
+        goto done;
+    }
     gen_run_named(&e, tok, batch, nb, &go, names);
+    kvstore_close(e.snap);
+    e.snap = NULL;
     free(names);
     free(nm);
     engine_finish(&e);

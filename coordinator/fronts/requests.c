@@ -90,6 +90,17 @@ static void parse_stop(req_line *r, int line, const cJSON *o) {
     }
 }
 
+/* "keep_prefix": true (the prompt's full blocks), false, or a token count. */
+static void parse_keep(req_line *r, int line, const cJSON *o) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, "keep_prefix");
+    double n;
+    if (!v || cJSON_IsNull(v)) return;
+    if (cJSON_IsBool(v))
+        r->g.keep_prefix = cJSON_IsTrue(v) ? -1 : 0;
+    else if (get_int(r, line, o, "keep_prefix", 0, 1 << 30, &n))
+        r->g.keep_prefix = (int)n;
+}
+
 static void parse_messages(const req_context *c, req_line *r, int line, const cJSON *o, const cJSON *msgs) {
     char err[1024] = "";
     if (chat_encode_json(c->tok, msgs, cJSON_GetObjectItemCaseSensitive(o, "tools"), c->preamble, 1, &r->g.prompt,
@@ -137,7 +148,8 @@ static void parse_prompt(const req_context *c, req_line *r, int line, const cJSO
  * "max_new_tokens". Anything else is an error naming it: a misspelt option
  * must not run with the default silently. */
 static const char *const known_keys[] = {"id",    "prompt", "messages", "input_ids", "tools", "max_new_tokens",
-                                         "max_tokens", "temperature", "top_p", "top_k", "seed", "stop"};
+                                         "max_tokens", "temperature", "top_p", "top_k", "seed", "stop",
+                                         "keep_prefix"};
 
 static void check_keys(req_line *r, int line, const cJSON *o) {
     for (const cJSON *k = o->child; k; k = k->next) {
@@ -145,7 +157,7 @@ static void check_keys(req_line *r, int line, const cJSON *o) {
         while (i < sizeof known_keys / sizeof known_keys[0] && strcmp(k->string, known_keys[i]) != 0) i++;
         if (i == sizeof known_keys / sizeof known_keys[0]) {
             set_error(r, line, "unknown field '%s' (known: id, prompt | messages [+ tools] | input_ids, max_new_tokens "
-                               "or max_tokens, temperature, top_p, top_k, seed, stop)", k->string);
+                               "or max_tokens, temperature, top_p, top_k, seed, stop, keep_prefix)", k->string);
             return;
         }
     }
@@ -198,6 +210,7 @@ void req_parse(const req_context *c, const char *text, size_t len, int line_no, 
     if (get_int(r, line_no, o, "top_k", 0, 1e9, &v)) r->g.top_k = (int)v;
     if (get_int(r, line_no, o, "seed", 0, 9007199254740991.0, &v)) r->g.seed = (uint64_t)v;
     parse_stop(r, line_no, o);
+    parse_keep(r, line_no, o);
     /* The default fits the room the prompt leaves (vLLM's default is the rest
      * of the context); a limit the line asked for is checked as given. */
     if (!r->error && !max_given && r->g.n_prompt < c->seq_len && r->g.n_prompt + r->g.max_new > c->seq_len)

@@ -4,7 +4,9 @@
  * {"id", "messages": [{role, content, metadata?, tools?}], "tools"?} (chat), or
  * {"id", "input_ids": [...]} (token ids as given); optional max_new_tokens,
  * (or max_tokens, the OpenAI spelling), temperature, top_p, top_k, seed, stop
- * (string or list) override the defaults; any other key is an error naming
+ * (string or list) override the defaults; keep_prefix (true, or a token
+ * count) saves the prompt's prefix as a KV snapshot (--kv-snapshot-dir,
+ * engine/kvstore.h); any other key is an error naming
  * it. Without a max_new_tokens the default is cut to the room the prompt
  * leaves in the context.
  * A bad line becomes a request with an error naming the line and field; it is

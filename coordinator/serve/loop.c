@@ -152,6 +152,10 @@ static void intake(srv_loop *l, int conn, const Glmtp__GenerateRequest *pr) {
     if (pr->has_top_k) cJSON_AddNumberToObject(o, "top_k", pr->top_k);
     if (pr->has_seed) cJSON_AddNumberToObject(o, "seed", (double)pr->seed);
     if (pr->has_max_new_tokens) cJSON_AddNumberToObject(o, "max_new_tokens", pr->max_new_tokens);
+    if (pr->has_keep_prefix) {
+        if (pr->keep_prefix < 0) cJSON_AddTrueToObject(o, "keep_prefix");
+        else cJSON_AddNumberToObject(o, "keep_prefix", pr->keep_prefix);
+    }
     if (pr->n_stop) {
         cJSON *a = cJSON_AddArrayToObject(o, "stop");
         for (size_t i = 0; i < pr->n_stop; i++) cJSON_AddItemToArray(a, cJSON_CreateString(pr->stop[i]));

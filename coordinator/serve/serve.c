@@ -16,6 +16,7 @@
 #include "../base/args.h"
 #include "../base/commands.h"
 #include "../engine/capacity.h"
+#include "../engine/kvstore.h"
 #include "../text/chat_template.h"
 #include "serve.h"
 
@@ -47,6 +48,7 @@ static int nonblocking_pipe(int p[2], char *err, size_t errlen) {
 
 typedef struct serve_cli {
     const char *dir, *listen, *token_file, *tok_path, *device, *comm_kind, *step_log;
+    const char *snap_dir; /* --kv-snapshot-dir */
     int threads, block_size, step_tokens, kv_tokens, max_queue, keepalive, no_prefix_cache, max_model_len, progress_ms;
     double mem_util, auth_timeout;
     int kv_dtype; /* --kv-cache-dtype */
@@ -72,6 +74,7 @@ static const args_opt serve_opts[] = {
     {"--max-frame", "BYTES", "largest message a client may send (default 16 MiB)"},
     {"--keepalive", "S", "seconds between idle keepalive steps to the other ranks (default 30)"},
     {"--no-prefix-cache", NULL, "do not reuse the KV blocks of a prompt prefix seen before"},
+    {"--kv-snapshot-dir", "DIR", "KV snapshots of prefixes on disk: requests with keep_prefix save theirs there; at start-up and on a cache miss they are loaded instead of recomputed"},
     {"--max-model-len", "N", "longest request (prompt + new tokens; default: the model's seq_length); must fit the KV pool, else an error at start-up (by default: a warning, and the pool's tokens)"},
     {"--progress-ms", "MS", "Progress messages of a streamed prompt longer than --step-tokens at most this often (default 500; 0: every chunk)"},
     {NULL, NULL, NULL},
@@ -115,6 +118,7 @@ static int parse_cli(comm *c, serve_cli *o, int argc, char **argv) {
     o->keepalive = (int)args_int(&a, "--keepalive", 30, 1, 3600);
     o->auth_timeout = args_num(&a, "--auth-timeout", 10.0, 0.01, 3600.0);
     o->no_prefix_cache = args_flag(&a, "--no-prefix-cache");
+    o->snap_dir = args_str(&a, "--kv-snapshot-dir", NULL);
     o->max_model_len = (int)args_int(&a, "--max-model-len", 0, 1, 1 << 30);
     o->progress_ms = (int)args_int(&a, "--progress-ms", 500, 0, 3600000);
     int rc = 0;
@@ -199,6 +203,10 @@ int cmd_serve(comm *c, int argc, char **argv) {
         goto done;
     }
     pcache_set_enabled(e.pc, !o.no_prefix_cache);
+    if (o.snap_dir && !(e.snap = kvstore_open(&e, o.snap_dir))) {
+        engine_finish(&e);
+        goto done;
+    }
     preamble = chat_tool_preamble(o.dir);
     req_context ctx = {&o.d, tok, preamble, max_len, tok ? tok_n_total(tok) : cfg.vocab,
                        max_len < cfg.seq_len ? cfg.seq_len : 0};
@@ -232,6 +240,7 @@ done:
     free(s.token);
     free(preamble);
     tok_free(tok);
+    kvstore_close(e.snap);
     engine_close(&e);
     return rc;
 }
