@@ -17,7 +17,8 @@
 #                4), random weights: `glmtp bench decode` (batch 1, 1K context,
 #                against the copy bandwidth measured in the run; greedy, and
 #                sampled with top-k 50 on the GPU and on the host; 32K and 128K
-#                contexts with each attention kernel), `glmtp bench
+#                contexts with each attention kernel, and with the fp8 KV
+#                cache on the grouped one), `glmtp bench
 #                prefill` at 8K and 32K (linear layers against cuBLASLt GEMMs of
 #                the same shapes; the attention op alone), and HF transformers
 #                (tests/gpu/hf_speed.py, bf16, sdpa) on the same weights;
@@ -445,6 +446,17 @@ if make9 "$M9" chatglm; then
     GLMTP_GQA_ATTENTION=1 step bench_decode_long_gqa 150 "$BIN" bench decode --model "$M9" --device "$DEV" --batch 1 \
         --context "$LONG_CTX" --steps 16 --json "$WORK/bench_decode_long_gqa.json"
     bench_json bench_decode_long_gqa "$WORK/bench_decode_long_gqa.json" $?
+    # The same with the fp8 KV cache (--kv-cache-dtype fp8: e4m3 bytes and a
+    # scale per row, dequantised in the grouped kernel's loader): against
+    # bench_decode_long_gqa's bf16 cache, the KV bytes a step reads halve
+    # (1 + 4/128 bytes per element against 2). About 8 s (run 5: each of the
+    # two benches above, 32K and 131K, took 8 s), within the budget notes
+    # (tests/gpu/README.md).
+    if "$BIN" bench --help 2>&1 | grep -q -- --kv-cache-dtype; then
+        GLMTP_GQA_ATTENTION=1 step bench_decode_long_fp8 150 "$BIN" bench decode --model "$M9" --device "$DEV" \
+            --batch 1 --context "$LONG_CTX" --steps 16 --kv-cache-dtype fp8 --json "$WORK/bench_decode_long_fp8.json"
+        bench_json bench_decode_long_fp8 "$WORK/bench_decode_long_fp8.json" $?
+    fi
     # and batches 1 and 64 at 1K with the per-head kernel, against
     # bench_decode's (grouped): at batch 64 its 2048 (head, token) blocks each
     # walk 1K keys one after another

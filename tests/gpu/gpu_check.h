@@ -47,6 +47,20 @@ void free2(kweight *g, kweight *c);
  * is a failed check. */
 int gpu_switch(const char *env, int set);
 
+/* A token of an attention step: sequence s at position p. */
+typedef struct {
+    int s, p;
+} tok;
+
+/* test_gpu_attention.c's tolerance for the tensor-core attention kernels:
+ * check_tol is |got - want| <= tol[i] element-wise; flash_tol the per-element
+ * bound for a step's tokens tk over the fp32 caches K, V [slots, n_kv, d]
+ * (caller frees). */
+void check_tol(const char *name, const float *got, const float *want, const float *tol, size_t n);
+float *flash_tol(const float *qkv, int ld, const tok *tk, int T, const int32_t *tables, int max_blocks, int bs,
+                 const float *K, const float *V, int n_q, int n_kv, int q_per_kv, int d, float scale,
+                 const float *ref);
+
 /* The parts, in the order main runs them. */
 void test_upload(void);       /* test_gpu_ops.c */
 void test_embedding(void);
@@ -57,6 +71,8 @@ void test_rope_kv_store(int T, int n_q, int n_kv, int d, int rot);
 void test_attention(void);    /* test_gpu_attention.c */
 void test_prefill_attention(void);
 void test_prefill_attention_big(int T);
+void test_fp8_kv_store(void); /* test_gpu_fp8.c: the fp8 KV cache */
+void test_fp8_attention(void);
 void test_top_k(void);        /* test_gpu_sample.c */
 void test_argmax(void);
 void test_nccl_single(int *argc, char ***argv); /* test_gpu_nccl.c (with NCCL) */

@@ -12,10 +12,6 @@
 
 #define POISON 1000.0f /* cache slots nobody wrote: reading one ruins the result */
 
-typedef struct {
-    int s, p;
-} tok;
-
 /* One step of kv_store + attention on both backends with tokens tk[0..T), the
  * caches given (GPU bf16, CPU fp32), and a fresh q/k/v per token. */
 static const char *g_attn_kernel = ""; /* which attention kernel the cases below run through */
@@ -25,10 +21,6 @@ static int g_attn_grouped;             /* GLMTP_GQA_ATTENTION is on for the case
 /* kernels/cuda/cuda_backend.cu's test hook: the kernel the last attention call
  * ran ("per_head", "grouped"). */
 const char *kernels_cuda_attention_ran(kbackend kb);
-static void check_tol(const char *name, const float *got, const float *want, const float *tol, size_t n);
-static float *flash_tol(const float *qkv, int ld, const tok *tk, int T, const int32_t *tables, int max_blocks, int bs,
-                        const float *K, const float *V, int n_q, int n_kv, int q_per_kv, int d, float scale,
-                        const float *ref);
 
 static void attn_step(const char *what, const tok *tk, int T, const int32_t *tables, int n_seqs, int max_blocks,
                       int bs, int n_kv, int q_per_kv, int d, void *gk, void *gv, void *ck, void *cv, size_t cache_n) {
@@ -204,7 +196,7 @@ static int env_flash_variant(void) {
 }
 
 /* |got - want| <= tol[i] element-wise (NaN only where want is NaN). */
-static void check_tol(const char *name, const float *got, const float *want, const float *tol, size_t n) {
+void check_tol(const char *name, const float *got, const float *want, const float *tol, size_t n) {
     double maxd = 0.0, maxr = 0.0;
     size_t n_bad = 0, first = 0;
     for (size_t i = 0; i < n; i++) {
@@ -234,9 +226,9 @@ static void check_tol(const char *name, const float *got, const float *want, con
  * 2^-9 sum w|v| (which a dropped or extra key can hide under at long context).
  * Plus the general kernel's own atol/rtol (fp32 order, one output rounding).
  * Weights from the same bf16 values (the CPU cache) in double. */
-static float *flash_tol(const float *qkv, int ld, const tok *tk, int T, const int32_t *tables, int max_blocks, int bs,
-                        const float *K, const float *V, int n_q, int n_kv, int q_per_kv, int d, float scale,
-                        const float *ref) {
+float *flash_tol(const float *qkv, int ld, const tok *tk, int T, const int32_t *tables, int max_blocks, int bs,
+                 const float *K, const float *V, int n_q, int n_kv, int q_per_kv, int d, float scale,
+                 const float *ref) {
     int max_pos = 0;
     for (int t = 0; t < T; t++)
         if (tk[t].p > max_pos) max_pos = tk[t].p;

@@ -38,11 +38,13 @@ int main(int argc, char **argv) {
     C = kernels_cpu_create(0);
     /* GLMTP_GPU_TEST_ONLY=prefill: only the small prefill attention cases
      * (short enough to run under compute-sanitizer); =prefill-big: only the
-     * timed GLM-4-sized one. */
+     * timed GLM-4-sized one; =fp8: only the fp8 KV cache's cases. */
     const char *only = getenv("GLMTP_GPU_TEST_ONLY");
-    if (only && (!strcmp(only, "prefill") || !strcmp(only, "prefill-big"))) {
+    if (only && (!strcmp(only, "prefill") || !strcmp(only, "prefill-big") || !strcmp(only, "fp8"))) {
         if (!strcmp(only, "prefill"))
             test_prefill_attention();
+        else if (!strcmp(only, "fp8"))
+            test_fp8_kv_store(), test_fp8_attention();
         else
             test_prefill_attention_big(4096);
         G.iface->sync(G.ctx);
@@ -65,6 +67,8 @@ int main(int argc, char **argv) {
     test_attention();
     test_prefill_attention();
     test_prefill_attention_big(4096);
+    test_fp8_kv_store();
+    test_fp8_attention();
     test_top_k();
     test_argmax();
 #ifdef GLMTP_HAVE_NCCL
