@@ -11,6 +11,9 @@ pkgs=(build-essential cmake pkg-config git
       libcjson-dev                        # config.json and safetensors headers
       libopenblas-dev                     # bench: the plain-BLAS GEMM that prefill is compared with
       gnuplot-nox                         # deploy/scaling.sh plots
+      clang libomp-dev                    # deploy/fuzz.sh: libFuzzer harnesses (clang's OpenMP is libomp)
+      libclang-rt-14-dev                  # libFuzzer + sanitizer runtimes of Debian 12's clang 14 (only a
+                                          # Recommends of clang, so --no-install-recommends skips it)
       python3)
 
 missing=()

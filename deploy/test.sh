@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs dependencies, builds glmtp (MPI build, and a single-rank ASan+UBSan
-# build for the parsers), and runs the whole ctest suite on both.
+# build for the parsers), and runs the whole ctest suite on both; then fuzzes
+# every input parser for 30 s each (deploy/fuzz.sh: 8 harnesses x 30 s = 4 min,
+# plus about a minute to build; GLMTP_FUZZ_SECONDS=0 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/install-deps.sh
@@ -14,3 +16,10 @@ ctest --test-dir build --output-on-failure
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DGLMTP_MPI=OFF -DGLMTP_ASAN=ON -DGLMTP_NATIVE=OFF -DGLMTP_CUDA=OFF
 cmake --build build-asan -j"$jobs"
 ctest --test-dir build-asan --output-on-failure
+
+# Fuzzing (tests/fuzz/): each harness from its seeds for a bounded time; any crash fails CI and is kept
+# in build-fuzz/crashes/ (add it to tests/fuzz/regressions/<target>/ with the fix).
+fuzz_s=${GLMTP_FUZZ_SECONDS:-30}
+if [ "$fuzz_s" -gt 0 ]; then
+  bash deploy/fuzz.sh "$fuzz_s"
+fi

@@ -1,6 +1,7 @@
 /* config.json parsing for both GLM-4 checkpoint layouts (see config.h). */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,6 +61,17 @@ static double get_num(reader *r, const char *field, double def, int def_ok) {
         return def;
     }
     return v->valuedouble;
+}
+
+/* A positive number used as a float (the norms' epsilon): it must stay
+ * positive and finite as one (1e-50 would become 0 and divide by zero). */
+static float get_float(reader *r, const char *field, double def, int def_ok) {
+    double v = get_num(r, field, def, def_ok);
+    if (v < FLT_MIN || v > FLT_MAX) {
+        fail(r, field, "must be a positive number in float range (1.2e-38 to 3.4e38)");
+        return (float)def;
+    }
+    return (float)v;
 }
 
 /* Boolean field that must have the value this engine implements. */
@@ -149,8 +161,9 @@ static void parse_chatglm(reader *r, glm_config *c) {
                    : get_int(r, "vocab_size", 1, 0, 0);
     c->seq_len = get_int(r, "seq_length", 1, 0, 0);
     c->rope_base = 10000.0 * get_num(r, "rope_ratio", 1.0, 1);
+    if (!isfinite(c->rope_base)) fail(r, "rope_ratio", "too large: the RoPE base 10000 x rope_ratio must be finite");
     c->rot_dim = c->head_dim / 2; /* RotaryEmbedding(kv_channels // 2) */
-    c->eps = (float)get_num(r, "layernorm_epsilon", 1e-5, 0);
+    c->eps = get_float(r, "layernorm_epsilon", 1e-5, 0);
     c->qkv_bias = get_bool(r, "add_qkv_bias", 0);
     want_bool(r, "rmsnorm", 1, 1);
     want_bool(r, "add_bias_linear", 0, 0);
@@ -174,7 +187,7 @@ static void parse_hf(reader *r, glm_config *c) {
     double prf = get_num(r, "partial_rotary_factor", 0.5, 1);
     c->rot_dim = prf <= 1.0 ? (int)(c->head_dim * prf) : 0; /* no float -> int conversion out of range */
     if (prf > 1.0 || c->rot_dim % 2) fail(r, "partial_rotary_factor", "must give an even number of rotary dims <= head_dim");
-    c->eps = (float)get_num(r, "rms_norm_eps", 1e-5, 0);
+    c->eps = get_float(r, "rms_norm_eps", 1e-5, 0);
     c->qkv_bias = get_bool(r, "attention_bias", 1);
     want_bool(r, "tie_word_embeddings", 0, 0);
     const cJSON *act = get_field(r, "hidden_act");
@@ -197,8 +210,14 @@ int config_load(glm_config *cfg, const char *dir, char *err, size_t errlen) {
     size_t len = 0;
     char *text = util_read_file(path, &len, err, errlen);
     if (!text) return -1;
-    cJSON *root = cJSON_ParseWithLength(text, len);
+    int rc = config_parse(cfg, text, len, path, err, errlen);
     free(text);
+    return rc;
+}
+
+int config_parse(glm_config *cfg, const char *text, size_t len, const char *path, char *err, size_t errlen) {
+    memset(cfg, 0, sizeof *cfg);
+    cJSON *root = cJSON_ParseWithLength(text, len);
     if (!root || !cJSON_IsObject(root)) {
         snprintf(err, errlen, "%s: not a JSON object", path);
         cJSON_Delete(root);

@@ -36,6 +36,12 @@ typedef struct glm_config {
  * field in err. */
 int config_load(glm_config *cfg /* OUT */, const char *dir, char *err, size_t errlen);
 
+/* The same checks on len bytes of config.json text (need not be
+ * NUL-terminated); path only names the file in messages. config_load reads
+ * the file and calls this. */
+int config_parse(glm_config *cfg /* OUT */, const char *text, size_t len, const char *path, char *err,
+                 size_t errlen);
+
 /* Checks that tp ranks can split this model (tp divides the query heads, and
  * divides the KV groups or is a multiple of them). 0 or -1 with err. */
 int config_check_tp(const glm_config *cfg, int tp, char *err, size_t errlen);

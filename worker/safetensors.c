@@ -250,6 +250,7 @@ static int add_file(st_set *s, const char *path, char *err, size_t errlen) {
 }
 
 static int finish(st_set *s, char *err, size_t errlen) {
+    if (s->n_tensors == 0) return 0; /* a header of metadata only; and tensors is NULL, which qsort must not get */
     qsort(s->tensors, (size_t)s->n_tensors, sizeof *s->tensors, by_name);
     for (int i = 1; i < s->n_tensors; i++) {
         if (strcmp(s->tensors[i].name, s->tensors[i - 1].name) == 0) {
@@ -360,6 +361,7 @@ int st_open_dir(st_set **out, const char *dir, char *err, size_t errlen) {
 }
 
 const st_tensor *st_find(const st_set *s, const char *name) {
+    if (s->n_tensors == 0) return NULL; /* tensors is NULL: not for bsearch */
     st_tensor key;
     key.name = name;
     return bsearch(&key, s->tensors, (size_t)s->n_tensors, sizeof *s->tensors, by_name);

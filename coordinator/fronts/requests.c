@@ -23,13 +23,17 @@ void req_defaults_load(req_defaults *d, const char *model_dir) {
     const cJSON *v;
     int sample = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(g, "do_sample"));
     d->temperature = sample ? 1.0f : 0.0f;
-    if (sample && cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(g, "temperature")) && v->valuedouble >= 0)
+    /* Values outside what a request line may ask for (req_parse's ranges) are
+     * ignored: converting 1e300 to int or float is undefined. */
+    if (sample && cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(g, "temperature")) && v->valuedouble >= 0 &&
+        v->valuedouble <= 1e4)
         d->temperature = (float)v->valuedouble;
     if (cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(g, "top_p")) && v->valuedouble > 0 && v->valuedouble <= 1)
         d->top_p = (float)v->valuedouble;
-    if (cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(g, "top_k")) && v->valuedouble >= 0)
+    if (cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(g, "top_k")) && v->valuedouble >= 0 && v->valuedouble <= 1e9)
         d->top_k = (int)v->valuedouble;
-    if (cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(g, "max_new_tokens")) && v->valuedouble >= 1)
+    if (cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(g, "max_new_tokens")) && v->valuedouble >= 1 &&
+        v->valuedouble <= 1e9)
         d->max_new = (int)v->valuedouble;
     cJSON_Delete(g);
 }
@@ -139,7 +143,7 @@ static void parse_prompt(const req_context *c, req_line *r, int line, const cJSO
     if (!r->g.prompt) abort();
     r->g.prompt[0] = tok_special_id(c->tok, "[gMASK]");
     r->g.prompt[1] = tok_special_id(c->tok, "<sop>");
-    memcpy(r->g.prompt + 2, ids, sizeof(int) * (size_t)n);
+    if (n) memcpy(r->g.prompt + 2, ids, sizeof(int) * (size_t)n); /* an empty prompt has ids NULL */
     r->g.n_prompt = n + 2;
     free(ids);
 }

@@ -15,6 +15,7 @@
 #include "../../worker/util.h"
 #include "../engine/sched.h"
 #include "serve.h"
+#include "validate.h"
 
 typedef struct sreq {
     sched_req s; /* first: the scheduler's hooks get &s */
@@ -99,7 +100,7 @@ static void sreq_free(sreq *r) {
     free(r);
 }
 
-/* ---- intake: a GenerateRequest becomes a request, through the JSONL parser ---- */
+/* ---- intake: a GenerateRequest becomes a request (validate.h: through the JSONL parser) ---- */
 
 /* The scheduler's requests, running then waiting, are sreqs (sched_req first). */
 static sreq *find_id(srv_loop *l, const char *id) {
@@ -113,7 +114,7 @@ static sreq *find_id(srv_loop *l, const char *id) {
 /* Validates and queues req; answers the client itself on error. */
 static void intake(srv_loop *l, int conn, const Glmtp__GenerateRequest *pr) {
     const char *id = pr->request_id ? pr->request_id : "";
-    char msg[1200];
+    char msg[1200], err[1200];
     if (!id[0]) {
         send_error(l, conn, id, GLMTP__ERROR__CODE__INVALID_REQUEST, "field 'request_id': missing or empty");
         return;
@@ -123,71 +124,23 @@ static void intake(srv_loop *l, int conn, const Glmtp__GenerateRequest *pr) {
         send_error(l, conn, id, GLMTP__ERROR__CODE__INVALID_REQUEST, msg);
         return;
     }
-    if ((pr->has_temperature && !isfinite(pr->temperature)) || (pr->has_top_p && !isfinite(pr->top_p))) {
-        snprintf(msg, sizeof msg, "request '%s': field '%s': must be a finite number", id,
-                 pr->has_temperature && !isfinite(pr->temperature) ? "temperature" : "top_p");
+    gen_request g;
+    if (srv_validate_request(pr, l->ctx, &g, err, sizeof err)) {
+        snprintf(msg, sizeof msg, "request '%s': %s", id, err);
         send_error(l, conn, id, GLMTP__ERROR__CODE__INVALID_REQUEST, msg);
         return;
     }
-    cJSON *o = cJSON_CreateObject();
-    if (pr->input_case == GLMTP__GENERATE_REQUEST__INPUT_TEXT) {
-        cJSON_AddStringToObject(o, "prompt", pr->text ? pr->text : "");
-    } else if (pr->input_case == GLMTP__GENERATE_REQUEST__INPUT_CHAT) {
-        cJSON *a = cJSON_AddArrayToObject(o, "messages");
-        for (size_t i = 0; pr->chat && i < pr->chat->n_messages; i++) {
-            const Glmtp__ChatMessage *m = pr->chat->messages[i];
-            cJSON *mo = cJSON_CreateObject();
-            if (m->role) cJSON_AddStringToObject(mo, "role", m->role);
-            cJSON_AddStringToObject(mo, "content", m->content ? m->content : "");
-            if (m->metadata && m->metadata[0]) cJSON_AddStringToObject(mo, "metadata", m->metadata);
-            cJSON_AddItemToArray(a, mo);
-        }
-    } else if (pr->input_case == GLMTP__GENERATE_REQUEST__INPUT_TOKEN_IDS) {
-        cJSON *a = cJSON_AddArrayToObject(o, "input_ids");
-        for (size_t i = 0; pr->token_ids && i < pr->token_ids->n_ids; i++)
-            cJSON_AddItemToArray(a, cJSON_CreateNumber(pr->token_ids->ids[i]));
-    }
-    if (pr->has_temperature) cJSON_AddNumberToObject(o, "temperature", pr->temperature);
-    if (pr->has_top_p) cJSON_AddNumberToObject(o, "top_p", pr->top_p);
-    if (pr->has_top_k) cJSON_AddNumberToObject(o, "top_k", pr->top_k);
-    if (pr->has_seed) cJSON_AddNumberToObject(o, "seed", (double)pr->seed);
-    if (pr->has_max_new_tokens) cJSON_AddNumberToObject(o, "max_new_tokens", pr->max_new_tokens);
-    if (pr->has_keep_prefix) {
-        if (pr->keep_prefix < 0) cJSON_AddTrueToObject(o, "keep_prefix");
-        else cJSON_AddNumberToObject(o, "keep_prefix", pr->keep_prefix);
-    }
-    if (pr->n_stop) {
-        cJSON *a = cJSON_AddArrayToObject(o, "stop");
-        for (size_t i = 0; i < pr->n_stop; i++) cJSON_AddItemToArray(a, cJSON_CreateString(pr->stop[i]));
-    }
-    char *text = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
-    if (!text) abort();
-    req_line line;
-    req_parse(l->ctx, text, strlen(text), 1, &line);
-    free(text);
-    for (size_t i = 0; !line.error && i < pr->n_stop_ids; i++)
-        if (pr->stop_ids[i] < 0 || pr->stop_ids[i] >= l->ctx->n_vocab) {
-            snprintf(msg, sizeof msg, "line 1: field 'stop_ids[%zu]': must be a token id in [0, %d)", i, l->ctx->n_vocab);
-            line.error = strdup(msg);
-        }
-    if (!line.error && !gen_fits(l->q.e, line.g.n_prompt, line.g.max_new)) {
-        snprintf(msg, sizeof msg, "line 1: prompt of %d tokens plus max_new_tokens %d needs more KV blocks than the "
-                 "server has (%d of %d tokens; --kv-tokens)", line.g.n_prompt, line.g.max_new,
+    if (!gen_fits(l->q.e, g.n_prompt, g.max_new)) {
+        snprintf(msg, sizeof msg, "request '%s': prompt of %d tokens plus max_new_tokens %d needs more KV blocks "
+                 "than the server has (%d of %d tokens; --kv-tokens)", id, g.n_prompt, g.max_new,
                  l->q.e->blocks.n_blocks, l->q.e->blocks.block_size);
-        line.error = strdup(msg);
-    }
-    if (line.error) { /* "line 1: field ...": name the request instead */
-        snprintf(msg, sizeof msg, "request '%s': %s", id, strncmp(line.error, "line 1: ", 8) ? line.error : line.error + 8);
         send_error(l, conn, id, GLMTP__ERROR__CODE__INVALID_REQUEST, msg);
-        req_line_free(&line);
+        gen_request_free(&g);
         return;
     }
     sreq *r = calloc(1, sizeof *r);
     if (!r || !(r->id = strdup(id))) abort();
-    r->g = line.g;
-    memset(&line.g, 0, sizeof line.g);
-    req_line_free(&line);
+    r->g = g;
     r->g.rng = r->g.seed;
     r->conn = conn, r->stream = pr->has_stream && pr->stream;
     if (pr->n_stop_ids) {

@@ -7,7 +7,9 @@
  *   loop.c          the engine loop (rank 0's main thread): the scheduler of
  *                   sched.h (continuous batching, chunked prefill, preemption
  *                   by recompute) fed from the inbox; cancel/disconnect,
- *                   streaming.
+ *                   streaming;
+ *   validate.c      a GenerateRequest checked and made an engine request
+ *                   (validate.h), without sockets or threads.
  * The two threads meet only in queue.h. */
 #ifndef GLMTP_SERVE_H
 #define GLMTP_SERVE_H
