@@ -9,6 +9,7 @@ pkgs=(build-essential cmake pkg-config git
       libprotobuf-c-dev protobuf-c-compiler  # the serve control channel (proto/)
       libpcre2-dev                        # tokenizer pre-tokenizer regex
       libcjson-dev                        # config.json and safetensors headers
+      libmicrohttpd-dev                   # serve --http: the OpenAI-compatible API (coordinator/http/)
       libopenblas-dev                     # bench: the plain-BLAS GEMM that prefill is compared with
       gnuplot-nox                         # deploy/scaling.sh plots
       clang libomp-dev                    # deploy/fuzz.sh: libFuzzer harnesses (clang's OpenMP is libomp)

@@ -25,6 +25,9 @@ typedef struct sreq {
     size_t sent_text;
     int *stop_ids;
     double t_first, t_progress; /* start of its first prefill chunk, last Progress sent (util_now) */
+    const srv_sink *sink;       /* NULL: a protobuf request of conn; else its output goes here */
+    void *sink_user;
+    double t_arrival, t_token;  /* intake, last token (util_now; for the metrics) */
 } sreq;
 
 typedef struct srv_loop {
@@ -32,7 +35,53 @@ typedef struct srv_loop {
     sched q;
     const req_context *ctx;
     int step_tokens, progress_ms;
+    srv_metrics m;
 } srv_loop;
+
+/* ---- metrics (srv_metrics, published with the stats) ---- */
+
+static void hist_init(srv_hist *h, const double *le, int n) {
+    memset(h, 0, sizeof *h);
+    h->n = n < SRV_HIST_MAX ? n : SRV_HIST_MAX;
+    memcpy(h->le, le, sizeof(double) * (size_t)h->n);
+}
+
+static void hist_add(srv_hist *h, double v) {
+    int b = 0;
+    while (b < h->n && v > h->le[b]) b++;
+    h->bucket[b]++, h->count++, h->sum += v;
+}
+
+/* vLLM's buckets for the same histograms. */
+static void metrics_init(srv_metrics *m) {
+    static const double ttft[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
+                                  1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0};
+    static const double itl[] = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
+                                 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0};
+    static const double e2e[] = {0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
+                                 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
+    memset(m, 0, sizeof *m);
+    hist_init(&m->ttft, ttft, (int)(sizeof ttft / sizeof ttft[0]));
+    hist_init(&m->itl, itl, (int)(sizeof itl / sizeof itl[0]));
+    hist_init(&m->e2e, e2e, (int)(sizeof e2e / sizeof e2e[0]));
+}
+
+/* r accepted a token now. */
+static void metrics_token(srv_loop *l, sreq *r) {
+    double now = util_now();
+    if (r->t_token == 0) hist_add(&l->m.ttft, now - r->t_arrival);
+    else hist_add(&l->m.itl, now - r->t_token);
+    r->t_token = now;
+}
+
+static void metrics_final(srv_loop *l, sreq *r, const char *reason) {
+    if (r->t_token == 0 && r->g.n_out > 0) metrics_token(l, r); /* its only token ended it */
+    hist_add(&l->m.e2e, util_now() - r->t_arrival);
+    if (strcmp(reason, "stop") == 0) l->m.finished_stop++;
+    else if (strcmp(reason, "length") == 0) l->m.finished_length++;
+    else l->m.finished_abort++;
+    l->m.prompt_tokens += r->g.n_prompt;
+}
 
 static void push_frame(srv_loop *l, int conn, const Glmtp__ServerMessage *m) { srv_push_out(l->s, srv_frame(conn, m)); }
 
@@ -62,6 +111,12 @@ static void send_delta(srv_loop *l, sreq *r, int final) {
     upto = upto > r->sent_text + hold ? upto - hold : r->sent_text;
     while (!final && upto > r->sent_text && ((unsigned char)r->g.text[upto] & 0xC0) == 0x80) upto--;
     if (r->conn_gone || (upto <= r->sent_text && r->g.n_out <= r->sent_ids)) return;
+    if (r->sink) {
+        r->sink->on_delta(r->sink_user, r->g.out + r->sent_ids, r->g.n_out - r->sent_ids,
+                          r->g.text ? r->g.text + r->sent_text : "", upto - r->sent_text);
+        r->sent_text = upto, r->sent_ids = r->g.n_out;
+        return;
+    }
     Glmtp__Delta d = GLMTP__DELTA__INIT;
     char save = 0, *t = r->g.text ? r->g.text + r->sent_text : "";
     if (r->g.text) save = r->g.text[upto], r->g.text[upto] = 0;
@@ -75,6 +130,13 @@ static void send_delta(srv_loop *l, sreq *r, int final) {
 }
 
 static void send_final(srv_loop *l, sreq *r, const char *reason) {
+    metrics_final(l, r, reason);
+    if (r->sink) { /* always told, gone or not: it holds a reference until then */
+        if (l->q.tok) gen_flush_text(&r->g);
+        if (r->stream) send_delta(l, r, 1);
+        r->sink->on_final(r->sink_user, &r->g, reason, r->s.n_cached, NULL);
+        return;
+    }
     if (r->conn_gone) return;
     if (l->q.tok) gen_flush_text(&r->g);
     if (r->stream) send_delta(l, r, 1);
@@ -143,6 +205,7 @@ static void intake(srv_loop *l, int conn, const Glmtp__GenerateRequest *pr) {
     r->g = g;
     r->g.rng = r->g.seed;
     r->conn = conn, r->stream = pr->has_stream && pr->stream;
+    r->t_arrival = util_now();
     if (pr->n_stop_ids) {
         r->stop_ids = malloc(sizeof(int) * pr->n_stop_ids);
         if (!r->stop_ids) abort();
@@ -152,11 +215,37 @@ static void intake(srv_loop *l, int conn, const Glmtp__GenerateRequest *pr) {
     sched_add(&l->q, &r->s);
 }
 
+/* Queues a ready request of another front (takes gen); a request that can
+ * never fit the KV pool ends at once with reason "error". */
+static void intake_gen(srv_loop *l, srv_gen *gen) {
+    if (!gen_fits(l->q.e, gen->g.n_prompt, gen->g.max_new)) {
+        char msg[400];
+        snprintf(msg, sizeof msg, "prompt of %d tokens plus max_tokens %d needs more KV blocks than the server has "
+                 "(%d of %d tokens; --kv-tokens)", gen->g.n_prompt, gen->g.max_new, l->q.e->blocks.n_blocks,
+                 l->q.e->blocks.block_size);
+        gen->sink->on_final(gen->user, &gen->g, "error", 0, msg);
+        srv_gen_free(gen);
+        return;
+    }
+    sreq *r = calloc(1, sizeof *r);
+    if (!r) abort();
+    r->g = gen->g, r->id = gen->id, r->stop_ids = gen->stop_ids;
+    r->g.rng = r->g.seed;
+    r->conn = -1, r->stream = gen->stream, r->sink = gen->sink, r->sink_user = gen->user;
+    r->t_arrival = util_now();
+    r->s = (sched_req){.g = &r->g, .name = r->id, .stop_ids = r->stop_ids, .n_stop_ids = gen->n_stop_ids};
+    free(gen);
+    sched_add(&l->q, &r->s);
+}
+
 static void on_items(srv_loop *l, srv_item *items) {
     for (srv_item *it = items, *nx; it; it = nx) {
         nx = it->next;
         if (it->kind == SRV_NEW) {
             intake(l, it->conn, it->req);
+        } else if (it->kind == SRV_GEN) {
+            intake_gen(l, it->gen);
+            it->gen = NULL;
         } else if (it->kind == SRV_CANCEL) {
             sreq *r = find_id(l, it->id);
             if (r) r->cancel = 1;
@@ -183,6 +272,7 @@ static void reap(srv_loop *l, int all, const char *reason) {
     for (int waiting = 0; waiting < 2; waiting++) { /* running, then waiting */
         for (int i = (waiting ? l->q.n_wait : l->q.n_run) - 1; i >= 0; i--) {
             sreq *r = (sreq *)(waiting ? l->q.wait : l->q.run)[i];
+            if (r->sink && !r->cancel && r->sink->is_gone(r->sink_user)) r->cancel = 1;
             if (!all && !r->cancel) continue;
             sched_remove(&l->q, &r->s);
             send_final(l, r, all ? reason : "cancelled");
@@ -203,6 +293,7 @@ static void publish(srv_loop *l) {
     s->stats.prompt_tokens = ps.prompt_tokens, s->stats.cached_tokens = ps.cached_tokens;
     s->stats.tokens_per_s = q->tps, s->stats.steps = q->steps, s->stats.preemptions = q->preemptions;
     s->stats.generated = q->generated, s->stats.n_ranks = q->e->comm->size;
+    s->metrics = l->m;
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -229,7 +320,7 @@ static void log_step(void *user, const sched_plan *p, double dt) {
  * prompt is in. step_start: when the step began (the first chunk's start). */
 static void send_progress(srv_loop *l, sreq *r, int chunk, double step_start) {
     int total = r->g.n_prompt, done = r->s.n_fed < total ? r->s.n_fed : total;
-    if (!r->stream || r->conn_gone || r->g.n_out > 0 || r->s.n_fed - chunk >= total) return;
+    if (!r->stream || r->sink || r->conn_gone || r->g.n_out > 0 || r->s.n_fed - chunk >= total) return;
     if (r->t_first == 0) r->t_first = step_start;
     if (total - r->s.n_cached <= l->step_tokens) return; /* one step: nothing to wait for */
     double now = util_now();
@@ -254,6 +345,7 @@ static void on_step(void *user, const sched_plan *p, double dt) {
 
 static void on_token(void *user, sched_req *s) {
     sreq *r = (sreq *)s;
+    metrics_token(user, r);
     if (r->stream) send_delta(user, r, 0);
 }
 
@@ -268,6 +360,7 @@ void srv_sched_run(server *s, engine *e, const tokenizer *tok, const req_context
     gen_options go = {0};
     sched_hooks h = {on_token, on_finish, on_step, &l};
     sched_init(&l.q, e, tok, &go, &h);
+    metrics_init(&l.m);
     publish(&l);
     for (;;) {
         pthread_mutex_lock(&s->mu);

@@ -18,7 +18,7 @@ static void push(server *s, srv_item **head, srv_item **tail, srv_item *it) {
 void srv_push_in(server *s, srv_item *it) {
     pthread_mutex_lock(&s->mu);
     push(s, &s->in_head, &s->in_tail, it);
-    if (it->kind == SRV_NEW) s->n_in++;
+    if (it->kind == SRV_NEW || it->kind == SRV_GEN) s->n_in++;
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
 }
@@ -46,6 +46,15 @@ void srv_item_free(srv_item *it) {
     if (it->env) glmtp__client_message__free_unpacked(it->env, NULL);
     free(it->id);
     free(it->buf);
+    srv_gen_free(it->gen);
     free(it);
+}
+
+void srv_gen_free(srv_gen *g) {
+    if (!g) return;
+    gen_request_free(&g->g);
+    free(g->id);
+    free(g->stop_ids);
+    free(g);
 }
 

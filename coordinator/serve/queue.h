@@ -10,12 +10,41 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "../engine/gen_request.h"
 #include "glmtp.pb-c.h"
 
-enum srv_kind { SRV_NEW, SRV_CANCEL, SRV_GONE, SRV_FRAME };
+enum srv_kind { SRV_NEW, SRV_CANCEL, SRV_GONE, SRV_FRAME, SRV_GEN };
 
-/* One queued item. NEW: req (owned) from conn; CANCEL: id from conn; GONE: conn
- * closed; FRAME (outbox): a packed, length-prefixed ServerMessage for conn. */
+/* Where the output of a request from another front (the HTTP server) goes.
+ * Every callback runs on the engine thread. */
+typedef struct srv_sink {
+    /* Streamed requests: the ids (n) and text (len bytes, maybe 0) produced
+     * since the last call (stop-string tails held back as for Delta). */
+    void (*on_delta)(void *user, const int *ids, int n, const char *text, size_t len);
+    /* Called exactly once per request: g holds the prompt and the whole output;
+     * reason "stop", "length", "cancelled", "shutdown", or "error" with error
+     * set (refused at intake). n_cached: prompt tokens from the prefix cache.
+     * After it the engine keeps no pointer to user. */
+    void (*on_final)(void *user, const gen_request *g, const char *reason, int n_cached, const char *error);
+    /* Non-zero once the client has gone: the request is cancelled (checked
+     * between steps). */
+    int (*is_gone)(void *user);
+} srv_sink;
+
+/* A ready request (SRV_GEN): validated and tokenized by its front. */
+typedef struct srv_gen {
+    gen_request g;      /* owned; the engine takes it over */
+    char *id;           /* unique name (step log, cancel), owned */
+    int *stop_ids;      /* extra stop token ids, owned, may be NULL */
+    int n_stop_ids;
+    int stream;         /* 1: on_delta after each token */
+    const srv_sink *sink;
+    void *user;
+} srv_gen;
+
+/* One queued item. NEW: req (owned) from conn; GEN: gen (owned) from another
+ * front; CANCEL: id from conn; GONE: conn closed; FRAME (outbox): a packed,
+ * length-prefixed ServerMessage for conn. */
 typedef struct srv_item {
     struct srv_item *next;
     enum srv_kind kind;
@@ -26,7 +55,27 @@ typedef struct srv_item {
     uint8_t *buf;
     size_t len;
     int close_after; /* FRAME: close the connection once written */
+    srv_gen *gen;
 } srv_item;
+
+/* A latency histogram (Prometheus buckets: counts are per bucket here,
+ * cumulated when printed; the last bucket is +Inf). */
+#define SRV_HIST_MAX 24
+typedef struct srv_hist {
+    int n;                      /* finite bounds */
+    double le[SRV_HIST_MAX];
+    long long bucket[SRV_HIST_MAX + 1];
+    long long count;
+    double sum;
+} srv_hist;
+
+/* Counters and histograms for /metrics, kept by the engine loop over every
+ * request of every front. */
+typedef struct srv_metrics {
+    long long finished_stop, finished_length, finished_abort; /* abort: cancelled, shutdown, error */
+    long long prompt_tokens;     /* prompt tokens of finished requests */
+    srv_hist ttft, itl, e2e;     /* seconds: arrival to first token, between tokens, arrival to end */
+} srv_metrics;
 
 typedef struct srv_stats {
     int queue_depth, running, kv_used, kv_free, n_ranks;
@@ -47,6 +96,7 @@ typedef struct server {
     int stopping;          /* SIGTERM seen: net stops accepting, sched fails what is left */
     int sched_done;        /* sched has queued its last frames */
     srv_stats stats;       /* published by sched after each step */
+    srv_metrics metrics;   /* the same */
     /* configuration (read-only once threads run) */
     int listen_fd, loopback;
     char *token;           /* auth token, NULL: none needed */
@@ -62,5 +112,7 @@ void srv_push_out(server *s, srv_item *it);
 /* Packs m into a FRAME item for conn. */
 srv_item *srv_frame(int conn, const Glmtp__ServerMessage *m);
 void srv_item_free(srv_item *it); /* accepts NULL */
+/* Frees a ready request the engine never took (its sink is not called); accepts NULL. */
+void srv_gen_free(srv_gen *g);
 
 #endif

@@ -19,6 +19,9 @@
 #include "../engine/kvstore.h"
 #include "../text/chat_template.h"
 #include "serve.h"
+#ifdef GLMTP_HAVE_HTTP
+#include "../http/http.h"
+#endif
 
 /* The handler's only way out: the write end of the server's signal pipe. */
 static int sig_fd = -1;
@@ -49,6 +52,8 @@ static int nonblocking_pipe(int p[2], char *err, size_t errlen) {
 typedef struct serve_cli {
     const char *dir, *listen, *token_file, *tok_path, *device, *comm_kind, *step_log;
     const char *snap_dir; /* --kv-snapshot-dir */
+    const char *http, *api_key_file, *model_name; /* the OpenAI HTTP front */
+    long max_request_bytes;
     int threads, block_size, step_tokens, kv_tokens, max_queue, keepalive, no_prefix_cache, max_model_len, progress_ms;
     double mem_util, auth_timeout;
     int kv_dtype; /* --kv-cache-dtype */
@@ -77,6 +82,10 @@ static const args_opt serve_opts[] = {
     {"--kv-snapshot-dir", "DIR", "KV snapshots of prefixes on disk: requests with keep_prefix save theirs there; at start-up and on a cache miss they are loaded instead of recomputed"},
     {"--max-model-len", "N", "longest request (prompt + new tokens; default: the model's seq_length); must fit the KV pool, else an error at start-up (by default: a warning, and the pool's tokens)"},
     {"--progress-ms", "MS", "Progress messages of a streamed prompt longer than --step-tokens at most this often (default 500; 0: every chunk)"},
+    {"--http", "HOST:PORT", "also serve the OpenAI-compatible HTTP API there (e.g. 127.0.0.1:8000); beyond loopback needs --api-key-file"},
+    {"--api-key-file", "F", "HTTP clients must send 'Authorization: Bearer KEY' with the key in this file (on /v1/*, /tokenize, /detokenize)"},
+    {"--served-model-name", "NAME", "the model's name in the HTTP API (default: the model directory's name)"},
+    {"--max-request-bytes", "N", "largest HTTP request body (default 32 MiB; beyond: 413)"},
     {NULL, NULL, NULL},
 };
 
@@ -121,6 +130,10 @@ static int parse_cli(comm *c, serve_cli *o, int argc, char **argv) {
     o->snap_dir = args_str(&a, "--kv-snapshot-dir", NULL);
     o->max_model_len = (int)args_int(&a, "--max-model-len", 0, 1, 1 << 30);
     o->progress_ms = (int)args_int(&a, "--progress-ms", 500, 0, 3600000);
+    o->http = args_str(&a, "--http", NULL);
+    o->api_key_file = args_str(&a, "--api-key-file", NULL);
+    o->model_name = args_str(&a, "--served-model-name", NULL);
+    o->max_request_bytes = args_int(&a, "--max-request-bytes", 32L << 20, 64, 1L << 31);
     int rc = 0;
     if (!a.failed && !o->dir) snprintf(a.err, sizeof a.err, "--model DIR is required"), a.failed = 1;
     if (args_finish(&a)) {
@@ -131,22 +144,57 @@ static int parse_cli(comm *c, serve_cli *o, int argc, char **argv) {
     return rc;
 }
 
-/* The token from the file, trailing whitespace dropped. NULL and err on failure. */
-static char *read_token(const char *path, char *err, size_t errlen) {
+/* The token from the file of option opt, trailing whitespace dropped. NULL and err on failure. */
+static char *read_token(const char *opt, const char *path, char *err, size_t errlen) {
     size_t len;
     char e2[512];
     char *t = util_read_file(path, &len, e2, sizeof e2);
     if (!t) {
-        snprintf(err, errlen, "serve: --auth-token-file: %s", e2);
+        snprintf(err, errlen, "serve: %s: %s", opt, e2);
         return NULL;
     }
     while (len && (t[len - 1] == '\n' || t[len - 1] == '\r' || t[len - 1] == ' ')) t[--len] = 0;
     if (len == 0 || strlen(t) != len) {
-        snprintf(err, errlen, "serve: --auth-token-file %s: empty, or holds a NUL byte", path);
+        snprintf(err, errlen, "serve: %s %s: empty, or holds a NUL byte", opt, path);
         free(t);
         return NULL;
     }
     return t;
+}
+
+/* Checks the HTTP options before the model loads: the build has them, the
+ * address and key agree; fills name (--served-model-name or the directory's). */
+static int http_check(const serve_cli *o, const char *api_key, char *name, size_t cap, char *err, size_t errlen) {
+    const char *d = o->dir;
+    size_t n = strlen(d);
+    while (n > 1 && d[n - 1] == '/') n--;
+    const char *base = d + n;
+    while (base > d && base[-1] != '/') base--;
+    snprintf(name, cap, "%.*s", (int)(d + n - base), base);
+    if (o->model_name) snprintf(name, cap, "%s", o->model_name);
+    if (!o->http) return 0;
+    if (strpbrk(name, "\"\\\n") || !name[0]) {
+        snprintf(err, errlen, "serve: --served-model-name '%s': must be non-empty, without quotes, backslashes or "
+                 "newlines", name);
+        return -1;
+    }
+#ifdef GLMTP_HAVE_HTTP
+    int lo = http_addr_is_loopback(o->http);
+    if (lo < 0) {
+        snprintf(err, errlen, "serve: --http %s: expected HOST:PORT (e.g. 127.0.0.1:8000)", o->http);
+        return -1;
+    }
+    if (!lo && !api_key) {
+        snprintf(err, errlen, "serve: --http %s is not a loopback address: give --api-key-file FILE", o->http);
+        return -1;
+    }
+    return 0;
+#else
+    (void)api_key;
+    snprintf(err, errlen, "serve: --http: this glmtp was built without libmicrohttpd (apt-get install "
+             "libmicrohttpd-dev, then cmake again)");
+    return -1;
+#endif
 }
 
 int cmd_serve(comm *c, int argc, char **argv) {
@@ -157,7 +205,7 @@ int cmd_serve(comm *c, int argc, char **argv) {
     memset(&s, 0, sizeof s);
     s.listen_fd = -1, s.wake[0] = s.wake[1] = s.sig[0] = s.sig[1] = -1;
     tokenizer *tok = NULL;
-    char *preamble = NULL, err[2048] = "";
+    char *preamble = NULL, *api_key = NULL, err[2048] = "", model_name[256] = "";
     glm_config cfg;
     int failed = 0;
     if (c->rank == 0) {
@@ -166,7 +214,10 @@ int cmd_serve(comm *c, int argc, char **argv) {
         const char *tp = o.tok_path ? o.tok_path : path;
         if (config_load(&cfg, o.dir, err, sizeof err)) failed = 1;
         else if ((o.tok_path || access(tp, F_OK) == 0) && tok_load(&tok, tp, err, sizeof err)) failed = 1;
-        else if (o.token_file && !(s.token = read_token(o.token_file, err, sizeof err))) failed = 1;
+        else if (o.token_file && !(s.token = read_token("--auth-token-file", o.token_file, err, sizeof err))) failed = 1;
+        else if (o.api_key_file && !(api_key = read_token("--api-key-file", o.api_key_file, err, sizeof err)))
+            failed = 1;
+        else if (http_check(&o, api_key, model_name, sizeof model_name, err, sizeof err)) failed = 1;
         else if ((s.listen_fd = wire_listen(o.listen, &s.loopback, err, sizeof err)) < 0) failed = 1;
         else if (!s.loopback && !s.token) {
             snprintf(err, sizeof err, "serve: --listen %s is not a loopback address: give --auth-token-file FILE", o.listen);
@@ -217,10 +268,25 @@ int cmd_serve(comm *c, int argc, char **argv) {
         engine_finish(&e);
         goto done;
     }
+#ifdef GLMTP_HAVE_HTTP
+    http_server *hs = NULL;
+    if (o.http) {
+        http_options ho = {o.http, api_key, model_name, (size_t)o.max_request_bytes, max_len};
+        if (!(hs = http_start(&s, &ctx, &ho, err, sizeof err))) {
+            engine_error(c, "%s", err);
+            engine_finish(&e);
+            goto done;
+        }
+        fprintf(stderr, "glmtp: serve: OpenAI API on http://%s/v1 (model '%s')\n", o.http, model_name);
+    }
+#endif
     pthread_t th;
     int pe = pthread_create(&th, NULL, srv_net_main, &s);
     if (pe) {
         engine_error(c, "serve: pthread_create of the network thread: %s", strerror(pe));
+#ifdef GLMTP_HAVE_HTTP
+        http_stop(hs);
+#endif
         engine_finish(&e);
         goto done;
     }
@@ -230,6 +296,9 @@ int cmd_serve(comm *c, int argc, char **argv) {
     srv_sched_options so = {o.step_tokens, o.keepalive, o.progress_ms};
     srv_sched_run(&s, &e, tok, &ctx, &so);
     pthread_join(th, NULL);
+#ifdef GLMTP_HAVE_HTTP
+    http_stop(hs);
+#endif
     engine_finish(&e);
     fprintf(stderr, "glmtp: serve: stopped\n");
     rc = 0;
@@ -238,6 +307,7 @@ done:
     if (s.listen_fd >= 0) close(s.listen_fd);
     if (s.step_log) fclose(s.step_log);
     free(s.token);
+    free(api_key);
     free(preamble);
     tok_free(tok);
     kvstore_close(e.snap);
