@@ -11,13 +11,15 @@
 static void progress(int done, int n, double t0, const sched *q, int final) {
     double dt = util_now() - t0;
     double tps = dt > 0 ? q->generated / dt : 0.0;
+    char of[24] = "";
+    if (n > 0) snprintf(of, sizeof of, "/%d", n);
     if (isatty(2)) {
-        int w = 30, fill = n ? done * w / n : w;
-        fprintf(stderr, "\r[%.*s%*s] %d/%d requests, %ld tokens, %.1f tokens/s%s", fill,
-                "##############################", w - fill, "", done, n, q->generated, tps, final ? "\n" : "");
+        int w = 30, fill = n > 0 ? (done < n ? done : n) * w / n : w;
+        fprintf(stderr, "\r[%.*s%*s] %d%s requests, %ld tokens, %.1f tokens/s%s", fill,
+                "##############################", w - fill, "", done, of, q->generated, tps, final ? "\n" : "");
     } else {
-        fprintf(stderr, "glmtp: generate: %d/%d requests done, %ld tokens generated, %.1f tokens/s, %.1f s\n", done,
-                n, q->generated, tps, dt);
+        fprintf(stderr, "glmtp: generate: %d%s requests done, %ld tokens generated, %.1f tokens/s, %.1f s\n", done,
+                of, q->generated, tps, dt);
     }
     if (final && pcache_enabled(q->e->pc)) {
         pcache_stats ps;
@@ -32,44 +34,127 @@ static void progress(int done, int n, double t0, const sched *q, int final) {
                 "later; a larger --kv-tokens avoids them)\n", q->preemptions);
 }
 
-/* gen_run's hooks' state. */
-typedef struct batch_state {
-    int done, budget, tty;
-    const char *const *names;
-    const gen_request *reqs; /* to name a request by its index */
-    double *t_first, *t_print; /* per request: its first prefill chunk's start, its last progress line */
-} batch_state;
+/* One request in flight: the scheduler's view first (sched_req * casts to
+ * it), then its progress-line state. */
+typedef struct stream_slot {
+    sched_req sr;
+    const char *name; /* the feed's, or NULL */
+    int index;        /* 1-based order of arrival, to name it without a name */
+    double t_first, t_print; /* its first prefill chunk's start, its last progress line */
+} stream_slot;
 
-static void count_finished(void *user, sched_req *r) {
-    (void)r;
-    ((batch_state *)user)->done++;
+/* gen_stream's state, shared by its hooks. */
+typedef struct stream_state {
+    const gen_feed *f;
+    const tokenizer *tok;
+    int done, arrived, held, peak, budget, tty;
+} stream_state;
+
+/* on_finish: flushes the text, hands the request back, frees the slot. */
+static void slot_finished(void *user, sched_req *r) {
+    stream_state *s = user;
+    stream_slot *sl = (stream_slot *)r;
+    if (s->tok) gen_flush_text(sl->sr.g);
+    s->done++;
+    s->held--;
+    s->f->done(s->f->user, sl->sr.g);
+    free(sl);
 }
 
 /* Per-request prefill progress of long prompts (see gen_batch.h). */
 static void prefill_progress(void *user, const sched_plan *p, double dt) {
-    batch_state *b = user;
+    stream_state *s = user;
     double now = util_now();
     for (int i = 0; i < p->n; i++) {
-        const sched_req *r = p->req[i];
-        const gen_request *g = r->g;
-        int k = (int)(g - b->reqs), total = g->n_prompt;
-        if (g->n_out > 0 || r->n_fed - p->chunk[i] >= total) continue; /* not feeding its prompt */
-        if (b->t_first[k] == 0) b->t_first[k] = now - dt;
-        if (total - r->n_cached <= GEN_PROGRESS_STEPS * b->budget) continue;
+        stream_slot *sl = (stream_slot *)p->req[i];
+        const sched_req *r = &sl->sr;
+        int total = r->g->n_prompt;
+        if (r->g->n_out > 0 || r->n_fed - p->chunk[i] >= total) continue; /* not feeding its prompt */
+        if (sl->t_first == 0) sl->t_first = now - dt;
+        if (total - r->n_cached <= GEN_PROGRESS_STEPS * s->budget) continue;
         int done = r->n_fed < total ? r->n_fed : total, in = done >= total;
-        if (!in && now - b->t_print[k] < (b->tty ? 0.2 : 5.0)) continue;
-        b->t_print[k] = now;
-        double el = now - b->t_first[k], tps = el > 0 ? (done - r->n_cached) / el : 0.0;
+        if (!in && now - sl->t_print < (s->tty ? 0.2 : 5.0)) continue;
+        sl->t_print = now;
+        double el = now - sl->t_first, tps = el > 0 ? (done - r->n_cached) / el : 0.0;
         char name[32];
-        if (!(b->names && b->names[k])) snprintf(name, sizeof name, "request %d", k + 1);
-        const char *nm = b->names && b->names[k] ? b->names[k] : name;
+        if (!sl->name) snprintf(name, sizeof name, "request %d", sl->index);
+        const char *nm = sl->name ? sl->name : name;
         if (in)
             fprintf(stderr, "%sglmtp: generate: %s: prompt of %d tokens in (%d cached) after %.1f s, %.0f tokens/s\n",
-                    b->tty ? "\r\033[K" : "", nm, total, r->n_cached, el, tps);
+                    s->tty ? "\r\033[K" : "", nm, total, r->n_cached, el, tps);
         else
             fprintf(stderr, "%sglmtp: generate: %s: prefill %d/%d tokens (%d cached), %.0f tokens/s, %.1f s%s",
-                    b->tty ? "\r\033[K" : "", nm, done, total, r->n_cached, tps, el, b->tty ? "" : "\n");
+                    s->tty ? "\r\033[K" : "", nm, done, total, r->n_cached, tps, el, s->tty ? "" : "\n");
     }
+}
+
+/* Takes every request the feed gives now into q (finished ones straight
+ * back). Returns how many it took. */
+static int take_new(stream_state *s, sched *q) {
+    int took = 0;
+    for (;;) {
+        const char *name = NULL;
+        gen_request *g = s->f->next(s->f->user, &name);
+        if (!g) return took;
+        took++;
+        s->arrived++;
+        if (g->finish) { /* refused before it ran */
+            s->done++;
+            s->f->done(s->f->user, g);
+            continue;
+        }
+        stream_slot *sl = calloc(1, sizeof *sl);
+        if (!sl) abort();
+        g->rng = g->seed; /* the request's own stream: its tokens do not depend on its neighbours */
+        sl->sr.g = g;
+        sl->name = name;
+        sl->index = s->arrived;
+        sched_add(q, &sl->sr);
+        if (++s->held > s->peak) s->peak = s->held;
+    }
+}
+
+int gen_stream(engine *e, const tokenizer *tok, const gen_options *o, const gen_feed *f) {
+    int budget = o->step_tokens > 0 ? o->step_tokens : 512;
+    stream_state s = {.f = f, .tok = tok, .budget = budget, .tty = isatty(2)};
+    sched q;
+    sched_hooks h = {.on_finish = slot_finished, .on_step = o->progress ? prefill_progress : NULL, .user = &s};
+    sched_init(&q, e, tok, o, &h);
+    double t0 = util_now(), last_print = t0;
+    for (;;) {
+        int took = take_new(&s, &q);
+        if (!sched_step(&q, budget) && !took) break;
+        if (o->progress && util_now() - last_print > (s.tty ? 0.2 : 5.0)) {
+            progress(s.done, f->total, t0, &q, 0);
+            last_print = util_now();
+        }
+    }
+    if (s.held) { /* gen_fits admits every request alone, so an idle scheduler holds none */
+        fprintf(stderr, "glmtp: generate: internal error: %d requests could not be scheduled\n", s.held);
+        abort();
+    }
+    if (o->progress) progress(s.done, f->total, t0, &q, 1);
+    sched_free(&q);
+    return s.peak;
+}
+
+/* gen_run_named's feed: the array in order. */
+typedef struct array_feed {
+    gen_request *reqs;
+    const char *const *names;
+    int n, next;
+} array_feed;
+
+static gen_request *array_next(void *user, const char **name) {
+    array_feed *a = user;
+    if (a->next == a->n) return NULL;
+    if (a->names) *name = a->names[a->next];
+    return &a->reqs[a->next++];
+}
+
+static void array_done(void *user, gen_request *r) {
+    (void)user;
+    (void)r;
 }
 
 void gen_run(engine *e, const tokenizer *tok, gen_request *reqs, int n, const gen_options *o) {
@@ -78,30 +163,7 @@ void gen_run(engine *e, const tokenizer *tok, gen_request *reqs, int n, const ge
 
 void gen_run_named(engine *e, const tokenizer *tok, gen_request *reqs, int n, const gen_options *o,
                    const char *const *names) {
-    int budget = o->step_tokens > 0 ? o->step_tokens : 512;
-    batch_state b = {0, budget, isatty(2), names, reqs, calloc((size_t)n + 1, sizeof(double)),
-                     calloc((size_t)n + 1, sizeof(double))};
-    sched q;
-    sched_hooks h = {.on_finish = count_finished, .on_step = o->progress ? prefill_progress : NULL, .user = &b};
-    sched_init(&q, e, tok, o, &h);
-    sched_req *sr = calloc((size_t)(n > 0 ? n : 1), sizeof *sr);
-    if (!sr || !b.t_first || !b.t_print) abort();
-    for (int i = 0; i < n; i++) {
-        reqs[i].rng = reqs[i].seed;
-        sr[i].g = &reqs[i];
-        sched_add(&q, &sr[i]);
-    }
-    double t0 = util_now(), last_print = t0;
-    while (sched_step(&q, budget))
-        if (o->progress && util_now() - last_print > (b.tty ? 0.2 : 5.0)) {
-            progress(b.done, n, t0, &q, 0);
-            last_print = util_now();
-        }
-    if (tok)
-        for (int i = 0; i < n; i++) gen_flush_text(&reqs[i]);
-    if (o->progress) progress(b.done, n, t0, &q, 1);
-    sched_free(&q);
-    free(sr);
-    free(b.t_first);
-    free(b.t_print);
+    array_feed a = {reqs, names, n, 0};
+    gen_feed f = {array_next, array_done, &a, n};
+    gen_stream(e, tok, o, &f);
 }
