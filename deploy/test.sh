@@ -6,6 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/install-deps.sh
+# The HTTP API's test (ctest serve_http) talks to the server with the real clients.
+python3 -m pip install --quiet --disable-pip-version-check openai prometheus_client 2>/dev/null ||
+  python3 -m pip install --quiet --disable-pip-version-check --break-system-packages openai prometheus_client ||
+  echo "test.sh: pip install openai prometheus_client failed: ctest serve_http will skip"
 jobs=$(nproc)
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release

@@ -266,6 +266,14 @@ http_server *http_start(server *s, const req_context *ctx, const http_options *o
     if (!h || pthread_mutex_init(&h->oc.mu, NULL)) abort();
     h->oc.s = s, h->oc.ctx = ctx, h->oc.max_model_len = o->max_model_len, h->max_body = o->max_request_bytes;
     if (!(h->oc.model_name = strdup(o->model_name)) || (o->api_key && !(h->api_key = strdup(o->api_key)))) abort();
+    /* Tests only: the server's mapping of model output (tool calls) needs text
+     * that a random-weight model does not write; the engine still runs. */
+    const char *canned = getenv("GLMTP_HTTP_DEBUG_OUTPUT");
+    if (canned && canned[0]) {
+        if (!(h->oc.canned = strdup(canned))) abort();
+        fprintf(stderr, "glmtp: serve: GLMTP_HTTP_DEBUG_OUTPUT is set: every HTTP request answers its text (tests "
+                "only)\n");
+    }
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG |
                      MHD_USE_POLL;
     if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
@@ -287,6 +295,7 @@ void http_stop(http_server *h) {
     if (h->d) MHD_stop_daemon(h->d);
     pthread_mutex_destroy(&h->oc.mu);
     free(h->oc.model_name);
+    free(h->oc.canned);
     free(h->api_key);
     free(h);
 }

@@ -7,6 +7,11 @@
  * "data: [DONE]\n\n") for a stream. The HTTP thread waits on the call's
  * condition variable; every 100 ms it also looks whether the client hung up,
  * which marks the call gone, and the engine loop then cancels its requests
+ * Tool calls stream in OpenAI's chunks (index, id, type, name, then the
+ * arguments), but held until the output ends (toolcall_stream hold_calls 1):
+ * the model stops right after the object, so nothing is delayed in practice,
+ * and a stream always equals the whole response, malformed JSON (plain
+ * content) included
  * (their KV blocks freed). The call is freed by whoever drops the last
  * reference: the HTTP side holds one, each choice in the engine one. */
 #define _GNU_SOURCE
@@ -77,6 +82,7 @@ typedef struct oai_choice {
     int role_sent;
     toolcall_stream *ts; /* chat streams with tools */
     int is_call;         /* the stream turned out a call */
+    size_t canned_pos;   /* bytes of oai_call.canned streamed */
 } oai_choice;
 
 typedef struct oai_call {
@@ -97,6 +103,7 @@ typedef struct oai_call {
     int sse_end;
     server *s;
     const tokenizer *tok;
+    const char *canned; /* tests only (GLMTP_HTTP_DEBUG_OUTPUT): the text every choice answers */
 } oai_call;
 
 static void call_unref_locked(oai_call *c) { /* unlocks; frees on the last reference */
@@ -209,11 +216,21 @@ static void on_toolcall_delta(void *user, toolcall_delta_kind kind, const char *
     chat_chunk(c, ch, d, NULL);
 }
 
+/* Tests: the canned text in place of the model's, 7 bytes per token (all the
+ * rest at the end), so that a stream splits it as tokens would. */
+static void canned_piece(oai_choice *ch, int final, const char **text, size_t *len) {
+    size_t n = strlen(ch->call->canned) - ch->canned_pos;
+    *text = ch->call->canned + ch->canned_pos;
+    *len = final || n < 7 ? n : 7;
+    ch->canned_pos += *len;
+}
+
 static void sink_delta(void *user, const int *ids, int n, const char *text, size_t len) {
     oai_choice *ch = user;
     oai_call *c = ch->call;
     (void)ids, (void)n;
     pthread_mutex_lock(&c->mu);
+    if (c->canned) canned_piece(ch, 0, &text, &len);
     if (!c->gone && len > 0) {
         if (ch->ts) toolcall_stream_feed(ch->ts, text, len);
         else if (c->chat) {
@@ -286,7 +303,15 @@ static void sink_final(void *user, const gen_request *g, const char *reason, int
     oai_choice *ch = user;
     oai_call *c = ch->call;
     pthread_mutex_lock(&c->mu);
-    ch->text = strdup(g->text ? g->text : "");
+    if (c->canned && c->stream && !c->gone && !error) {
+        const char *t;
+        size_t len;
+        canned_piece(ch, 1, &t, &len);
+        pthread_mutex_unlock(&c->mu);
+        if (len) sink_delta(user, NULL, 0, t, len);
+        pthread_mutex_lock(&c->mu);
+    }
+    ch->text = strdup(c->canned ? c->canned : g->text ? g->text : "");
     ch->ids = malloc(sizeof(int) * (size_t)(g->n_out + 1));
     if (!ch->text || !ch->ids) abort();
     memcpy(ch->ids, g->out, sizeof(int) * (size_t)g->n_out);
@@ -721,8 +746,8 @@ static int chat_prompt(const oai_ctx *h, const cJSON *b, oai_call *c, oai_prompt
     int rc = chat_encode(h->ctx->tok, tp.msgs, tp.n_msgs, NULL, h->ctx->preamble, 1, &pr->ids, &pr->n, err,
                          sizeof err);
     if (rc) oai_error(r, 400, "invalid_request_error", "messages", NULL, "%s", err);
-    if (!rc && tp.n_names) {
-        if (!(c->names = calloc((size_t)tp.n_names, sizeof(char *)))) abort();
+    if (!rc) { /* names stays non-NULL: no tools rendered means nothing parses as a call */
+        if (!(c->names = calloc((size_t)tp.n_names + 1, sizeof(char *)))) abort();
         for (int i = 0; i < tp.n_names; i++)
             if (!(c->names[i] = strdup(tp.names[i]))) abort();
         c->n_names = tp.n_names;
@@ -738,7 +763,7 @@ void oai_generate(oai_ctx *h, int chat, const cJSON *b, int fd, oai_reply *r) {
     int n_pr = 0;
     oai_call *c = calloc(1, sizeof *c);
     if (!c || pthread_mutex_init(&c->mu, NULL) || pthread_cond_init(&c->cv, NULL)) abort();
-    c->refs = 1, c->chat = chat, c->model = h->model_name, c->s = h->s, c->tok = h->ctx->tok;
+    c->refs = 1, c->chat = chat, c->model = h->model_name, c->s = h->s, c->tok = h->ctx->tok, c->canned = h->canned;
     c->created = (long)time(NULL);
     pthread_mutex_lock(&h->mu);
     unsigned long long serial = ++h->serial;
@@ -783,8 +808,8 @@ void oai_generate(oai_ctx *h, int chat, const cJSON *b, int fd, oai_reply *r) {
     for (int i = 0; i < n; i++) {
         oai_choice *ch = &c->ch[i];
         ch->call = c, ch->index = i, ch->prompt_index = i / p.n;
-        if (chat && p.stream && c->names)
-            ch->ts = toolcall_stream_new((const char *const *)c->names, c->n_names, 0, on_toolcall_delta, ch);
+        if (chat && p.stream && c->n_names)
+            ch->ts = toolcall_stream_new((const char *const *)c->names, c->n_names, 1, on_toolcall_delta, ch);
     }
     c->n_choices = n, c->refs += n;
     for (int i = 0; i < n; i++) {

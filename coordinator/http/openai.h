@@ -15,6 +15,7 @@ typedef struct oai_ctx {
     const req_context *ctx;
     char *model_name;
     int max_model_len;
+    char *canned; /* NULL, or (tests only) the text every request answers: GLMTP_HTTP_DEBUG_OUTPUT */
     pthread_mutex_t mu; /* serial */
     unsigned long long serial;
 } oai_ctx;
