@@ -205,8 +205,9 @@ static void json_value(sbuf *b, const cJSON *v, int level) {
         json_string(b, v->valuestring);
     } else if (cJSON_IsNumber(v)) {
         double d = v->valuedouble;
-        /* Integral values as Python ints (cJSON keeps no int/float distinction). */
-        if (d == (double)(long long)d && d > -9e15 && d < 9e15)
+        /* Integral values as Python ints (cJSON keeps no int/float distinction).
+         * The range first: converting 1e300 to long long is undefined. */
+        if (d > -9e15 && d < 9e15 && d == (double)(long long)d)
             snprintf(num, sizeof num, "%lld", (long long)d);
         else
             python_float_repr(num, sizeof num, d);
