@@ -1,4 +1,5 @@
 /* A request being generated (see gen_request.h). */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,7 +24,64 @@ void gen_request_free(gen_request *r) {
     free(r->stop);
     free(r->out);
     free(r->text);
+    free(r->lp), free(r->top_lp), free(r->top_id);
+    free(r->plp), free(r->ptop_lp), free(r->ptop_id);
     memset(r, 0, sizeof *r);
+}
+
+static void *grow(void *p, size_t n) {
+    void *q = realloc(p, n ? n : 1);
+    if (!q) abort();
+    return q;
+}
+
+/* lse of row[0..V) in double (max, then the sum of exp: as score's log_softmax),
+ * then *lp of id and the top n ids of [0, n_real) by selection into a sorted
+ * list (n <= GEN_MAX_TOP). */
+static void row_logprobs(const float *row, int V, int n_real, int id, int n, double *lp, int *top_id,
+                         double *top_lp) {
+    double mx = row[0], s = 0.0;
+    for (int i = 1; i < V; i++)
+        if (row[i] > mx) mx = row[i];
+    for (int i = 0; i < V; i++) s += exp((double)row[i] - mx);
+    double lse = mx + log(s);
+    *lp = (double)row[id] - lse;
+    int k = 0;
+    for (int i = 0; i < n_real && n > 0; i++) {
+        double v = (double)row[i] - lse;
+        if (v != v) continue;
+        if (k == n && !(v > top_lp[n - 1])) continue; /* ties keep the lower id */
+        int j = k < n ? k++ : n - 1;
+        while (j > 0 && v > top_lp[j - 1]) top_lp[j] = top_lp[j - 1], top_id[j] = top_id[j - 1], j--;
+        top_lp[j] = v, top_id[j] = i;
+    }
+    for (; k < n; k++) top_lp[k] = -INFINITY, top_id[k] = -1;
+}
+
+void gen_store_logprobs(gen_request *r, int prompt, int pos, const float *row, int V, int n_real) {
+    int n = r->top_n;
+    if (prompt) {
+        if (!r->plp) {
+            r->plp = grow(NULL, sizeof(double) * (size_t)r->n_prompt);
+            r->ptop_lp = grow(NULL, sizeof(double) * (size_t)r->n_prompt * (size_t)n);
+            r->ptop_id = grow(NULL, sizeof(int) * (size_t)r->n_prompt * (size_t)n);
+            r->plp[0] = NAN;
+            for (int k = 0; k < n; k++) r->ptop_lp[k] = NAN, r->ptop_id[k] = -1;
+            r->n_plp = 1;
+        }
+        row_logprobs(row, V, n_real, r->prompt[pos], n, &r->plp[pos], r->ptop_id + (size_t)pos * n,
+                     r->ptop_lp + (size_t)pos * n);
+        if (pos + 1 > r->n_plp) r->n_plp = pos + 1;
+        return;
+    }
+    if (pos >= r->cap_lp) {
+        r->cap_lp = r->cap_out > pos ? r->cap_out : 2 * pos + 64;
+        r->lp = grow(r->lp, sizeof(double) * (size_t)r->cap_lp);
+        r->top_lp = grow(r->top_lp, sizeof(double) * (size_t)r->cap_lp * (size_t)n);
+        r->top_id = grow(r->top_id, sizeof(int) * (size_t)r->cap_lp * (size_t)n);
+    }
+    row_logprobs(row, V, n_real, r->out[pos], n, &r->lp[pos], r->top_id + (size_t)pos * n,
+                 r->top_lp + (size_t)pos * n);
 }
 
 static void text_append(gen_request *r, const char *s, size_t n) {

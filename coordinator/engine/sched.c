@@ -53,6 +53,23 @@ static int token_at(const sched_req *r, int p) {
     return p < r->g->n_prompt ? r->g->prompt[p] : r->g->out[p - r->g->n_prompt];
 }
 
+/* Whether r still needs logit rows for prompt positions (echo logprobs). */
+static int wants_prompt_rows(const sched_req *r) {
+    const gen_request *g = r->g;
+    return g->want_logprobs && g->want_prompt_logprobs && (g->n_plp == 0 || g->n_plp < g->n_prompt);
+}
+
+/* The prompt rows of r's chunk c: positions [*first, *first + count) predict
+ * prompt[position + 1], positions not done yet. */
+static int prompt_rows(const sched_req *r, int c, int *first) {
+    if (!wants_prompt_rows(r)) return 0;
+    int lo = r->g->n_plp > 1 ? r->g->n_plp - 1 : 0, hi = r->g->n_prompt - 1; /* rows at [lo, hi) */
+    if (lo < r->n_fed) lo = r->n_fed;
+    if (hi > r->n_fed + c) hi = r->n_fed + c;
+    *first = lo;
+    return hi > lo ? hi - lo : 0;
+}
+
 /* ---- the prefix cache ---- */
 
 /* The key of r's block b (tokens into q->blk), chained on r->chain. */
@@ -68,6 +85,7 @@ static int match_prefix(sched *q, sched_req *r) {
     pcache *pc = q->e->pc;
     int bs = q->e->blocks.block_size, max = (known(r) - 1) / bs;
     r->n_hashed = 0, r->chain = PCACHE_ROOT;
+    if (wants_prompt_rows(r)) return r->n_fed = 0; /* every prompt position's logits: feed it all */
     if (q->e->snap) { /* a snapshot on disk may hold more of the prompt than the cache */
         int in_prompt = r->g->n_prompt / bs;
         kvstore_fill(q->e->snap, r->g->prompt, in_prompt < max ? in_prompt : max, r->g->content_hash);
@@ -177,21 +195,29 @@ static void make_plan(sched *q, sched_plan *p, int budget) {
     }
 }
 
-/* The planned step as a glm_step; rows[l] is the request of logit row l. */
-static void fill_step(sched *q, const sched_plan *p, glm_step *st, sched_req **rows, int n_logits) {
+/* The planned step as a glm_step; rows[l] is the request of sampled row l,
+ * at logit row srow[l]. With full (whole logit rows on rank 0) the prompt
+ * rows of requests that want them come too: prow[k] is the request of the
+ * k-th, ppos[k] the prompt position it predicts, prl[k] its logit row. */
+static void fill_step(sched *q, const sched_plan *p, glm_step *st, sched_req **rows, int *srow, int n_logits,
+                      int full, sched_req **prow, int *ppos, int *prl) {
     int max_blocks = 1;
     for (int i = 0; i < p->n; i++)
         if (p->req[i]->g->kv.n_blocks > max_blocks) max_blocks = p->req[i]->g->kv.n_blocks;
     step_alloc(st, p->tokens, p->n, max_blocks, n_logits, q->e->blocks.block_size);
-    int t = 0, l = 0;
+    int t = 0, l = 0, s = 0, k = 0;
     for (int i = 0; i < p->n; i++) {
         sched_req *r = p->req[i];
-        for (int k = 0; k < p->chunk[i]; k++, t++) {
-            st->ids[t] = token_at(r, r->n_fed + k);
-            st->pos[t] = r->n_fed + k;
+        int first = 0, np = full ? prompt_rows(r, p->chunk[i], &first) : 0;
+        for (int c = 0; c < p->chunk[i]; c++, t++) {
+            int pos = r->n_fed + c;
+            st->ids[t] = token_at(r, pos);
+            st->pos[t] = pos;
             st->seq[t] = i;
+            if (pos >= first && pos < first + np) /* a prompt row */
+                prow[k] = r, ppos[k] = pos + 1, prl[k++] = l, st->logit_rows[l++] = t;
         }
-        if (r->n_fed + p->chunk[i] == known(r)) rows[l] = r, st->logit_rows[l++] = t - 1;
+        if (r->n_fed + p->chunk[i] == known(r)) rows[s] = r, srow[s++] = l, st->logit_rows[l++] = t - 1;
         step_set_table(st, i, &r->g->kv);
     }
     step_fill_slots(st);
@@ -207,21 +233,46 @@ int sched_step(sched *q, int budget) {
         free(p.chunk);
         return 0;
     }
-    int n_logits = 0;
-    for (int i = 0; i < p.n; i++) n_logits += p.req[i]->n_fed + p.chunk[i] == known(p.req[i]);
+    /* Sampled rows; with logprobs asked by one of them (or prompt rows wanted),
+     * the whole step takes the logits head and samples on rank 0 by the same
+     * rule (sampling_sample_host equals the devices' path): same tokens. */
+    int n_logits = 0, n_prompt_rows = 0, full = 0, first;
+    for (int i = 0; i < p.n; i++) {
+        sched_req *r = p.req[i];
+        int last = r->n_fed + p.chunk[i] == known(r);
+        n_logits += last;
+        full |= last && r->g->want_logprobs;
+        n_prompt_rows += prompt_rows(r, p.chunk[i], &first);
+    }
+    full |= n_prompt_rows > 0;
+    int n_rows = n_logits + (full ? n_prompt_rows : 0);
     sched_req **rows = malloc(sizeof(sched_req *) * (size_t)(n_logits + 1));
+    sched_req **prow = malloc(sizeof(sched_req *) * (size_t)(n_prompt_rows + 1));
     int *sampled = malloc(sizeof(int) * (size_t)(n_logits + 1));
+    int *srow = malloc(sizeof(int) * (size_t)(n_logits + 1));
+    int *ppos = malloc(sizeof(int) * (size_t)(n_prompt_rows + 1));
+    int *prl = malloc(sizeof(int) * (size_t)(n_prompt_rows + 1));
     ksample_params *sp = malloc(sizeof *sp * (size_t)(n_logits + 1));
-    if (!rows || !sampled || !sp) abort();
+    if (!rows || !prow || !sampled || !srow || !ppos || !prl || !sp) abort();
     glm_step st = {0};
-    fill_step(q, &p, &st, rows, n_logits);
+    fill_step(q, &p, &st, rows, srow, n_rows, full, prow, ppos, prl);
     for (int i = 0; i < n_logits; i++) {
         gen_request *g = rows[i]->g;
         sp[i] = (ksample_params){g->temperature, g->top_k, g->top_p, &g->rng};
     }
-    int n_real = q->tok ? tok_n_total(q->tok) : q->e->m->cfg.vocab; /* ids past the tokenizer are padding */
+    int V = q->e->m->cfg.vocab;
+    int n_real = q->tok ? tok_n_total(q->tok) : V; /* ids past the tokenizer are padding */
+    float *logits = NULL;
     double t0 = util_now();
-    engine_step_sample(q->e, &st, n_real, sp, sampled);
+    if (full) { /* n_rows * V * 4 bytes gathered to rank 0 */
+        if (!(logits = malloc(sizeof(float) * (size_t)n_rows * (size_t)V))) abort();
+        engine_step(q->e, &st, logits, NULL);
+        for (int i = 0; i < n_logits; i++)
+            sampling_sample_host(&sampled[i], logits + (size_t)srow[i] * V, 1, n_real, V, &sp[i]);
+        for (int k = 0; k < n_prompt_rows; k++)
+            gen_store_logprobs(prow[k]->g, 1, ppos[k], logits + (size_t)prl[k] * V, V, n_real);
+    } else
+        engine_step_sample(q->e, &st, n_real, sp, sampled);
     step_free(&st);
     for (int i = 0; i < p.n; i++) {
         p.req[i]->n_fed += p.chunk[i];
@@ -234,7 +285,10 @@ int sched_step(sched *q, int budget) {
         sched_req *r = rows[i];
         for (int k = 0; k < r->n_stop_ids; k++)
             if (r->stop_ids[k] == sampled[i]) r->g->finish = "stop";
+        int before = r->g->n_out;
         if (!r->g->finish) gen_accept_token(q->e, q->tok, r->g, sampled[i], &q->go, q->dbuf, q->dcap);
+        if (logits && r->g->want_logprobs && r->g->n_out > before)
+            gen_store_logprobs(r->g, 0, before, logits + (size_t)srow[i] * V, V, n_real);
         q->generated++;
         if (!r->g->finish && q->hooks.on_token) q->hooks.on_token(q->hooks.user, r);
     }
@@ -248,8 +302,13 @@ int sched_step(sched *q, int budget) {
             q->hooks.on_finish(q->hooks.user, r);
         }
     free(rows);
+    free(prow);
     free(sampled);
+    free(srow);
+    free(ppos);
+    free(prl);
     free(sp);
+    free(logits);
     free(p.req);
     free(p.chunk);
     return 1;

@@ -21,7 +21,15 @@
  * With a snapshot store (engine.snap, kvstore.h), admission first loads a
  * snapshot on disk that holds more of the request's prompt than the cache,
  * and a request with keep_prefix has that prefix's blocks saved once its
- * prompt has been fed that far. */
+ * prompt has been fed that far.
+ *
+ * Logprobs (gen_request want_logprobs): a step whose sampled rows include one
+ * of such a request takes the plain logits head (all its rows, vocab * 4 bytes
+ * each, gathered to rank 0: 0.6 MB a row for GLM-4-9B) and samples on rank 0
+ * with sampling_sample_host, which picks what the devices' sample head would;
+ * steps without such rows are unchanged. want_prompt_logprobs adds a row for
+ * every prompt position (prompt chunk tokens * vocab * 4 bytes) and makes the
+ * request skip the prefix cache until its prompt's logprobs are known. */
 #ifndef GLMTP_SCHED_H
 #define GLMTP_SCHED_H
 

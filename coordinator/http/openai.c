@@ -83,6 +83,9 @@ typedef struct oai_choice {
     toolcall_stream *ts; /* chat streams with tools */
     int is_call;         /* the stream turned out a call */
     size_t canned_pos;   /* bytes of oai_call.canned streamed */
+    cJSON *lp;           /* whole responses: the choice's "logprobs" (owned), built at the end */
+    long text_off;       /* completions logprobs: text_offset of the next token */
+    int echo_sent;       /* streamed echo with logprobs: the prompt chunk went (after the prefill) */
 } oai_choice;
 
 typedef struct oai_call {
@@ -91,6 +94,8 @@ typedef struct oai_call {
     int refs, gone, n_done, n_choices;
     oai_choice *ch;
     int chat, stream, include_usage, echo;
+    int want_lp, top_n; /* logprobs asked; alternatives per token */
+    int ids_as_tokens;  /* logprobs' token texts as "token_id:N" (vLLM's return_tokens_as_token_ids) */
     char id[64];
     long created;
     const char *model;
@@ -113,6 +118,7 @@ static void call_unref_locked(oai_call *c) { /* unlocks; frees on the last refer
     for (int i = 0; i < c->n_choices; i++) {
         free(c->ch[i].text), free(c->ch[i].ids), free(c->ch[i].error);
         toolcall_stream_free(c->ch[i].ts);
+        cJSON_Delete(c->ch[i].lp);
     }
     for (int i = 0; i < c->n_names; i++) free(c->names[i]);
     for (int i = 0; i < c->n_prompts; i++) free(c->prompt_text[i]);
@@ -158,30 +164,163 @@ static cJSON *chunk_new(oai_call *c, int index, cJSON **choice) {
     return o;
 }
 
+/* ---- logprobs ---- */
+
+/* Token id's bytes as text: invalid or partial UTF-8 sequences become U+FFFD
+ * (OpenAI's token text; `bytes` keeps the raw bytes). Caller frees. */
+static char *token_text(const oai_call *c, int id, const unsigned char **raw, size_t *n) {
+    const tokenizer *tok = c->tok;
+    *raw = tok && id >= 0 && id < tok_n_total(tok) ? tok_bytes(tok, id, n) : NULL;
+    if (!*raw) *raw = (const unsigned char *)"", *n = 0;
+    const unsigned char *b = *raw;
+    char *t = malloc(3 * *n + 1), *w = t;
+    if (!t) abort();
+    for (size_t i = 0; i < *n;) {
+        unsigned char x = b[i];
+        size_t len = x < 0x80 ? 1 : (x & 0xE0) == 0xC0 && x >= 0xC2 ? 2 : (x & 0xF0) == 0xE0 ? 3
+                                  : (x & 0xF8) == 0xF0 && x <= 0xF4 ? 4 : 0;
+        int ok = len > 0 && i + len <= *n;
+        for (size_t k = 1; ok && k < len; k++) ok = (b[i + k] & 0xC0) == 0x80;
+        if (ok && len == 3) ok = !(x == 0xE0 && b[i + 1] < 0xA0) && !(x == 0xED && b[i + 1] >= 0xA0);
+        if (ok && len == 4) ok = !(x == 0xF0 && b[i + 1] < 0x90) && !(x == 0xF4 && b[i + 1] >= 0x90);
+        if (ok) {
+            memcpy(w, b + i, len), w += len, i += len;
+        } else { /* one byte of a bad sequence: U+FFFD */
+            memcpy(w, "\xEF\xBF\xBD", 3), w += 3, i++;
+        }
+    }
+    *w = 0;
+    if (c->ids_as_tokens) { /* vLLM's return_tokens_as_token_ids */
+        free(t);
+        if (!(t = malloc(32))) abort();
+        snprintf(t, 32, "token_id:%d", id);
+    }
+    return t;
+}
+
+/* A chat logprob entry {token, logprob, bytes} of id. */
+static cJSON *chat_lp_entry(const oai_call *c, int id, double lp) {
+    const unsigned char *raw;
+    size_t n;
+    char *t = token_text(c, id, &raw, &n);
+    cJSON *e = cJSON_CreateObject(), *b;
+    cJSON_AddStringToObject(e, "token", t);
+    cJSON_AddNumberToObject(e, "logprob", lp);
+    b = cJSON_AddArrayToObject(e, "bytes");
+    for (size_t i = 0; i < n; i++) cJSON_AddItemToArray(b, cJSON_CreateNumber(raw[i]));
+    free(t);
+    return e;
+}
+
+/* Chat's {"content": [...]} for g->out[first, first + n). */
+static cJSON *chat_logprobs(const oai_call *c, const gen_request *g, int first, int n) {
+    cJSON *o = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(o, "content");
+    for (int i = first; i < first + n && g->lp; i++) {
+        cJSON *e = chat_lp_entry(c, g->out[i], g->lp[i]), *top = cJSON_AddArrayToObject(e, "top_logprobs");
+        for (int k = 0; k < g->top_n && k < c->top_n; k++)
+            if (g->top_id[(size_t)i * g->top_n + k] >= 0)
+                cJSON_AddItemToArray(top, chat_lp_entry(c, g->top_id[(size_t)i * g->top_n + k],
+                                                        g->top_lp[(size_t)i * g->top_n + k]));
+        cJSON_AddItemToArray(a, e);
+    }
+    return o;
+}
+
+/* Completions' legacy {tokens, token_logprobs, top_logprobs, text_offset}:
+ * a new one, or o's arrays extended, with ids[0, n) of logprobs lp (NAN:
+ * null) and top n_top each; text_offset counts bytes of the token texts from
+ * *off. */
+static cJSON *text_logprobs(const oai_call *c, cJSON *o, const int *ids, int n, const double *lp, const int *top_id,
+                            const double *top_lp, int n_top, long *off) {
+    if (!o) {
+        o = cJSON_CreateObject();
+        cJSON_AddArrayToObject(o, "tokens"), cJSON_AddArrayToObject(o, "token_logprobs");
+        cJSON_AddArrayToObject(o, "top_logprobs"), cJSON_AddArrayToObject(o, "text_offset");
+    }
+    cJSON *at = cJSON_GetObjectItem(o, "tokens"), *al = cJSON_GetObjectItem(o, "token_logprobs");
+    cJSON *ap = cJSON_GetObjectItem(o, "top_logprobs"), *ao = cJSON_GetObjectItem(o, "text_offset");
+    for (int i = 0; i < n && lp; i++) {
+        const unsigned char *raw;
+        size_t len;
+        char *t = token_text(c, ids[i], &raw, &len);
+        cJSON_AddItemToArray(at, cJSON_CreateString(t));
+        cJSON_AddItemToArray(ao, cJSON_CreateNumber((double)*off));
+        *off += (long)strlen(t);
+        free(t);
+        if (isnan(lp[i])) {
+            cJSON_AddItemToArray(al, cJSON_CreateNull());
+            cJSON_AddItemToArray(ap, cJSON_CreateNull());
+            continue;
+        }
+        cJSON_AddItemToArray(al, cJSON_CreateNumber(lp[i]));
+        cJSON *d = cJSON_CreateObject();
+        for (int k = 0; k < n_top && k < c->top_n; k++) {
+            int id = top_id[(size_t)i * n_top + k];
+            if (id < 0) continue;
+            char *tt = token_text(c, id, &raw, &len);
+            if (!cJSON_GetObjectItemCaseSensitive(d, tt)) /* texts may repeat: the likelier stays */
+                cJSON_AddNumberToObject(d, tt, top_lp[(size_t)i * n_top + k]);
+            free(tt);
+        }
+        cJSON_AddItemToArray(ap, d);
+    }
+    return o;
+}
+
+/* Completions echo: the prompt's logprobs (null where not known). */
+static cJSON *prompt_logprobs(const oai_call *c, const gen_request *g, long *off) {
+    double *lp = malloc(sizeof(double) * ((size_t)g->n_prompt + 1));
+    if (!lp) abort();
+    for (int i = 0; i < g->n_prompt; i++) lp[i] = g->plp && i > 0 && i < g->n_plp ? g->plp[i] : NAN;
+    cJSON *o = text_logprobs(c, NULL, g->prompt, g->n_prompt, lp, g->ptop_id, g->ptop_lp, g->top_n, off);
+    free(lp);
+    return o;
+}
+
 /* A chat chunk with delta d (taken) for choice ch. */
-static void chat_chunk(oai_call *c, oai_choice *ch, cJSON *d, const char *finish) {
+static void chat_chunk_lp(oai_call *c, oai_choice *ch, cJSON *d, const char *finish, cJSON *lp) {
     cJSON *choice, *o = chunk_new(c, ch->index, &choice);
     if (!ch->role_sent) {
         cJSON_AddItemToObjectCS(d, "role", cJSON_CreateString("assistant"));
         ch->role_sent = 1;
     }
     cJSON_AddItemToObject(choice, "delta", d);
-    cJSON_AddNullToObject(choice, "logprobs");
+    if (lp) cJSON_AddItemToObject(choice, "logprobs", lp);
+    else cJSON_AddNullToObject(choice, "logprobs");
+    if (finish) cJSON_AddStringToObject(choice, "finish_reason", finish);
+    else cJSON_AddNullToObject(choice, "finish_reason");
+    sse_json(c, o);
+}
+
+static void chat_chunk(oai_call *c, oai_choice *ch, cJSON *d, const char *finish) {
+    chat_chunk_lp(c, ch, d, finish, NULL);
+}
+
+/* A completions chunk; lp (taken) its logprobs or NULL. */
+static void text_chunk_lp(oai_call *c, oai_choice *ch, const char *text, size_t len, const char *finish, cJSON *lp) {
+    cJSON *choice, *o = chunk_new(c, ch->index, &choice);
+    char *t = strndup(text, len);
+    if (!t) abort();
+    cJSON_AddStringToObject(choice, "text", t);
+    free(t);
+    if (lp) cJSON_AddItemToObject(choice, "logprobs", lp);
+    else cJSON_AddNullToObject(choice, "logprobs");
     if (finish) cJSON_AddStringToObject(choice, "finish_reason", finish);
     else cJSON_AddNullToObject(choice, "finish_reason");
     sse_json(c, o);
 }
 
 static void text_chunk(oai_call *c, oai_choice *ch, const char *text, size_t len, const char *finish) {
-    cJSON *choice, *o = chunk_new(c, ch->index, &choice);
-    char *t = strndup(text, len);
-    if (!t) abort();
-    cJSON_AddStringToObject(choice, "text", t);
-    free(t);
-    cJSON_AddNullToObject(choice, "logprobs");
-    if (finish) cJSON_AddStringToObject(choice, "finish_reason", finish);
-    else cJSON_AddNullToObject(choice, "finish_reason");
-    sse_json(c, o);
+    text_chunk_lp(c, ch, text, len, finish, NULL);
+}
+
+/* A streamed echo with logprobs: the prompt chunk, once its logprobs are known
+ * (c->mu held). */
+static void echo_chunk(oai_call *c, oai_choice *ch, const gen_request *g) {
+    if (ch->echo_sent || !c->echo || !c->want_lp) return;
+    ch->echo_sent = 1;
+    const char *t = c->prompt_text[ch->prompt_index];
+    text_chunk_lp(c, ch, t ? t : "", t ? strlen(t) : 0, NULL, prompt_logprobs(c, g, &ch->text_off));
 }
 
 /* toolcall_stream's emit: one chat chunk per delta. */
@@ -225,13 +364,14 @@ static void canned_piece(oai_choice *ch, int final, const char **text, size_t *l
     ch->canned_pos += *len;
 }
 
-static void sink_delta(void *user, const int *ids, int n, const char *text, size_t len) {
+static void sink_delta(void *user, const gen_request *g, int first, int n, const char *text, size_t len) {
     oai_choice *ch = user;
     oai_call *c = ch->call;
-    (void)ids, (void)n;
     pthread_mutex_lock(&c->mu);
     if (c->canned) canned_piece(ch, 0, &text, &len);
-    if (!c->gone && len > 0) {
+    int lp = c->want_lp && g && n > 0 && !ch->ts && !c->canned; /* tool-call streams carry none */
+    if (!c->gone && g) echo_chunk(c, ch, g);
+    if (!c->gone && (len > 0 || lp)) {
         if (ch->ts) toolcall_stream_feed(ch->ts, text, len);
         else if (c->chat) {
             cJSON *d = cJSON_CreateObject();
@@ -239,9 +379,13 @@ static void sink_delta(void *user, const int *ids, int n, const char *text, size
             if (!t) abort();
             cJSON_AddStringToObject(d, "content", t);
             free(t);
-            chat_chunk(c, ch, d, NULL);
+            chat_chunk_lp(c, ch, d, NULL, lp ? chat_logprobs(c, g, first, n) : NULL);
         } else
-            text_chunk(c, ch, text, len, NULL);
+            text_chunk_lp(c, ch, text, len, NULL,
+                          lp ? text_logprobs(c, NULL, g->out + first, n, g->lp + first,
+                                             g->top_id + (size_t)first * g->top_n,
+                                             g->top_lp + (size_t)first * g->top_n, g->top_n, &ch->text_off)
+                             : NULL);
         pthread_cond_broadcast(&c->cv);
     }
     pthread_mutex_unlock(&c->mu);
@@ -308,7 +452,7 @@ static void sink_final(void *user, const gen_request *g, const char *reason, int
         size_t len;
         canned_piece(ch, 1, &t, &len);
         pthread_mutex_unlock(&c->mu);
-        if (len) sink_delta(user, NULL, 0, t, len);
+        if (len) sink_delta(user, NULL, 0, 0, t, len);
         pthread_mutex_lock(&c->mu);
     }
     ch->text = strdup(c->canned ? c->canned : g->text ? g->text : "");
@@ -318,6 +462,15 @@ static void sink_final(void *user, const gen_request *g, const char *reason, int
     ch->n_ids = g->n_out, ch->n_prompt = g->n_prompt, ch->n_cached = n_cached;
     ch->reason = reason; /* a string literal of loop.c / gen_request.c */
     if (error && !(ch->error = strdup(error))) abort();
+    if (c->want_lp && !error && !c->stream) { /* the whole choice's logprobs, while g lives */
+        if (c->chat) ch->lp = chat_logprobs(c, g, 0, g->n_out);
+        else {
+            long off = 0;
+            ch->lp = c->echo ? prompt_logprobs(c, g, &off) : NULL;
+            ch->lp = text_logprobs(c, ch->lp, g->out, g->n_out, g->lp, g->top_id, g->top_lp, g->top_n, &off);
+        }
+    }
+    if (c->stream && !c->gone && !error) echo_chunk(c, ch, g);
     ch->done = 1;
     c->n_done++;
     if (c->stream && !c->gone) stream_final(c, ch);
@@ -386,16 +539,18 @@ void oai_stream_free(oai_call *c) {
 static const char *const chat_keys[] = {
     "model", "messages", "tools", "tool_choice", "stream", "stream_options", "max_tokens", "max_completion_tokens",
     "temperature", "top_p", "seed", "stop", "n", "logprobs", "top_logprobs", "top_k", "stop_token_ids", "ignore_eos",
-    "user", "frequency_penalty", "presence_penalty", "parallel_tool_calls", NULL};
+    "user", "frequency_penalty", "presence_penalty", "parallel_tool_calls", "return_tokens_as_token_ids", NULL};
 static const char *const text_keys[] = {
     "model", "prompt", "stream", "stream_options", "max_tokens", "temperature", "top_p", "seed", "stop", "n",
     "logprobs", "echo", "top_k", "stop_token_ids", "ignore_eos", "user", "frequency_penalty", "presence_penalty",
-    "suffix", NULL};
+    "suffix", "return_tokens_as_token_ids", NULL};
 
 /* The sampling fields shared by every choice of a request. */
 typedef struct oai_params {
     int max_new, max_given, n, stream, include_usage, echo, ignore_eos, top_k;
     float temperature, top_p;
+    int want_lp, top_n; /* logprobs: asked; alternatives per token */
+    int ids_as_tokens;
     int seed_given;
     uint64_t seed;
     char **stop;
@@ -477,7 +632,8 @@ static int parse_params(const oai_ctx *h, int chat, const cJSON *b, oai_params *
         }
     }
     if ((p->stream = get_bool(b, "stream", 0, r)) < 0 || (p->ignore_eos = get_bool(b, "ignore_eos", 0, r)) < 0 ||
-        (p->echo = chat ? 0 : get_bool(b, "echo", 0, r)) < 0)
+        (p->echo = chat ? 0 : get_bool(b, "echo", 0, r)) < 0 ||
+        (p->ids_as_tokens = get_bool(b, "return_tokens_as_token_ids", 0, r)) < 0)
         return -1;
     const cJSON *so = cJSON_GetObjectItemCaseSensitive(b, "stream_options");
     if (so && !cJSON_IsNull(so)) {
@@ -488,15 +644,17 @@ static int parse_params(const oai_ctx *h, int chat, const cJSON *b, oai_params *
         if ((p->include_usage = get_bool(so, "include_usage", 0, r)) < 0) return -1;
     }
     /* logprobs: chat takes a boolean (+ top_logprobs), completions a count. */
-    const cJSON *lp = cJSON_GetObjectItemCaseSensitive(b, "logprobs");
-    if (lp && !cJSON_IsNull(lp) && !cJSON_IsFalse(lp)) {
-        bad_field(r, "logprobs", "not supported by glmtp yet");
-        return -1;
-    }
-    if ((k = get_num(b, "top_logprobs", 0, 20, 1, &v, r)) < 0) return -1;
-    if (k && v > 0) {
-        bad_field(r, "top_logprobs", "not supported by glmtp yet");
-        return -1;
+    if (chat) {
+        if ((p->want_lp = get_bool(b, "logprobs", 0, r)) < 0) return -1;
+        if ((k = get_num(b, "top_logprobs", 0, GEN_MAX_TOP, 1, &v, r)) < 0) return -1;
+        if (k && !p->want_lp) {
+            bad_field(r, "top_logprobs", "needs logprobs true");
+            return -1;
+        }
+        if (k) p->top_n = (int)v;
+    } else {
+        if ((k = get_num(b, "logprobs", 0, GEN_MAX_TOP, 1, &v, r)) < 0) return -1;
+        if (k) p->want_lp = 1, p->top_n = (int)v;
     }
     const cJSON *sfx = cJSON_GetObjectItemCaseSensitive(b, "suffix");
     if (sfx && !cJSON_IsNull(sfx)) {
@@ -650,6 +808,7 @@ static srv_gen *make_gen(oai_call *c, oai_choice *ch, const oai_params *p, const
     g->g.n_prompt = n_ids, g->g.max_new = max_new;
     g->g.temperature = p->temperature, g->g.top_p = p->top_p, g->g.top_k = p->top_k, g->g.seed = seed;
     g->g.strip_leading = chat, g->g.ignore_eos = p->ignore_eos;
+    g->g.want_logprobs = p->want_lp, g->g.top_n = p->top_n, g->g.want_prompt_logprobs = p->want_lp && p->echo;
     if (p->n_stop) {
         if (!(g->g.stop = calloc((size_t)p->n_stop, sizeof(char *)))) abort();
         for (int i = 0; i < p->n_stop; i++)
@@ -707,7 +866,8 @@ static void whole_response(oai_call *c, oai_reply *r) {
             cJSON_AddStringToObject(e, "text", t);
             free(t);
         }
-        cJSON_AddNullToObject(e, "logprobs");
+        if (ch->lp) cJSON_AddItemToObject(e, "logprobs", ch->lp), ch->lp = NULL;
+        else cJSON_AddNullToObject(e, "logprobs");
         cJSON_AddStringToObject(e, "finish_reason", finish_name(ch));
         cJSON_AddItemToArray(a, e);
     }
@@ -777,6 +937,7 @@ void oai_generate(oai_ctx *h, int chat, const cJSON *b, int fd, oai_reply *r) {
     } else if (parse_prompts(h, b, &pr, &n_pr, r))
         goto fail;
     c->stream = p.stream, c->include_usage = p.include_usage, c->echo = p.echo;
+    c->want_lp = p.want_lp, c->top_n = p.top_n, c->ids_as_tokens = p.ids_as_tokens;
     int n = n_pr * p.n;
     if (!(c->ch = calloc((size_t)n, sizeof *c->ch)) || !(c->prompt_text = calloc((size_t)n_pr, sizeof(char *))))
         abort();
@@ -826,7 +987,7 @@ void oai_generate(oai_ctx *h, int chat, const cJSON *b, int fd, oai_reply *r) {
     prompts_free(pr, n_pr);
     if (c->stream) {
         pthread_mutex_lock(&c->mu);
-        if (c->echo) /* echo in a stream: the prompt first, as a chunk of each choice */
+        if (c->echo && !c->want_lp) /* echo in a stream: the prompt first, as a chunk of each choice */
             for (int i = 0; i < n; i++) {
                 const char *t = c->prompt_text[c->ch[i].prompt_index];
                 if (t) text_chunk(c, &c->ch[i], t, strlen(t), NULL);

@@ -112,7 +112,7 @@ static void send_delta(srv_loop *l, sreq *r, int final) {
     while (!final && upto > r->sent_text && ((unsigned char)r->g.text[upto] & 0xC0) == 0x80) upto--;
     if (r->conn_gone || (upto <= r->sent_text && r->g.n_out <= r->sent_ids)) return;
     if (r->sink) {
-        r->sink->on_delta(r->sink_user, r->g.out + r->sent_ids, r->g.n_out - r->sent_ids,
+        r->sink->on_delta(r->sink_user, &r->g, r->sent_ids, r->g.n_out - r->sent_ids,
                           r->g.text ? r->g.text + r->sent_text : "", upto - r->sent_text);
         r->sent_text = upto, r->sent_ids = r->g.n_out;
         return;

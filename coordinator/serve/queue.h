@@ -18,9 +18,10 @@ enum srv_kind { SRV_NEW, SRV_CANCEL, SRV_GONE, SRV_FRAME, SRV_GEN };
 /* Where the output of a request from another front (the HTTP server) goes.
  * Every callback runs on the engine thread. */
 typedef struct srv_sink {
-    /* Streamed requests: the ids (n) and text (len bytes, maybe 0) produced
-     * since the last call (stop-string tails held back as for Delta). */
-    void (*on_delta)(void *user, const int *ids, int n, const char *text, size_t len);
+    /* Streamed requests: the ids g->out[first, first + n) and text (len
+     * bytes, maybe 0) produced since the last call (stop-string tails held
+     * back as for Delta); g's logprobs arrays cover those ids when asked. */
+    void (*on_delta)(void *user, const gen_request *g, int first, int n, const char *text, size_t len);
     /* Called exactly once per request: g holds the prompt and the whole output;
      * reason "stop", "length", "cancelled", "shutdown", or "error" with error
      * set (refused at intake). n_cached: prompt tokens from the prefix cache.

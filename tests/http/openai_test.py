@@ -277,6 +277,103 @@ def tool_calls(a, model, tmp):
         _procs.remove((p, pid))
 
 
+def score(a, model, ids):
+    """glmtp score on ids: logprob_next of each position."""
+    launch = a.mpirun + ["-np", "2"] if a.mpirun else []
+    out = subprocess.run(launch + [a.glmtp, "score", "--model", model, "--ids", ",".join(map(str, ids)), "--threads",
+                                   "1", "--top", "1"], check=True, capture_output=True, text=True).stdout
+    return [json.loads(ln)["logprob_next"] for ln in out.splitlines() if ln.startswith("{")]
+
+
+def logprobs(a, model, cl, hport, tol=1e-4):
+    """logprobs (issue 18): chat logprobs + top_logprobs, completions logprobs=N, streamed and not, echo; the
+    tokens are those of the run without; each logprob equals `glmtp score` on prompt + generated ids."""
+    worst = 0.0
+
+    def ids_of(entries):
+        return [int(t.split(":")[1]) for t in entries]
+
+    msgs = [{"role": "user", "content": "hello"}]
+    plain = cl.chat.completions.create(model="tiny", messages=msgs, max_tokens=10)
+    r = cl.chat.completions.create(model="tiny", messages=msgs, max_tokens=10, logprobs=True, top_logprobs=3)
+    lp = r.choices[0].logprobs.content
+    check("chat logprobs: same text as without", r.choices[0].message.content == plain.choices[0].message.content,
+          f"{r.choices[0].message.content!r} vs {plain.choices[0].message.content!r}")
+    check("chat logprobs: one entry per token", len(lp) == r.usage.completion_tokens, f"{len(lp)} {r.usage}")
+    check("chat logprobs: bytes join to the text", b"".join(bytes(e.bytes) for e in lp).decode(errors="replace")
+          .lstrip() == r.choices[0].message.content, str([e.token for e in lp]))
+    check("chat top_logprobs: 3, sorted, the greedy token first",
+          all(len(e.top_logprobs) == 3 and [t.logprob for t in e.top_logprobs] ==
+              sorted([t.logprob for t in e.top_logprobs], reverse=True) and e.top_logprobs[0].token == e.token and
+              e.top_logprobs[0].logprob == e.logprob for e in lp), str(lp[:2]))
+    ri = cl.chat.completions.create(model="tiny", messages=msgs, max_tokens=10, logprobs=True, top_logprobs=3,
+                                    extra_body={"return_tokens_as_token_ids": True})
+    gen = ids_of(e.token for e in ri.choices[0].logprobs.content)
+    st, tk = raw(hport, "POST", "/tokenize", {"messages": msgs})
+    sc = score(a, model, tk["tokens"] + gen)
+    n0 = len(tk["tokens"])
+    d = max(abs(e.logprob - sc[n0 + i - 1]) for i, e in enumerate(ri.choices[0].logprobs.content))
+    worst = max(worst, d)
+    check(f"chat logprobs equal glmtp score within {tol}", d <= tol, f"max diff {d}")
+    s = cl.chat.completions.create(model="tiny", messages=msgs, max_tokens=10, logprobs=True, top_logprobs=3,
+                                   stream=True)
+    sl, text = [], ""
+    for ch in s:
+        for c in ch.choices:
+            text += c.delta.content or ""
+            if c.logprobs and c.logprobs.content:
+                sl += c.logprobs.content
+    check("chat logprobs streamed equal whole", text == r.choices[0].message.content and
+          [e.token for e in sl] == [e.token for e in lp] and
+          max(abs(x.logprob - y.logprob) for x, y in zip(sl, lp)) <= tol, f"{len(sl)} {len(lp)}")
+
+    # completions: logprobs=2, streamed and not, echo
+    p = "The capital of France is"
+    plain = cl.completions.create(model="tiny", prompt=p, max_tokens=10)
+    r = cl.completions.create(model="tiny", prompt=p, max_tokens=10, logprobs=2)
+    L = r.choices[0].logprobs
+    check("completion logprobs: same text as without", r.choices[0].text == plain.choices[0].text,
+          f"{r.choices[0].text!r} vs {plain.choices[0].text!r}")
+    check("completion logprobs: tokens join to the text, offsets, 2 alternatives",
+          "".join(L.tokens) == r.choices[0].text and len(L.token_logprobs) == len(L.tokens) and
+          L.text_offset == [sum(len(t.encode()) for t in L.tokens[:i]) for i in range(len(L.tokens))] and
+          all(len(t) <= 2 and max(t.values()) == lpv for t, lpv in zip(L.top_logprobs, L.token_logprobs)),
+          str(L)[:300])
+    ri = cl.completions.create(model="tiny", prompt=p, max_tokens=10, logprobs=2, echo=True,
+                               extra_body={"return_tokens_as_token_ids": True})
+    E = ri.choices[0].logprobs
+    st, tk = raw(hport, "POST", "/tokenize", {"prompt": p})
+    n0 = len(tk["tokens"])
+    all_ids = ids_of(E.tokens)
+    check("echo logprobs: prompt ids then generated, first null", all_ids[:n0] == tk["tokens"] and
+          E.token_logprobs[0] is None and E.top_logprobs[0] is None and len(all_ids) == n0 + len(L.tokens),
+          f"{all_ids} {tk['tokens']}")
+    sc = score(a, model, all_ids)
+    d = max(abs(E.token_logprobs[i] - sc[i - 1]) for i in range(1, len(all_ids)))
+    worst = max(worst, d)
+    check(f"echo + completion logprobs equal glmtp score within {tol}", d <= tol, f"max diff {d}")
+    d2 = max(abs(x - y) for x, y in zip(E.token_logprobs[n0:], L.token_logprobs))
+    check("echo's generated logprobs equal those without echo", d2 <= tol, f"{d2}")
+    re_ = cl.completions.create(model="tiny", prompt=p, max_tokens=10, logprobs=2, echo=True)
+    check("echo logprobs: text is prompt + completion", re_.choices[0].text == p + r.choices[0].text,
+          repr(re_.choices[0].text))
+    for echo in (False, True):
+        s = cl.completions.create(model="tiny", prompt=p, max_tokens=10, logprobs=2, echo=echo, stream=True)
+        toks, lps, text = [], [], ""
+        for ch in s:
+            for c in ch.choices:
+                text += c.text
+                if c.logprobs:
+                    toks += c.logprobs.tokens
+                    lps += c.logprobs.token_logprobs
+        want = re_.choices[0].logprobs if echo else L
+        check(f"completion logprobs streamed (echo {echo}) equal whole",
+              text == (re_.choices[0].text if echo else r.choices[0].text) and toks == want.tokens and
+              all((x is None and y is None) or abs(x - y) <= tol for x, y in zip(lps, want.token_logprobs)),
+              f"{toks} {want.tokens}")
+    print(f"logprobs: max |logprob - glmtp score| = {worst:.3g} (tolerance {tol})")
+
+
 def concurrency_and_disconnect(cl, hport):
     m0 = metrics(hport)
     res, errs = [None] * 32, []
@@ -363,7 +460,7 @@ def bad_requests(hport, tmp):
         ("no key", [base + "/v1/completions"], b'{"prompt": "x"}', 401, None),
         ("wrong path", [base + "/v1/nothing", *auth], None, 404, None),
         ("wrong model", [base + "/v1/completions", *auth], b'{"model": "gpt-9", "prompt": "x"}', 404, "model"),
-        ("logprobs (not yet)", [base + "/v1/completions", *auth], b'{"prompt": "x", "logprobs": 2}', 400, "logprobs"),
+        ("logprobs over 20", [base + "/v1/completions", *auth], b'{"prompt": "x", "logprobs": 21}', 400, "logprobs"),
     ]
     for name, args, body, want, param in cases:
         code, b = curl(args, body)
@@ -457,6 +554,7 @@ def main():
                                     "vllm:time_to_first_token_seconds_count", "vllm:inter_token_latency_seconds_count",
                                     "vllm:e2e_request_latency_seconds_count")), str(sorted(m0))[:300])
         equal_to_generate(a, model, tmp, cl, hport)
+        logprobs(a, model, cl, hport)
         concurrency_and_disconnect(cl, hport)
         bad_requests(hport, tmp)
         figures(a, cl, port, hport, tmp)
