@@ -54,10 +54,13 @@ static void wait_req(mpi_ctx *m, MPI_Request *req, const char *what) {
             struct timespec ts = {0, 50000};
             nanosleep(&ts, NULL);
             if (now_s() - t0 > m->timeout_s) {
+                /* MPI does not say which peer is missing; with two ranks it is the other one */
+                char who[48] = "another rank";
+                if (m->size == 2) snprintf(who, sizeof who, "rank %d", 1 - m->rank);
                 fprintf(stderr,
-                        "glmtp: rank %d: %s (collective #%lu) timed out after %.0f s: another rank died or "
-                        "hangs; aborting the job\n",
-                        m->rank, what, m->n_calls, m->timeout_s);
+                        "glmtp: rank %d: %s (collective #%lu) timed out after %.3g s: %s died or "
+                        "hangs (stopped?); aborting the job\n",
+                        m->rank, what, m->n_calls, m->timeout_s, who);
                 MPI_Abort(MPI_COMM_WORLD, 4);
             }
         }

@@ -16,18 +16,21 @@ typedef struct command {
     const args_spec *spec;
     int (*local)(int, char **);        /* runs without MPI (make-model, tokenize) */
     int (*ranked)(comm *, int, char **); /* runs on every rank */
+    double timeout_s;                    /* collective timeout unless set: 0 = comm's default (600 s) */
+    int timeout_opt;                     /* 1: takes --collective-timeout S (listed in its spec) */
 } command;
 
 static const command commands[] = {
-    {"make-model", &cmd_make_model_spec, cmd_make_model, NULL},
-    {"generate", &cmd_generate_spec, NULL, cmd_generate},
-    {"chat", &cmd_chat_spec, NULL, cmd_chat},
+    {"make-model", &cmd_make_model_spec, cmd_make_model, NULL, 0, 0},
+    {"generate", &cmd_generate_spec, NULL, cmd_generate, 0, 0},
+    {"chat", &cmd_chat_spec, NULL, cmd_chat, 0, 0},
 #ifdef GLMTP_HAVE_SERVE
-    {"serve", &cmd_serve_spec, NULL, cmd_serve},
+    /* a server gives up on a dead or stalled rank sooner (vLLM's engine: 60 s without an iteration) */
+    {"serve", &cmd_serve_spec, NULL, cmd_serve, 60.0, 1},
 #endif
-    {"score", &cmd_score_spec, NULL, cmd_score},
-    {"tokenize", &cmd_tokenize_spec, cmd_tokenize, NULL},
-    {"bench", &cmd_bench_spec, NULL, cmd_bench},
+    {"score", &cmd_score_spec, NULL, cmd_score, 0, 0},
+    {"tokenize", &cmd_tokenize_spec, cmd_tokenize, NULL, 0, 0},
+    {"bench", &cmd_bench_spec, NULL, cmd_bench, 0, 0},
 };
 #define N_COMMANDS (int)(sizeof commands / sizeof commands[0])
 
@@ -44,7 +47,8 @@ static void usage(FILE *f) {
                "               --cancel ID | --load ...    (the client of serve; glmtp-client --help)\n");
 #endif
     fprintf(f, "\nevery command: --log-level error|warn|info|debug, --quiet (= warn); glmtp --version\n"
-               "environment: GLMTP_COMM_TIMEOUT=seconds (collective timeout, default 600); GPU switches: README\n");
+               "environment: GLMTP_COMM_TIMEOUT=seconds (collective timeout, default 600; serve: 60; serve's\n"
+               "  --collective-timeout wins over it); GPU switches: README\n");
 }
 
 /* Under mpirun every rank would print --help; only the first one does. */
@@ -55,6 +59,40 @@ static int first_rank_by_env(void) {
         if (v) return atoi(v) == 0;
     }
     return 1;
+}
+
+/* A collective timeout in seconds from text: > 0 and finite, else -1. */
+static double parse_timeout(const char *v) {
+    char *end = NULL;
+    double t = v ? strtod(v, &end) : -1;
+    if (!v || end == v || *end || !(t > 0) || t > 1e7) return -1;
+    return t;
+}
+
+/* The collective timeout of cmd, in order of precedence: its --collective-timeout
+ * S option (commands that take it), GLMTP_COMM_TIMEOUT, the command's default
+ * (serve 60 s), the comm's (600 s; returned as 0). -1 after a message on a bad
+ * value. Every rank sees the same argv and environment, so all agree. */
+static double collective_timeout(const command *cmd, int argc, char **argv) {
+    if (cmd->timeout_opt)
+        for (int i = 2; i < argc; i++) {
+            const char *v = NULL;
+            if (strcmp(argv[i], "--collective-timeout") == 0) v = i + 1 < argc ? argv[i + 1] : NULL;
+            else if (strncmp(argv[i], "--collective-timeout=", 21) == 0) v = argv[i] + 21;
+            else continue;
+            double t = parse_timeout(v);
+            if (t < 0 && first_rank_by_env())
+                fprintf(stderr, "glmtp: %s: --collective-timeout %s: expected seconds > 0\n", cmd->name, v ? v : "");
+            return t;
+        }
+    const char *env = getenv("GLMTP_COMM_TIMEOUT");
+    if (env) {
+        double t = parse_timeout(env);
+        if (t < 0 && first_rank_by_env())
+            fprintf(stderr, "glmtp: GLMTP_COMM_TIMEOUT=%s: expected seconds > 0\n", env);
+        return t;
+    }
+    return cmd->timeout_s;
 }
 
 int main(int argc, char **argv) {
@@ -95,8 +133,9 @@ int main(int argc, char **argv) {
         }
     if (cmd->local) return cmd->local(argc - 2, argv + 2);
 
-    const char *to = getenv("GLMTP_COMM_TIMEOUT");
-    comm *c = comm_create(&argc, &argv, to ? atof(to) : 0, err, sizeof err);
+    double timeout_s = collective_timeout(cmd, argc, argv);
+    if (timeout_s < 0) return 2;
+    comm *c = comm_create(&argc, &argv, timeout_s, err, sizeof err);
     if (!c) {
         fprintf(stderr, "glmtp: %s\n", err);
         return 1;

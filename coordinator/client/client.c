@@ -147,11 +147,11 @@ static void print_stats(const Glmtp__StatsReply *s) {
     printf("{\"queue_depth\":%d,\"running\":%d,\"kv_blocks_used\":%d,\"kv_blocks_free\":%d,\"tokens_per_s\":%.3f,"
            "\"steps\":%ld,\"preemptions\":%ld,\"tokens_generated\":%ld,\"ranks\":%zu,"
            "\"prefix_cache\":%s,\"prompt_tokens\":%lld,\"cached_tokens\":%lld,\"prefix_hit_rate\":%.4f,"
-           "\"kv_blocks_cached\":%d,\"kv_blocks_evicted\":%lld}\n",
+           "\"kv_blocks_cached\":%d,\"kv_blocks_evicted\":%lld,\"stall_s\":%.3f,\"since_last_step_s\":%.3f}\n",
            s->queue_depth, s->running, s->kv_blocks_used, s->kv_blocks_free, s->tokens_per_s, (long)s->steps,
            (long)s->preemptions, (long)s->tokens_generated, s->n_rank_state, s->prefix_cache ? "true" : "false",
            (long long)s->prompt_tokens, (long long)s->cached_tokens, s->prefix_hit_rate, s->kv_blocks_cached,
-           (long long)s->kv_blocks_evicted);
+           (long long)s->kv_blocks_evicted, s->stall_s, s->since_last_step_s);
 }
 
 #ifndef GLMTP_VERSION

@@ -43,6 +43,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "../../worker/util.h"
@@ -366,14 +367,23 @@ static int out_open(const gen_cli *o) {
 
 /* Writes one whole record with one write(2) (O_APPEND: at the end, never
  * between another's bytes); a short write is continued. Returns 0, or 1
- * after printing the path and errno. */
+ * after printing the path and errno. A record cut short (a full disk takes
+ * what fits, then ENOSPC) is cut off again in a regular file, so that the
+ * file never ends in a torn line. */
 static int out_write(int fd, const char *path, const char *line) {
     size_t len = strlen(line), off = 0;
+    struct stat st;
+    off_t start = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? st.st_size : -1;
     while (off < len) {
         ssize_t k = write(fd, line + off, len - off);
         if (k < 0 && errno == EINTR) continue;
         if (k <= 0) {
-            fprintf(stderr, "glmtp: generate: %s: write failed: %s\n", path, k < 0 ? strerror(errno) : "no progress");
+            int e = k < 0 ? errno : 0;
+            const char *undo = "";
+            if (off > 0 && start >= 0)
+                undo = ftruncate(fd, start) == 0 ? " (the partial record was cut off)"
+                                                 : " (and the partial record could not be cut off)";
+            fprintf(stderr, "glmtp: generate: %s: write failed: %s%s\n", path, e ? strerror(e) : "no progress", undo);
             return 1;
         }
         off += (size_t)k;

@@ -199,11 +199,13 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     }
     switch (rt) {
     case R_HEALTH: {
+        int ok; /* 503 while draining or stalled (queue.h srv_health), the state as the body */
         pthread_mutex_lock(&h->oc.s->mu);
-        int stopping = h->oc.s->stopping;
+        const char *state = srv_health(h->oc.s, util_now(), &ok);
         pthread_mutex_unlock(&h->oc.s->mu);
-        r = (oai_reply){stopping ? 503 : 200, NULL, 0, "text/plain", NULL};
-        if (!(r.body = strdup(""))) abort();
+        r = (oai_reply){ok ? 200 : 503, NULL, 0, "text/plain", NULL};
+        if (!(r.body = strdup(ok ? "" : state))) abort();
+        r.len = strlen(r.body);
         return send_reply(c, &r);
     }
     case R_MODELS:

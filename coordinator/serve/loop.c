@@ -297,6 +297,15 @@ static void publish(srv_loop *l) {
     pthread_mutex_unlock(&s->mu);
 }
 
+/* The stall watch (srv_stall_age): a step or keepalive begins (busy 1) or ends. */
+static void mark_busy(server *s, int busy) {
+    double now = util_now();
+    pthread_mutex_lock(&s->mu);
+    if (busy) s->stats.t_busy = now;
+    else s->stats.t_busy = 0, s->stats.t_step_done = now;
+    pthread_mutex_unlock(&s->mu);
+}
+
 /* ---- the scheduler's hooks ---- */
 
 /* One JSON line: step number, its wall time, tokens, and per request
@@ -371,7 +380,9 @@ void srv_sched_run(server *s, engine *e, const tokenizer *tok, const req_context
             int w = pthread_cond_timedwait(&s->cv, &s->mu, &ts);
             if (w == ETIMEDOUT && !s->in_head && !s->stopping) {
                 pthread_mutex_unlock(&s->mu);
+                mark_busy(s, 1); /* a stopped follower hangs the keepalive too */
                 engine_keepalive(e);
+                mark_busy(s, 0);
                 continue;
             }
         }
@@ -387,7 +398,9 @@ void srv_sched_run(server *s, engine *e, const tokenizer *tok, const req_context
             break;
         }
         reap(&l, 0, NULL);
+        mark_busy(s, 1);
         sched_step(&l.q, o->step_tokens);
+        mark_busy(s, 0);
         publish(&l);
     }
     pthread_mutex_lock(&s->mu);

@@ -169,11 +169,14 @@ static void handle_frame(net *nt, conn *c) {
         break;
     }
     case GLMTP__CLIENT_MESSAGE__MSG_HEALTH: {
+        int ok;
         pthread_mutex_lock(&s->mu);
-        int stopping = s->stopping;
+        double now = util_now(), age = srv_stall_age(s, now);
+        const char *state = srv_health(s, now, &ok);
         pthread_mutex_unlock(&s->mu);
         Glmtp__HealthReply h = GLMTP__HEALTH_REPLY__INIT;
-        h.has_ok = 1, h.ok = !stopping, h.state = stopping ? "draining" : "serving";
+        h.has_ok = 1, h.ok = ok, h.state = (char *)state;
+        h.has_stall_s = 1, h.stall_s = age;
         Glmtp__ServerMessage r = GLMTP__SERVER_MESSAGE__INIT;
         r.msg_case = GLMTP__SERVER_MESSAGE__MSG_HEALTH, r.health = &h;
         send_msg(c, &r);
@@ -183,6 +186,7 @@ static void handle_frame(net *nt, conn *c) {
         pthread_mutex_lock(&s->mu);
         srv_stats st = s->stats;
         st.queue_depth += s->n_in;
+        double now = util_now(), age = srv_stall_age(s, now);
         pthread_mutex_unlock(&s->mu);
         Glmtp__StatsReply r = GLMTP__STATS_REPLY__INIT;
         r.has_queue_depth = r.has_running = r.has_kv_blocks_used = r.has_kv_blocks_free = 1;
@@ -195,6 +199,8 @@ static void handle_frame(net *nt, conn *c) {
         r.prefix_cache = st.prefix_cache, r.prompt_tokens = st.prompt_tokens, r.cached_tokens = st.cached_tokens;
         r.prefix_hit_rate = st.prompt_tokens ? (double)st.cached_tokens / (double)st.prompt_tokens : 0.0;
         r.kv_blocks_cached = st.kv_cached, r.kv_blocks_evicted = st.evicted;
+        r.has_stall_s = r.has_since_last_step_s = 1;
+        r.stall_s = age, r.since_last_step_s = st.t_step_done > 0 ? now - st.t_step_done : -1.0;
         char *ok[64];
         int nr = st.n_ranks < 64 ? st.n_ranks : 64;
         for (int i = 0; i < nr; i++) ok[i] = "ok"; /* a failed rank ends the job (collective timeout) */

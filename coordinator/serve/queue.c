@@ -15,6 +15,19 @@ static void push(server *s, srv_item **head, srv_item **tail, srv_item *it) {
     (void)s;
 }
 
+double srv_stall_age(const server *s, double now) {
+    double t = s->stats.t_busy;
+    return t > 0 && now > t ? now - t : 0.0;
+}
+
+const char *srv_health(const server *s, double now, int *ok) {
+    *ok = 0;
+    if (s->stopping) return "draining";
+    if (srv_stall_age(s, now) >= s->stall_s) return "stalled";
+    *ok = 1;
+    return "serving";
+}
+
 void srv_push_in(server *s, srv_item *it) {
     pthread_mutex_lock(&s->mu);
     push(s, &s->in_head, &s->in_tail, it);

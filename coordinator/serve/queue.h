@@ -84,6 +84,10 @@ typedef struct srv_stats {
     long steps, preemptions, generated;
     int prefix_cache, kv_cached; /* on/off; unreferenced blocks holding a cached prefix */
     long long prompt_tokens, cached_tokens, evicted;
+    /* Stall watch (util_now() seconds, set by the engine loop under mu): when
+     * the step or idle keepalive under way began (0: none, the loop is between
+     * steps or idle), and when the last one finished. */
+    double t_busy, t_step_done;
 } srv_stats;
 
 typedef struct server {
@@ -104,8 +108,17 @@ typedef struct server {
     uint32_t max_frame;
     int max_queue;
     double auth_timeout;   /* seconds a connection may stay unauthenticated (with a token) */
+    double stall_s;        /* Health says "stalled" after a step has run this long (--stall-seconds) */
     FILE *step_log;        /* NULL or one JSON line per step */
 } server;
+
+/* Seconds the engine has been stalled at time now (util_now()): work pending
+ * (a step or keepalive under way, which waits on every rank) and no step
+ * finished for that long; 0 when it is not in a step. Call under s->mu. */
+double srv_stall_age(const server *s, double now);
+/* The health state under s->mu: "draining" (SIGTERM seen), "stalled"
+ * (srv_stall_age >= stall_s) or "serving"; *ok is 1 only for serving. */
+const char *srv_health(const server *s, double now, int *ok);
 
 /* Queues an item for the other side (takes ownership). */
 void srv_push_in(server *s, srv_item *it);

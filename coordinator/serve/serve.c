@@ -55,7 +55,7 @@ typedef struct serve_cli {
     const char *http, *api_key_file, *model_name; /* the OpenAI HTTP front */
     long max_request_bytes;
     int threads, block_size, step_tokens, kv_tokens, max_queue, keepalive, no_prefix_cache, max_model_len, progress_ms;
-    double mem_util, auth_timeout;
+    double mem_util, auth_timeout, stall_s;
     int kv_dtype; /* --kv-cache-dtype */
     long max_frame;
     req_defaults d;
@@ -77,7 +77,13 @@ static const args_opt serve_opts[] = {
     {"--step-tokens", "N", "tokens per step, prefill chunks included (default 512)"},
     {"--max-queue", "N", "requests waiting beyond the running ones before \"overloaded\" (default 256)"},
     {"--max-frame", "BYTES", "largest message a client may send (default 16 MiB)"},
-    {"--keepalive", "S", "seconds between idle keepalive steps to the other ranks (default 30)"},
+    {"--keepalive", "S", "seconds between idle keepalive steps to the other ranks (default 30, or a third of the "
+                         "collective timeout when that is shorter; must be below it)"},
+    {"--collective-timeout", "S", "a rank that waits longer than S seconds for its peers in a collective (a dead or "
+                                  "stopped rank) ends the whole job, naming itself (default 60 for serve; "
+                                  "precedence: this option, then GLMTP_COMM_TIMEOUT, then 60)"},
+    {"--stall-seconds", "S", "Health answers \"stalled\" (ok false; HTTP /health 503) while a step or keepalive has "
+                             "run longer than S seconds: work pending and no step finished (default 10)"},
     {"--no-prefix-cache", NULL, "do not reuse the KV blocks of a prompt prefix seen before"},
     {"--kv-snapshot-dir", "DIR", "KV snapshots of prefixes on disk: requests with keep_prefix save theirs there; at start-up and on a cache miss they are loaded instead of recomputed"},
     {"--max-model-len", "N", "longest request (prompt + new tokens; default: the model's seq_length); must fit the KV pool, else an error at start-up (by default: a warning, and the pool's tokens)"},
@@ -100,7 +106,7 @@ const args_spec cmd_serve_spec = {
 
 static int parse_cli(comm *c, serve_cli *o, int argc, char **argv) {
     args a;
-    (void)c; /* every rank parses the same argv; rank 0 reports */
+    /* every rank parses the same argv; rank 0 reports */
     args_init(&a, &cmd_serve_spec, argc, argv);
     memset(o, 0, sizeof *o);
     o->dir = args_str(&a, "--model", NULL);
@@ -124,7 +130,11 @@ static int parse_cli(comm *c, serve_cli *o, int argc, char **argv) {
     o->kv_dtype = args_kv_dtype(&a);
     o->max_queue = (int)args_int(&a, "--max-queue", 256, 1, 1 << 20);
     o->max_frame = args_int(&a, "--max-frame", WIRE_MAX_FRAME_DEFAULT, 64, 1L << 30);
-    o->keepalive = (int)args_int(&a, "--keepalive", 30, 1, 3600);
+    /* applied before the comm was made (cli/main.c); read here so that it is known and checked */
+    (void)args_num(&a, "--collective-timeout", c->timeout_s, 1e-3, 1e7);
+    long keep_default = c->timeout_s >= 90 ? 30 : (long)(c->timeout_s / 3);
+    o->keepalive = (int)args_int(&a, "--keepalive", keep_default < 1 ? 1 : keep_default, 1, 3600);
+    o->stall_s = args_num(&a, "--stall-seconds", 10.0, 0.01, 1e7);
     o->auth_timeout = args_num(&a, "--auth-timeout", 10.0, 0.01, 3600.0);
     o->no_prefix_cache = args_flag(&a, "--no-prefix-cache");
     o->snap_dir = args_str(&a, "--kv-snapshot-dir", NULL);
@@ -136,6 +146,9 @@ static int parse_cli(comm *c, serve_cli *o, int argc, char **argv) {
     o->max_request_bytes = args_int(&a, "--max-request-bytes", 32L << 20, 64, 1L << 31);
     int rc = 0;
     if (!a.failed && !o->dir) snprintf(a.err, sizeof a.err, "--model DIR is required"), a.failed = 1;
+    if (!a.failed && o->keepalive >= c->timeout_s)
+        snprintf(a.err, sizeof a.err, "--keepalive %d must be below the collective timeout (%.3g s): idle followers "
+                 "would time out; raise --collective-timeout", o->keepalive, c->timeout_s), a.failed = 1;
     if (args_finish(&a)) {
         log_error_agreed("serve: %s (glmtp serve --help lists the options)", a.err);
         rc = 1;
@@ -263,6 +276,7 @@ int cmd_serve(comm *c, int argc, char **argv) {
                        max_len < cfg.seq_len ? cfg.seq_len : 0};
     if (ctx.n_vocab > cfg.vocab) ctx.n_vocab = cfg.vocab;
     s.max_frame = (uint32_t)o.max_frame, s.max_queue = o.max_queue, s.auth_timeout = o.auth_timeout;
+    s.stall_s = o.stall_s;
     if (pthread_mutex_init(&s.mu, NULL) || pthread_cond_init(&s.cv, NULL)) {
         engine_error(c, "serve: pthread_mutex_init/pthread_cond_init failed");
         engine_finish(&e);
@@ -291,8 +305,8 @@ int cmd_serve(comm *c, int argc, char **argv) {
         goto done;
     }
     fprintf(stderr, "glmtp: serve: listening on %s (pid %d, %d ranks, %d KV blocks of %d, prefix cache %s, max model "
-            "len %d)\n", o.listen, (int)getpid(), c->size, e.blocks.n_blocks, e.blocks.block_size,
-            o.no_prefix_cache ? "off" : "on", max_len);
+            "len %d, collective timeout %.3g s, stalled after %.3g s)\n", o.listen, (int)getpid(), c->size,
+            e.blocks.n_blocks, e.blocks.block_size, o.no_prefix_cache ? "off" : "on", max_len, c->timeout_s, o.stall_s);
     srv_sched_options so = {o.step_tokens, o.keepalive, o.progress_ms};
     srv_sched_run(&s, &e, tok, &ctx, &so);
     pthread_join(th, NULL);
