@@ -264,23 +264,23 @@ int main(int argc, char **argv) {
     if (file_text) prompt = file_text;
     char err[512];
     int fd = wire_connect(addr, err, sizeof err);
-    if (fd < 0) {
+    if (fd < 0 || client_auth(fd, token_file, err, sizeof err)) {
         fprintf(stderr, "glmtp-client: %s\n", err);
+        if (fd >= 0) close(fd);
+        free(stop);
+        free(file_text);
         return 2;
     }
     Glmtp__ClientMessage cm = GLMTP__CLIENT_MESSAGE__INIT;
-    if (client_auth(fd, token_file, err, sizeof err)) {
-        fprintf(stderr, "glmtp-client: %s\n", err);
-        return 2;
-    }
     Glmtp__Stats st = GLMTP__STATS__INIT;
     Glmtp__Health he = GLMTP__HEALTH__INIT;
     Glmtp__Cancel ca = GLMTP__CANCEL__INIT;
     Glmtp__GenerateRequest g = GLMTP__GENERATE_REQUEST__INIT;
     Glmtp__TokenIds ti = GLMTP__TOKEN_IDS__INIT;
     Glmtp__ChatMessages chm = GLMTP__CHAT_MESSAGES__INIT;
-    cJSON *chat_json = NULL;
-    int *ids = NULL, n_ids = 0, *sids = NULL, n_sids = 0;
+    cJSON *chat_json = NULL, *rec = NULL, *out_ids = NULL;
+    int *ids = NULL, n_ids = 0, *sids = NULL, n_sids = 0, rc = 2;
+    char *text = NULL;
     if (stats) cm.msg_case = GLMTP__CLIENT_MESSAGE__MSG_STATS, cm.stats = &st;
     else if (health) cm.msg_case = GLMTP__CLIENT_MESSAGE__MSG_HEALTH, cm.health = &he;
     else if (cancel) ca.request_id = (char *)cancel, cm.msg_case = GLMTP__CLIENT_MESSAGE__MSG_CANCEL, cm.cancel = &ca;
@@ -288,10 +288,10 @@ int main(int argc, char **argv) {
         g.request_id = (char *)rid;
         if (prompt) g.input_case = GLMTP__GENERATE_REQUEST__INPUT_TEXT, g.text = (char *)prompt;
         else if (chat) {
-            if (load_chat(chat, &chm, &chat_json)) return 2;
+            if (load_chat(chat, &chm, &chat_json)) goto done;
             g.input_case = GLMTP__GENERATE_REQUEST__INPUT_CHAT, g.chat = &chm;
         } else {
-            if (parse_ids("--ids", ids_s, &ids, &n_ids)) return 2;
+            if (parse_ids("--ids", ids_s, &ids, &n_ids)) goto done;
             ti.ids = ids, ti.n_ids = (size_t)n_ids;
             g.input_case = GLMTP__GENERATE_REQUEST__INPUT_TOKEN_IDS, g.token_ids = &ti;
         }
@@ -302,19 +302,18 @@ int main(int argc, char **argv) {
         if (max_new) g.has_max_new_tokens = 1, g.max_new_tokens = atoi(max_new);
         if (n_stop) g.stop = (char **)stop, g.n_stop = (size_t)n_stop;
         if (stop_ids_s) {
-            if (parse_ids("--stop-ids", stop_ids_s, &sids, &n_sids)) return 2;
+            if (parse_ids("--stop-ids", stop_ids_s, &sids, &n_sids)) goto done;
             g.stop_ids = sids, g.n_stop_ids = (size_t)n_sids;
         }
         g.has_stream = 1, g.stream = !no_stream;
         cm.msg_case = GLMTP__CLIENT_MESSAGE__MSG_GENERATE, cm.generate = &g;
     }
     double t0 = now_s(), ttft = -1;
-    if (send_msg(fd, &cm)) return 2;
-    int rc = 2;
+    if (send_msg(fd, &cm)) goto done;
     long n_deltas = 0;
-    cJSON *rec = cJSON_CreateObject(), *out_ids = cJSON_CreateArray();
+    rec = cJSON_CreateObject(), out_ids = cJSON_CreateArray();
     size_t tcap = 1024, tlen = 0;
-    char *text = malloc(tcap);
+    text = malloc(tcap);
     if (!text) abort();
     text[0] = 0;
     for (;;) {
@@ -416,6 +415,7 @@ int main(int argc, char **argv) {
             printf("\n");
         }
     }
+done:
     cJSON_Delete(out_ids);
     cJSON_Delete(rec);
     cJSON_Delete(chat_json);
