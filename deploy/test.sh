@@ -19,7 +19,8 @@ ctest --test-dir build --output-on-failure
 # Sanitizers: the safetensors/config parsers meet hostile input in bad_input.
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DGLMTP_MPI=OFF -DGLMTP_ASAN=ON -DGLMTP_NATIVE=OFF -DGLMTP_CUDA=OFF
 cmake --build build-asan -j"$jobs"
-ctest --test-dir build-asan --output-on-failure
+# Single-rank tests only here: two at a time use both cores.
+ctest --test-dir build-asan --output-on-failure -j"$jobs"
 
 # Fuzzing (tests/fuzz/): each harness from its seeds for a bounded time; any crash fails CI and is kept
 # in build-fuzz/crashes/ (add it to tests/fuzz/regressions/<target>/ with the fix).
