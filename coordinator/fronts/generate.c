@@ -36,7 +36,11 @@
  *   a machine crash may lose the last ones, which --resume recomputes.
  * The format seam: input_key and parse_line turn an input line into a key
  * and a request, record_key and format_record a finished request into an
- * output line and back into its key. */
+ * output line and back into its key.
+ * OpenAI batch files: a line that is an object with "custom_id" and "body"
+ * (decided per line) is mapped by the HTTP server's code (openai_map.h) and
+ * answered with an OpenAI batch output line; its key is its custom_id
+ * ("custom_id " + compact JSON), and its record's ids derive from it. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stddef.h>
@@ -55,6 +59,7 @@
 #include "../engine/gen_batch.h"
 #include "../engine/kvstore.h"
 #include "../text/chat_template.h"
+#include "openai_map.h"
 #include "requests.h"
 
 typedef struct gen_cli {
@@ -100,7 +105,10 @@ const args_spec cmd_generate_spec = {
     "  error naming it.\n"
     "records: {\"id\", \"line\"? (lines without an id), \"text\", \"token_ids\", \"finish_reason\": stop|length|error,\n"
     "  \"error\"?, \"usage\"}\n"
-    "--resume keys: a line's id as compact JSON, or its line number when it has none; ids must be unique.\n",
+    "--resume keys: a line's id as compact JSON, or its line number when it has none; ids must be unique.\n"
+    "OpenAI batch lines {\"custom_id\", \"method\": \"POST\", \"url\": \"/v1/chat/completions\" | \"/v1/completions\",\n"
+    "  \"body\"} (as vllm run-batch) get OpenAI batch output lines {\"id\", \"custom_id\", \"response\": {status_code,\n"
+    "  request_id, body}, \"error\"}; their --resume key is the custom_id.\n",
 };
 
 static int parse_cli(comm *c, gen_cli *o, int argc, char **argv) {
@@ -154,6 +162,11 @@ static int parse_cli(comm *c, gen_cli *o, int argc, char **argv) {
  * no id. Returns a malloc'ed string (the caller frees it). */
 static char *input_key(const char *text, size_t len, int line_no) {
     cJSON *o = cJSON_ParseWithLength(text, len);
+    if (oai_batch_is_line(o)) { /* an OpenAI batch line: its custom_id */
+        char *k = oai_batch_key(cJSON_GetObjectItemCaseSensitive(o, "custom_id"));
+        cJSON_Delete(o);
+        return k;
+    }
     const cJSON *id = cJSON_IsObject(o) ? cJSON_GetObjectItemCaseSensitive(o, "id") : NULL;
     char *key = id && !cJSON_IsNull(id) ? cJSON_PrintUnformatted(id) : NULL;
     cJSON_Delete(o);
@@ -167,12 +180,23 @@ static char *input_key(const char *text, size_t len, int line_no) {
 
 /* One input line into a request (never fails: problems land in r->error). */
 static void parse_line(const req_context *ctx, const char *text, size_t len, int line_no, req_line *r /* OUT */) {
-    req_parse(ctx, text, len, line_no, r);
+    cJSON *o = cJSON_ParseWithLength(text, len);
+    if (oai_batch_is_line(o)) oai_batch_parse(ctx, o, line_no, r);
+    else req_parse(ctx, text, len, line_no, r);
+    cJSON_Delete(o);
+}
+
+/* Frees a parsed line (the batch part is generate's: requests.c knows none). */
+static void line_free(req_line *r) {
+    oai_batch_free(r->batch);
+    r->batch = NULL;
+    req_line_free(r);
 }
 
 /* A finished request's record: one JSON line, newline included; the caller
  * frees it. */
 static char *format_record(const req_line *r) {
+    if (r->batch) return oai_batch_record(r); /* an OpenAI batch output line */
     cJSON *o = cJSON_CreateObject();
     int has_id = r->id && !cJSON_IsNull(r->id);
     cJSON_AddItemToObject(o, "id", has_id ? cJSON_Duplicate(r->id, 1) : cJSON_CreateNull());
@@ -199,8 +223,11 @@ static char *record_key(const char *text, size_t len) {
     cJSON *o = cJSON_ParseWithLength(text, len);
     const cJSON *id = cJSON_IsObject(o) ? cJSON_GetObjectItemCaseSensitive(o, "id") : NULL;
     const cJSON *ln = cJSON_IsObject(o) ? cJSON_GetObjectItemCaseSensitive(o, "line") : NULL;
+    const cJSON *cid = cJSON_IsObject(o) ? cJSON_GetObjectItemCaseSensitive(o, "custom_id") : NULL;
     char *key = NULL;
-    if (id && !cJSON_IsNull(id)) {
+    if (cid && cJSON_GetObjectItemCaseSensitive(o, "response")) { /* an OpenAI batch output line */
+        key = oai_batch_key(cid);
+    } else if (id && !cJSON_IsNull(id)) {
         key = cJSON_PrintUnformatted(id);
         if (!key) abort();
     } else if (cJSON_IsNumber(ln) && ln->valuedouble >= 1 && ln->valuedouble < 2147483647.0) {
@@ -532,7 +559,7 @@ static int job_read(gen_job *j) {
     }
     job_slot *s = &j->ring[j->tail % j->window];
     parse_line(j->ctx, text, len, j->in.line_no, &s->r);
-    s->r.g.ignore_eos = j->o->ignore_eos;
+    s->r.g.ignore_eos |= j->o->ignore_eos; /* a batch line's body may ask too */
     s->state = SLOT_READ;
     snprintf(s->name, sizeof s->name, "line %d", s->r.line_no);
     j->tail++;
@@ -582,7 +609,7 @@ static void job_flush(gen_job *j) {
             fprintf(stderr, "glmtp: generate: %s\n", s->r.error);
             j->n_err++;
         }
-        req_line_free(&s->r);
+        line_free(&s->r);
         j->head++;
     }
 }
@@ -597,7 +624,7 @@ static void job_done(void *user, gen_request *g) {
 
 /* Frees the lines still in the window (after a failure). */
 static void job_free(gen_job *j) {
-    for (long s = j->head; j->ring && s < j->tail; s++) req_line_free(&j->ring[s % j->window].r);
+    for (long s = j->head; j->ring && s < j->tail; s++) line_free(&j->ring[s % j->window].r);
     free(j->ring);
     in_close(&j->in);
     j->ring = NULL;

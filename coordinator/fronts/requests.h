@@ -36,6 +36,8 @@ typedef struct req_line {
     int line_no;
     cJSON *id;   /* the line's "id" (owned), or null */
     char *error; /* NULL, or "line N: field 'x': ..." (owned) */
+    struct oai_batch *batch; /* an OpenAI batch line (openai_map.h), owned: generate frees it
+                              * (oai_batch_free) before req_line_free; NULL for plain lines */
     gen_request g;
 } req_line;
 

@@ -39,34 +39,6 @@ static char *json_take(cJSON *o, size_t *len) {
     return t;
 }
 
-void oai_error(oai_reply *r, int status, const char *type, const char *param, const char *code, const char *fmt,
-               ...) {
-    char msg[1500];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    cJSON *o = cJSON_CreateObject(), *e = cJSON_AddObjectToObject(o, "error");
-    cJSON_AddStringToObject(e, "message", msg);
-    cJSON_AddStringToObject(e, "type", type);
-    if (param) cJSON_AddStringToObject(e, "param", param);
-    else cJSON_AddNullToObject(e, "param");
-    if (code) cJSON_AddStringToObject(e, "code", code);
-    else cJSON_AddNullToObject(e, "code");
-    memset(r, 0, sizeof *r);
-    r->status = status, r->ctype = "application/json";
-    r->body = json_take(o, &r->len);
-}
-
-static void bad_field(oai_reply *r, const char *field, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void bad_field(oai_reply *r, const char *field, const char *fmt, ...) {
-    char msg[1200];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    oai_error(r, 400, "invalid_request_error", field, NULL, "field '%s': %s", field, msg);
-}
 
 /* ==== The call: what the engine thread and the HTTP thread share ==== */
 
@@ -393,24 +365,26 @@ static void sink_delta(void *user, const gen_request *g, int first, int n, const
 
 /* OpenAI's names: a call stops with "tool_calls"; cancelled or shut down
  * requests "abort" (vLLM's). */
-static const char *finish_name(const oai_choice *ch) {
-    if (ch->is_call) return "tool_calls";
-    if (strcmp(ch->reason, "stop") == 0 || strcmp(ch->reason, "length") == 0) return ch->reason;
-    return "abort";
+static const char *finish_name(const oai_choice *ch) { return oai_finish_name(ch->reason, ch->is_call); }
+
+/* The call's choices as the shared builders read them (malloc'ed; lp moved
+ * when take_lp). */
+static oai_result *call_results(oai_call *c, int take_lp) {
+    oai_result *res = calloc((size_t)c->n_choices + 1, sizeof *res);
+    if (!res) abort();
+    for (int i = 0; i < c->n_choices; i++) {
+        oai_choice *ch = &c->ch[i];
+        res[i] = (oai_result){ch->text ? ch->text : "", ch->n_ids, ch->n_prompt, ch->n_cached, ch->prompt_index,
+                              ch->reason, ch->is_call, take_lp ? ch->lp : NULL};
+        if (take_lp) ch->lp = NULL;
+    }
+    return res;
 }
 
-static cJSON *usage_json(const oai_call *c) {
-    long long p = 0, q = 0, cached = 0;
-    for (int i = 0; i < c->n_choices; i++) {
-        q += c->ch[i].n_ids;
-        if (i == 0 || c->ch[i].prompt_index != c->ch[i - 1].prompt_index)
-            p += c->ch[i].n_prompt, cached += c->ch[i].n_cached; /* a prompt counts once, whatever n */
-    }
-    cJSON *u = cJSON_CreateObject();
-    cJSON_AddNumberToObject(u, "prompt_tokens", (double)p);
-    cJSON_AddNumberToObject(u, "completion_tokens", (double)q);
-    cJSON_AddNumberToObject(u, "total_tokens", (double)(p + q));
-    cJSON_AddNumberToObject(cJSON_AddObjectToObject(u, "prompt_tokens_details"), "cached_tokens", (double)cached);
+static cJSON *usage_json(oai_call *c) {
+    oai_result *res = call_results(c, 0);
+    cJSON *u = oai_usage_json(res, c->n_choices);
+    free(res);
     return u;
 }
 
@@ -533,272 +507,6 @@ void oai_stream_free(oai_call *c) {
     call_unref_locked(c);
 }
 
-/* ==== Requests ==== */
-
-/* Fields each endpoint takes; anything else is a 400 naming it. */
-static const char *const chat_keys[] = {
-    "model", "messages", "tools", "tool_choice", "stream", "stream_options", "max_tokens", "max_completion_tokens",
-    "temperature", "top_p", "seed", "stop", "n", "logprobs", "top_logprobs", "top_k", "stop_token_ids", "ignore_eos",
-    "user", "frequency_penalty", "presence_penalty", "parallel_tool_calls", "return_tokens_as_token_ids", NULL};
-static const char *const text_keys[] = {
-    "model", "prompt", "stream", "stream_options", "max_tokens", "temperature", "top_p", "seed", "stop", "n",
-    "logprobs", "echo", "top_k", "stop_token_ids", "ignore_eos", "user", "frequency_penalty", "presence_penalty",
-    "suffix", "return_tokens_as_token_ids", NULL};
-
-/* The sampling fields shared by every choice of a request. */
-typedef struct oai_params {
-    int max_new, max_given, n, stream, include_usage, echo, ignore_eos, top_k;
-    float temperature, top_p;
-    int want_lp, top_n; /* logprobs: asked; alternatives per token */
-    int ids_as_tokens;
-    int seed_given;
-    uint64_t seed;
-    char **stop;
-    int n_stop;
-    int *stop_ids, n_stop_ids;
-} oai_params;
-
-static void params_free(oai_params *p) {
-    for (int i = 0; i < p->n_stop; i++) free(p->stop[i]);
-    free(p->stop);
-    free(p->stop_ids);
-}
-
-/* An optional number in [lo, hi] (integer when integer). Returns 1 if present,
- * 0 if absent or null, -1 after filling r with a 400 naming f. */
-static int get_num(const cJSON *o, const char *f, double lo, double hi, int integer, double *out, oai_reply *r) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, f);
-    if (!v || cJSON_IsNull(v)) return 0;
-    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble < lo || v->valuedouble > hi ||
-        (integer && v->valuedouble != floor(v->valuedouble))) {
-        bad_field(r, f, "must be %s in [%g, %g]", integer ? "an integer" : "a number", lo, hi);
-        return -1;
-    }
-    *out = v->valuedouble;
-    return 1;
-}
-
-/* An optional boolean. Returns 1/0, or -1 after a 400. */
-static int get_bool(const cJSON *o, const char *f, int def, oai_reply *r) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, f);
-    if (!v || cJSON_IsNull(v)) return def;
-    if (!cJSON_IsBool(v)) {
-        bad_field(r, f, "must be true or false");
-        return -1;
-    }
-    return cJSON_IsTrue(v);
-}
-
-static int check_keys(const cJSON *o, const char *const *keys, oai_reply *r) {
-    for (const cJSON *k = o->child; k; k = k->next) {
-        int i = 0;
-        while (keys[i] && strcmp(keys[i], k->string) != 0) i++;
-        if (!keys[i]) {
-            oai_error(r, 400, "invalid_request_error", k->string, NULL, "unrecognized request argument: '%s'",
-                      k->string);
-            return -1;
-        }
-    }
-    return 0;
-}
-
-/* Reads the sampling fields (defaults from ctx). Returns 0 or -1 with r filled. */
-static int parse_params(const oai_ctx *h, int chat, const cJSON *b, oai_params *p, oai_reply *r) {
-    const req_defaults *d = h->ctx->defaults;
-    memset(p, 0, sizeof *p);
-    p->max_new = d->max_new, p->temperature = d->temperature, p->top_p = d->top_p, p->top_k = d->top_k, p->n = 1;
-    double v;
-    int k;
-    const char *mt = chat && cJSON_GetObjectItemCaseSensitive(b, "max_completion_tokens") ? "max_completion_tokens"
-                                                                                           : "max_tokens";
-    if ((k = get_num(b, mt, 1, 1e9, 1, &v, r)) < 0) return -1;
-    if (k) p->max_new = (int)v, p->max_given = 1;
-    if ((k = get_num(b, "temperature", 0, 1e4, 0, &v, r)) < 0) return -1;
-    if (k) p->temperature = (float)v;
-    if ((k = get_num(b, "top_p", 1e-9, 1, 0, &v, r)) < 0) return -1;
-    if (k) p->top_p = (float)v;
-    if ((k = get_num(b, "top_k", -1, 1e9, 1, &v, r)) < 0) return -1;
-    if (k) p->top_k = v < 0 ? 0 : (int)v; /* vLLM: -1 = off */
-    if ((k = get_num(b, "seed", -9.3e18, 9.3e18, 1, &v, r)) < 0) return -1;
-    if (k) p->seed = (uint64_t)(int64_t)v, p->seed_given = 1;
-    if ((k = get_num(b, "n", 1, 128, 1, &v, r)) < 0) return -1;
-    if (k) p->n = (int)v;
-    const char *zero_only[] = {"frequency_penalty", "presence_penalty"};
-    for (int i = 0; i < 2; i++) {
-        if ((k = get_num(b, zero_only[i], -2, 2, 0, &v, r)) < 0) return -1;
-        if (k && v != 0) {
-            bad_field(r, zero_only[i], "not supported by glmtp (only 0)");
-            return -1;
-        }
-    }
-    if ((p->stream = get_bool(b, "stream", 0, r)) < 0 || (p->ignore_eos = get_bool(b, "ignore_eos", 0, r)) < 0 ||
-        (p->echo = chat ? 0 : get_bool(b, "echo", 0, r)) < 0 ||
-        (p->ids_as_tokens = get_bool(b, "return_tokens_as_token_ids", 0, r)) < 0)
-        return -1;
-    const cJSON *so = cJSON_GetObjectItemCaseSensitive(b, "stream_options");
-    if (so && !cJSON_IsNull(so)) {
-        if (!cJSON_IsObject(so) || !p->stream) {
-            bad_field(r, "stream_options", "must be an object, and only with stream true");
-            return -1;
-        }
-        if ((p->include_usage = get_bool(so, "include_usage", 0, r)) < 0) return -1;
-    }
-    /* logprobs: chat takes a boolean (+ top_logprobs), completions a count. */
-    if (chat) {
-        if ((p->want_lp = get_bool(b, "logprobs", 0, r)) < 0) return -1;
-        if ((k = get_num(b, "top_logprobs", 0, GEN_MAX_TOP, 1, &v, r)) < 0) return -1;
-        if (k && !p->want_lp) {
-            bad_field(r, "top_logprobs", "needs logprobs true");
-            return -1;
-        }
-        if (k) p->top_n = (int)v;
-    } else {
-        if ((k = get_num(b, "logprobs", 0, GEN_MAX_TOP, 1, &v, r)) < 0) return -1;
-        if (k) p->want_lp = 1, p->top_n = (int)v;
-    }
-    const cJSON *sfx = cJSON_GetObjectItemCaseSensitive(b, "suffix");
-    if (sfx && !cJSON_IsNull(sfx)) {
-        bad_field(r, "suffix", "not supported by GLM-4");
-        return -1;
-    }
-    const cJSON *st = cJSON_GetObjectItemCaseSensitive(b, "stop");
-    if (st && !cJSON_IsNull(st)) {
-        int n = cJSON_IsString(st) ? 1 : cJSON_IsArray(st) ? cJSON_GetArraySize(st) : -1;
-        if (n < 0) {
-            bad_field(r, "stop", "must be a string or a list of strings");
-            return -1;
-        }
-        if (!(p->stop = calloc((size_t)n + 1, sizeof(char *)))) abort();
-        for (int i = 0; i < n; i++) {
-            const cJSON *e = cJSON_IsString(st) ? st : cJSON_GetArrayItem(st, i);
-            if (!cJSON_IsString(e) || !e->valuestring[0]) {
-                bad_field(r, "stop", "item %d: must be a non-empty string", i);
-                return -1;
-            }
-            if (!(p->stop[p->n_stop++] = strdup(e->valuestring))) abort();
-        }
-    }
-    const cJSON *si = cJSON_GetObjectItemCaseSensitive(b, "stop_token_ids");
-    if (si && !cJSON_IsNull(si)) {
-        int n = cJSON_IsArray(si) ? cJSON_GetArraySize(si) : -1;
-        if (n < 0) {
-            bad_field(r, "stop_token_ids", "must be a list of token ids");
-            return -1;
-        }
-        if (!(p->stop_ids = malloc(sizeof(int) * ((size_t)n + 1)))) abort();
-        for (int i = 0; i < n; i++) {
-            const cJSON *e = cJSON_GetArrayItem(si, i);
-            if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble) || e->valuedouble < 0 ||
-                e->valuedouble >= h->ctx->n_vocab) {
-                bad_field(r, "stop_token_ids", "item %d: must be a token id in [0, %d)", i, h->ctx->n_vocab);
-                return -1;
-            }
-            p->stop_ids[p->n_stop_ids++] = (int)e->valuedouble;
-        }
-    }
-    return 0;
-}
-
-/* One prompt's ids as the request gives them. */
-typedef struct oai_prompt {
-    int *ids, n;
-    char *text; /* for echo (decoded when given as ids) */
-} oai_prompt;
-
-/* [gMASK]<sop> + the text's ids: `glmtp generate`'s "prompt". */
-static int *encode_text(const tokenizer *tok, const char *s, int *n) {
-    int *ids, k;
-    if (tok_encode(tok, s, strlen(s), &ids, &k)) abort();
-    int *p = malloc(sizeof(int) * (size_t)(k + 2));
-    if (!p) abort();
-    p[0] = tok_special_id(tok, "[gMASK]"), p[1] = tok_special_id(tok, "<sop>");
-    memcpy(p + 2, ids, sizeof(int) * (size_t)k);
-    free(ids);
-    *n = k + 2;
-    return p;
-}
-
-/* ids from a JSON list; -1 with a 400 naming field. */
-static int ids_from_json(const oai_ctx *h, const cJSON *a, const char *field, oai_prompt *p, oai_reply *r) {
-    int n = cJSON_GetArraySize(a);
-    if (n == 0) {
-        bad_field(r, field, "must not be empty");
-        return -1;
-    }
-    if (!(p->ids = malloc(sizeof(int) * (size_t)n))) abort();
-    for (int i = 0; i < n; i++) {
-        const cJSON *e = cJSON_GetArrayItem(a, i);
-        if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble) || e->valuedouble < 0 ||
-            e->valuedouble >= h->ctx->n_vocab) {
-            bad_field(r, field, "item %d: must be a token id in [0, %d)", i, h->ctx->n_vocab);
-            return -1;
-        }
-        p->ids[p->n++] = (int)e->valuedouble;
-    }
-    if (h->ctx->tok && !(p->text = tok_decode(h->ctx->tok, p->ids, p->n))) abort();
-    return 0;
-}
-
-/* /v1/completions "prompt": a string, a list of strings, a list of ids, or a
- * list of lists of ids, into *out (*n_out of them, owned by the caller even on
- * failure). Returns 0, or -1 with r filled. */
-static int parse_prompts(const oai_ctx *h, const cJSON *b, oai_prompt **out, int *n_out, oai_reply *r) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(b, "prompt");
-    const tokenizer *tok = h->ctx->tok;
-    if (!v || cJSON_IsNull(v)) {
-        bad_field(r, "prompt", "missing");
-        return -1;
-    }
-    int many = cJSON_IsArray(v) && cJSON_GetArraySize(v) > 0 && !cJSON_IsNumber(cJSON_GetArrayItem(v, 0));
-    int n = many ? cJSON_GetArraySize(v) : 1;
-    if (!cJSON_IsString(v) && !cJSON_IsArray(v)) {
-        bad_field(r, "prompt", "must be a string, a list of strings, a list of token ids or a list of such lists");
-        return -1;
-    }
-    oai_prompt *p = calloc((size_t)n, sizeof *p);
-    if (!p) abort();
-    *out = p, *n_out = n;
-    for (int i = 0; i < n; i++) {
-        const cJSON *e = many ? cJSON_GetArrayItem(v, i) : v;
-        char field[40];
-        snprintf(field, sizeof field, many ? "prompt[%d]" : "prompt", i);
-        if (cJSON_IsString(e)) {
-            if (!tok) {
-                bad_field(r, field, "the model has no tokenizer.model: give token ids");
-                return -1;
-            }
-            p[i].ids = encode_text(tok, e->valuestring, &p[i].n);
-            if (!(p[i].text = strdup(e->valuestring))) abort();
-        } else if (cJSON_IsArray(e)) {
-            if (ids_from_json(h, e, field, &p[i], r)) return -1;
-        } else {
-            bad_field(r, field, "must be a string or a list of token ids");
-            return -1;
-        }
-    }
-    return 0;
-}
-
-static void prompts_free(oai_prompt *p, int n) {
-    for (int i = 0; p && i < n; i++) free(p[i].ids), free(p[i].text);
-    free(p);
-}
-
-/* Checks the length against the maximum model length (and cuts a default
- * max_tokens to the room left, as `glmtp generate` does). */
-static int fit_length(const oai_ctx *h, int n_prompt, const oai_params *p, int *max_new, const char *field,
-                      oai_reply *r) {
-    int lim = h->ctx->seq_len;
-    *max_new = p->max_new;
-    if (!p->max_given && n_prompt < lim && n_prompt + *max_new > lim) *max_new = lim - n_prompt;
-    if (n_prompt + *max_new <= lim) return 0;
-    oai_error(r, 400, "invalid_request_error", p->max_given ? "max_tokens" : field, NULL,
-              "This model's maximum context length is %d tokens. However, you requested %d tokens (%d in the "
-              "prompt, %d for the completion). Please reduce the length of the prompt or max_tokens.",
-              lim, n_prompt + *max_new, n_prompt, *max_new);
-    return -1;
-}
-
 /* A ready request for one choice. */
 static srv_gen *make_gen(oai_call *c, oai_choice *ch, const oai_params *p, const int *ids, int n_ids, int max_new,
                          int chat, uint64_t seed) {
@@ -828,15 +536,6 @@ static srv_gen *make_gen(oai_call *c, oai_choice *ch, const oai_params *p, const
 
 /* ==== Responses ==== */
 
-static cJSON *response_head(const oai_call *c) {
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "id", c->id);
-    cJSON_AddStringToObject(o, "object", c->chat ? "chat.completion" : "text_completion");
-    cJSON_AddNumberToObject(o, "created", (double)c->created);
-    cJSON_AddStringToObject(o, "model", c->model);
-    return o;
-}
-
 /* The whole response once every choice is done (c->mu held). */
 static void whole_response(oai_call *c, oai_reply *r) {
     for (int i = 0; i < c->n_choices; i++)
@@ -844,77 +543,18 @@ static void whole_response(oai_call *c, oai_reply *r) {
             oai_error(r, 400, "invalid_request_error", NULL, NULL, "%s", c->ch[i].error);
             return;
         }
-    cJSON *o = response_head(c), *a = cJSON_AddArrayToObject(o, "choices");
-    for (int i = 0; i < c->n_choices; i++) {
-        oai_choice *ch = &c->ch[i];
-        cJSON *e = cJSON_CreateObject();
-        cJSON_AddNumberToObject(e, "index", i);
-        if (c->chat) {
-            toolcall_result tr;
-            toolcall_parse(ch->text, strlen(ch->text), (const char *const *)c->names, c->n_names, &tr);
-            char id[32];
-            toolcall_make_id(util_fnv(UTIL_FNV_INIT, c->id, strlen(c->id)) + (uint64_t)i, id);
-            ch->is_call = tr.is_call;
-            cJSON_AddItemToObject(e, "message", toolcall_message_json(&tr, id));
-            toolcall_result_free(&tr);
-        } else {
-            const char *pre = c->echo && c->prompt_text[ch->prompt_index] ? c->prompt_text[ch->prompt_index] : "";
-            size_t a1 = strlen(pre), a2 = strlen(ch->text);
-            char *t = malloc(a1 + a2 + 1);
-            if (!t) abort();
-            memcpy(t, pre, a1), memcpy(t + a1, ch->text, a2 + 1);
-            cJSON_AddStringToObject(e, "text", t);
-            free(t);
-        }
-        if (ch->lp) cJSON_AddItemToObject(e, "logprobs", ch->lp), ch->lp = NULL;
-        else cJSON_AddNullToObject(e, "logprobs");
-        cJSON_AddStringToObject(e, "finish_reason", finish_name(ch));
-        cJSON_AddItemToArray(a, e);
-    }
-    cJSON_AddItemToObject(o, "usage", usage_json(c));
+    oai_result *res = call_results(c, 1);
+    oai_head hd = {c->id, c->created, c->model, c->chat, c->echo, c->prompt_text, (const char *const *)c->names,
+                   c->n_names};
+    cJSON *o = oai_response_json(&hd, res, c->n_choices);
+    for (int i = 0; i < c->n_choices; i++) c->ch[i].is_call = res[i].is_call;
+    free(res);
     memset(r, 0, sizeof *r);
     r->status = 200, r->ctype = "application/json";
     r->body = json_take(o, &r->len);
 }
 
 /* ==== The endpoint ==== */
-
-/* Builds the prompts of a chat request (one) into *pr; names for the parse. */
-static int chat_prompt(const oai_ctx *h, const cJSON *b, oai_call *c, oai_prompt *pr, oai_reply *r) {
-    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(b, "messages");
-    if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0) {
-        bad_field(r, "messages", "must be a non-empty list of messages");
-        return -1;
-    }
-    if (!h->ctx->tok) {
-        bad_field(r, "messages", "the model directory has no tokenizer.model");
-        return -1;
-    }
-    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(b, "tools");
-    const cJSON *choice = cJSON_GetObjectItemCaseSensitive(b, "tool_choice");
-    if (tools && cJSON_IsNull(tools)) tools = NULL;
-    if (choice && cJSON_IsNull(choice)) choice = NULL;
-    toolcall_prompt tp;
-    char err[1024];
-    if (toolcall_map_request(msgs, tools, choice, &tp, err, sizeof err)) {
-        const char *f = strstr(err, "field '");
-        char field[128] = "messages";
-        if (f) sscanf(f + 7, "%127[^']", field);
-        oai_error(r, 400, "invalid_request_error", field, NULL, "%s", err);
-        return -1;
-    }
-    int rc = chat_encode(h->ctx->tok, tp.msgs, tp.n_msgs, NULL, h->ctx->preamble, 1, &pr->ids, &pr->n, err,
-                         sizeof err);
-    if (rc) oai_error(r, 400, "invalid_request_error", "messages", NULL, "%s", err);
-    if (!rc) { /* names stays non-NULL: no tools rendered means nothing parses as a call */
-        if (!(c->names = calloc((size_t)tp.n_names + 1, sizeof(char *)))) abort();
-        for (int i = 0; i < tp.n_names; i++)
-            if (!(c->names[i] = strdup(tp.names[i]))) abort();
-        c->n_names = tp.n_names;
-    }
-    toolcall_prompt_free(&tp);
-    return rc ? -1 : 0;
-}
 
 void oai_generate(oai_ctx *h, int chat, const cJSON *b, int fd, oai_reply *r) {
     memset(r, 0, sizeof *r);
@@ -929,12 +569,12 @@ void oai_generate(oai_ctx *h, int chat, const cJSON *b, int fd, oai_reply *r) {
     unsigned long long serial = ++h->serial;
     pthread_mutex_unlock(&h->mu);
     snprintf(c->id, sizeof c->id, "%s-%llx%06llu", chat ? "chatcmpl" : "cmpl", (unsigned long long)c->created, serial);
-    if (check_keys(b, chat ? chat_keys : text_keys, r) || parse_params(h, chat, b, &p, r)) goto fail;
+    if (oai_check_keys(b, chat ? oai_chat_keys : oai_text_keys, r) || oai_parse_params(h->ctx, chat, b, &p, r)) goto fail;
     if (chat) {
         if (!(pr = calloc(1, sizeof *pr))) abort();
         n_pr = 1;
-        if (chat_prompt(h, b, c, pr, r)) goto fail;
-    } else if (parse_prompts(h, b, &pr, &n_pr, r))
+        if (oai_chat_prompt(h->ctx, b, pr, &c->names, &c->n_names, r)) goto fail;
+    } else if (oai_parse_prompts(h->ctx, b, &pr, &n_pr, r))
         goto fail;
     c->stream = p.stream, c->include_usage = p.include_usage, c->echo = p.echo;
     c->want_lp = p.want_lp, c->top_n = p.top_n, c->ids_as_tokens = p.ids_as_tokens;
@@ -948,7 +588,7 @@ void oai_generate(oai_ctx *h, int chat, const cJSON *b, int fd, oai_reply *r) {
         c->prompt_text[i] = pr[i].text, pr[i].text = NULL;
         char field[40];
         snprintf(field, sizeof field, chat ? "messages" : n_pr > 1 ? "prompt[%d]" : "prompt", i);
-        if (fit_length(h, pr[i].n, &p, &max_new[i], field, r)) {
+        if (oai_fit_length(h->ctx, pr[i].n, &p, &max_new[i], field, r)) {
             free(max_new);
             goto fail;
         }
@@ -983,8 +623,8 @@ void oai_generate(oai_ctx *h, int chat, const cJSON *b, int fd, oai_reply *r) {
         srv_push_in(h->s, it);
     }
     free(max_new);
-    params_free(&p);
-    prompts_free(pr, n_pr);
+    oai_params_free(&p);
+    oai_prompts_free(pr, n_pr);
     if (c->stream) {
         pthread_mutex_lock(&c->mu);
         if (c->echo && !c->want_lp) /* echo in a stream: the prompt first, as a chunk of each choice */
@@ -1005,8 +645,8 @@ void oai_generate(oai_ctx *h, int chat, const cJSON *b, int fd, oai_reply *r) {
     call_unref_locked(c);
     return;
 fail:
-    params_free(&p);
-    prompts_free(pr, n_pr);
+    oai_params_free(&p);
+    oai_prompts_free(pr, n_pr);
     pthread_mutex_lock(&c->mu);
     call_unref_locked(c);
 }
@@ -1021,15 +661,15 @@ void oai_tokenize(oai_ctx *h, const cJSON *b, oai_reply *r) {
     }
     static const char *const keys[] = {"model", "prompt", "messages", "add_special_tokens", "add_generation_prompt",
                                        "tools", NULL};
-    if (check_keys(b, keys, r)) return;
+    if (oai_check_keys(b, keys, r)) return;
     const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(b, "prompt");
     const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(b, "messages");
-    int special = get_bool(b, "add_special_tokens", 1, r), gen = get_bool(b, "add_generation_prompt", 1, r);
+    int special = oai_get_bool(b, "add_special_tokens", 1, r), gen = oai_get_bool(b, "add_generation_prompt", 1, r);
     if (special < 0 || gen < 0) return;
     int *ids = NULL, n = 0;
     char err[1024];
     if (cJSON_IsString(prompt) && !msgs) {
-        if (special) ids = encode_text(tok, prompt->valuestring, &n);
+        if (special) ids = oai_encode_text(tok, prompt->valuestring, &n);
         else if (tok_encode(tok, prompt->valuestring, strlen(prompt->valuestring), &ids, &n)) abort();
     } else if (cJSON_IsArray(msgs) && !prompt) {
         if (chat_encode_json(tok, msgs, cJSON_GetObjectItemCaseSensitive(b, "tools"), h->ctx->preamble, gen, &ids,
@@ -1038,7 +678,7 @@ void oai_tokenize(oai_ctx *h, const cJSON *b, oai_reply *r) {
             return;
         }
     } else {
-        bad_field(r, "prompt", "give a string 'prompt' or a list 'messages'");
+        oai_bad_field(r, "prompt", "give a string 'prompt' or a list 'messages'");
         return;
     }
     cJSON *o = cJSON_CreateObject();
@@ -1054,20 +694,20 @@ void oai_tokenize(oai_ctx *h, const cJSON *b, oai_reply *r) {
 
 void oai_detokenize(oai_ctx *h, const cJSON *b, oai_reply *r) {
     static const char *const keys[] = {"model", "tokens", NULL};
-    if (check_keys(b, keys, r)) return;
+    if (oai_check_keys(b, keys, r)) return;
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(b, "tokens");
     if (!h->ctx->tok) {
         oai_error(r, 400, "invalid_request_error", NULL, NULL, "the model directory has no tokenizer.model");
         return;
     }
     if (!cJSON_IsArray(t)) {
-        bad_field(r, "tokens", "must be a list of token ids");
+        oai_bad_field(r, "tokens", "must be a list of token ids");
         return;
     }
     oai_prompt p = {0};
     if (cJSON_GetArraySize(t) == 0) {
         if (!(p.text = strdup(""))) abort();
-    } else if (ids_from_json(h, t, "tokens", &p, r))
+    } else if (oai_ids_from_json(h->ctx, t, "tokens", &p, r))
         return;
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "prompt", p.text);

@@ -6,6 +6,7 @@
 #include <cjson/cJSON.h>
 #include <stddef.h>
 
+#include "../fronts/openai_map.h"
 #include "../fronts/requests.h"
 #include "../serve/queue.h"
 
@@ -19,20 +20,6 @@ typedef struct oai_ctx {
     pthread_mutex_t mu; /* serial */
     unsigned long long serial;
 } oai_ctx;
-
-/* A reply: status and a malloc'ed body, or (stream != NULL) an SSE stream to
- * be read with oai_stream_read and released with oai_stream_free. */
-typedef struct oai_reply {
-    int status;
-    char *body;
-    size_t len;
-    const char *ctype;
-    struct oai_call *stream;
-} oai_reply;
-
-/* An OpenAI error body {"error": {message, type, param, code}} (param, code may be NULL). */
-void oai_error(oai_reply *r /* OUT */, int status, const char *type, const char *param, const char *code,
-               const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 
 /* POST /v1/chat/completions (chat = 1) or /v1/completions (chat = 0). body: the
  * parsed JSON. fd: the client's socket (a hang-up cancels the request). Fills
