@@ -28,7 +28,9 @@ void req_defaults_load(req_defaults *d, const char *model_dir) {
     if (sample && cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(g, "temperature")) && v->valuedouble >= 0 &&
         v->valuedouble <= 1e4)
         d->temperature = (float)v->valuedouble;
-    if (cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(g, "top_p")) && v->valuedouble > 0 && v->valuedouble <= 1)
+    /* (float) of a tiny positive top_p is 0, which no sampler takes */
+    if (cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(g, "top_p")) && v->valuedouble > 0 && v->valuedouble <= 1 &&
+        (float)v->valuedouble > 0)
         d->top_p = (float)v->valuedouble;
     if (cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(g, "top_k")) && v->valuedouble >= 0 && v->valuedouble <= 1e9)
         d->top_k = (int)v->valuedouble;
@@ -210,7 +212,10 @@ void req_parse(const req_context *c, const char *text, size_t len, int line_no, 
     int max_given = get_int(r, line_no, o, "max_new_tokens", 1, 1e9, &v) || get_int(r, line_no, o, "max_tokens", 1, 1e9, &v);
     if (max_given) r->g.max_new = (int)v;
     if (get_num(r, line_no, o, "temperature", 0, 0, 1e4, &v)) r->g.temperature = (float)v;
-    if (get_num(r, line_no, o, "top_p", 0, 1, 1, &v)) r->g.top_p = (float)v;
+    if (get_num(r, line_no, o, "top_p", 0, 1, 1, &v)) {
+        r->g.top_p = (float)v;
+        if (!(r->g.top_p > 0)) set_error(r, line_no, "field 'top_p': %g is 0 as a float; must be in (0, 1]", v);
+    }
     if (get_int(r, line_no, o, "top_k", 0, 1e9, &v)) r->g.top_k = (int)v;
     if (get_int(r, line_no, o, "seed", 0, 9007199254740991.0, &v)) r->g.seed = (uint64_t)v;
     parse_stop(r, line_no, o);
