@@ -613,6 +613,8 @@ void oai_generate(oai_ctx *h, int chat, const cJSON *b, int fd, oai_reply *r) {
             ch->ts = toolcall_stream_new((const char *const *)c->names, c->n_names, 1, on_toolcall_delta, ch);
     }
     c->n_choices = n, c->refs += n;
+    srv_item **items = calloc((size_t)n, sizeof *items);
+    if (!items) abort();
     for (int i = 0; i < n; i++) {
         const oai_prompt *q = &pr[c->ch[i].prompt_index];
         srv_item *it = calloc(1, sizeof *it);
@@ -620,8 +622,10 @@ void oai_generate(oai_ctx *h, int chat, const cJSON *b, int fd, oai_reply *r) {
         it->kind = SRV_GEN, it->conn = -1;
         it->gen = make_gen(c, &c->ch[i], &p, q->ids, q->n, max_new[c->ch[i].prompt_index], chat,
                            base + (uint64_t)(i % p.n));
-        srv_push_in(h->s, it);
+        items[i] = it;
     }
+    srv_push_in_all(h->s, items, n);
+    free(items);
     free(max_new);
     oai_params_free(&p);
     oai_prompts_free(pr, n_pr);

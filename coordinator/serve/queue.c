@@ -28,10 +28,14 @@ const char *srv_health(const server *s, double now, int *ok) {
     return "serving";
 }
 
-void srv_push_in(server *s, srv_item *it) {
+void srv_push_in(server *s, srv_item *it) { srv_push_in_all(s, &it, 1); }
+
+void srv_push_in_all(server *s, srv_item **items, int n) {
     pthread_mutex_lock(&s->mu);
-    push(s, &s->in_head, &s->in_tail, it);
-    if (it->kind == SRV_NEW || it->kind == SRV_GEN) s->n_in++;
+    for (int i = 0; i < n; i++) {
+        push(s, &s->in_head, &s->in_tail, items[i]);
+        if (items[i]->kind == SRV_NEW || items[i]->kind == SRV_GEN) s->n_in++;
+    }
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
 }

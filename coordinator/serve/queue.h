@@ -122,6 +122,10 @@ const char *srv_health(const server *s, double now, int *ok);
 
 /* Queues an item for the other side (takes ownership). */
 void srv_push_in(server *s, srv_item *it);
+/* Queues n items at once (takes ownership): the engine loop takes them in the
+ * same pass, so the n choices of one request start in the same step and a
+ * seeded request meets the same batches every time. */
+void srv_push_in_all(server *s, srv_item **items, int n);
 void srv_push_out(server *s, srv_item *it);
 /* Packs m into a FRAME item for conn. */
 srv_item *srv_frame(int conn, const Glmtp__ServerMessage *m);
