@@ -7,7 +7,8 @@
 # build-fuzz/crashes/<target>/. Prints executions and coverage per harness and
 # exits 1 if any harness failed. To keep a crash fixed, put the file in
 # tests/fuzz/regressions/<target>/ (the ctest fuzz_<target> replays it).
-#   env: GLMTP_FUZZ_BUILD (build dir), GLMTP_FUZZ_TARGETS (space-separated subset)
+#   env: GLMTP_FUZZ_BUILD (build dir), GLMTP_FUZZ_TARGETS (space-separated subset),
+#        GLMTP_FUZZ_SEED (libFuzzer's -seed: the same search every run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
@@ -36,6 +37,9 @@ for t in "${targets[@]}"; do
   echo "fuzz: $t for ${secs}s" >&2
   opts=()
   case $t in safetensors|st_index|config|genconfig|chat|jsonl) opts=(-dict=tests/fuzz/json.dict) ;; esac
+  # A fixed seed repeats one search (CI: a submission's result does not depend on the draw); without one,
+  # each run explores new ground.
+  [ -n "${GLMTP_FUZZ_SEED:-}" ] && opts+=(-seed="$GLMTP_FUZZ_SEED")
   # Past crashes are read with the seeds: clang's UBSan sees what GCC's (the ctests) does not (float-cast-overflow).
   inputs=("tests/fuzz/corpus/$t")
   [ -d "tests/fuzz/regressions/$t" ] && inputs+=("tests/fuzz/regressions/$t")
