@@ -20,23 +20,7 @@
 #include <string.h>
 
 #include "../kernels/kernels.h"
-
-static char *slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    if (!s || fread(s, 1, (size_t)n, f) != (size_t)n) {
-        fclose(f);
-        free(s);
-        return NULL;
-    }
-    s[n] = 0;
-    fclose(f);
-    return s;
-}
+#include "../worker/util.h"
 
 /* rows x cols numbers of a JSON array of arrays into out (doubles). */
 static int get_matrix(const cJSON *a, int rows, int cols, double *out) {
@@ -54,10 +38,12 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: test_rope_golden tests/rope/golden.json\n");
         return 2;
     }
-    char *text = slurp(argv[1]);
-    cJSON *doc = text ? cJSON_Parse(text) : NULL;
+    size_t len;
+    char err[512] = "";
+    char *text = util_read_file(argv[1], &len, err, sizeof err);
+    cJSON *doc = text ? cJSON_ParseWithLength(text, len) : NULL;
     if (!doc) {
-        fprintf(stderr, "test_rope_golden: cannot read or parse %s\n", argv[1]);
+        fprintf(stderr, "test_rope_golden: %s\n", text ? "golden file is not JSON" : err);
         return 2;
     }
     int d = cJSON_GetObjectItem(doc, "head_dim")->valueint, rot = cJSON_GetObjectItem(doc, "rot_dim")->valueint;
