@@ -186,7 +186,8 @@ static void test_fp8_kv_store_case(int T, int n_kv, int d) {
     for (int t = 0; t < T; t++)
         for (int h = 0; h < 2 * n_kv; h++) f8_row(x + (size_t)t * ld + (size_t)h * d, d, (t * 2 * n_kv + h) % 7);
     int32_t *slots = xmalloc((size_t)T * 4), *pos = xmalloc((size_t)T * 4);
-    for (int t = 0; t < T; t++) slots[t] = (5 * t + 3) % n_slots, pos[t] = t; /* distinct: 5 and n_slots coprime */
+    /* distinct: n_slots = 2T + 5 is odd, so 2 and n_slots are coprime (5 was not, at T = 5) */
+    for (int t = 0; t < T; t++) slots[t] = (2 * t + 3) % n_slots, pos[t] = t;
     uint8_t *img = f8_poison(n_rows, d);
     void *gk = f8_up(G, img, n_rows, d), *gv = f8_up(G, img, n_rows, d);
     void *ck = f8_up(C, img, n_rows, d), *cv = f8_up(C, img, n_rows, d);
