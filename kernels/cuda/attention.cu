@@ -28,6 +28,7 @@
 #define ATT_WARPS 4
 #define MIN_SPLIT_POS 64 /* fewer positions per split than this costs more to merge than it saves */
 #define MAX_SPLITS 256
+#define GRID_Y_MAX 65535 /* CUDA's limit on gridDim.y (and z) */
 
 typedef struct attn_args {
     bf16 *out;
@@ -37,7 +38,8 @@ typedef struct attn_args {
     const bf16 *kc, *vc; /* an fp8 cache's e4m3 bytes when ks, vs are set */
     const float *ks, *vs; /* fp8 cache (kernels.h KV_DTYPE_FP8): a scale per (slot, KV head) row; else NULL */
     const int32_t *pos, *seq, *tables;
-    const int32_t *tok_list; /* [n] step token of grid row blockIdx.y; NULL: row i is token i */
+    const int32_t *tok_list; /* [n] step token of grid row i; NULL: row i is token i */
+    int row0;                /* grid row of blockIdx.y = 0: launches cover at most 65535 rows each */
     int ld_q, max_blocks, block_size, n_kv, q_per_kv, d, split_len, n_split;
     float scale;
 } attn_args;
@@ -90,7 +92,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_kernel(attn_a
     pdl_begin();
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
     __shared__ float sm_acc[ATT_WARPS][32 * EPL];
-    int h = blockIdx.x, i_row = blockIdx.y, sp = blockIdx.z, n_q = gridDim.x;
+    int h = blockIdx.x, i_row = a.row0 + blockIdx.y, sp = blockIdx.z, n_q = gridDim.x;
     int t = a.tok_list ? a.tok_list[i_row] : i_row;
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5, d = a.d;
     int g = h / a.q_per_kv, s = a.seq[t], np = a.pos[t] + 1;
@@ -207,7 +209,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_gqa_kernel(at
     __shared__ __align__(16) unsigned char smem[KV_BYTES];
     bf16 *sk = (bf16 *)smem, *sv = sk + GQA_BN * LDS;
 
-    const int grp = blockIdx.x, i_row = blockIdx.y, sp = blockIdx.z;
+    const int grp = blockIdx.x, i_row = a.row0 + blockIdx.y, sp = blockIdx.z;
     const int t = a.tok_list ? a.tok_list[i_row] : i_row;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int h0 = grp * a.q_per_kv, ng = min(min(16, a.q_per_kv), n_q - h0);
@@ -362,9 +364,9 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attention_gqa_kernel(at
 
 /* One block per (head, grid row): merges the splits' partial results. */
 static __global__ void attention_combine_kernel(bf16 *out, const float *part_o, const float *part_ml,
-                                                const int32_t *tok_list, int n_split, int d) {
+                                                const int32_t *tok_list, int n_split, int d, int row0) {
     pdl_begin();
-    int h = blockIdx.x, i_row = blockIdx.y, n_q = gridDim.x;
+    int h = blockIdx.x, i_row = row0 + blockIdx.y, n_q = gridDim.x;
     int t = tok_list ? tok_list[i_row] : i_row;
     size_t th = (size_t)t * n_q + h, ph = (size_t)i_row * n_q + h; /* output row; partials row */
     const float *ml = part_ml + ph * n_split * 2;
@@ -404,9 +406,8 @@ static void attention_cuda(cuda_ctx *c, bf16 *out, const bf16 *q, int ld_q, cons
     int T = b->n_tokens;
     c->attention_ran = NULL;
     if (T <= 0 || n_q <= 0) return;
-    if (d > 256 || T > 65535) {
-        fprintf(stderr, "glmtp: rank %s: cuda attention: head dim %d (max 256) or %d tokens in a step (max 65535)\n",
-                glmtp_check_rank(), d, T);
+    if (d > 256) {
+        fprintf(stderr, "glmtp: rank %s: cuda attention: head dim %d (max 256)\n", glmtp_check_rank(), d);
         abort();
     }
     /* Prefill runs on tensor cores first (when it applies); the general kernel
@@ -445,26 +446,33 @@ static void attention_cuda(cuda_ctx *c, bf16 *out, const bf16 *q, int ld_q, cons
         a.part_ml = part + n_part * d;
     }
     c->attention_ran = gqa ? "grouped" : "per_head";
-    if (gqa) {
-        dim3 ggrid((unsigned)groups, (unsigned)n, (unsigned)n_split);
-        if (d == 64)
-            attention_gqa_launch<64>(c, ggrid, a, n_q);
-        else
-            attention_gqa_launch<128>(c, ggrid, a, n_q);
-    } else {
-        dim3 grid((unsigned)n_q, (unsigned)n, (unsigned)n_split);
-        if (d <= 32)
-            attention_launch<1>(c, grid, a);
-        else if (d <= 64)
-            attention_launch<2>(c, grid, a);
-        else if (d <= 128)
-            attention_launch<4>(c, grid, a);
-        else
-            attention_launch<8>(c, grid, a);
+    /* gridDim.y is at most 65535: a step of more tokens (a 128K prefill whose
+     * rows the tensor-core kernel left here) runs in slices of grid rows. */
+    for (int r0 = 0; r0 < n; r0 += GRID_Y_MAX) {
+        unsigned rows = (unsigned)(n - r0 < GRID_Y_MAX ? n - r0 : GRID_Y_MAX);
+        a.row0 = r0;
+        if (gqa) {
+            dim3 ggrid((unsigned)groups, rows, (unsigned)n_split);
+            if (d == 64)
+                attention_gqa_launch<64>(c, ggrid, a, n_q);
+            else
+                attention_gqa_launch<128>(c, ggrid, a, n_q);
+        } else {
+            dim3 grid((unsigned)n_q, rows, (unsigned)n_split);
+            if (d <= 32)
+                attention_launch<1>(c, grid, a);
+            else if (d <= 64)
+                attention_launch<2>(c, grid, a);
+            else if (d <= 128)
+                attention_launch<4>(c, grid, a);
+            else
+                attention_launch<8>(c, grid, a);
+        }
     }
-    if (n_split > 1) {
-        launch(c, attention_combine_kernel, dim3((unsigned)n_q, (unsigned)n), 128, 0, out, a.part_o, a.part_ml,
-               tok_list, n_split, d);
+    for (int r0 = 0; n_split > 1 && r0 < n; r0 += GRID_Y_MAX) {
+        unsigned rows = (unsigned)(n - r0 < GRID_Y_MAX ? n - r0 : GRID_Y_MAX);
+        launch(c, attention_combine_kernel, dim3((unsigned)n_q, rows), 128, 0, out, a.part_o, a.part_ml, tok_list,
+               n_split, d, r0);
     }
 }
 

@@ -37,7 +37,7 @@
  *
  * Shapes and limits: d 64 or 128 (template), ld_q a multiple of 8 and q, out,
  * kcache, vcache 16-byte aligned (else the caller keeps the general kernel);
- * any block_size; at most 65535 tiles (T <= 65535 is checked by the caller).
+ * any block_size; any number of tiles (launched 65535 at most at a time, tile0).
  * Shared memory 2 * FA_BN * (d + 8) * 2 bytes (34,816 for d = 128, 18,432 for
  * 64), static: rows padded by 16 bytes so the 8 rows an ldmatrix reads fall in
  * different banks. Q is staged through the K buffer before the loop.
@@ -123,6 +123,7 @@ typedef struct flash_args {
     const bf16 *q, *kc, *vc; /* kc, vc: an fp8 cache's e4m3 bytes when ks, vs are set */
     const float *ks, *vs;    /* fp8 cache (kernels.h KV_DTYPE_FP8): a scale per (slot, KV head) row; else NULL */
     const int32_t *tiles;  /* [n_tiles][4]: first token, rows, sequence, first position */
+    int tile0;             /* tile of blockIdx.y = 0: launches cover at most 65535 tiles each */
     const int32_t *tables; /* [n_seqs, max_blocks] */
     int ld_q, ld_out, max_blocks, block_size, n_kv, q_per_kv;
     float scale_log2; /* softmax scale * log2(e): exp(x * scale) = exp2(x * scale_log2) */
@@ -156,7 +157,7 @@ static __global__ void __launch_bounds__(FA_THREADS, FA_MIN_CTAS) flash_prefill_
     __shared__ __align__(16) bf16 sk[FA_BN * LDS];
     __shared__ __align__(16) bf16 sv[FA_BN * LDS];
 
-    const int32_t *tile = a.tiles + 4 * (size_t)blockIdx.y;
+    const int32_t *tile = a.tiles + 4 * ((size_t)a.tile0 + blockIdx.y);
     const int t0 = tile[0], n = tile[1], s = tile[2], pos0 = tile[3];
     const int h = blockIdx.x, g = h / a.q_per_kv;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -363,7 +364,7 @@ static __global__ void __launch_bounds__(FA2_THREADS, FA2_MIN_CTAS) flash2_prefi
     bf16 *const sk = sq + FA2_BM * LDS; /* [2][FA2_BN][LDS] */
     bf16 *const sv = sk + 2 * BUF;      /* [2][FA2_BN][LDS] */
 
-    const int32_t *tile = a.tiles + 4 * (size_t)blockIdx.y;
+    const int32_t *tile = a.tiles + 4 * ((size_t)a.tile0 + blockIdx.y);
     const int t0 = tile[0], n = tile[1], s = tile[2], pos0 = tile[3];
     const int h = blockIdx.x, g = h / a.q_per_kv;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -699,14 +700,18 @@ int cuda_attention_prefill(cuda_ctx *c, void *out, const void *q, int ld_q, cons
     a.ld_q = ld_q, a.ld_out = n_q * d, a.max_blocks = b->max_blocks, a.block_size = b->block_size;
     a.n_kv = n_kv, a.q_per_kv = q_per_kv;
     a.scale_log2 = scale * 1.4426950408889634f;
-    if (variant == 2 && d == 64)
-        flash2_launch<64>(c, n_q, pl->n_tiles, a);
-    else if (variant == 2)
-        flash2_launch<128>(c, n_q, pl->n_tiles, a);
-    else if (d == 64)
-        flash_launch<64>(c, n_q, pl->n_tiles, a);
-    else
-        flash_launch<128>(c, n_q, pl->n_tiles, a);
+    for (int t0 = 0; t0 < pl->n_tiles; t0 += 65535) { /* gridDim.y <= 65535 */
+        int nt = pl->n_tiles - t0 < 65535 ? pl->n_tiles - t0 : 65535;
+        a.tile0 = t0;
+        if (variant == 2 && d == 64)
+            flash2_launch<64>(c, n_q, nt, a);
+        else if (variant == 2)
+            flash2_launch<128>(c, n_q, nt, a);
+        else if (d == 64)
+            flash_launch<64>(c, n_q, nt, a);
+        else
+            flash_launch<128>(c, n_q, nt, a);
+    }
     c->flash_ran = variant;
     *rest = dev + 4 * (size_t)pl->n_tiles;
     *rest_max_pos = pl->rest_max_pos;

@@ -140,6 +140,23 @@ static void test_attention_long(int n_kv, int q_per_kv, int d, int ctx) {
     free(pre), free(tables);
 }
 
+/* More tokens in one step than CUDA's 65535 grid rows: the first tokens of
+ * 70000 sequences (no run for the tensor-core kernel: all go to the general
+ * kernels, launched in slices of grid rows). */
+static void test_attention_many_rows(int n_kv, int q_per_kv, int d) {
+    int T = 70000;
+    int32_t *tables = xmalloc((size_t)T * 4);
+    tok *tk = xmalloc(sizeof(tok) * (size_t)T);
+    for (int t = 0; t < T; t++) tables[t] = t, tk[t] = (tok){t, 0};
+    size_t cache_n = (size_t)T * n_kv * d;
+    void *gk, *gv, *ck, *cv;
+    alloc_caches(cache_n, &gk, &gv, &ck, &cv);
+    attn_step("70000 first tokens (grid rows > 65535)", tk, T, tables, T, 1, 1, n_kv, q_per_kv, d, gk, gv, ck, cv,
+              cache_n);
+    free_caches(gk, gv, ck, cv);
+    free(tk), free(tables);
+}
+
 static void test_attention_cases(void) {
     test_attention_paged(1, 2, 16);
     test_attention_paged(2, 4, 16);
@@ -153,6 +170,7 @@ static void test_attention_cases(void) {
     g_attn_nq = 4; /* tp = 8 of GLM-4-9B: 4 q heads on the one (replicated) KV head, ratio 16 */
     test_attention_long(1, 16, 128, 5000);
     g_attn_nq = 0;
+    test_attention_many_rows(1, 2, 64);
 }
 
 /* Every case through the per-head kernel, then through the grouped one (q
