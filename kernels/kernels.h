@@ -162,6 +162,19 @@ typedef struct kernels_iface {
     void *(*capture_end)(void *ctx);
     int (*graph_launch)(void *ctx, void *graph);
     void (*graph_destroy)(void *ctx, void *graph); /* accepts NULL */
+
+    /* Ops of the GLM-4V vision tower. */
+    /* out [T, N] = (x - mean) / sqrt(var + eps) * w + b per row, N = w->cols,
+     * biased variance, fp32 math (LayerNorm with bias; the vision tower).
+     * w, b [1, N]; x, out [T, N]; may alias. */
+    void (*layernorm)(void *ctx, void *out, const void *x, const kweight *w, const kweight *b, int T, float eps);
+    /* x = 0.5 x (1 + erf(x / sqrt 2)) (exact GELU), n elements, in place. */
+    void (*gelu)(void *ctx, void *x, size_t n);
+    /* Bidirectional multi-head attention without a cache (the vision tower):
+     * row t's head h is at column h * d of q, k and v (each [T, ld]); every
+     * token attends to all T tokens; out [T, n_heads * d]; softmax in fp32. */
+    void (*attention_full)(void *ctx, void *out, const void *q, const void *k, const void *v, int ld, int T,
+                           int n_heads, int d, float scale);
 } kernels_iface;
 
 typedef struct kbackend {

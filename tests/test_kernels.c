@@ -853,6 +853,163 @@ static void test_attention(void) {
     test_attention_long(2, 1, 4, 16);    /* tp above the KV groups: 2 of a group's 4 heads on the rank */
 }
 
+/* ------------------------------------------------- vision tower: layernorm */
+
+static void ref_layernorm(double *out, const float *x, const double *w, const double *b, int T, int N, double eps) {
+    for (int t = 0; t < T; t++) {
+        const float *xt = x + (size_t)t * N;
+        double mean = 0.0, var = 0.0;
+        for (int i = 0; i < N; i++) mean += xt[i];
+        mean /= N;
+        for (int i = 0; i < N; i++) var += (xt[i] - mean) * (xt[i] - mean);
+        double r = 1.0 / sqrt(var / N + eps);
+        for (int i = 0; i < N; i++) out[(size_t)t * N + i] = (xt[i] - mean) * r * w[i] + b[i];
+    }
+}
+
+/* Rows: N(0, xscale) noise, then row 1 shifted by +1000 and row 2 by -300
+ * (a large mean next to a unit spread: a one-pass E[x^2] - E[x]^2 in fp32
+ * loses every digit there), row 3 constant (variance 0: out = b exactly up
+ * to eps). */
+static void test_layernorm_case(kdtype wdt, int T, int N, float xscale, float eps, int alias) {
+    size_t n = (size_t)T * N;
+    float *x = xmalloc(n * 4);
+    fill_normal(x, n, xscale);
+    if (T > 1)
+        for (int i = 0; i < N; i++) x[(size_t)N + i] += 1000.0f;
+    if (T > 2)
+        for (int i = 0; i < N; i++) x[(size_t)2 * N + i] -= 300.0f;
+    if (T > 3)
+        for (int i = 0; i < N; i++) x[(size_t)3 * N + i] = 2.5f;
+    hweight hw = make_weight(wdt, (size_t)N, -2.0f, 2.0f), hb = make_weight(wdt, (size_t)N, -1.0f, 1.0f);
+    kweight w = upload(&hw, 1, N), b = upload(&hb, 1, N);
+    double *want = xmalloc(n * sizeof(double));
+    ref_layernorm(want, x, hw.val, hb.val, T, N, eps);
+
+    void *dx = dev_copy(x, n * 4);
+    void *dout = alias ? dx : K_->alloc(kb.ctx, n * 4);
+    K_->layernorm(kb.ctx, dout, dx, &w, &b, T, eps);
+    float *got = xmalloc(n * 4);
+    K_->to_host(kb.ctx, got, dout, n * 4);
+    /* fp32 sums of N terms of |x - x0| <~ 4 xscale for the mean and of
+     * (x - mean)^2 for the variance: relative errors ~sqrt(N) 2^-24 typical;
+     * the output |w z + b| <~ 10. atol 1e-5 + rtol 1e-5 is ~10x the observed
+     * error at N = 1792; a one-pass variance or a mean off by a rounding of
+     * 1000 (6e-5 in x, 6e-5 / xscale in z) fails it, as does a missing bias,
+     * an unbiased variance (N = 1792: 3e-4 relative) or a misplaced eps. */
+    char name[128];
+    snprintf(name, sizeof name, "layernorm %s T=%d N=%d xscale=%g eps=%g%s", kdtype_name(wdt), T, N, xscale, eps,
+             alias ? " (out == x)" : "");
+    check(name, got, want, n, 1e-5, 1e-5);
+    if (!alias) K_->free(kb.ctx, dout);
+    K_->free(kb.ctx, dx);
+    K_->weight_free(kb.ctx, &w), K_->weight_free(kb.ctx, &b);
+    free_hweight(&hw), free_hweight(&hb);
+    free(x), free(want), free(got);
+}
+
+static void test_layernorm(void) {
+    test_layernorm_case(KDT_F32, 5, 129, 1.0f, 1e-5f, 0);
+    test_layernorm_case(KDT_BF16, 5, 129, 1.0f, 1e-5f, 0);
+    test_layernorm_case(KDT_BF16, 6, 1792, 1.0f, 1e-6f, 1); /* the tower's width */
+    test_layernorm_case(KDT_F32, 4, 37, 0.01f, 1e-4f, 1);   /* eps comparable to the variance */
+    test_layernorm_case(KDT_F32, 1, 1, 1.0f, 1e-5f, 0);     /* one element: out = b */
+}
+
+/* ------------------------------------------------------ vision tower: gelu */
+
+static void test_gelu(void) {
+    const size_t ns[] = {1, 7, 1001, 4096 * 3 + 5};
+    for (size_t c = 0; c < sizeof ns / sizeof ns[0]; c++) {
+        size_t n = ns[c];
+        float *x = xmalloc(n * 4);
+        fill_normal(x, n, 3.0f);
+        /* fixed points: 0, tiny, the tails (-10: 1 + erf cancels to ~1e-23;
+         * -40: 0 after underflow; 40: x), values around +-1 */
+        const float fixed[] = {0.0f, -0.0f, 1e-30f, -1e-30f, -10.0f, -5.5f, -40.0f, 40.0f, 10.0f, 1.0f, -1.0f, 0.5f};
+        for (size_t i = 0; i < n && i < sizeof fixed / sizeof fixed[0]; i++) x[i] = fixed[i];
+        for (size_t i = 12; i < n && i < 40; i++) x[i] = urand(-12.0f, 12.0f);
+        double *want = xmalloc(n * sizeof(double));
+        for (size_t i = 0; i < n; i++) want[i] = 0.5 * x[i] * erfc(-(double)x[i] / sqrt(2.0));
+        void *dx = dev_copy(x, n * 4);
+        K_->gelu(kb.ctx, dx, n);
+        float *got = xmalloc(n * 4);
+        K_->to_host(kb.ctx, got, dx, n * 4);
+        /* erfcf (a few ulp) of x / sqrt 2 rounded once: the argument's rounding
+         * is amplified by |d ln erfc(z) / dz| ~ 2|z| in the left tail, so 2e-6
+         * relative at x = -5, 1e-5 at x = -10; atol 1e-12 for the underflowed
+         * tail. tanh GELU differs by up to 5e-4, and 1 + erf (cancelling)
+         * is ~10% off at x = -5: both fail. */
+        char name[64];
+        snprintf(name, sizeof name, "gelu n=%zu", n);
+        check(name, got, want, n, 1e-12, 2e-5);
+        K_->free(kb.ctx, dx);
+        free(x), free(want), free(got);
+    }
+}
+
+/* ---------------------------------------------- vision tower: attention_full */
+
+/* Bidirectional attention of n_heads heads of d over T tokens, q, k and v the
+ * column blocks at 0, n_heads*d + gap and 2*(n_heads*d + gap) of one [T, ld]
+ * buffer (ld = 3*(n_heads*d + gap) + tail: wider than the three blocks), the
+ * reference in double over all T keys at once. */
+static void test_attention_full_case(int T, int n_heads, int d, int gap, int tail) {
+    int qw = n_heads * d, blk = qw + gap, ld = 3 * blk + tail;
+    size_t n = (size_t)T * ld;
+    float *qkv = xmalloc(n * 4);
+    fill_normal(qkv, n, 1.0f);
+    for (size_t i = 0; i < (size_t)T * ld; i += ld) /* a few large scores: the online max must move */
+        qkv[i] *= 4.0f;
+    for (int t = 0; t < T; t++) /* columns outside the blocks: NaN, never read */
+        for (int c = 0; c < ld; c++)
+            if (c % blk >= qw || c >= 3 * blk) qkv[(size_t)t * ld + c] = NAN;
+    const float *Q = qkv, *Kx = qkv + blk, *Vx = qkv + 2 * blk;
+    double scale = 1.0 / sqrt((double)d), *want = xmalloc((size_t)T * qw * sizeof(double));
+    double *sc = xmalloc((size_t)T * sizeof(double));
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < n_heads; h++) {
+            const float *qv = Q + (size_t)t * ld + (size_t)h * d;
+            double mx = -INFINITY, sum = 0.0;
+            for (int u = 0; u < T; u++) {
+                double dot = 0.0;
+                for (int i = 0; i < d; i++) dot += (double)qv[i] * Kx[(size_t)u * ld + (size_t)h * d + i];
+                sc[u] = dot * scale;
+                if (sc[u] > mx) mx = sc[u];
+            }
+            for (int u = 0; u < T; u++) sum += (sc[u] = exp(sc[u] - mx));
+            for (int i = 0; i < d; i++) {
+                double o = 0.0;
+                for (int u = 0; u < T; u++) o += sc[u] * Vx[(size_t)u * ld + (size_t)h * d + i];
+                want[(size_t)t * qw + (size_t)h * d + i] = o / sum;
+            }
+        }
+    float *dqkv = dev_copy(qkv, n * 4);
+    float *nanbuf = xmalloc((size_t)T * qw * 4);
+    for (size_t i = 0; i < (size_t)T * qw; i++) nanbuf[i] = NAN; /* every output must be written */
+    void *dout = dev_copy(nanbuf, (size_t)T * qw * 4);
+    K_->attention_full(kb.ctx, dout, dqkv, dqkv + blk, dqkv + 2 * blk, ld, T, n_heads, d, (float)scale);
+    float *got = xmalloc((size_t)T * qw * 4);
+    K_->to_host(kb.ctx, got, dout, (size_t)T * qw * 4);
+    /* fp32 dot products of d terms (scaled scores |s| <~ 5), an exp within 2
+     * ulp, fp32 sums of T weights and a weighted mean of |v| <~ 4: observed
+     * errors ~1e-7..1e-6. atol 1e-5 + rtol 1e-5; a causal mask, a missed key
+     * tile, the wrong head or column block, or the scale applied twice is
+     * O(0.01..1) off. */
+    char name[128];
+    snprintf(name, sizeof name, "attention_full T=%d n_heads=%d d=%d ld=%d", T, n_heads, d, ld);
+    check(name, got, want, (size_t)T * qw, 1e-5, 1e-5);
+    K_->free(kb.ctx, dqkv), K_->free(kb.ctx, dout);
+    free(qkv), free(want), free(sc), free(nanbuf), free(got);
+}
+
+static void test_attention_full(void) {
+    test_attention_full_case(17, 4, 14, 3, 5);   /* tiny, d not a power of two, ld > 3 * n_heads * d */
+    test_attention_full_case(1, 2, 14, 0, 0);    /* one token: out = v */
+    test_attention_full_case(300, 2, 112, 0, 0); /* the tower's head size, key and query tiles with tails */
+    test_attention_full_case(65, 3, 7, 1, 2);    /* one row past a tile */
+}
+
 /* -------------------------------------------------------------------- main */
 
 int main(void) {
@@ -876,6 +1033,9 @@ int main(void) {
     test_matmul_swiglu();
     test_rope();
     test_attention();
+    test_layernorm();
+    test_gelu();
+    test_attention_full();
     K_->sync(kb.ctx);
     K_->destroy(kb.ctx);
     clock_gettime(CLOCK_MONOTONIC, &t1);

@@ -1,4 +1,6 @@
-/* Causal GQA attention over the paged KV cache on the CPU. One code path for
+/* Attention on the CPU: causal GQA over the paged KV cache, and the vision
+ * tower's bidirectional attention without a cache (attention_full, at the end:
+ * the same tiles and online softmax). Causal GQA has one code path for
  * prefill and decode: every token reads its sequence's K/V through the block
  * table, so a prefill token and a decode token differ only in how many positions
  * they see. Cache elements are fp32, or with b->kv_dtype KV_DTYPE_FP8 e4m3
@@ -251,6 +253,89 @@ void cpu_attention(void *ctx, void *out, const void *q, int ld_q, const void *kc
         free(mem);
     }
     free(tiles);
+}
+
+/* ------------------------------------------------------------------------
+ * Full (bidirectional) attention without a cache, for the vision tower: the
+ * same tiles as above with every row seeing every key, so a tile is up to
+ * ROWS tokens of one head against TK keys at a time, with an online softmax.
+ * Nothing of size T x T exists: scratch is per thread, O(ROWS * d + TK * d). */
+
+typedef struct full_args {
+    float *out;
+    const float *q, *k, *v;
+    int ld, T, n_heads, d;
+    float scale;
+} full_args;
+
+/* Tokens [t0, t0 + nt) of head h. */
+static void full_tile_run(const full_args *a, attn_scratch *w, int h, int t0, int nt) {
+    int d = a->d, T = a->T;
+    size_t col = (size_t)h * d;
+    for (int r = 0; r < nt; r++) {
+        const float *qv = a->q + (size_t)(t0 + r) * a->ld + col;
+        for (int i = 0; i < d; i++) w->q[(size_t)r * d + i] = qv[i] * a->scale;
+        for (int i = 0; i < d; i++) w->o[(size_t)r * d + i] = 0.0f;
+        w->m[r] = -INFINITY, w->l[r] = 0.0f;
+    }
+    for (int k0 = 0; k0 < T; k0 += TK) {
+        int nk = T - k0 < TK ? T - k0 : TK;
+        for (int j = 0; j < nk; j++) {
+            const float *kr = a->k + (size_t)(k0 + j) * a->ld + col;
+            for (int i = 0; i < d; i++) w->kt[(size_t)i * TK + j] = kr[i];
+            memcpy(w->vt + (size_t)j * d, a->v + (size_t)(k0 + j) * a->ld + col, sizeof(float) * d);
+        }
+        for (int i = 0; nk < TK && i < d; i++) memset(w->kt + (size_t)i * TK + nk, 0, sizeof(float) * (TK - nk));
+        for (int r = 0; r < nt; r++) {
+            float *qr = w->q + (size_t)r * d, *orow = w->o + (size_t)r * d;
+            float acc[TK]; /* all TK columns, so the sums stay in registers; those past nk are ignored */
+            for (int j = 0; j < TK; j++) acc[j] = 0.0f;
+            for (int i = 0; i < d; i++) {
+                float qi = qr[i];
+                const float *kr = w->kt + (size_t)i * TK;
+                for (int j = 0; j < TK; j++) acc[j] += qi * kr[j];
+            }
+            float mx = w->m[r];
+            for (int j = 0; j < nk; j++) mx = acc[j] > mx ? acc[j] : mx;
+            float corr = expf(w->m[r] - mx), sum = exp_shifted(acc, nk, mx);
+            w->l[r] = w->l[r] * corr + sum, w->m[r] = mx;
+            for (int i = 0; i < d; i++) orow[i] *= corr;
+            switch (d) { /* the vision tower's head size and the chat model's, the row in registers */
+            case 112: pv_row(orow, acc, w->vt, nk, 112); break;
+            case 128: pv_row(orow, acc, w->vt, nk, 128); break;
+            default: pv_row(orow, acc, w->vt, nk, d);
+            }
+        }
+    }
+    for (int r = 0; r < nt; r++) {
+        float *o = a->out + (size_t)(t0 + r) * a->n_heads * d + col, inv = 1.0f / w->l[r];
+        for (int i = 0; i < d; i++) o[i] = w->o[(size_t)r * d + i] * inv;
+    }
+}
+
+/* OpenMP over (head, query tile), heads outermost, so threads that run
+ * neighbouring tiles read the same head's K/V columns. */
+void cpu_attention_full(void *ctx, void *out, const void *q, const void *k, const void *v, int ld, int T, int n_heads,
+                        int d, float scale) {
+    (void)ctx;
+    if (T <= 0 || n_heads <= 0) return;
+    full_args a = {out, q, k, v, ld, T, n_heads, d, scale};
+    int per_head = (T + ROWS - 1) / ROWS, n_tiles = n_heads * per_head;
+#pragma omp parallel if (n_tiles > 1)
+    {
+        attn_scratch w;
+        size_t n = (size_t)ROWS * d * 2 + (size_t)d * TK * 2 + 2 * (size_t)ROWS;
+        float *mem = malloc(sizeof(float) * n);
+        if (!mem) abort();
+        w.q = mem, w.o = w.q + (size_t)ROWS * d, w.kt = w.o + (size_t)ROWS * d, w.vt = w.kt + (size_t)d * TK;
+        w.m = w.vt + (size_t)d * TK, w.l = w.m + ROWS;
+#pragma omp for schedule(dynamic, 1)
+        for (int i = 0; i < n_tiles; i++) {
+            int h = i / per_head, t0 = (i % per_head) * ROWS;
+            full_tile_run(&a, &w, h, t0, T - t0 < ROWS ? T - t0 : ROWS);
+        }
+        free(mem);
+    }
 }
 
 /* On the CPU the two passes touch rows already in cache: no fused kernel. */

@@ -25,6 +25,10 @@ void cpu_gather_rows(void *ctx, void *out, const void *x, const int *rows, int n
 void cpu_top_k(void *ctx, kcand *out, double *sum, const float *logits, int n, int V, int ld, int k,
                const float *temp);
 void cpu_argmax(void *ctx, int *out_idx, float *out_val, const float *logits, int n, int V, int ld);
+void cpu_layernorm(void *ctx, void *out, const void *x, const kweight *w, const kweight *b, int T, float eps);
+void cpu_gelu(void *ctx, void *x, size_t n);
+void cpu_attention_full(void *ctx, void *out, const void *q, const void *k, const void *v, int ld, int T, int n_heads,
+                        int d, float scale);
 
 /* Row r of a weight as fp32 element k (slow path for small ops: norms, embedding). */
 static inline float cpu_weight_at(const kweight *w, size_t i) {

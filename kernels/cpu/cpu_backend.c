@@ -119,6 +119,9 @@ static const kernels_iface cpu_iface = {
     /* .capture_end   = */ cpu_capture_end,
     /* .graph_launch  = */ cpu_graph_launch,
     /* .graph_destroy = */ cpu_graph_destroy,
+    /* .layernorm     = */ cpu_layernorm,
+    /* .gelu          = */ cpu_gelu,
+    /* .attention_full = */ cpu_attention_full,
 };
 
 kbackend kernels_cpu_create(int n_threads) {

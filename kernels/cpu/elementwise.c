@@ -1,5 +1,5 @@
 /* Small memory-bound ops of the CPU backend: embedding lookup, SwiGLU, residual
- * add, row gather. fp32 activations. */
+ * add, row gather, GELU. fp32 activations. */
 #include <math.h>
 #include <string.h>
 
@@ -43,4 +43,14 @@ void cpu_gather_rows(void *ctx, void *out, const void *x, const int *rows, int n
     for (int i = 0; i < n; i++)
         memmove((float *)out + (size_t)i * width, (const float *)x + (size_t)rows[i] * width,
                 sizeof(float) * width);
+}
+
+/* 0.5 x (1 + erf(x / sqrt 2)) written as 0.5 x erfc(-x / sqrt 2): the same
+ * function, without the cancellation of 1 + erf near -1 that would leave
+ * large negative x with few correct digits. */
+void cpu_gelu(void *ctx, void *x, size_t n) {
+    (void)ctx;
+    float *a = x;
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) a[i] = 0.5f * a[i] * erfcf(-a[i] * 0.70710678118654752f);
 }
