@@ -173,6 +173,51 @@ static void parse_chatglm(reader *r, glm_config *c) {
     want_bool(r, "tie_word_embeddings", 0, 0);
 }
 
+/* GLM-4V: "vision_config" and the image token ids (spec: glm4v-spec.md 1.2). */
+static void parse_vision(reader *r, glm_config *c) {
+    const cJSON *v = get_field(r, "vision_config");
+    if (!v) return;
+    if (!cJSON_IsObject(v)) {
+        fail(r, "vision_config", "must be an object");
+        return;
+    }
+    glm_vision_config *vc = &c->vision;
+    reader vr = {v, r->path, r->err, r->errlen, r->failed};
+    vc->present = 1;
+    vc->hidden = get_int(&vr, "hidden_size", 1, 0, 0);
+    vc->n_layers = get_int(&vr, "num_hidden_layers", 1, 0, 0);
+    vc->n_heads = get_int(&vr, "num_heads", 1, 0, 0);
+    vc->ffn = get_int(&vr, "intermediate_size", 1, 0, 0);
+    vc->image = get_int(&vr, "image_size", 1, 0, 0);
+    vc->patch = get_int(&vr, "patch_size", 1, 0, 0);
+    vc->in_ch = get_int(&vr, "in_channels", 1, 3, 1);
+    vc->n_pos = get_int(&vr, "num_positions", 1, 0, 0);
+    vc->eps = get_float(&vr, "layer_norm_eps", 1e-6, 1);
+    vc->glu_eps = 1e-5f;
+    vc->scaling = get_num(&vr, "scaling_factor", 8.0, 1);
+    const cJSON *act = get_field(&vr, "hidden_act");
+    if (act && !(cJSON_IsString(act) && strcmp(act->valuestring, "gelu") == 0))
+        fail(&vr, "hidden_act", "must be \"gelu\" (the exact GELU of GLM-4V's vision tower)");
+    if (!vr.failed && vc->hidden % vc->n_heads)
+        fail(&vr, "num_heads", "must divide vision_config.hidden_size");
+    int grid = vc->patch ? vc->image / vc->patch : 0;
+    if (!vr.failed && (vc->image % vc->patch || grid % 2))
+        fail(&vr, "patch_size", "must divide image_size into an even number of patches a side");
+    if (!vr.failed && vc->n_pos != grid * grid + 1) {
+        char m[128];
+        snprintf(m, sizeof m, "must be (image_size / patch_size)^2 + 1 = %d", grid * grid + 1);
+        fail(&vr, "num_positions", m);
+    }
+    if (!vr.failed && ((int64_t)3 * vc->hidden > 2147483647 || (int64_t)grid * grid > 1 << 24))
+        fail(&vr, "hidden_size", "vision tower too large");
+    if (vr.failed) {
+        r->failed = 1;
+        return;
+    }
+    vc->boi_id = get_int(r, "boi_token_id", 0, 0, 0);
+    vc->eoi_id = get_int(r, "eoi_token_id", 0, 0, 0);
+}
+
 static void parse_hf(reader *r, glm_config *c) {
     c->layout = LAYOUT_HF;
     c->n_layers = get_int(r, "num_hidden_layers", 1, 0, 0);
@@ -234,6 +279,7 @@ int config_parse(glm_config *cfg, const char *text, size_t len, const char *path
     else
         fail(&r, "model_type", "unknown (want \"chatglm\" or \"glm\"; GLM-4-0414 \"glm4\" is a different architecture)");
     get_eos(&r, cfg);
+    if (cfg->layout == LAYOUT_CHATGLM) parse_vision(&r, cfg);
     cfg->pad_id = get_int(&r, "pad_token_id", 0, cfg->n_eos ? cfg->eos_ids[0] : 0, 1);
     if (!r.failed && cfg->n_heads % cfg->n_kv)
         fail(&r, "multi_query_group_num", "KV groups must divide num_attention_heads");
@@ -267,6 +313,13 @@ int config_check_tp(const glm_config *c, int tp, char *err, size_t errlen) {
                  "(the tensor parallel size must divide them or be a multiple of them)", kv, c->n_kv, tp);
         return -1;
     }
+    const glm_vision_config *v = &c->vision;
+    if (v->present && (v->n_heads % tp || tp > v->ffn)) {
+        snprintf(err, errlen, "field 'vision_config.%s': %d cannot be split over %d ranks (the tensor parallel size "
+                 "must divide the vision heads)", v->n_heads % tp ? "num_heads" : "intermediate_size",
+                 v->n_heads % tp ? v->n_heads : v->ffn, tp);
+        return -1;
+    }
     if (tp > c->ffn || tp > c->vocab) {
         snprintf(err, errlen, "field '%s': %d is less than the tensor parallel size %d", tp > c->ffn ? ffn : vocab,
                  tp > c->ffn ? c->ffn : c->vocab, tp);
@@ -279,5 +332,16 @@ uint64_t config_hash(const glm_config *c) {
     /* Over the fields, not the struct's padding. */
     double vals[] = {c->layout, c->n_layers, c->hidden, c->ffn, c->n_heads, c->n_kv, c->head_dim,
                      c->rot_dim, c->vocab, c->seq_len, c->rope_base, c->eps, c->qkv_bias};
-    return util_fnv(UTIL_FNV_INIT, vals, sizeof vals);
+    uint64_t h = util_fnv(UTIL_FNV_INIT, vals, sizeof vals);
+    const glm_vision_config *v = &c->vision;
+    if (!v->present) return h; /* text models hash as before (KV snapshots name the hash) */
+    double vv[] = {v->hidden, v->n_layers, v->n_heads, v->ffn, v->image, v->patch, v->in_ch, v->n_pos,
+                   v->eps, v->glu_eps, v->scaling, v->boi_id, v->eoi_id};
+    return util_fnv(h, vv, sizeof vv);
+}
+
+int config_image_tokens(const glm_config *c) {
+    if (!c->vision.present) return 0;
+    int g = c->vision.image / c->vision.patch / 2;
+    return g * g + 2;
 }

@@ -13,6 +13,21 @@ typedef enum { LAYOUT_CHATGLM = 0, LAYOUT_HF = 1 } glm_layout;
 
 #define GLM_MAX_EOS 8
 
+/* GLM-4V's vision tower and adapter (config.json "vision_config"; absent:
+ * present = 0). image/patch: pixels on a side and per patch (a grid of
+ * image / patch patches a side, even: the adapter's 2x2 convolution halves
+ * it). Image embeddings per image: (grid / 2)^2 patches + boi + eoi. */
+typedef struct glm_vision_config {
+    int present;
+    int hidden, n_layers, n_heads, ffn; /* the ViT: width, layers, heads (dim hidden / n_heads), MLP width */
+    int image, patch, in_ch;            /* pixels a side, per patch, input channels */
+    int n_pos;                          /* learned positions: grid^2 + 1 (cls) */
+    float eps;                          /* the ViT's LayerNorm epsilon */
+    float glu_eps;                      /* the adapter's LayerNorm (nn.LayerNorm default 1e-5) */
+    double scaling;                     /* the adapter's output is divided by it */
+    int boi_id, eoi_id;                 /* begin/end-of-image token ids; the placeholder is pad_id */
+} glm_vision_config;
+
 typedef struct glm_config {
     glm_layout layout;
     int n_layers;
@@ -30,7 +45,12 @@ typedef struct glm_config {
     int n_eos;
     int eos_ids[GLM_MAX_EOS];
     int pad_id;
+    glm_vision_config vision;
 } glm_config;
+
+/* Rows of embeddings one image gives (boi, the downsampled patches, eoi); 0
+ * without a vision tower. */
+int config_image_tokens(const glm_config *cfg);
 
 /* Reads DIR/config.json. Returns 0, or -1 with a message naming the file and
  * field in err. */

@@ -18,6 +18,7 @@
 #include "forward.h"
 #include "lm_head.h"
 #include "util.h"
+#include "vision.h"
 
 #define GRAPH_MAX_TOKENS 256 /* largest decode batch run as a graph (buckets 1, 2, 4, ...) */
 #define GRAPH_SLOTS 64       /* graphs kept; when full, all are dropped and recorded again */
@@ -35,6 +36,7 @@ struct glm_forward {
     void *x, *h, *qkv, *att, *o, *gu, *a; /* activations */
     float *logits_dev;                     /* [n_logits, vr] */
     int32_t *ids, *pos, *seq, *slots, *tables;
+    int32_t *rpos;                         /* RoPE positions (the step's rope_pos, or pos) */
     lm_host lm;                            /* host staging of the logits path */
     double t_allreduce, t_total;
     uint64_t serial; /* steps run, for kattn_batch.serial */
@@ -46,6 +48,11 @@ struct glm_forward {
     int n_graphs;
     int32_t *pad;        /* host: the padded step's arrays */
     size_t pad_cap;      /* int32 elements in pad */
+    /* images (GLM-4V): slot i's embeddings [config_image_tokens, H] in backend memory */
+    void **img;
+    int n_img_slots;
+    int *img_rows;       /* host scratch: rows of a splice */
+    int img_rows_cap;
 };
 
 glm_forward *forward_create(glm_model *m, kv_cache *kv) {
@@ -72,7 +79,7 @@ static void release(glm_forward *f) {
     const kernels_iface *k = f->m->kb.iface;
     void *ctx = f->m->kb.ctx;
     void *bufs[] = {f->x, f->h, f->qkv, f->att, f->o, f->gu, f->a, f->logits_dev,
-                    f->ids, f->pos, f->seq, f->slots, f->tables};
+                    f->ids, f->pos, f->seq, f->slots, f->tables, f->rpos};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) k->free(ctx, bufs[i]);
     free(f->lm.slice);
     free(f->lm.gathered);
@@ -81,6 +88,9 @@ static void release(glm_forward *f) {
 void forward_free(glm_forward *f) {
     if (!f) return;
     release(f);
+    for (int i = 0; i < f->n_img_slots; i++) f->m->kb.iface->free(f->m->kb.ctx, f->img[i]);
+    free(f->img);
+    free(f->img_rows);
     free(f->pad);
     free(f);
 }
@@ -109,6 +119,7 @@ static void reserve(glm_forward *f, const glm_step *s) {
     f->logits_dev = k->alloc(ctx, (size_t)nl * vr * sizeof(float));
     f->ids = k->alloc(ctx, (size_t)T * 4);
     f->pos = k->alloc(ctx, (size_t)T * 4);
+    f->rpos = k->alloc(ctx, (size_t)T * 4);
     f->seq = k->alloc(ctx, (size_t)T * 4);
     f->slots = k->alloc(ctx, (size_t)T * 4);
     f->tables = k->alloc(ctx, (size_t)seqb * 4);
@@ -142,8 +153,11 @@ static void block(glm_forward *f, int l, const kattn_batch *b, int T) {
 
     if (l == 0) k->rmsnorm(ctx, f->h, f->x, &L->ln1, T, c->eps);
     k->matmul(ctx, f->qkv, f->h, &L->qkv, L->qkv_b.data ? &L->qkv_b : NULL, T);
+    kattn_batch rb = *b; /* RoPE angles from the RoPE positions; slots as the batch's */
+    rb.pos = f->rpos;
+    rb.host_pos = NULL;
     k->rope_kv_store(ctx, f->qkv, f->kv->k[l], f->kv->v[l], T, ld, sh->nq, sh->nkv, c->head_dim, c->rot_dim,
-                     (float)c->rope_base, b);
+                     (float)c->rope_base, &rb);
     k->attention(ctx, f->att, f->qkv, ld, f->kv->k[l], f->kv->v[l], b, sh->nq, sh->nkv, c->n_heads / c->n_kv,
                  c->head_dim, 1.0f / sqrtf((float)c->head_dim));
     k->matmul(ctx, f->o, f->att, &L->dense, NULL, T);
@@ -159,14 +173,41 @@ static void block(glm_forward *f, int l, const kattn_batch *b, int T) {
         k->add(ctx, f->x, f->o, th);
 }
 
-/* The device part of a step: embedding, the blocks, then for the n logit rows
- * (rows[i] of the step; rows NULL: rows 0..n-1) the final RMSNorm into f->h and
- * this rank's vocab slice of their logits into f->logits_dev [n, vr]. */
-static void device_pass(glm_forward *f, const kattn_batch *b, int T, const int *rows, int n) {
+/* Image embeddings over the word embeddings of the step's image spans. */
+static void splice_images(glm_forward *f, const glm_step *s) {
+    const kernels_iface *k = f->m->kb.iface;
+    void *ctx = f->m->kb.ctx;
+    int H = f->m->cfg.hidden, per = config_image_tokens(&f->m->cfg);
+    for (int i = 0; i < s->n_img; i++) {
+        const int32_t *sp = s->img + 4 * i;
+        int t0 = sp[0], n = sp[1], slot = sp[2], r0 = sp[3];
+        if (slot < 0 || slot >= f->n_img_slots || !f->img[slot] || t0 < 0 || n < 0 || t0 + n > s->n_tokens ||
+            r0 < 0 || r0 + n > per) {
+            fprintf(stderr, "glmtp: rank %d: a step names image slot %d rows %d+%d at token %d that it cannot have\n",
+                    f->m->comm->rank, slot, r0, n, t0);
+            abort(); /* rank 0 plans spans only over images it encoded: a bug, not an input */
+        }
+        if (n > f->img_rows_cap) {
+            free(f->img_rows);
+            f->img_rows = malloc((size_t)n * sizeof(int));
+            if (!f->img_rows) abort();
+            f->img_rows_cap = n;
+        }
+        for (int j = 0; j < n; j++) f->img_rows[j] = r0 + j;
+        k->gather_rows(ctx, (char *)f->x + (size_t)t0 * H * k->act_bytes, f->img[slot], f->img_rows, n, H);
+    }
+}
+
+/* The device part of a step: embedding (and images: s, NULL for none), the
+ * blocks, then for the n logit rows (rows[i] of the step; rows NULL: rows
+ * 0..n-1) the final RMSNorm into f->h and this rank's vocab slice of their
+ * logits into f->logits_dev [n, vr]. */
+static void device_pass(glm_forward *f, const kattn_batch *b, int T, const int *rows, int n, const glm_step *s) {
     const glm_config *c = &f->m->cfg;
     const kernels_iface *k = f->m->kb.iface;
     void *ctx = f->m->kb.ctx;
     k->embedding(ctx, f->x, &f->m->embed, f->ids, T);
+    if (s && s->n_img > 0) splice_images(f, s);
     for (int l = 0; l < c->n_layers; l++) block(f, l, b, T);
     if (n <= 0) return;
     const void *src = f->x;
@@ -185,6 +226,7 @@ static void upload(glm_forward *f, const glm_step *s) {
     size_t T = (size_t)s->n_tokens;
     k->to_device(ctx, f->ids, s->ids, T * 4);
     k->to_device(ctx, f->pos, s->pos, T * 4);
+    k->to_device(ctx, f->rpos, s->rope_sep ? s->rope_pos : s->pos, T * 4);
     k->to_device(ctx, f->seq, s->seq, T * 4);
     k->to_device(ctx, f->slots, s->slots, T * 4);
     k->to_device(ctx, f->tables, s->block_tables, (size_t)s->n_seqs * s->max_blocks * 4);
@@ -207,7 +249,7 @@ static int pow2_at_least(int x) {
 /* s padded to B tokens and block tables of width MB, in f->pad: padding token
  * t (>= T) is sequence t at position 0 of the spare block. */
 static glm_step pad_step(glm_forward *f, const glm_step *s, int B, int MB) {
-    size_t need = (size_t)B * (5 + (size_t)MB);
+    size_t need = (size_t)B * (6 + (size_t)MB);
     if (need > f->pad_cap) {
         free(f->pad);
         f->pad = malloc(need * sizeof *f->pad);
@@ -216,12 +258,15 @@ static glm_step pad_step(glm_forward *f, const glm_step *s, int B, int MB) {
     }
     glm_step p = {.n_tokens = B, .n_seqs = B, .max_blocks = MB, .n_logits = B, .block_size = s->block_size};
     p.ids = f->pad, p.pos = p.ids + B, p.seq = p.pos + B, p.slots = p.seq + B, p.logit_rows = p.slots + B;
-    p.block_tables = p.logit_rows + B;
+    p.rope_pos = p.logit_rows + B;
+    p.rope_sep = 1;
+    p.block_tables = p.rope_pos + B;
     int T = s->n_tokens, spare = f->kv->spare_block;
     for (int t = 0; t < B; t++) {
         int real = t < T;
         p.ids[t] = real ? s->ids[t] : 0;
         p.pos[t] = real ? s->pos[t] : 0;
+        p.rope_pos[t] = real ? (s->rope_sep ? s->rope_pos[t] : s->pos[t]) : 0;
         p.seq[t] = real ? s->seq[t] : t;
         p.slots[t] = real ? s->slots[t] : spare * s->block_size;
         p.logit_rows[t] = t;
@@ -239,7 +284,7 @@ static glm_step pad_step(glm_forward *f, const glm_step *s, int B, int MB) {
  * logits in f->logits_dev), 0 when the step must run the usual way. */
 static int graph_step(glm_forward *f, const glm_step *s) {
     int T = s->n_tokens;
-    if (f->graphs_off || T > GRAPH_MAX_TOKENS || !is_decode(s)) return 0;
+    if (f->graphs_off || T > GRAPH_MAX_TOKENS || !is_decode(s) || s->n_img > 0) return 0;
     const kernels_iface *k = f->m->kb.iface;
     void *ctx = f->m->kb.ctx;
     int B = pow2_at_least(T), MB = pow2_at_least(s->max_blocks);
@@ -262,12 +307,12 @@ static int graph_step(glm_forward *f, const glm_step *s) {
         k->graph_destroy(ctx, g->graph);
         *g = f->graphs[--f->n_graphs];
     }
-    device_pass(f, &b, B, NULL, B); /* this step's results; sizes the scratch the graph will use */
+    device_pass(f, &b, B, NULL, B, NULL); /* this step's results; sizes the scratch the graph will use */
     if (f->record_failed) return 1; /* padded as on the ranks that replay graphs */
     if (f->n_graphs == GRAPH_SLOTS) drop_graphs(f);
     if (k->capture_begin(ctx) == 0) {
         f->capturing = 1;
-        device_pass(f, &b, B, NULL, B);
+        device_pass(f, &b, B, NULL, B, NULL);
         f->capturing = 0;
         void *graph = k->capture_end(ctx);
         if (graph) {
@@ -302,7 +347,7 @@ static void device_step(glm_forward *f, const glm_step *s, float *hidden) {
         /* Logit rows 0..n-1 need no gather. */
         int identity = s->n_logits == T;
         for (int i = 0; identity && i < T; i++) identity = s->logit_rows[i] == i;
-        device_pass(f, &b, T, identity ? NULL : s->logit_rows, s->n_logits);
+        device_pass(f, &b, T, identity ? NULL : s->logit_rows, s->n_logits, s);
     }
     if (s->n_logits > 0 && hidden && f->m->comm->rank == 0) {
         if (k->act_bytes == 4) {
@@ -340,6 +385,27 @@ void forward_run_sample(glm_forward *f, const glm_step *s, const ksample_params 
     if (s->n_logits > 0) lm_sample(f->m, f->logits_dev, s, p, &f->lm, ids);
     f->m->kb.iface->sync(f->m->kb.ctx);
     f->t_total += util_now() - t0;
+}
+
+void forward_image(glm_forward *f, int slot, const float *pixels) {
+    const kernels_iface *k = f->m->kb.iface;
+    if (slot >= f->n_img_slots) {
+        int n = slot + 1;
+        void **img = realloc(f->img, (size_t)n * sizeof *img);
+        if (!img) abort();
+        for (int i = f->n_img_slots; i < n; i++) img[i] = NULL;
+        f->img = img;
+        f->n_img_slots = n;
+    }
+    if (!f->img[slot])
+        f->img[slot] = k->alloc(f->m->kb.ctx, (size_t)config_image_tokens(&f->m->cfg) * f->m->cfg.hidden * k->act_bytes);
+    vision_encode(f->m->vision, pixels, f->img[slot]);
+}
+
+void forward_image_drop(glm_forward *f, int slot) {
+    if (slot < 0 || slot >= f->n_img_slots) return;
+    f->m->kb.iface->free(f->m->kb.ctx, f->img[slot]);
+    f->img[slot] = NULL;
 }
 
 void forward_times(const glm_forward *f, double *allreduce_s, double *total_s) {

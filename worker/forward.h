@@ -34,6 +34,13 @@ void forward_run_argmax(glm_forward *f, const glm_step *s, int *ids);
  * (kernels/sampling.h). */
 void forward_run_sample(glm_forward *f, const glm_step *s, const ksample_params *p, int *ids);
 
+/* GLM-4V (m->vision set): encodes an image into slot (>= 0; any earlier one
+ * there is replaced), for the steps' image spans to read. pixels: host [in_ch,
+ * image, image] fp32, the same on every rank. Collective. */
+void forward_image(glm_forward *f, int slot, const float *pixels);
+/* Frees slot's embeddings (no-op when empty). */
+void forward_image_drop(glm_forward *f, int slot);
+
 /* Seconds spent in all-reduce and in the whole of forward_run so far. */
 void forward_times(const glm_forward *f, double *allreduce_s, double *total_s);
 

@@ -6,6 +6,7 @@
 #include "model.h"
 #include "safetensors.h"
 #include "util.h"
+#include "vision.h"
 
 typedef struct loader {
     const char *dir;
@@ -224,6 +225,16 @@ static double device_weight_bytes(const glm_config *c, const glm_shard *s) {
     double mat = (double)c->vocab * H + (double)(s->v1 - s->v0) * H;
     mat += c->n_layers * (qkv * H + H * s->nq * d + 2 * nf * H + H * nf);
     double vec = H + c->n_layers * (2 * H + qkv);
+    const glm_vision_config *v = &c->vision;
+    if (v->present) { /* vision.c's slices; boi/eoi and positions are matrices there too */
+        int lo, hi;
+        shard_range(v->ffn, s->tp, s->rank, &lo, &hi);
+        double Hv = v->hidden, qw = (double)v->hidden / s->tp, fl = hi - lo, grid = v->image / v->patch;
+        double K = (double)v->in_ch * v->patch * v->patch;
+        mat += v->n_layers * (3 * qw * Hv + Hv * qw + 2 * fl * Hv) + Hv * K + (grid * grid + 1) * Hv;
+        mat += H * 4 * Hv + H * H + 3 * nf * H + 2 * H;
+        vec += v->n_layers * (6 * Hv + 3 * qw + fl) + Hv + 3 * H;
+    }
     return 2 * mat + 4 * vec;
 }
 
@@ -278,6 +289,9 @@ int model_load(glm_model **out, const char *dir, kbackend kb, comm *cm, char *er
         goto fail;
     for (int l = 0; l < c->n_layers; l++)
         if (load_layer(&ld, l, scratch)) goto fail;
+    if (c->vision.present &&
+        vision_load(&m->vision, c, ld.st, dir, kb, cm, &m->bytes_sharded, &m->bytes_replicated, err, errlen))
+        goto fail;
     free(scratch);
     st_close(ld.st);
     *out = m;
@@ -302,6 +316,7 @@ void model_free(glm_model *m) {
             for (size_t i = 0; i < sizeof ws / sizeof *ws; i++) k->weight_free(m->kb.ctx, ws[i]);
         }
     }
+    vision_free(m->vision);
     free(m->layers);
     free(m);
 }

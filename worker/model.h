@@ -33,6 +33,7 @@ typedef struct glm_model {
     kweight final_ln; /* [1, H] */
     kweight lm_head;  /* [v1 - v0, H] */
     glm_layer *layers;
+    struct glm_vision *vision; /* GLM-4V's tower and adapter (vision.h), or NULL */
     size_t bytes_sharded;    /* this rank's slices of split weights */
     size_t bytes_replicated; /* weights every rank holds whole */
     uint64_t fingerprint;    /* which checkpoint: config_hash and st_fingerprint (KV snapshots name it) */

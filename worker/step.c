@@ -28,6 +28,10 @@ void step_alloc(glm_step *s, int n_tokens, int n_seqs, int max_blocks, int n_log
     s->block_tables = alloc_i32(n_seqs * max_blocks);
     s->logit_rows = alloc_i32(n_logits);
     s->temps = (float *)alloc_i32(n_logits); /* 4-byte words: one allocator */
+    s->rope_pos = alloc_i32(n_tokens);
+    s->rope_sep = 0;
+    s->n_img = 0;
+    s->img = NULL;
     for (int i = 0; i < n_seqs * max_blocks; i++) s->block_tables[i] = -1;
 }
 
@@ -39,7 +43,15 @@ void step_free(glm_step *s) {
     free(s->block_tables);
     free(s->logit_rows);
     free(s->temps);
+    free(s->rope_pos);
+    free(s->img);
     memset(s, 0, sizeof *s);
+}
+
+void step_alloc_img(glm_step *s, int n) {
+    free(s->img);
+    s->img = alloc_i32(4 * n);
+    s->n_img = n;
 }
 
 void step_set_table(glm_step *s, int seq, const kv_seq *kvs) {
@@ -55,27 +67,30 @@ void step_fill_slots(glm_step *s) {
 }
 
 void step_bcast(comm *c, glm_step *s) {
-    int32_t hdr[8] = {s->n_tokens, s->n_seqs, s->max_blocks, s->n_logits, s->block_size, s->head, s->vocab_limit,
-                      s->cands};
+    int32_t hdr[11] = {s->n_tokens, s->n_seqs,    s->max_blocks, s->n_logits, s->block_size, s->head,
+                       s->vocab_limit, s->cands, s->rope_sep,   s->n_img,    s->img_slot};
     c->iface->bcast(c->ctx, hdr, sizeof hdr);
     if (c->rank != 0) {
         step_alloc(s, hdr[0], hdr[1], hdr[2], hdr[3], hdr[4]);
-        s->head = hdr[5], s->vocab_limit = hdr[6], s->cands = hdr[7];
+        s->head = hdr[5], s->vocab_limit = hdr[6], s->cands = hdr[7], s->rope_sep = hdr[8], s->img_slot = hdr[10];
+        if (hdr[9] > 0) step_alloc_img(s, hdr[9]);
     }
     /* One message for the arrays: pack on rank 0, unpack elsewhere. */
     size_t nt = (size_t)s->n_tokens, nb = (size_t)s->n_seqs * s->max_blocks, nl = (size_t)s->n_logits;
-    size_t total = 4 * nt + nb + 2 * nl;
+    size_t nr = s->rope_sep ? nt : 0, ni = 4 * (size_t)s->n_img;
+    size_t total = 4 * nt + nb + 2 * nl + nr + ni;
     int32_t *buf = alloc_i32((int)total);
-    void *parts[] = {s->ids, s->pos, s->seq, s->slots, s->block_tables, s->logit_rows, s->temps};
-    size_t lens[] = {nt, nt, nt, nt, nb, nl, nl};
+    void *parts[] = {s->ids, s->pos, s->seq, s->slots, s->block_tables, s->logit_rows, s->temps, s->rope_pos, s->img};
+    size_t lens[] = {nt, nt, nt, nt, nb, nl, nl, nr, ni};
+    enum { NPARTS = sizeof lens / sizeof *lens };
     size_t off = 0;
     if (c->rank == 0)
-        for (int i = 0; i < 7; off += lens[i], i++)
+        for (int i = 0; i < NPARTS; off += lens[i], i++)
             if (lens[i]) memcpy(buf + off, parts[i], lens[i] * 4); /* empty steps have NULL arrays */
     c->iface->bcast(c->ctx, buf, total * sizeof(int32_t));
     off = 0;
     if (c->rank != 0)
-        for (int i = 0; i < 7; off += lens[i], i++)
+        for (int i = 0; i < NPARTS; off += lens[i], i++)
             if (lens[i]) memcpy(parts[i], buf + off, lens[i] * 4);
     free(buf);
 }

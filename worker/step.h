@@ -34,13 +34,29 @@ typedef struct glm_step {
      * temps[row], and the row's softmax normaliser. */
     int head, vocab_limit, cands;
     float *temps; /* [n_logits] */
+    /* RoPE positions when they differ from pos (GLM-4V: an image's patch
+     * embeddings share one position, glm4v-spec.md 7.2): rope_sep 1 and
+     * rope_pos [n_tokens]; else rope_sep 0 and pos serves both. pos stays the
+     * KV index (slot, causal order). */
+    int rope_sep;
+    int32_t *rope_pos;
+    /* Image embeddings spliced over the word embeddings: span i covers tokens
+     * img[4i] .. img[4i] + img[4i+1] - 1 with rows img[4i+3] .. of the image in
+     * forward slot img[4i+2] (forward_image). */
+    int n_img;
+    int32_t *img; /* [4 n_img] */
+    int img_slot; /* STEP_IMAGE, STEP_IMAGE_DROP: the forward's image slot */
 } glm_step;
 
-/* STEP_KVSNAP: no tokens; a KV snapshot command (kvsnap.h) follows it. */
-enum { STEP_LOGITS = 0, STEP_ARGMAX = 1, STEP_SAMPLE = 2, STEP_KVSNAP = 3 };
+/* STEP_KVSNAP: no tokens; a KV snapshot command (kvsnap.h) follows it.
+ * STEP_IMAGE: no tokens; the pixels of an image follow (forward_image encodes
+ * them into slot img_slot). STEP_IMAGE_DROP: slot img_slot is free again. */
+enum { STEP_LOGITS = 0, STEP_ARGMAX = 1, STEP_SAMPLE = 2, STEP_KVSNAP = 3, STEP_IMAGE = 4, STEP_IMAGE_DROP = 5 };
 
 /* Allocates the arrays for the given sizes (zeroed). Aborts on OOM. */
 void step_alloc(glm_step *s, int n_tokens, int n_seqs, int max_blocks, int n_logits, int block_size);
+/* Room for n image spans (s->img; n_img set). */
+void step_alloc_img(glm_step *s, int n);
 void step_free(glm_step *s);
 /* Sets row `seq` of the block tables from a sequence's table. */
 void step_set_table(glm_step *s, int seq, const kv_seq *kvs);

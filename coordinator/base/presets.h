@@ -9,6 +9,9 @@ typedef struct preset {
     const char *name;
     int layers, hidden, ffn, heads, head_dim, kv, vocab, seq_len;
     double rope_ratio;
+    /* GLM-4V's vision tower (v_layers 0: none): layers, width, heads, MLP
+     * width, image and patch pixels a side. */
+    int v_layers, v_hidden, v_heads, v_ffn, image, patch;
 } preset;
 
 /* NULL when unknown. */

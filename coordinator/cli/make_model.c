@@ -35,6 +35,8 @@ typedef struct out_tensor {
     init_kind init;
     int file;
     uint64_t offset; /* in its file's data section */
+    int nd;          /* > 0: the shape written is dims[0..nd) (same element count) */
+    int64_t dims[4];
 } out_tensor;
 
 typedef struct plan {
@@ -104,6 +106,53 @@ static void build_plan(plan *p, const preset *s, int hf) {
         0, 1.5f / sqrtf((float)H), INIT_NORMALISH);
 }
 
+/* GLM-4V's tower and adapter (glm4v-spec.md 9), original layout only. */
+static void build_vision(plan *p, const preset *s) {
+    char n[160];
+    int64_t Hv = s->v_hidden, Fv = s->v_ffn, H = s->hidden, F = s->ffn, P = s->patch, g = s->image / s->patch;
+    float lin_v = 1.5f / sqrtf((float)Hv), lin_fv = 1.5f / sqrtf((float)Fv), lin_h = 1.5f / sqrtf((float)H);
+#define V(suffix) (snprintf(n, sizeof n, "transformer.vision.%s", suffix), n)
+    add(p, V("patch_embedding.proj.weight"), n, Hv, 3 * P * P, 0, 1.5f / sqrtf(3.0f * P * P), INIT_NORMALISH);
+    p->t[p->n - 1].nd = 4, p->t[p->n - 1].dims[0] = Hv, p->t[p->n - 1].dims[1] = 3, p->t[p->n - 1].dims[2] = P,
+                                 p->t[p->n - 1].dims[3] = P;
+    add(p, V("patch_embedding.proj.bias"), n, Hv, 0, 0, 0.1f, INIT_NORMALISH);
+    add(p, V("patch_embedding.cls_embedding"), n, 1, Hv, 0, 0.5f, INIT_NORMALISH);
+    add(p, V("patch_embedding.position_embedding.weight"), n, g * g + 1, Hv, 0, 0.5f, INIT_NORMALISH);
+    for (int l = 0; l < s->v_layers; l++) {
+        char lg[160];
+#define VL(suffix) (snprintf(lg, sizeof lg, "transformer.vision.transformer.layers.%d.%s", l, suffix), lg)
+        add(p, VL("input_layernorm.weight"), lg, Hv, 0, 0, 0.1f, INIT_ONES_JITTER);
+        add(p, VL("input_layernorm.bias"), lg, Hv, 0, 0, 0.05f, INIT_NORMALISH);
+        add(p, VL("attention.query_key_value.weight"), lg, 3 * Hv, Hv, 0, lin_v, INIT_NORMALISH);
+        add(p, VL("attention.query_key_value.bias"), lg, 3 * Hv, 0, 0, 0.1f, INIT_NORMALISH);
+        add(p, VL("attention.dense.weight"), lg, Hv, Hv, 0, lin_v, INIT_NORMALISH);
+        add(p, VL("attention.dense.bias"), lg, Hv, 0, 0, 0.05f, INIT_NORMALISH);
+        add(p, VL("mlp.fc1.weight"), lg, Fv, Hv, 0, lin_v, INIT_NORMALISH);
+        add(p, VL("mlp.fc1.bias"), lg, Fv, 0, 0, 0.05f, INIT_NORMALISH);
+        add(p, VL("mlp.fc2.weight"), lg, Hv, Fv, 0, lin_fv, INIT_NORMALISH);
+        add(p, VL("mlp.fc2.bias"), lg, Hv, 0, 0, 0.05f, INIT_NORMALISH);
+        add(p, VL("post_attention_layernorm.weight"), lg, Hv, 0, 0, 0.1f, INIT_ONES_JITTER);
+        add(p, VL("post_attention_layernorm.bias"), lg, Hv, 0, 0, 0.05f, INIT_NORMALISH);
+#undef VL
+    }
+    add(p, V("conv.weight"), n, H, Hv * 4, 0, 1.5f / sqrtf(4.0f * Hv), INIT_NORMALISH);
+    p->t[p->n - 1].nd = 4, p->t[p->n - 1].dims[0] = H, p->t[p->n - 1].dims[1] = Hv, p->t[p->n - 1].dims[2] = 2,
+                                 p->t[p->n - 1].dims[3] = 2;
+    add(p, V("conv.bias"), n, H, 0, 0, 0.05f, INIT_NORMALISH);
+    add(p, V("linear_proj.linear_proj.weight"), n, H, H, 0, lin_h, INIT_NORMALISH);
+    add(p, V("linear_proj.norm1.weight"), n, H, 0, 0, 0.1f, INIT_ONES_JITTER);
+    add(p, V("linear_proj.norm1.bias"), n, H, 0, 0, 0.05f, INIT_NORMALISH);
+    add(p, V("linear_proj.gate_proj.weight"), n, F, H, 0, lin_h, INIT_NORMALISH);
+    add(p, V("linear_proj.dense_h_to_4h.weight"), n, F, H, 0, lin_h, INIT_NORMALISH);
+    add(p, V("linear_proj.dense_4h_to_h.weight"), n, H, F, 0, 1.5f / sqrtf((float)F), INIT_NORMALISH);
+    const char *ends[2] = {"boi", "eoi"};
+    for (int i = 0; i < 2; i++) {
+        add(p, V(ends[i]), n, 1, H, 0, 1.0f, INIT_NORMALISH);
+        p->t[p->n - 1].nd = 3, p->t[p->n - 1].dims[0] = 1, p->t[p->n - 1].dims[1] = 1, p->t[p->n - 1].dims[2] = H;
+    }
+#undef V
+}
+
 static int write_config(const char *dir, const preset *s, int hf, kdtype dt, char *err, size_t errlen) {
     cJSON *c = cJSON_CreateObject();
     int n_eos = s->vocab > glm4_eos[2] ? 3 : 1;
@@ -147,6 +196,23 @@ static int write_config(const char *dir, const preset *s, int hf, kdtype dt, cha
         cJSON_AddBoolToObject(c, "apply_residual_connection_post_layernorm", 0);
         cJSON_AddBoolToObject(c, "post_layer_norm", 1);
         cJSON_AddBoolToObject(c, "original_rope", 1);
+        if (s->v_layers) {
+            cJSON *v = cJSON_AddObjectToObject(c, "vision_config");
+            cJSON_AddNumberToObject(v, "hidden_size", s->v_hidden);
+            cJSON_AddNumberToObject(v, "num_hidden_layers", s->v_layers);
+            cJSON_AddNumberToObject(v, "num_heads", s->v_heads);
+            cJSON_AddNumberToObject(v, "intermediate_size", s->v_ffn);
+            cJSON_AddNumberToObject(v, "image_size", s->image);
+            cJSON_AddNumberToObject(v, "patch_size", s->patch);
+            cJSON_AddNumberToObject(v, "in_channels", 3);
+            cJSON_AddNumberToObject(v, "num_positions", (s->image / s->patch) * (s->image / s->patch) + 1);
+            cJSON_AddNumberToObject(v, "layer_norm_eps", 1e-6);
+            cJSON_AddNumberToObject(v, "dropout_prob", 0.0);
+            cJSON_AddStringToObject(v, "hidden_act", "gelu");
+            cJSON_AddNumberToObject(v, "scaling_factor", 8);
+            cJSON_AddNumberToObject(c, "boi_token_id", 151339);
+            cJSON_AddNumberToObject(c, "eoi_token_id", 151340);
+        }
     }
     cJSON_AddBoolToObject(c, "tie_word_embeddings", 0);
     cJSON_AddItemToObject(c, "eos_token_id", cJSON_CreateIntArray(eos, n_eos));
@@ -209,8 +275,12 @@ static int write_file(const char *path, plan *p, int file, kdtype dt, uint64_t s
         cJSON *e = cJSON_AddObjectToObject(h, t->name);
         cJSON_AddStringToObject(e, "dtype", kdtype_name(dt));
         cJSON *shape = cJSON_AddArrayToObject(e, "shape");
-        cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->rows));
-        if (t->cols) cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->cols));
+        if (t->nd) {
+            for (int d = 0; d < t->nd; d++) cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->dims[d]));
+        } else {
+            cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->rows));
+            if (t->cols) cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->cols));
+        }
         uint64_t bytes = (uint64_t)t->rows * (t->cols ? t->cols : 1) * kdtype_size(dt);
         cJSON *offs = cJSON_AddArrayToObject(e, "data_offsets");
         cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)off));
@@ -297,7 +367,8 @@ static int write_marker(const char *dir, char *err, size_t errlen) {
 
 static const args_opt make_model_opts[] = {
     {"--out", "DIR", "where the checkpoint goes (created); required"},
-    {"--preset", "NAME", "tiny (default), glm-4-9b, glm-4-9b-chat, glm-4-9b-chat-1m"},
+    {"--preset", "NAME", "tiny (default), glm-4-9b, glm-4-9b-chat, glm-4-9b-chat-1m, glm-4v-9b, tiny-4v"},
+    {"--vision-layers", "N", "override the preset's vision tower layers (glm-4v-9b, tiny-4v)"},
     {"--seed", "S", "seed of the random weights (default 0)"},
     {"--layout", "chatglm|hf", "tensor names of the THUDM repos (default) or of the -hf repos"},
     {"--dtype", "bf16|f32", "weight type (default bf16)"},
@@ -312,7 +383,7 @@ static const args_opt make_model_opts[] = {
 
 const args_spec cmd_make_model_spec = {
     "glmtp make-model",
-    "--out DIR [--preset tiny|glm-4-9b|glm-4-9b-chat|glm-4-9b-chat-1m] [--seed S] [options]",
+    "--out DIR [--preset tiny|glm-4-9b|glm-4-9b-chat|glm-4-9b-chat-1m|glm-4v-9b|tiny-4v] [--seed S] [options]",
     "A checkpoint with seeded random weights in the real format, for tests, demos and benchmarks.\n"
     "The weights are random: a model made this way writes fluent-looking gibberish.",
     {make_model_opts, args_log_opts, NULL},
@@ -328,6 +399,7 @@ int cmd_make_model(int argc, char **argv) {
     const char *out = args_str(&a, "--out", NULL);
     uint64_t seed = (uint64_t)args_int(&a, "--seed", 0, 0, 2147483647L);
     long layers = args_int(&a, "--layers", 0, 1, 1000);
+    long v_layers = args_int(&a, "--vision-layers", 0, 1, 1000);
     long kv = args_int(&a, "--kv-groups", 0, 1, 1024);
     long vocab = args_int(&a, "--vocab", 0, 1, 1 << 24);
     long shards = args_int(&a, "--shards", 1, 1, 1000);
@@ -361,6 +433,15 @@ int cmd_make_model(int argc, char **argv) {
     }
     preset s = *pre;
     if (layers) s.layers = (int)layers;
+    if (v_layers && !s.v_layers) {
+        fprintf(stderr, "glmtp make-model: --vision-layers: preset %s has no vision tower\n", s.name);
+        goto done;
+    }
+    if (v_layers) s.v_layers = (int)v_layers;
+    if (s.v_layers && hf) {
+        fprintf(stderr, "glmtp make-model: preset %s: GLM-4V is published in the chatglm layout only\n", s.name);
+        goto done;
+    }
     if (kv) s.kv = (int)kv;
     if (vocab) s.vocab = (int)vocab;
     if (rope_ratio > 0) s.rope_ratio = rope_ratio;
@@ -380,6 +461,7 @@ int cmd_make_model(int argc, char **argv) {
         goto done;
     }
     build_plan(&p, &s, hf);
+    if (s.v_layers) build_vision(&p, &s);
     if (shards > p.n) shards = p.n;
     for (int i = 0; i < p.n; i++) p.t[i].file = (int)((long)i * shards / p.n);
     if (write_config(out, &s, hf, dt, err, sizeof err)) {

@@ -11,6 +11,7 @@
 #include "../base/args.h"
 #include "../base/commands.h"
 #include "../engine/engine.h"
+#include "../engine/image_place.h"
 #include "../engine/step_plan.h"
 
 /* log-softmax of one row, in double for the normaliser. */
@@ -82,13 +83,17 @@ static const args_opt score_opts[] = {
     {"--incremental", NULL, "one token per step through the KV cache instead of one prefill"},
     {"--dump", "hidden|logits", "also print each position's final hidden state or logits"},
     {"--top", "K", "top-K next tokens per position (default 5)"},
+    {"--pixels", "FILE", "GLM-4V: the image of the ids' begin-of-image, placeholder, end-of-image tokens, "
+                         "preprocessed: float32 [channels, size, size], little-endian"},
     {NULL, NULL, NULL},
 };
 
 const args_spec cmd_score_spec = {
     "glmtp score",
-    "--model DIR --ids 1,2,3|--ids-file FILE [--from P] [--incremental] [--dump hidden|logits] [--top K]",
-    "Per-position log-probabilities of the given ids, one JSON line per position.",
+    "--model DIR --ids 1,2,3|--ids-file FILE [--from P] [--incremental] [--dump hidden|logits] [--top K] "
+    "[--pixels FILE]",
+    "Per-position log-probabilities of the given ids, one JSON line per position (with an image: per position of "
+    "the KV sequence, the image's three ids expanded to its embedding rows).",
     {score_opts, args_engine_opts, args_log_opts, NULL},
     NULL,
 };
@@ -104,11 +109,13 @@ int cmd_score(comm *c, int argc, char **argv) {
     const char *dump = args_str(&a, "--dump", NULL);
     int top = (int)args_int(&a, "--top", 5, 0, 1000);
     int incremental = args_flag(&a, "--incremental");
+    const char *pixels_path = args_str(&a, "--pixels", NULL);
     int threads = (int)args_int(&a, "--threads", 0, 0, 1024);
     const char *device = args_str(&a, "--device", "cpu"), *comm_kind = args_str(&a, "--comm", NULL);
     int block_size = (int)args_int(&a, "--block-size", 16, 1, 1 << 20);
     int kv_dtype = args_kv_dtype(&a);
-    int *ids = NULL, n = 0, rc = 1;
+    int *ids = NULL, n = 0, rc = 1, *kv_ids = NULL;
+    float *pixels = NULL;
     engine e = {0};
     float *logits = NULL, *hidden = NULL;
     double *lp = NULL;
@@ -125,8 +132,57 @@ int cmd_score(comm *c, int argc, char **argv) {
         log_error_agreed("score: %s (glmtp score --help lists the options)", a.err);
         goto done;
     }
-    if (engine_open(&e, c, dir, n, block_size, threads, device, comm_kind, ENGINE_GPU_MEM_UTIL, kv_dtype)) goto done;
+    /* KV room for the ids with an image expanded (engine_open reports a bad config) */
+    glm_config pre;
+    char e0[512];
+    int room = n + (config_load(&pre, dir, e0, sizeof e0) == 0 ? config_image_tokens(&pre) : 0);
+    if (engine_open(&e, c, dir, room, block_size, threads, device, comm_kind, ENGINE_GPU_MEM_UTIL, kv_dtype))
+        goto done;
     const glm_config *cfg = &e.m->cfg;
+    image_place ip = {-1, config_image_tokens(cfg)};
+    char why[256];
+    if (image_find(cfg, ids, n, &ip.kv0, why, sizeof why)) {
+        engine_error(c, "--ids: %s", why);
+        goto done;
+    }
+    if ((ip.kv0 >= 0) != (pixels_path != NULL)) {
+        engine_error(c, ip.kv0 >= 0 ? "--ids hold an image (begin-of-image, placeholder, end-of-image): --pixels FILE "
+                                      "gives it"
+                                    : "--pixels: the ids hold no image (begin-of-image, placeholder, end-of-image)");
+        goto done;
+    }
+    if (ip.kv0 >= 0) {
+        const glm_vision_config *v = &cfg->vision;
+        size_t want = (size_t)v->in_ch * v->image * v->image * sizeof(float), len = 0;
+        int bad = 0;
+        pixels = malloc(want);
+        if (!pixels) abort();
+        if (c->rank == 0) { /* rank 0 reads the file; every rank gets its numbers */
+            char e2[400];
+            char *t = util_read_file(pixels_path, &len, e2, sizeof e2);
+            if (!t || len != want) {
+                if (t)
+                    snprintf(why, sizeof why, "--pixels %s: %zu bytes, but [%d, %d, %d] float32 are %zu", pixels_path,
+                             len, v->in_ch, v->image, v->image, want);
+                else
+                    snprintf(why, sizeof why, "--pixels: %s", e2);
+                bad = 1;
+            } else {
+                memcpy(pixels, t, want);
+            }
+            free(t);
+        }
+        if (comm_first_failed(c, bad) >= 0) {
+            if (c->rank == 0) engine_error(c, "%s", why);
+            goto done;
+        }
+        c->iface->bcast(c->ctx, pixels, want);
+        forward_image(e.fw, 0, pixels);
+        int m = image_expand(ids, n, ip.kv0, ip.per, &kv_ids);
+        free(ids);
+        ids = kv_ids, kv_ids = NULL, n = m;
+        if (from >= n) from = n - 1;
+    }
     if (plan_check_ids(c, ids, n, cfg, "--ids")) goto done;
 
     int V = cfg->vocab, H = cfg->hidden, P = (int)from;
@@ -146,7 +202,10 @@ int cmd_score(comm *c, int argc, char **argv) {
         int len = chunk < end - start ? chunk : end - start;
         size_t row = before ? 0 : (size_t)(start - P);
         glm_step s = {0};
-        if (c->rank == 0) plan_one_seq(&s, &seq, ids + start, start, len, block_size, !before);
+        if (c->rank == 0) {
+            plan_one_seq(&s, &seq, ids + start, start, len, block_size, !before);
+            image_plan(&s, &ip, 0, 0, start, len);
+        }
         step_bcast(c, &s);
         forward_run(e.fw, &s, c->rank == 0 ? logits + row * V : NULL, c->rank == 0 ? hidden + row * H : NULL);
         step_free(&s);
@@ -164,6 +223,8 @@ done:
     free(hidden);
     free(lp);
     free(ids);
+    free(kv_ids);
+    free(pixels);
     free(file_text);
     engine_close(&e);
     args_free(&a);

@@ -305,6 +305,29 @@ void engine_keepalive(engine *e) {
     step_bcast(e->comm, &s);
 }
 
+/* Pixels of one image: every rank's copy of rank 0's. */
+static size_t image_floats(const engine *e) {
+    const glm_vision_config *v = &e->m->cfg.vision;
+    return (size_t)v->in_ch * v->image * v->image;
+}
+
+void engine_image(engine *e, int slot, const float *pixels) {
+    glm_step s = {0};
+    s.head = STEP_IMAGE;
+    s.img_slot = slot;
+    step_bcast(e->comm, &s);
+    e->comm->iface->bcast(e->comm->ctx, (void *)pixels, image_floats(e) * sizeof(float));
+    forward_image(e->fw, slot, pixels);
+}
+
+void engine_image_drop(engine *e, int slot) {
+    glm_step s = {0};
+    s.head = STEP_IMAGE_DROP;
+    s.img_slot = slot;
+    step_bcast(e->comm, &s);
+    forward_image_drop(e->fw, slot);
+}
+
 void engine_follow(engine *e) {
     for (;;) {
         glm_step s = {0};
@@ -312,6 +335,20 @@ void engine_follow(engine *e) {
         if (s.head == STEP_KVSNAP) { /* rank 0 saves or loads a KV snapshot */
             step_free(&s);
             kvsnap_follow(e->comm, e->m, e->kv);
+            continue;
+        }
+        if (s.head == STEP_IMAGE || s.head == STEP_IMAGE_DROP) {
+            int slot = s.img_slot, enc = s.head == STEP_IMAGE;
+            step_free(&s);
+            if (enc) {
+                float *px = malloc(image_floats(e) * sizeof(float));
+                if (!px) abort();
+                e->comm->iface->bcast(e->comm->ctx, px, image_floats(e) * sizeof(float));
+                forward_image(e->fw, slot, px);
+                free(px);
+            } else {
+                forward_image_drop(e->fw, slot);
+            }
             continue;
         }
         if (s.n_tokens == 0) { /* the end, or a keepalive (n_seqs 1) */

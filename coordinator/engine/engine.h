@@ -56,6 +56,11 @@ void engine_step_argmax(engine *e, glm_step *s, int vocab_limit, int *ids);
  * candidates leave the devices, unless a row's pick needs its whole row. */
 void engine_step_sample(engine *e, glm_step *s, int vocab_limit, const ksample_params *p, int *ids);
 void engine_finish(engine *e);
+/* GLM-4V, rank 0 (collective through the followers): encodes pixels (host
+ * [in_ch, image, image] fp32, normalised) into image slot `slot` on every
+ * rank, for steps' image spans; engine_image_drop frees the slot. */
+void engine_image(engine *e, int slot, const float *pixels);
+void engine_image_drop(engine *e, int slot);
 /* Rank 0, idle: keeps followers' collective timeout from firing. */
 void engine_keepalive(engine *e);
 void engine_follow(engine *e);

@@ -20,6 +20,7 @@ int gen_fits(const engine *e, int n_prompt, int max_new) {
 void gen_request_free(gen_request *r) {
     if (!r) return;
     free(r->prompt);
+    free(r->pixels);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->stop);
     free(r->out);

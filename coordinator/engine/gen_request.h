@@ -25,6 +25,11 @@ typedef struct gen_request {
     int strip_leading; /* drop whitespace before the first visible character (chat replies) */
     int ignore_eos;    /* keep going past the model's stop ids (benchmarks, tests) */
     uint64_t content_hash; /* non-text content (images; 0 for text): part of every prefix-cache key */
+    /* GLM-4V: the image's pixels (owned; [in_ch, image, image] fp32, normalised)
+     * and the KV index of its boi row in prompt, which holds the image's
+     * rows already (image_place.h); img_kv0 -1 and pixels NULL without one. */
+    float *pixels;
+    int img_kv0;
     int keep_prefix; /* save a KV snapshot of this many prompt tokens' full blocks (kvstore.h); -1: all; 0: none */
     /* Log-probabilities (OpenAI logprobs), of the raw logits (temperature and
      * top-k/p do not enter), normalised over the whole padded vocab in double as

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "../../worker/util.h"
+#include "image_place.h"
 #include "kvstore.h"
 #include "sched.h"
 
@@ -20,7 +21,44 @@ void sched_free(sched *q) {
     free(q->wait);
     free(q->dbuf);
     free(q->blk);
+    free(q->img_slots);
     memset(q, 0, sizeof *q);
+}
+
+/* ------------------------------------------------------------------ images */
+
+static image_place place_of(const sched *q, const sched_req *r) {
+    image_place ip = {r->g->pixels ? r->g->img_kv0 : -1, config_image_tokens(&q->e->m->cfg)};
+    return ip;
+}
+
+static void image_release(sched *q, sched_req *r) {
+    if (r->img_slot < 0) return;
+    engine_image_drop(q->e, r->img_slot);
+    q->img_slots[r->img_slot] = NULL;
+    r->img_slot = -1;
+}
+
+/* Encodes r's image into a free slot when this step feeds rows [p0, p0 + n) of it. */
+static void image_need(sched *q, sched_req *r, int p0, int n) {
+    image_place ip = place_of(q, r);
+    if (ip.kv0 < 0 || r->img_slot >= 0 || p0 + n <= ip.kv0 || p0 >= ip.kv0 + ip.per) return;
+    int slot = 0;
+    while (slot < q->n_img_slots && q->img_slots[slot]) slot++;
+    if (slot == q->n_img_slots) {
+        q->img_slots = realloc(q->img_slots, sizeof *q->img_slots * (size_t)(slot + 1));
+        if (!q->img_slots) abort();
+        q->n_img_slots++;
+    }
+    q->img_slots[slot] = r;
+    r->img_slot = slot;
+    engine_image(q->e, slot, r->g->pixels);
+}
+
+/* Frees r's slot once its prompt is fed past the image. */
+static void image_done(sched *q, sched_req *r) {
+    image_place ip = place_of(q, r);
+    if (r->img_slot >= 0 && r->n_fed >= ip.kv0 + ip.per) image_release(q, r);
 }
 
 /* Removes list[i] keeping the order. */
@@ -37,6 +75,7 @@ void sched_add(sched *q, sched_req *r) {
         if (!q->run || !q->wait) abort();
     }
     r->arrival = ++q->arrivals, r->n_fed = 0, r->running = 0, r->n_cached = 0, r->n_hashed = 0, r->kept = 0;
+    r->img_slot = -1;
     q->wait[q->n_wait++] = r;
 }
 
@@ -46,6 +85,7 @@ void sched_remove(sched *q, sched_req *r) {
     for (int i = 0; i < q->n_wait; i++)
         if (q->wait[i] == r) remove_at(q->wait, &q->n_wait, i--);
     pcache_release(q->e->pc, &r->g->kv);
+    image_release(q, r);
 }
 
 static int known(const sched_req *r) { return r->g->n_prompt + r->g->n_out; }
@@ -128,6 +168,7 @@ static void preempt(sched *q, int i) {
     sched_req *r = q->run[i];
     remove_at(q->run, &q->n_run, i);
     pcache_release(q->e->pc, &r->g->kv);
+    image_release(q, r);
     r->n_fed = 0, r->running = 0, r->n_hashed = 0;
     int k = 0;
     while (k < q->n_wait && q->wait[k]->arrival < r->arrival) k++;
@@ -219,6 +260,8 @@ static void fill_step(sched *q, const sched_plan *p, glm_step *st, sched_req **r
         }
         if (r->n_fed + p->chunk[i] == known(r)) rows[s] = r, srow[s++] = l, st->logit_rows[l++] = t - 1;
         step_set_table(st, i, &r->g->kv);
+        image_place ip = place_of(q, r);
+        image_plan(st, &ip, r->img_slot, t - p->chunk[i], r->n_fed, p->chunk[i]);
     }
     step_fill_slots(st);
 }
@@ -254,6 +297,7 @@ int sched_step(sched *q, int budget) {
     int *prl = malloc(sizeof(int) * (size_t)(n_prompt_rows + 1));
     ksample_params *sp = malloc(sizeof *sp * (size_t)(n_logits + 1));
     if (!rows || !prow || !sampled || !srow || !ppos || !prl || !sp) abort();
+    for (int i = 0; i < p.n; i++) image_need(q, p.req[i], p.req[i]->n_fed, p.chunk[i]);
     glm_step st = {0};
     fill_step(q, &p, &st, rows, srow, n_rows, full, prow, ppos, prl);
     for (int i = 0; i < n_logits; i++) {
@@ -278,6 +322,7 @@ int sched_step(sched *q, int budget) {
         p.req[i]->n_fed += p.chunk[i];
         register_full(q, p.req[i]);
         keep_prefix(q, p.req[i]);
+        image_done(q, p.req[i]);
     }
     q->steps++;
     if (q->hooks.on_step) q->hooks.on_step(q->hooks.user, &p, util_now() - t0);
@@ -299,6 +344,7 @@ int sched_step(sched *q, int budget) {
             sched_req *r = q->run[i];
             remove_at(q->run, &q->n_run, i);
             pcache_release(q->e->pc, &r->g->kv);
+            image_release(q, r);
             q->hooks.on_finish(q->hooks.user, r);
         }
     free(rows);

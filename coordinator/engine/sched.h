@@ -29,7 +29,14 @@
  * with sampling_sample_host, which picks what the devices' sample head would;
  * steps without such rows are unchanged. want_prompt_logprobs adds a row for
  * every prompt position (prompt chunk tokens * vocab * 4 bytes) and makes the
- * request skip the prefix cache until its prompt's logprobs are known. */
+ * request skip the prefix cache until its prompt's logprobs are known.
+ *
+ * Images (GLM-4V, gen_request pixels): a request's image is encoded (the
+ * vision tower, on every rank: engine_image) into a free image slot just
+ * before the first step that feeds one of its rows, and the slot is freed
+ * once the prompt is past them (or the request leaves or is preempted; a
+ * recompute encodes again). Every token of such a request gets its RoPE
+ * position from image_place.h. */
 #ifndef GLMTP_SCHED_H
 #define GLMTP_SCHED_H
 
@@ -49,6 +56,7 @@ typedef struct sched_req {
     int n_hashed;   /* leading blocks of its table keyed in the cache's chain */
     uint64_t chain; /* the key of block n_hashed - 1 (PCACHE_ROOT when none) */
     int kept;       /* its keep_prefix snapshot is done (saved, or nothing to save) */
+    int img_slot;   /* the forward's image slot holding its image's embeddings; -1: none */
 } sched_req;
 
 /* What a step planned: requests and how many tokens each feeds. */
@@ -79,6 +87,8 @@ typedef struct sched {
     char *dbuf; /* detokenizer scratch, dcap bytes */
     size_t dcap;
     int *blk; /* one block's token ids (block_size) */
+    sched_req **img_slots; /* [n_img_slots]: the request holding each image slot, or NULL */
+    int n_img_slots;
 } sched;
 
 void sched_init(sched *q, engine *e, const tokenizer *tok, const gen_options *go, const sched_hooks *h);
