@@ -170,21 +170,6 @@ static int cuda_mem_info(void *ctx, size_t *free_bytes, size_t *total_bytes) {
     return 0;
 }
 
-/* The vision tower's ops (kernels.h) land in kernels/cuda/ in the next commit;
- * until then a call aborts instead of computing nothing. */
-static void cuda_vision_missing(const char *op) {
-    fprintf(stderr, "glmtp: cuda backend: %s is not implemented yet\n", op);
-    abort();
-}
-static void cuda_op_layernorm(void *, void *, const void *, const kweight *, const kweight *, int, float) {
-    cuda_vision_missing("layernorm");
-}
-static void cuda_op_gelu(void *, void *, size_t) { cuda_vision_missing("gelu"); }
-static void cuda_op_attention_full(void *, void *, const void *, const void *, const void *, int, int, int, int,
-                                   float) {
-    cuda_vision_missing("attention_full");
-}
-
 static const kernels_iface cuda_iface = {
     /* .name          = */ "cuda",
     /* .act_bytes     = */ 2,

@@ -124,5 +124,10 @@ void cuda_op_gather_rows(void *ctx, void *out, const void *x, const int *rows, i
 void cuda_op_argmax(void *ctx, int *out_idx, float *out_val, const float *logits, int n, int V, int ld);
 void cuda_op_top_k(void *ctx, kcand *out, double *sum, const float *logits, int n, int V, int ld, int k,
                    const float *temp);
+/* The vision tower's ops: layernorm.cu, gelu.cu, attention_full.cu. */
+void cuda_op_layernorm(void *ctx, void *out, const void *x, const kweight *w, const kweight *b, int T, float eps);
+void cuda_op_gelu(void *ctx, void *x, size_t n);
+void cuda_op_attention_full(void *ctx, void *out, const void *q, const void *k, const void *v, int ld, int T,
+                            int n_heads, int d, float scale);
 
 #endif

@@ -68,9 +68,11 @@ void test_small_ops(void);
 void test_matmul(void);
 void test_rope(void);
 void test_rope_kv_store(int T, int n_q, int n_kv, int d, int rot);
+void test_vision_ops(void);    /* layernorm, gelu */
 void test_attention(void);    /* test_gpu_attention.c */
 void test_prefill_attention(void);
 void test_prefill_attention_big(int T);
+void test_attention_full(void);
 void test_fp8_kv_store(void); /* test_gpu_fp8.c: the fp8 KV cache */
 void test_fp8_attention(void);
 void test_top_k(void);        /* test_gpu_sample.c */

@@ -1,5 +1,6 @@
 /* test_gpu_kernels, part 2: paged KV store and attention (decode, both
- * kernels) and the tensor-core prefill attention. */
+ * kernels), the tensor-core prefill attention, and the vision tower's
+ * attention without a cache (attention_full). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -600,4 +601,70 @@ void test_prefill_attention_big(int T) {
     int was = gpu_switch("GLMTP_GQA_ATTENTION", 0);
     prefill_attention_big(T);
     gpu_switch("GLMTP_GQA_ATTENTION", was);
+}
+
+/* ------------------------------------------- vision tower: attention_full */
+
+/* attention_full on both backends: q, k, v the column blocks at 0, blk and
+ * 2 blk of one [T, ld] buffer (blk = n_heads * d + gap, ld = 3 blk + tail). */
+static void attention_full_case(int T, int n_heads, int d, int gap, int tail) {
+    int qw = n_heads * d, blk = qw + gap, ld = 3 * blk + tail;
+    size_t n = (size_t)T * ld, no = (size_t)T * qw;
+    float *qkv = rand_bf16(n, -1.5f, 1.5f);
+    void *gq = g_act(qkv, n), *cq = c_act(qkv, n), *go = g_act(NULL, no), *co = c_act(NULL, no);
+    float scale = 1.0f / sqrtf((float)d);
+    uint16_t *g16 = gq;
+    float *c32 = cq;
+    G.iface->attention_full(G.ctx, go, g16, g16 + blk, g16 + 2 * blk, ld, T, n_heads, d, scale);
+    C.iface->attention_full(C.ctx, co, c32, c32 + blk, c32 + 2 * blk, ld, T, n_heads, d, scale);
+    char name[128];
+    snprintf(name, sizeof name, "attention_full T=%d n_heads=%d d=%d ld=%d", T, n_heads, d, ld);
+    float *got = g_get(name, go, no);
+    /* Same bf16 q, k, v; fp32 scores and online softmax (exp2 on the GPU, exp
+     * on the CPU, key tiles alike) differ by ~1e-6; the output, an average of
+     * |v| <= 1.5, is rounded to bf16 once: the per-head attention kernel's
+     * tolerance. */
+    check(name, got, co, no, 1e-4, BF16_RTOL);
+    free(got), free(qkv);
+    G.iface->free(G.ctx, gq), G.iface->free(G.ctx, go), C.iface->free(C.ctx, cq), C.iface->free(C.ctx, co);
+}
+
+/* The tower's shape at tp = 1 (T = 6401 patches and the boi/eoi tokens' row,
+ * 16 heads of 112, q, k, v in one qkv buffer) on the GPU alone, timed. */
+static void attention_full_timed(int T, int n_heads, int d) {
+    int qw = n_heads * d, ld = 3 * qw;
+    size_t n = (size_t)T * ld, no = (size_t)T * qw;
+    float *qkv = rand_bf16(n, -1.5f, 1.5f);
+    void *gq = g_act(qkv, n), *go = g_act(NULL, no);
+    uint16_t *g16 = gq;
+    float scale = 1.0f / sqrtf((float)d);
+    double best = 1e30;
+    for (int rep = 0; rep < 4; rep++) { /* the first is a warm-up */
+        G.iface->sync(G.ctx);
+        double t0 = now_s();
+        G.iface->attention_full(G.ctx, go, g16, g16 + qw, g16 + 2 * qw, ld, T, n_heads, d, scale);
+        G.iface->sync(G.ctx);
+        double dt = now_s() - t0;
+        if (rep > 0 && dt < best) best = dt;
+    }
+    float *got = g_get("attention_full timed", go, no);
+    int finite = 1;
+    for (size_t i = 0; i < no; i++) finite &= isfinite(got[i]) != 0;
+    expect(finite, "attention_full T=%d n_heads=%d d=%d: every output finite", T, n_heads, d);
+    double flop = 4.0 * n_heads * d * (double)T * T;
+    printf("INFO  attention_full T=%d n_heads=%d d=%d: %.3f ms (%.1f TFLOP/s, fp32 FMA)\n", T, n_heads, d, best * 1e3,
+           flop / best * 1e-12);
+    free(got), free(qkv);
+    G.iface->free(G.ctx, gq), G.iface->free(G.ctx, go);
+}
+
+void test_attention_full(void) {
+    attention_full_case(17, 4, 14, 3, 5);  /* tiny: d 14 (one dim a thread, two threads idle), ld wider */
+    attention_full_case(1, 2, 14, 0, 1);   /* one token: out = v */
+    attention_full_case(65, 3, 80, 1, 0);  /* 5 dims a thread in the 7-wide kernel, tails of both tiles */
+    attention_full_case(130, 2, 128, 0, 0);
+    attention_full_case(100, 1, 256, 0, 3); /* the largest d: 219 KB of shared memory */
+    attention_full_case(300, 2, 112, 0, 0);
+    attention_full_case(6401, 2, 112, 0, 0); /* the tower's sequence, 2 of its heads */
+    attention_full_timed(6401, 16, 112);
 }

@@ -38,13 +38,17 @@ int main(int argc, char **argv) {
     C = kernels_cpu_create(0);
     /* GLMTP_GPU_TEST_ONLY=prefill: only the small prefill attention cases
      * (short enough to run under compute-sanitizer); =prefill-big: only the
-     * timed GLM-4-sized one; =fp8: only the fp8 KV cache's cases. */
+     * timed GLM-4-sized one; =fp8: only the fp8 KV cache's cases; =vision:
+     * only the vision tower's ops (layernorm, gelu, attention_full). */
     const char *only = getenv("GLMTP_GPU_TEST_ONLY");
-    if (only && (!strcmp(only, "prefill") || !strcmp(only, "prefill-big") || !strcmp(only, "fp8"))) {
+    if (only && (!strcmp(only, "prefill") || !strcmp(only, "prefill-big") || !strcmp(only, "fp8") ||
+                 !strcmp(only, "vision"))) {
         if (!strcmp(only, "prefill"))
             test_prefill_attention();
         else if (!strcmp(only, "fp8"))
             test_fp8_kv_store(), test_fp8_attention();
+        else if (!strcmp(only, "vision"))
+            test_vision_ops(), test_attention_full();
         else
             test_prefill_attention_big(4096);
         G.iface->sync(G.ctx);
@@ -64,9 +68,11 @@ int main(int argc, char **argv) {
     test_rope_kv_store(1, 32, 2, 128, 64); /* GLM-4-9B decode */
     test_rope_kv_store(5, 4, 2, 16, 8);
     test_rope_kv_store(3, 8, 4, 64, 32);
+    test_vision_ops();
     test_attention();
     test_prefill_attention();
     test_prefill_attention_big(4096);
+    test_attention_full();
     test_fp8_kv_store();
     test_fp8_attention();
     test_top_k();

@@ -1,5 +1,6 @@
 /* test_gpu_kernels, part 1: weight upload, embedding, norms, small ops,
- * matmul (every path), RoPE and the fused RoPE + KV write. */
+ * matmul (every path), RoPE and the fused RoPE + KV write, and the vision
+ * tower's LayerNorm and GELU. */
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
@@ -180,6 +181,65 @@ void test_small_ops(void) {
         check("gather_rows in place rows {1,3,4} (exact)", got, cx, (size_t)nx * width, 0.0, 0.0);
         free(got), free(x);
         G.iface->free(G.ctx, gx), G.iface->free(G.ctx, go), C.iface->free(C.ctx, cx), C.iface->free(C.ctx, co);
+    }
+}
+
+/* ----------------------------------------- vision tower: layernorm, gelu */
+
+/* Rows of bf16 values in [-xscale, xscale], row 1 shifted by +100 (a bf16 ulp
+ * of 0.5 there: a mean far from 0 next to a spread of xscale) and row 2
+ * constant (variance 0: out = b). w and b uploaded from wdt: vectors are fp32
+ * on the GPU either way, the CPU keeps bf16 as given (same values). */
+static void test_layernorm_case(int T, int N, float xscale, kdtype wdt, int alias) {
+    size_t n = (size_t)T * N;
+    float *x = rand_bf16(n, -xscale, xscale), *w = rand_bf16((size_t)N, -2.0f, 2.0f);
+    float *b = rand_bf16((size_t)N, -1.0f, 1.0f);
+    for (int i = 0; T > 1 && i < N; i++) x[(size_t)N + i] = bfr(x[(size_t)N + i] + 100.0f);
+    for (int i = 0; T > 2 && i < N; i++) x[(size_t)2 * N + i] = 2.5f;
+    uint16_t *w16 = xmalloc((size_t)N * 2), *b16 = xmalloc((size_t)N * 2);
+    for (int i = 0; i < N; i++) w16[i] = f32_to_bf16(w[i]), b16[i] = f32_to_bf16(b[i]);
+    kweight gw, cw, gb, cb;
+    upload2(&gw, &cw, wdt == KDT_BF16 ? (const void *)w16 : (const void *)w, wdt, 1, N);
+    upload2(&gb, &cb, wdt == KDT_BF16 ? (const void *)b16 : (const void *)b, wdt, 1, N);
+    void *gx = g_act(x, n), *cx = c_act(x, n);
+    void *go = alias ? gx : g_act(NULL, n), *co = alias ? cx : c_act(NULL, n);
+    G.iface->layernorm(G.ctx, go, gx, &gw, &gb, T, 1e-6f);
+    C.iface->layernorm(C.ctx, co, cx, &cw, &cb, T, 1e-6f);
+    char name[128];
+    snprintf(name, sizeof name, "layernorm T=%d N=%d |x|<=%g w,b %s%s", T, N, xscale, kdtype_name(wdt),
+             alias ? " in place" : "");
+    float *got = g_get(name, go, n);
+    /* fp32 sums in another order (~1e-7 relative) and one bf16 rounding; atol
+     * for outputs where z w and b cancel (|z w| <~ 8: 8 * 1e-6). */
+    check(name, got, co, n, 2e-5, BF16_RTOL);
+    free(got), free(x), free(w), free(b), free(w16), free(b16), free2(&gw, &cw), free2(&gb, &cb);
+    G.iface->free(G.ctx, gx), C.iface->free(C.ctx, cx);
+    if (!alias) G.iface->free(G.ctx, go), C.iface->free(C.ctx, co);
+}
+
+void test_vision_ops(void) {
+    test_layernorm_case(6, 1792, 3.0f, KDT_F32, 0); /* the tower's width */
+    test_layernorm_case(4, 1792, 3.0f, KDT_BF16, 1);
+    test_layernorm_case(3, 100, 1.0f, KDT_F32, 0);  /* a partial warp of elements */
+    test_layernorm_case(2, 5000, 0.1f, KDT_F32, 1); /* several elements a thread */
+
+    /* GELU in place: 16-byte aligned (8-wide path + the tail) and offset by
+     * one element (the element loop), values in [-9, 9] with the tails:
+     * erfcf on both sides (a few ulp apart), then one bf16 rounding. */
+    for (int off = 0; off < 2; off++) {
+        size_t n = 4096 * 3 + 5;
+        float *x = rand_bf16(n + 1, -9.0f, 9.0f);
+        const float fixed[] = {0.0f, -0.0f, -10.0f, -5.5f, -40.0f, 40.0f, 1.0f, -1.0f, 1e-30f};
+        for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) x[off + i] = bfr(fixed[i]);
+        void *gx = g_act(x, n + 1), *cx = c_act(x, n + 1);
+        G.iface->gelu(G.ctx, (uint16_t *)gx + off, n);
+        C.iface->gelu(C.ctx, (float *)cx + off, n);
+        char name[96];
+        snprintf(name, sizeof name, "gelu n=%zu %s", n, off ? "offset (scalar path)" : "aligned (vector path)");
+        float *got = g_get(name, gx, n + 1);
+        check(name, got, cx, n + 1, 1e-7, BF16_RTOL);
+        free(got), free(x);
+        G.iface->free(G.ctx, gx), C.iface->free(C.ctx, cx);
     }
 }
 
