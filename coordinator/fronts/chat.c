@@ -32,7 +32,7 @@ static void hist_push(history *h, const char *role, const char *content) {
     }
     h->owned[h->n] = strdup(content);
     if (!h->owned[h->n]) abort();
-    h->m[h->n] = (chat_message){role, h->owned[h->n], NULL, NULL};
+    h->m[h->n] = (chat_message){role, h->owned[h->n], NULL, NULL, 0};
     h->n++;
 }
 

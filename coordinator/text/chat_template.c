@@ -333,7 +333,22 @@ int chat_encode(const tokenizer *t, const chat_message *msgs, int n, const cJSON
         }
         snprintf(where, sizeof where, "messages[%d].", i);
         if (put_tools(&b, t, m->tools, 1, where, preamble, err, errlen)) goto fail;
-        if (m->content && m->content[0]) {
+        if (m->image) {
+            sbuf s = {0};
+            if (m->metadata) sb_str(&s, m->metadata);
+            sb_str(&s, "\n");
+            ib_push(&b, tok_special_id(t, markers[r]));
+            int rc = ib_text(&b, t, s.s, s.n);
+            free(s.s);
+            ib_push(&b, tok_special_id(t, "<|begin_of_image|>"));
+            ib_push(&b, tok_special_id(t, "<|endoftext|>"));
+            ib_push(&b, tok_special_id(t, "<|end_of_image|>"));
+            if (!rc && m->content && m->content[0]) rc = ib_text(&b, t, m->content, strlen(m->content));
+            if (rc) {
+                snprintf(err, errlen, "out of memory");
+                goto fail;
+            }
+        } else if (m->content && m->content[0]) {
             sbuf s = {0};
             if (m->metadata) sb_str(&s, m->metadata);
             sb_str(&s, "\n");
@@ -365,8 +380,12 @@ int chat_encode_json(const tokenizer *t, const cJSON *msgs, const cJSON *tools, 
         snprintf(err, errlen, "field 'tools': must be a list");
         return -1;
     }
+    const char *src;
+    char field[64];
+    if (chat_image_source(msgs, &src, field, sizeof field, err, errlen)) return -1;
     chat_message *m = calloc((size_t)n, sizeof *m);
-    if (!m) abort();
+    char **joined = calloc((size_t)n, sizeof *joined);
+    if (!m || !joined) abort();
     int rc = 0;
     for (int i = 0; i < n && rc == 0; i++) {
         const cJSON *e = cJSON_GetArrayItem(msgs, i);
@@ -374,22 +393,104 @@ int chat_encode_json(const tokenizer *t, const cJSON *msgs, const cJSON *tools, 
         const cJSON *content = cJSON_GetObjectItemCaseSensitive(e, "content");
         const cJSON *meta = cJSON_GetObjectItemCaseSensitive(e, "metadata");
         const cJSON *mt = cJSON_GetObjectItemCaseSensitive(e, "tools");
-        const char *bad = !cJSON_IsObject(e) || !cJSON_IsString(role)               ? "role': missing or not a string"
-                          : content && !cJSON_IsString(content) && !cJSON_IsNull(content) ? "content': must be a string"
-                          : meta && !cJSON_IsString(meta) && !cJSON_IsNull(meta)        ? "metadata': must be a string"
-                          : mt && !cJSON_IsArray(mt) && !cJSON_IsNull(mt)               ? "tools': must be a list"
-                                                                                        : NULL;
+        const cJSON *img = cJSON_GetObjectItemCaseSensitive(e, "image");
+        const char *bad = !cJSON_IsObject(e) || !cJSON_IsString(role) ? "role': missing or not a string"
+                          : content && !cJSON_IsString(content) && !cJSON_IsNull(content) && !cJSON_IsArray(content)
+                              ? "content': must be a string or a list of parts"
+                          : meta && !cJSON_IsString(meta) && !cJSON_IsNull(meta) ? "metadata': must be a string"
+                          : mt && !cJSON_IsArray(mt) && !cJSON_IsNull(mt)        ? "tools': must be a list"
+                                                                                 : NULL;
         if (bad) {
             snprintf(err, errlen, "field 'messages[%d].%s", i, bad);
             rc = -1;
             break;
         }
-        m[i] = (chat_message){role->valuestring, cJSON_IsString(content) ? content->valuestring : "",
-                              cJSON_IsString(meta) ? meta->valuestring : NULL, cJSON_IsArray(mt) ? mt : NULL};
+        int has_image = cJSON_IsString(img);
+        const char *text = cJSON_IsString(content) ? content->valuestring : "";
+        if (cJSON_IsArray(content)) { /* text parts joined by "\n" (image parts: checked by chat_image_source) */
+            sbuf sb = {0};
+            const cJSON *part;
+            int k = 0, first = 1;
+            cJSON_ArrayForEach(part, content) {
+                const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
+                const cJSON *tx = cJSON_GetObjectItemCaseSensitive(part, "text");
+                if (cJSON_IsString(type) && strcmp(type->valuestring, "text") == 0) {
+                    if (!cJSON_IsString(tx)) {
+                        snprintf(err, errlen, "field 'messages[%d].content[%d].text': must be a string", i, k);
+                        rc = -1;
+                        break;
+                    }
+                    if (!first) sb_str(&sb, "\n");
+                    sb_str(&sb, tx->valuestring);
+                    first = 0;
+                } else {
+                    has_image = 1;
+                }
+                k++;
+            }
+            sb_put(&sb, "", 1); /* NUL */
+            joined[i] = sb.s;
+            text = sb.s ? sb.s : "";
+        }
+        m[i] = (chat_message){role->valuestring, text, cJSON_IsString(meta) ? meta->valuestring : NULL,
+                              cJSON_IsArray(mt) ? mt : NULL, has_image};
     }
     if (rc == 0)
         rc = chat_encode(t, m, n, cJSON_IsArray(tools) ? tools : NULL, preamble, add_generation_prompt, ids, n_ids,
                          err, errlen);
+    for (int i = 0; i < n; i++) free(joined[i]);
+    free(joined);
     free(m);
     return rc;
+}
+
+int chat_image_source(const cJSON *msgs, const char **src, char *field, size_t field_len, char *err, size_t errlen) {
+    *src = NULL;
+    int found = 0, i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, msgs) {
+        const cJSON *img = cJSON_GetObjectItemCaseSensitive(e, "image");
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(e, "content");
+        if (img && !cJSON_IsNull(img)) {
+            if (!cJSON_IsString(img)) {
+                snprintf(err, errlen, "field 'messages[%d].image': must be a string (a file path)", i);
+                return -1;
+            }
+            if (found++) goto several;
+            *src = img->valuestring;
+            snprintf(field, field_len, "messages[%d].image", i);
+        }
+        int k = 0;
+        const cJSON *part;
+        const cJSON *parts = cJSON_IsArray(content) ? content : NULL;
+        cJSON_ArrayForEach(part, parts) {
+            const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
+            if (!cJSON_IsObject(part) || !cJSON_IsString(type)) {
+                snprintf(err, errlen, "field 'messages[%d].content[%d].type': missing or not a string", i, k);
+                return -1;
+            }
+            if (strcmp(type->valuestring, "image_url") == 0) {
+                const cJSON *iu = cJSON_GetObjectItemCaseSensitive(part, "image_url");
+                const cJSON *url = cJSON_GetObjectItemCaseSensitive(iu, "url");
+                if (!cJSON_IsString(url)) {
+                    snprintf(err, errlen, "field 'messages[%d].content[%d].image_url.url': missing or not a string", i,
+                             k);
+                    return -1;
+                }
+                if (found++) goto several;
+                *src = url->valuestring;
+                snprintf(field, field_len, "messages[%d].content[%d].image_url.url", i, k);
+            } else if (strcmp(type->valuestring, "text") != 0) {
+                snprintf(err, errlen, "field 'messages[%d].content[%d].type': '%s' is not supported (text, image_url)",
+                         i, k, type->valuestring);
+                return -1;
+            }
+            k++;
+        }
+        i++;
+    }
+    return 0;
+several:
+    snprintf(err, errlen, "field 'messages[%d]': a second image: GLM-4V takes one image per conversation", i);
+    return -1;
 }

@@ -274,7 +274,7 @@ static void add_msg(mapper *m, const char *role, const char *content, const char
         m->p->msgs = realloc(m->p->msgs, sizeof(chat_message) * (size_t)m->cap_msgs);
         if (!m->p->msgs) abort();
     }
-    m->p->msgs[m->p->n_msgs++] = (chat_message){role, content, metadata, tools};
+    m->p->msgs[m->p->n_msgs++] = (chat_message){role, content, metadata, tools, 0};
 }
 
 /* A message's content: a string, null/absent (""), or text parts joined by "\n". */
