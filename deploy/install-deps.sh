@@ -10,6 +10,7 @@ pkgs=(build-essential cmake pkg-config git
       libpcre2-dev                        # tokenizer pre-tokenizer regex
       libcjson-dev                        # config.json and safetensors headers
       libmicrohttpd-dev                   # serve --http: the OpenAI-compatible API (coordinator/http/)
+      libjpeg-dev libpng-dev libwebp-dev  # GLM-4V image input (coordinator/image/): JPEG, PNG, WebP
       libopenblas-dev                     # bench: the plain-BLAS GEMM that prefill is compared with
       gnuplot-nox                         # deploy/scaling.sh plots
       clang libomp-dev                    # deploy/fuzz.sh: libFuzzer harnesses (clang's OpenMP is libomp)
