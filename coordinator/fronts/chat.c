@@ -2,7 +2,8 @@
  * model.chat(history) in Python: the whole history is re-encoded each turn
  * (the prefix cache still holds its KV, so a turn feeds little more than the
  * new message) and the reply streams as it is generated. Commands: /reset,
- * /system TEXT, /exit. */
+ * /system TEXT, /image PATH (GLM-4V: the next message is about that image;
+ * one per conversation), /exit. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@
 #include "../engine/capacity.h"
 #include "../engine/gen_batch.h"
 #include "../text/chat_template.h"
+#include "image_input.h"
 #include "requests.h"
 
 typedef struct history {
@@ -50,13 +52,31 @@ static void on_text(void *user, gen_request *r, const char *delta, size_t len) {
 }
 
 /* One turn: encode history, generate, print; returns the reply (malloc'ed) or NULL. */
-static char *turn(engine *e, const tokenizer *tok, const history *h, const char *preamble, const req_defaults *d,
-                  int limit, uint64_t seed) {
+/* GLM-4V: the conversation's image (/image PATH), sent with every turn. */
+typedef struct chat_image {
+    float *pixels; /* NULL: none */
+    size_t n;      /* floats */
+    uint64_t hash;
+    int pending;   /* 1: the next user message carries it */
+} chat_image;
+
+static char *turn(engine *e, const tokenizer *tok, const history *h, const chat_image *im, const char *preamble,
+                  const req_defaults *d, int limit, uint64_t seed) {
     char err[1024];
     gen_request r = {0};
     if (chat_encode(tok, h->m, h->n, NULL, preamble, 1, &r.prompt, &r.n_prompt, err, sizeof err)) {
         fprintf(stderr, "glmtp: chat: %s\n", err);
         return NULL;
+    }
+    if (im->pixels && !im->pending) { /* a copy: the request owns its pixels */
+        float *px = malloc(im->n * sizeof(float));
+        if (!px) abort();
+        memcpy(px, im->pixels, im->n * sizeof(float));
+        if (image_input_attach(&r, &e->m->cfg, px, im->hash, err, sizeof err)) {
+            fprintf(stderr, "glmtp: chat: %s\n", err);
+            gen_request_free(&r);
+            return NULL;
+        }
     }
     r.max_new = d->max_new;
     if (r.n_prompt + r.max_new > limit) {
@@ -98,7 +118,8 @@ const args_spec cmd_chat_spec = {
     "--model DIR [--system TEXT] [options]",
     "Interactive multi-turn chat on rank 0's terminal; replies stream as they are generated.",
     {chat_opts, args_engine_opts, args_log_opts, NULL},
-    "commands at the prompt: /reset (clear the history), /system TEXT (new system prompt), /exit (or end of input)\n",
+    "commands at the prompt: /reset (clear the history), /system TEXT (new system prompt), /image PATH (GLM-4V: "
+    "the next message is about this JPEG/PNG/WebP image), /exit (or end of input)\n",
 };
 
 int cmd_chat(comm *c, int argc, char **argv) {
@@ -160,7 +181,9 @@ int cmd_chat(comm *c, int argc, char **argv) {
     /* The banner and the "user>" / "assistant>" markers go to stderr, as
      * bash's read -p prompt does: under mpirun stdin is never a terminal, and
      * stdout stays the replies alone for scripts. */
-    fprintf(stderr, "glmtp chat: %d-token context. Commands: /reset, /system TEXT, /exit\n", limit);
+    chat_image im = {0};
+    fprintf(stderr, "glmtp chat: %d-token context. Commands: /reset, /system TEXT, %s/exit\n", limit,
+            e.m->cfg.vision.present ? "/image PATH, " : "");
     char line[65536];
     for (uint64_t n_turn = 0;; n_turn++) {
         fprintf(stderr, "user> ");
@@ -170,6 +193,8 @@ int cmd_chat(comm *c, int argc, char **argv) {
         if (strcmp(line, "/exit") == 0) break;
         if (strcmp(line, "/reset") == 0) {
             hist_clear(&h, sys);
+            free(im.pixels);
+            im = (chat_image){0};
             printf("(history cleared)\n");
             continue;
         }
@@ -177,7 +202,24 @@ int cmd_chat(comm *c, int argc, char **argv) {
             free(sys);
             sys = strdup(line[7] ? line + 8 : "");
             hist_clear(&h, sys);
+            free(im.pixels);
+            im = (chat_image){0};
             printf("(system prompt set; history cleared)\n");
+            continue;
+        }
+        if (strncmp(line, "/image ", 7) == 0) {
+            char err[1024];
+            float *px;
+            uint64_t hash;
+            if (im.pixels) {
+                fprintf(stderr, "glmtp chat: GLM-4V takes one image per conversation: /reset first\n");
+            } else if (image_input_load(line + 7, &e.m->cfg, 1, &px, &hash, err, sizeof err)) {
+                fprintf(stderr, "glmtp chat: /image: %s\n", err);
+            } else {
+                const glm_vision_config *v = &e.m->cfg.vision;
+                im = (chat_image){px, (size_t)v->in_ch * v->image * v->image, hash, 1};
+                fprintf(stderr, "(image loaded: your next message is about it)\n");
+            }
             continue;
         }
         if (line[0] == '/') {
@@ -185,11 +227,14 @@ int cmd_chat(comm *c, int argc, char **argv) {
             continue;
         }
         hist_push(&h, "user", line);
+        int with_image = im.pending;
+        if (with_image) h.m[h.n - 1].image = 1, im.pending = 0;
         fflush(stdout);
         fprintf(stderr, "assistant> ");
-        char *reply = turn(&e, tok, &h, preamble, &d, limit, seed + n_turn);
+        char *reply = turn(&e, tok, &h, &im, preamble, &d, limit, seed + n_turn);
         if (!reply) {
             hist_pop(&h);
+            im.pending = with_image;
             continue;
         }
         hist_push(&h, "assistant", reply);
@@ -197,6 +242,7 @@ int cmd_chat(comm *c, int argc, char **argv) {
     }
     engine_finish(&e);
     hist_clear(&h, NULL);
+    free(im.pixels);
     free(h.m);
     free(h.owned);
     free(sys);

@@ -682,7 +682,7 @@ static int prepare(const gen_cli *o, comm *c, glm_config *cfg, tokenizer **tok, 
                           "gibberish, the pipeline is the real one", o->dir);
     *preamble = chat_tool_preamble(o->dir);
     *ctx = (req_context){&o->d, *tok, *preamble, o->max_model_len ? o->max_model_len : cfg->seq_len,
-                         *tok ? tok_n_total(*tok) : cfg->vocab, o->max_model_len ? cfg->seq_len : 0};
+                         *tok ? tok_n_total(*tok) : cfg->vocab, o->max_model_len ? cfg->seq_len : 0, cfg, 1};
     if (ctx->n_vocab > cfg->vocab) ctx->n_vocab = cfg->vocab;
     if (scan_input(o, done, skip, n_todo, n_kept)) return 1;
     if (o->resume)

@@ -7,6 +7,7 @@
 
 #include "../../worker/util.h"
 #include "../text/chat_template.h"
+#include "image_input.h"
 #include "requests.h"
 
 void req_defaults_load(req_defaults *d, const char *model_dir) {
@@ -110,9 +111,24 @@ static void parse_keep(req_line *r, int line, const cJSON *o) {
 static void parse_messages(const req_context *c, req_line *r, int line, const cJSON *o, const cJSON *msgs) {
     char err[1024] = "";
     if (chat_encode_json(c->tok, msgs, cJSON_GetObjectItemCaseSensitive(o, "tools"), c->preamble, 1, &r->g.prompt,
-                         &r->g.n_prompt, err, sizeof err))
+                         &r->g.n_prompt, err, sizeof err)) {
         set_error(r, line, "%s", err);
+        return;
+    }
     r->g.strip_leading = 1;
+    const char *src;
+    char field[64];
+    float *px;
+    uint64_t hash;
+    if (chat_image_source(msgs, &src, field, sizeof field, err, sizeof err)) {
+        set_error(r, line, "%s", err);
+    } else if (src) {
+        if (image_input_load(src, c->cfg, c->allow_files, &px, &hash, err, sizeof err) ||
+            image_input_attach(&r->g, c->cfg, px, hash, err, sizeof err))
+            set_error(r, line, "field '%s': %s", field, err);
+    } else if (c->cfg && image_input_check_ids(r->g.prompt, r->g.n_prompt, c->cfg, err, sizeof err)) {
+        set_error(r, line, "field 'messages': %s", err);
+    }
 }
 
 static void parse_ids(const req_context *c, req_line *r, int line, const cJSON *v) {
@@ -132,6 +148,9 @@ static void parse_ids(const req_context *c, req_line *r, int line, const cJSON *
         }
         r->g.prompt[r->g.n_prompt++] = (int)e->valuedouble;
     }
+    char err[512];
+    if (c->cfg && image_input_check_ids(r->g.prompt, r->g.n_prompt, c->cfg, err, sizeof err))
+        set_error(r, line, "field 'input_ids': %s", err);
 }
 
 static void parse_prompt(const req_context *c, req_line *r, int line, const cJSON *v) {

@@ -3,6 +3,8 @@
  * A line is {"id": any, "prompt": "..."} (raw completion, [gMASK]<sop> prefix),
  * {"id", "messages": [{role, content, metadata?, tools?}], "tools"?} (chat), or
  * {"id", "input_ids": [...]} (token ids as given); optional max_new_tokens,
+ * A chat message may carry GLM-4V's image: "image": "PATH" (files allowed
+ * here), or OpenAI content parts with an image_url data URL (image_input.h).
  * (or max_tokens, the OpenAI spelling), temperature, top_p, top_k, seed, stop
  * (string or list) override the defaults; keep_prefix (true, or a token
  * count) saves the prompt's prefix as a KV snapshot (--kv-snapshot-dir,
@@ -48,6 +50,8 @@ typedef struct req_context {
     int seq_len;          /* the maximum model length: the context, or less (--max-model-len, the KV pool) */
     int n_vocab;          /* valid ids: [0, n_vocab) */
     int model_ctx;        /* the model's context when seq_len is less (named in errors), else 0 */
+    const glm_config *cfg; /* the model's (GLM-4V: images), or NULL */
+    int allow_files;      /* images may be named by file path (generate, chat; not network clients) */
 } req_context;
 
 /* Parses one line (text need not be NUL-terminated). Never fails as a whole:

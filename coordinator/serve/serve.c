@@ -273,7 +273,7 @@ int cmd_serve(comm *c, int argc, char **argv) {
     }
     preamble = chat_tool_preamble(o.dir);
     req_context ctx = {&o.d, tok, preamble, max_len, tok ? tok_n_total(tok) : cfg.vocab,
-                       max_len < cfg.seq_len ? cfg.seq_len : 0};
+                       max_len < cfg.seq_len ? cfg.seq_len : 0, &cfg, 0};
     if (ctx.n_vocab > cfg.vocab) ctx.n_vocab = cfg.vocab;
     s.max_frame = (uint32_t)o.max_frame, s.max_queue = o.max_queue, s.auth_timeout = o.auth_timeout;
     s.stall_s = o.stall_s;
