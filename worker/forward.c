@@ -402,6 +402,20 @@ void forward_image(glm_forward *f, int slot, const float *pixels) {
     vision_encode(f->m->vision, pixels, f->img[slot]);
 }
 
+void forward_image_rows(glm_forward *f, int slot, float *out) {
+    const kernels_iface *k = f->m->kb.iface;
+    size_t n = (size_t)config_image_tokens(&f->m->cfg) * f->m->cfg.hidden;
+    if (k->act_bytes == 4) {
+        k->to_host(f->m->kb.ctx, out, f->img[slot], n * 4);
+        return;
+    }
+    uint16_t *tmp = malloc(n * 2);
+    if (!tmp) abort();
+    k->to_host(f->m->kb.ctx, tmp, f->img[slot], n * 2);
+    for (size_t i = 0; i < n; i++) out[i] = bf16_to_f32(tmp[i]);
+    free(tmp);
+}
+
 void forward_image_drop(glm_forward *f, int slot) {
     if (slot < 0 || slot >= f->n_img_slots) return;
     f->m->kb.iface->free(f->m->kb.ctx, f->img[slot]);

@@ -38,6 +38,8 @@ void forward_run_sample(glm_forward *f, const glm_step *s, const ksample_params 
  * there is replaced), for the steps' image spans to read. pixels: host [in_ch,
  * image, image] fp32, the same on every rank. Collective. */
 void forward_image(glm_forward *f, int slot, const float *pixels);
+/* Slot's embeddings (encoded) to host fp32 out [config_image_tokens, H] (this rank's copy). */
+void forward_image_rows(glm_forward *f, int slot, float *out);
 /* Frees slot's embeddings (no-op when empty). */
 void forward_image_drop(glm_forward *f, int slot);
 

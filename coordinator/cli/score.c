@@ -81,7 +81,8 @@ static const args_opt score_opts[] = {
     {"--ids-file", "FILE", "the token ids from a file, separated by commas or white space (long contexts)"},
     {"--from", "P", "print positions P.. only; the ids before P are prefilled without logits (default 0)"},
     {"--incremental", NULL, "one token per step through the KV cache instead of one prefill"},
-    {"--dump", "hidden|logits", "also print each position's final hidden state or logits"},
+    {"--dump", "hidden|logits|image", "also print each position's final hidden state or logits; image: first a line "
+                                      "{\"image\": rows} with the image's embedding rows (GLM-4V, --pixels)"},
     {"--top", "K", "top-K next tokens per position (default 5)"},
     {"--pixels", "FILE", "GLM-4V: the image of the ids' begin-of-image, placeholder, end-of-image tokens, "
                          "preprocessed: float32 [channels, size, size], little-endian"},
@@ -123,8 +124,8 @@ int cmd_score(comm *c, int argc, char **argv) {
     if (!a.failed && !ids_s == !ids_file)
         snprintf(a.err, sizeof a.err, "--ids 1,2,3 or --ids-file FILE is required (one of them)"), a.failed = 1;
     if (!a.failed && ids_file && !(file_text = read_ids_file(ids_file, a.err, sizeof a.err))) a.failed = 1;
-    if (!a.failed && dump && strcmp(dump, "hidden") && strcmp(dump, "logits"))
-        snprintf(a.err, sizeof a.err, "--dump must be hidden or logits, not '%s'", dump), a.failed = 1;
+    if (!a.failed && dump && strcmp(dump, "hidden") && strcmp(dump, "logits") && strcmp(dump, "image"))
+        snprintf(a.err, sizeof a.err, "--dump must be hidden, logits or image, not '%s'", dump), a.failed = 1;
     if (!a.failed) args_int_list(&a, ids_s ? "--ids" : "--ids-file", ids_s ? ids_s : file_text, &ids, &n);
     if (!a.failed && from >= n)
         snprintf(a.err, sizeof a.err, "--from %ld: only %d ids, so positions 0..%d", from, n, n - 1), a.failed = 1;
@@ -178,6 +179,20 @@ int cmd_score(comm *c, int argc, char **argv) {
         }
         c->iface->bcast(c->ctx, pixels, want);
         forward_image(e.fw, 0, pixels);
+        if (c->rank == 0 && dump && strcmp(dump, "image") == 0) {
+            int rows = config_image_tokens(cfg), H = cfg->hidden;
+            float *emb = malloc(sizeof(float) * (size_t)rows * H);
+            if (!emb) abort();
+            forward_image_rows(e.fw, 0, emb);
+            printf("{\"image\":[");
+            for (int r = 0; r < rows; r++) {
+                printf("%s[", r ? "," : "");
+                for (int j = 0; j < H; j++) printf("%s%.9g", j ? "," : "", emb[(size_t)r * H + j]);
+                printf("]");
+            }
+            printf("]}\n");
+            free(emb);
+        }
         int m = image_expand(ids, n, ip.kv0, ip.per, &kv_ids);
         free(ids);
         ids = kv_ids, kv_ids = NULL, n = m;

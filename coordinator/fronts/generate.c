@@ -63,7 +63,7 @@
 #include "requests.h"
 
 typedef struct gen_cli {
-    const char *dir, *input, *output, *ids, *tok_path, *device, *comm_kind;
+    const char *dir, *input, *output, *ids, *image, *tok_path, *device, *comm_kind;
     const char *snap_dir; /* --kv-snapshot-dir */
     int threads, block_size, step_tokens, kv_tokens, ignore_eos, no_prefix_cache, max_model_len;
     int window, resume; /* --window, --resume */
@@ -76,6 +76,7 @@ static const args_opt gen_opts[] = {
     {"--model", "DIR", "checkpoint directory (config.json, *.safetensors, tokenizer.model); required"},
     {"--input", "FILE.jsonl", "one request per line (see below); or --ids"},
     {"--ids", "1,2,3", "one request of these token ids instead of --input"},
+    {"--image", "FILE", "with --ids (GLM-4V): the image their begin-of-image, placeholder, end-of-image ids place"},
     {"--output", "FILE.jsonl", "where the records go, in input order, each as soon as the lines before it are out (default: stdout)"},
     {"--window", "N", "input lines held at once: read, running, or finished and waiting for an earlier line's record (default 256)"},
     {"--resume", NULL, "keep the records already in --output FILE, drop a torn last line, and run only the lines whose id (or line number, for lines without one) has no record"},
@@ -121,6 +122,7 @@ static int parse_cli(comm *c, gen_cli *o, int argc, char **argv) {
     o->input = args_str(&a, "--input", NULL);
     o->output = args_str(&a, "--output", "-");
     o->ids = args_str(&a, "--ids", NULL);
+    o->image = args_str(&a, "--image", NULL);
     o->tok_path = args_str(&a, "--tokenizer", NULL);
     o->d.max_new = (int)args_int(&a, "--max-new-tokens", o->d.max_new, 1, 1 << 30);
     o->d.temperature = (float)args_num(&a, "--temperature", o->d.temperature, 0.0, 1e4);
@@ -145,6 +147,8 @@ static int parse_cli(comm *c, gen_cli *o, int argc, char **argv) {
     if (!a.failed && !o->dir) snprintf(a.err, sizeof a.err, "--model DIR is required"), a.failed = 1;
     if (!a.failed && !!o->input == !!o->ids)
         snprintf(a.err, sizeof a.err, "give --input FILE.jsonl or --ids 1,2,3"), a.failed = 1;
+    if (!a.failed && o->image && !o->ids)
+        snprintf(a.err, sizeof a.err, "--image goes with --ids (in --input lines: \"image\")"), a.failed = 1;
     if (!a.failed && o->resume && strcmp(o->output, "-") == 0)
         snprintf(a.err, sizeof a.err, "--resume needs --output FILE (the records to keep)"), a.failed = 1;
     if (args_finish(&a)) {
@@ -332,6 +336,7 @@ static int in_open(in_reader *in, const gen_cli *o) {
     args_free(&a);
     cJSON *obj = cJSON_CreateObject();
     cJSON_AddItemToObject(obj, "input_ids", cJSON_CreateIntArray(ids, k));
+    if (o->image) cJSON_AddStringToObject(obj, "image", o->image);
     in->mem = cJSON_PrintUnformatted(obj);
     cJSON_Delete(obj);
     free(ids);

@@ -131,7 +131,7 @@ static void parse_messages(const req_context *c, req_line *r, int line, const cJ
     }
 }
 
-static void parse_ids(const req_context *c, req_line *r, int line, const cJSON *v) {
+static void parse_ids(const req_context *c, req_line *r, int line, const cJSON *v, const cJSON *image) {
     int n = cJSON_GetArraySize(v);
     if (!cJSON_IsArray(v) || n == 0) {
         set_error(r, line, "field 'input_ids': must be a non-empty list of token ids");
@@ -148,9 +148,19 @@ static void parse_ids(const req_context *c, req_line *r, int line, const cJSON *
         }
         r->g.prompt[r->g.n_prompt++] = (int)e->valuedouble;
     }
-    char err[512];
-    if (c->cfg && image_input_check_ids(r->g.prompt, r->g.n_prompt, c->cfg, err, sizeof err))
+    char err[1024];
+    float *px;
+    uint64_t hash;
+    if (image && !cJSON_IsNull(image)) { /* ids that place the image themselves (boi, placeholder, eoi) */
+        if (!cJSON_IsString(image))
+            set_error(r, line, "field 'image': must be a string (a file path or a data URL)");
+        else if (image_input_load(image->valuestring, c->cfg, c->allow_files, &px, &hash, err, sizeof err))
+            set_error(r, line, "field 'image': %s", err);
+        else if (image_input_attach(&r->g, c->cfg, px, hash, err, sizeof err))
+            set_error(r, line, "field 'input_ids': %s", err);
+    } else if (c->cfg && image_input_check_ids(r->g.prompt, r->g.n_prompt, c->cfg, err, sizeof err)) {
         set_error(r, line, "field 'input_ids': %s", err);
+    }
 }
 
 static void parse_prompt(const req_context *c, req_line *r, int line, const cJSON *v) {
@@ -174,15 +184,16 @@ static void parse_prompt(const req_context *c, req_line *r, int line, const cJSO
  * must not run with the default silently. */
 static const char *const known_keys[] = {"id",    "prompt", "messages", "input_ids", "tools", "max_new_tokens",
                                          "max_tokens", "temperature", "top_p", "top_k", "seed", "stop",
-                                         "keep_prefix"};
+                                         "keep_prefix", "image"};
 
 static void check_keys(req_line *r, int line, const cJSON *o) {
     for (const cJSON *k = o->child; k; k = k->next) {
         size_t i = 0;
         while (i < sizeof known_keys / sizeof known_keys[0] && strcmp(k->string, known_keys[i]) != 0) i++;
         if (i == sizeof known_keys / sizeof known_keys[0]) {
-            set_error(r, line, "unknown field '%s' (known: id, prompt | messages [+ tools] | input_ids, max_new_tokens "
-                               "or max_tokens, temperature, top_p, top_k, seed, stop, keep_prefix)", k->string);
+            set_error(r, line, "unknown field '%s' (known: id, prompt | messages [+ tools] | input_ids [+ image], "
+                               "max_new_tokens or max_tokens, temperature, top_p, top_k, seed, stop, keep_prefix)",
+                      k->string);
             return;
         }
     }
@@ -225,7 +236,10 @@ void req_parse(const req_context *c, const char *text, size_t len, int line_no, 
     else if (msgs)
         parse_messages(c, r, line_no, o, msgs);
     else
-        parse_ids(c, r, line_no, ids);
+        parse_ids(c, r, line_no, ids, cJSON_GetObjectItemCaseSensitive(o, "image"));
+    if (!ids && cJSON_GetObjectItemCaseSensitive(o, "image"))
+        set_error(r, line_no, "field 'image': goes with 'input_ids' (in 'messages', a message's \"image\" or an "
+                              "image_url part places it)");
 
     double v;
     int max_given = get_int(r, line_no, o, "max_new_tokens", 1, 1e9, &v) || get_int(r, line_no, o, "max_tokens", 1, 1e9, &v);

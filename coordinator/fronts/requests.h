@@ -4,7 +4,9 @@
  * {"id", "messages": [{role, content, metadata?, tools?}], "tools"?} (chat), or
  * {"id", "input_ids": [...]} (token ids as given); optional max_new_tokens,
  * A chat message may carry GLM-4V's image: "image": "PATH" (files allowed
- * here), or OpenAI content parts with an image_url data URL (image_input.h).
+ * here), or OpenAI content parts with an image_url data URL (image_input.h);
+ * an input_ids line places it itself (boi, placeholder, eoi) with a top-level
+ * "image": "PATH" or data URL.
  * (or max_tokens, the OpenAI spelling), temperature, top_p, top_k, seed, stop
  * (string or list) override the defaults; keep_prefix (true, or a token
  * count) saves the prompt's prefix as a KV snapshot (--kv-snapshot-dir,
