@@ -13,10 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
 build=${GLMTP_FUZZ_BUILD:-build-fuzz}
-# One per input strangers control. Slots for when they exist: http (the OpenAI
-# HTTP front's request parser), image (glm-4v image decoding): add them here and
-# in tests/fuzz/CMakeLists.txt.
-targets=(${GLMTP_FUZZ_TARGETS:-safetensors st_index config genconfig tokenizer chat jsonl serve})
+# One per input strangers control. Slot for when it exists: http (the OpenAI
+# HTTP front's request parser): add it here and in tests/fuzz/CMakeLists.txt.
+targets=(${GLMTP_FUZZ_TARGETS:-safetensors st_index config genconfig tokenizer chat jsonl serve image})
 
 command -v clang >/dev/null || { echo "fuzz: clang not found (deploy/install-deps.sh installs it)" >&2; exit 1; }
 mkdir -p "$build"

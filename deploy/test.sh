@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs dependencies, builds glmtp (MPI build, and a single-rank ASan+UBSan
 # build for the parsers), and runs the whole ctest suite on both; then fuzzes
-# every input parser for 30 s each (deploy/fuzz.sh: 8 harnesses x 30 s = 4 min,
+# every input parser for 30 s each (deploy/fuzz.sh: 9 harnesses x 30 s = 4.5 min,
 # plus about a minute to build; GLMTP_FUZZ_SECONDS=0 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."

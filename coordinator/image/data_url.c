@@ -28,6 +28,17 @@ static int b64_value(unsigned char c) {
 
 static int is_ws(unsigned char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
 
+static void bad_char(unsigned char c, size_t at, char *err, size_t errlen) {
+    if (c == '-' || c == '_')
+        set_err(err, errlen, "data URL: '%c' at payload offset %zu: URL-safe base64 is not taken", c, at);
+    else if (c == '=')
+        set_err(err, errlen, "data URL: misplaced '=' padding at payload offset %zu", at);
+    else if (c >= 0x21 && c < 0x7f)
+        set_err(err, errlen, "data URL: invalid base64 character '%c' at payload offset %zu", c, at);
+    else
+        set_err(err, errlen, "data URL: invalid base64 byte 0x%02x at payload offset %zu", c, at);
+}
+
 int image_from_data_url(const char *url, uint8_t **bytes, size_t *n, char *err, size_t errlen) {
     static const char *types[] = {"image/png", "image/jpeg", "image/webp"};
     *bytes = NULL;
@@ -53,7 +64,15 @@ int image_from_data_url(const char *url, uint8_t **bytes, size_t *n, char *err, 
     }
     const char *b64 = p + 8;
     size_t len = strlen(b64), nsig = 0;
-    for (size_t i = 0; i < len; i++) nsig += !is_ws((unsigned char)b64[i]);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)b64[i];
+        if (is_ws(c)) continue;
+        if (c != '=' && b64_value(c) < 0) {
+            bad_char(c, i, err, errlen);
+            return -1;
+        }
+        nsig++;
+    }
     if (nsig == 0) {
         set_err(err, errlen, "data URL: empty base64 payload");
         return -1;
@@ -100,14 +119,7 @@ int image_from_data_url(const char *url, uint8_t **bytes, size_t *n, char *err, 
         }
         continue;
     bad_char:
-        if (c == '-' || c == '_')
-            set_err(err, errlen, "data URL: '%c' at payload offset %zu: URL-safe base64 is not taken", c, i);
-        else if (c == '=')
-            set_err(err, errlen, "data URL: misplaced '=' padding at payload offset %zu", i);
-        else if (c >= 0x21 && c < 0x7f)
-            set_err(err, errlen, "data URL: invalid base64 character '%c' at payload offset %zu", c, i);
-        else
-            set_err(err, errlen, "data URL: invalid base64 byte 0x%02x at payload offset %zu", c, i);
+        bad_char(c, i, err, errlen);
         free(out);
         return -1;
     }

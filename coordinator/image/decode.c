@@ -190,6 +190,7 @@ typedef struct png_ctx {
     const uint8_t *p;
     size_t n, off;
     char msg[256];
+    char warn[128]; // the last warning: libpng often says the cause there ("Image width is zero in IHDR")
 } png_ctx;
 
 static void png_on_error(png_structp png, png_const_charp m) {
@@ -198,9 +199,11 @@ static void png_on_error(png_structp png, png_const_charp m) {
     png_longjmp(png, 1);
 }
 
+/* Ancillary-chunk trouble (bad CRC, bad gAMA ...): libpng skips the chunk, as
+ * PIL would not use it. Kept only to explain a following error. */
 static void png_on_warning(png_structp png, png_const_charp m) {
-    (void)png;
-    (void)m; // ancillary-chunk trouble (bad CRC, bad gAMA ...): libpng skips the chunk, as PIL would not use it
+    png_ctx *x = png_get_error_ptr(png);
+    snprintf(x->warn, sizeof x->warn, "%s", m);
 }
 
 static void png_read(png_structp png, png_bytep dst, size_t len) {
@@ -224,7 +227,10 @@ static int decode_png(const uint8_t *bytes, size_t n, const image_limits *lim, g
         return -1;
     }
     if (setjmp(png_jmpbuf(png))) {
-        set_err(err, errlen, "corrupt PNG data: %s", x.msg);
+        if (x.warn[0])
+            set_err(err, errlen, "corrupt PNG data: %s (after: %s)", x.msg, x.warn);
+        else
+            set_err(err, errlen, "corrupt PNG data: %s", x.msg);
         goto fail;
     }
     png_set_read_fn(png, &x, png_read);

@@ -33,8 +33,9 @@
  * Preprocessing (preprocess.c)
  * - Pillow's resampler (src/libImaging/Resample.c), re-implemented: bicubic
  *   a = -0.5 with support 2 * max(1, in/out) (antialias when shrinking),
- *   separable, horizontal pass first, each pass rounded to uint8 with 22-bit
- *   fixed-point weights. torchvision's Resize on a PIL image calls
+ *   separable, each pass rounded to uint8 with 22-bit fixed-point weights;
+ *   horizontal pass first, except where the chosen Pillow version runs the
+ *   vertical one first (image_pass_order below; default Pillow 13's rule). torchvision's Resize on a PIL image calls
  *   PIL.Image.resize with reducing_gap=None, so there is no reduce() step.
  * - Then x/255 (float32), (x - mean[c]) / std[c] (float32), as torchvision's
  *   ToTensor and Normalize compute them: the output is bit-identical to the
@@ -99,19 +100,39 @@ void image_free(glm_image *im);
  * err holds the cause. */
 int image_from_data_url(const char *url, uint8_t **bytes /* OUT */, size_t *n /* OUT */, char *err, size_t errlen);
 
-/* Squash-resizes im to size x size with Pillow's BICUBIC resampler, then
- * writes (v/255 - mean[c]) / std[c] as float32, channel-major:
- * out[c * size * size + y * size + x]. out must hold 3 * size * size floats.
- * glm-4v-9b: size 1120, mean (0.48145466, 0.4578275, 0.40821073),
+/* Which Pillow's pass order to reproduce. Pillow's passes round to uint8
+ * in between, so the order changes the result (by up to about a dozen
+ * levels on noisy images), and it changed across versions:
+ *   IMAGE_PILLOW_12    Pillow <= 12.1 (glm-4v-9b's release, June 2024, ran
+ *                      on 10.x): always horizontal first.
+ *   IMAGE_PILLOW_12_2  Pillow 12.2 and 12.3: vertical first when
+ *                      in_h > 100 * in_w and the height shrinks.
+ *   IMAGE_PILLOW_13    Pillow 13.0: vertical first when the height shrinks
+ *                      by more than twice what the width shrinks by,
+ *                      in_h - out_h > 0 && in_h - out_h > 2 * (in_w - out_w)
+ *                      (a portrait photo to 1120 x 1120 often is).
+ * The weights and rounding are the same in all three. */
+typedef enum image_pass_order { IMAGE_PILLOW_12 = 0, IMAGE_PILLOW_12_2, IMAGE_PILLOW_13 } image_pass_order;
+#define IMAGE_PILLOW_DEFAULT IMAGE_PILLOW_13
+
+/* Squash-resizes im to size x size with Pillow's BICUBIC resampler (pass
+ * order of IMAGE_PILLOW_DEFAULT), then writes (v/255 - mean[c]) / std[c] as
+ * float32, channel-major: out[c * size * size + y * size + x]. out must hold
+ * 3 * size * size floats. glm-4v-9b: size 1120,
+ * mean (0.48145466, 0.4578275, 0.40821073),
  * std (0.26862954, 0.26130258, 0.27577711) (the CLIP constants).
  * Returns 0, or -1 (out untouched) when size < 1, the image is empty, or
  * memory runs out. */
 int image_preprocess(const glm_image *im, int size, const float mean[3], const float std[3],
                      float *out /* OUT: (3, size, size) */);
+int image_preprocess_order(const glm_image *im, int size, const float mean[3], const float std[3],
+                           image_pass_order order, float *out /* OUT: (3, size, size) */);
 
 /* The uint8 resize alone (Pillow's Image.resize((out_w, out_h), BICUBIC) on
  * an RGB image): out holds out_h * out_w * 3 bytes, HWC. Returns 0 or -1 as
  * image_preprocess. Exposed for tests and for callers that keep uint8. */
 int image_resize_bicubic(const glm_image *im, int out_w, int out_h, uint8_t *out /* OUT: (out_h, out_w, 3) */);
+int image_resize_bicubic_order(const glm_image *im, int out_w, int out_h, image_pass_order order,
+                               uint8_t *out /* OUT: (out_h, out_w, 3) */);
 
 #endif

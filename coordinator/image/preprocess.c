@@ -13,7 +13,9 @@
  *     normalised by their sum, then to 22-bit fixed point rounded away from 0.
  *   out = clip8((2^21 + sum src * w) >> 22).
  * The horizontal pass runs first (only over the rows the vertical pass
- * reads); an axis whose size does not change is skipped. Every double here is
+ * reads), except where the Pillow version asked for runs the vertical pass
+ * first (image_pass_order in image.h); an axis whose size does not change is
+ * skipped. Every double here is
  * computed in Pillow's order so the fixed-point weights are the same bits. */
 #include <math.h>
 #include <stdlib.h>
@@ -48,6 +50,8 @@ static int axis_weights(int in, int out, int **first, int **count, int32_t **w) 
         free(*first);
         free(*count);
         free(*w);
+        *first = *count = NULL;
+        *w = NULL;
         return 0;
     }
     for (int i = 0; i < out; i++) {
@@ -80,80 +84,110 @@ static inline uint8_t clip8(int64_t acc) {
     return (uint8_t)(v > 255 ? 255 : v);
 }
 
-int image_resize_bicubic(const glm_image *im, int out_w, int out_h, uint8_t *out) {
+typedef struct axis {
+    int ksize, *first, *count;
+    int32_t *w;
+} axis;
+
+static void axis_free(axis *a) {
+    free(a->first);
+    free(a->count);
+    free(a->w);
+}
+
+/* Horizontal pass: rows rows of src (src_w wide, starting at row r0) -> dst (rows, a->count entries wide). */
+static void pass_h(const uint8_t *src, int src_w, int r0, int rows, const axis *a, int out_w, uint8_t *dst) {
+    for (int y = 0; y < rows; y++) {
+        const uint8_t *s = src + (size_t)(y + r0) * src_w * 3;
+        uint8_t *d = dst + (size_t)y * out_w * 3;
+        for (int x = 0; x < out_w; x++) {
+            const int32_t *k = a->w + (size_t)x * a->ksize;
+            const uint8_t *p = s + (size_t)a->first[x] * 3;
+            int64_t a0 = 1 << (PRECISION_BITS - 1), a1 = a0, a2 = a0;
+            for (int j = 0; j < a->count[x]; j++) {
+                a0 += (int64_t)p[3 * j + 0] * k[j];
+                a1 += (int64_t)p[3 * j + 1] * k[j];
+                a2 += (int64_t)p[3 * j + 2] * k[j];
+            }
+            d[3 * x + 0] = clip8(a0);
+            d[3 * x + 1] = clip8(a1);
+            d[3 * x + 2] = clip8(a2);
+        }
+    }
+}
+
+/* Vertical pass: src (w wide; its row 0 is source row src_y0) -> dst (out_h, w). */
+static void pass_v(const uint8_t *src, int w, int src_y0, const axis *a, int out_h, uint8_t *dst) {
+    for (int y = 0; y < out_h; y++) {
+        const int32_t *k = a->w + (size_t)y * a->ksize;
+        int f = a->first[y] - src_y0;
+        uint8_t *d = dst + (size_t)y * w * 3;
+        for (int x = 0; x < w * 3; x++) {
+            int64_t acc = 1 << (PRECISION_BITS - 1);
+            for (int j = 0; j < a->count[y]; j++) acc += (int64_t)src[(size_t)(f + j) * w * 3 + x] * k[j];
+            d[x] = clip8(acc);
+        }
+    }
+}
+
+/* Whether this Pillow runs the vertical pass first for in -> out. */
+static int vertical_first(image_pass_order order, int in_w, int in_h, int out_w, int out_h) {
+    switch (order) {
+    case IMAGE_PILLOW_12_2: // Image.resize: two calls, vertical then horizontal, for very tall images
+        return in_h > (int64_t)in_w * 100 && out_h < in_h;
+    case IMAGE_PILLOW_13: // Resample.c: height shrinks by more than twice what the width shrinks by
+        return in_h - out_h > 0 && (int64_t)(in_h - out_h) > (int64_t)(in_w - out_w) * 2;
+    default:
+        return 0;
+    }
+}
+
+int image_resize_bicubic_order(const glm_image *im, int out_w, int out_h, image_pass_order order, uint8_t *out) {
     if (!im || !im->rgb || im->width < 1 || im->height < 1 || out_w < 1 || out_h < 1) return -1;
     int in_w = im->width, in_h = im->height, rc = -1;
-    int *vfirst = NULL, *vcount = NULL, *hfirst = NULL, *hcount = NULL;
-    int32_t *vw = NULL, *hw = NULL;
-    uint8_t *tmp = NULL;
-    int vk = axis_weights(in_h, out_h, &vfirst, &vcount, &vw);
-    if (!vk) return -1;
     int need_h = out_w != in_w, need_v = out_h != in_h;
-    // Rows of the source the vertical pass reads: [y0, y1).
-    int y0 = vfirst[0], y1 = vfirst[out_h - 1] + vcount[out_h - 1];
-    const uint8_t *src = im->rgb; // (rows, src_w, 3) with its row 0 = source row src_y0
-    int src_w = in_w, src_y0 = 0;
-
-    if (need_h) {
-        int hk = axis_weights(in_w, out_w, &hfirst, &hcount, &hw);
-        if (!hk) goto done;
-        int rows = need_v ? y1 - y0 : in_h;
-        int r0 = need_v ? y0 : 0;
-        tmp = malloc((size_t)rows * out_w * 3);
+    axis h = {0}, v = {0};
+    uint8_t *tmp = NULL;
+    if (need_v && !(v.ksize = axis_weights(in_h, out_h, &v.first, &v.count, &v.w))) goto done;
+    if (need_h && !(h.ksize = axis_weights(in_w, out_w, &h.first, &h.count, &h.w))) goto done;
+    if (need_h && need_v && vertical_first(order, in_w, in_h, out_w, out_h)) {
+        tmp = malloc((size_t)out_h * in_w * 3);
         if (!tmp) goto done;
-        for (int y = 0; y < rows; y++) {
-            const uint8_t *s = im->rgb + (size_t)(y + r0) * in_w * 3;
-            uint8_t *d = tmp + (size_t)y * out_w * 3;
-            for (int x = 0; x < out_w; x++) {
-                const int32_t *k = hw + (size_t)x * hk;
-                const uint8_t *p = s + (size_t)hfirst[x] * 3;
-                int64_t a0 = 1 << (PRECISION_BITS - 1), a1 = a0, a2 = a0;
-                for (int j = 0; j < hcount[x]; j++) {
-                    a0 += (int64_t)p[3 * j + 0] * k[j];
-                    a1 += (int64_t)p[3 * j + 1] * k[j];
-                    a2 += (int64_t)p[3 * j + 2] * k[j];
-                }
-                d[3 * x + 0] = clip8(a0);
-                d[3 * x + 1] = clip8(a1);
-                d[3 * x + 2] = clip8(a2);
-            }
-        }
-        src = tmp;
-        src_w = out_w;
-        src_y0 = r0;
-    }
-    if (need_v) {
-        for (int y = 0; y < out_h; y++) {
-            const int32_t *k = vw + (size_t)y * vk;
-            int f = vfirst[y] - src_y0;
-            uint8_t *d = out + (size_t)y * out_w * 3;
-            for (int x = 0; x < out_w * 3; x++) {
-                int64_t a = 1 << (PRECISION_BITS - 1);
-                for (int j = 0; j < vcount[y]; j++) a += (int64_t)src[((size_t)(f + j) * src_w) * 3 + x] * k[j];
-                d[x] = clip8(a);
-            }
-        }
+        pass_v(im->rgb, in_w, 0, &v, out_h, tmp);
+        pass_h(tmp, in_w, 0, out_h, &h, out_w, out);
+    } else if (need_h && need_v) {
+        // Only the source rows the vertical pass reads: [y0, y1).
+        int y0 = v.first[0], y1 = v.first[out_h - 1] + v.count[out_h - 1];
+        tmp = malloc((size_t)(y1 - y0) * out_w * 3);
+        if (!tmp) goto done;
+        pass_h(im->rgb, in_w, y0, y1 - y0, &h, out_w, tmp);
+        pass_v(tmp, out_w, y0, &v, out_h, out);
+    } else if (need_h) {
+        pass_h(im->rgb, in_w, 0, in_h, &h, out_w, out);
+    } else if (need_v) {
+        pass_v(im->rgb, in_w, 0, &v, out_h, out);
     } else {
-        memcpy(out, src, (size_t)out_h * out_w * 3); // src is tmp (rows = in_h = out_h) or the image itself
+        memcpy(out, im->rgb, (size_t)in_h * in_w * 3);
     }
     rc = 0;
 done:
-    free(vfirst);
-    free(vcount);
-    free(vw);
-    free(hfirst);
-    free(hcount);
-    free(hw);
+    axis_free(&h);
+    axis_free(&v);
     free(tmp);
     return rc;
 }
 
-int image_preprocess(const glm_image *im, int size, const float mean[3], const float std[3], float *out) {
+int image_resize_bicubic(const glm_image *im, int out_w, int out_h, uint8_t *out) {
+    return image_resize_bicubic_order(im, out_w, out_h, IMAGE_PILLOW_DEFAULT, out);
+}
+
+int image_preprocess_order(const glm_image *im, int size, const float mean[3], const float std[3],
+                           image_pass_order order, float *out) {
     if (size < 1) return -1;
     size_t plane = (size_t)size * size;
     uint8_t *px = malloc(plane * 3);
     if (!px) return -1;
-    if (image_resize_bicubic(im, size, size, px)) {
+    if (image_resize_bicubic_order(im, size, size, order, px)) {
         free(px);
         return -1;
     }
@@ -166,4 +200,8 @@ int image_preprocess(const glm_image *im, int size, const float mean[3], const f
     }
     free(px);
     return 0;
+}
+
+int image_preprocess(const glm_image *im, int size, const float mean[3], const float std[3], float *out) {
+    return image_preprocess_order(im, size, mean, std, IMAGE_PILLOW_DEFAULT, out);
 }

@@ -202,11 +202,23 @@ def seeds_serve():
     put("serve", "stats", field(5, 2, b""))
 
 
+def seeds_image():
+    """The smallest committed test images of each decoder path (tests/image/data, made by
+    tests/image/make_image_golden.py) and a data URL."""
+    src = os.path.join(ROOT, "tests", "image", "data")
+    for name in ("gray2_33x17.png", "palette4_45x31.png", "gray16_40x30.png", "gray_alpha_45x31.png",
+                 "s422_31x45.jpg", "progressive_97x61.jpg", "gray_61x45.jpg", "cmyk_64x48.jpg", "lossy_97x61.webp",
+                 "palette4_45x31.png.dataurl"):
+        with open(os.path.join(src, name), "rb") as f:
+            put("image", name, f.read())
+    put("image", "png_signature", bytes.fromhex("89504e470d0a1a0a"))  # the fuzzer grows chunks from it
+
+
 if __name__ == "__main__":
     if os.path.isdir(CORPUS):
         shutil.rmtree(CORPUS)
     for f in (seeds_safetensors, seeds_st_index, seeds_config, seeds_genconfig, seeds_tokenizer, seeds_chat,
-              seeds_jsonl, seeds_serve):
+              seeds_jsonl, seeds_serve, seeds_image):
         f()
     for t in sorted(os.listdir(CORPUS)):
         print(f"{t}: {len(os.listdir(os.path.join(CORPUS, t)))} seeds")
