@@ -16,6 +16,17 @@ What it does (case `tiny4v`, all float32, CPU):
   3. cross-checks every recorded tensor against an independent float64 plain-torch
      implementation of /work/shared/glm4v-spec.md (tower, adapter, splice, positions, LM)
      that reads only the safetensors file, and prints the max |diff|.
+  4. case `png` (same model, same prompt, stored under the key "png" of the same reference.json; the keys and
+     files above are unchanged by it): a real image file, end to end --
+       tests/vision/data/tiny4v/image.png          97x61 8-bit RGB PNG made by make_png_rgb() (gradients, rings,
+                                                   numpy RandomState(PNG_NOISE_SEED) noise), written with Pillow only
+                                                   when the file there does not already decode to those pixels
+       tests/vision/data/tiny4v/image_pixels.f32   the preprocessed [3,56,56], raw little-endian f32, CHW
+     preprocessed exactly as THUDM's processor does: Image.open(p).convert("RGB") -> torchvision
+     Resize((56, 56), BICUBIC) -> ToTensor -> Normalize(CLIP mean/std); also emulated with Pillow's
+     Image.resize(BICUBIC) + the same float32 math, which must agree (it does exactly: max diff 0).  Then the
+     same THUDM run, spec cross-check and greedy decode as step 2-3; asserts no EOS among the greedy tokens and
+     that transformers' generate() gives the same tokens.  Needs torchvision (used: 0.29.2 with torch 2.15.0).
 
 Reference code (THUDM's glm-4v-9b remote code; the HF hub itself is not reachable, so public
 vendored copies are used; NONE of it is in this repository -- keep it outside, pass --ref):
@@ -124,6 +135,15 @@ PROMPT = [10, 11, 12, BOI, PAD, EOI, 20, 21, 22]
 TEXT_ONLY = [10, 11, 12, 20]
 N_DECODE = 8
 MIN_MARGIN = 1e-3
+
+# second case `png` (same model): a real image file through the reference preprocessing
+PNG_W, PNG_H = 97, 61                    # not square, not a multiple of anything: a real squash + downscale
+PNG_NOISE_SEED = 4252                    # numpy.random.RandomState (legacy stream, frozen across numpy versions);
+                                         # seeds 4242.. tried in order, the first whose 8+1 greedy tokens hold no
+                                         # EOS (1,2,3) and whose min top-2 margin is > 0.05
+PNG_NOISE_AMP = 12                       # +-12 grey levels of uniform noise on top of the gradients
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # init scales (LM as tests/golden/make_golden.py)
 LIN_GAIN = 1.5
@@ -376,6 +396,57 @@ def spec_lm(w, E, pos, rope_ratio):
     return hid @ d["transformer.output_layer.weight"].T
 
 
+# ---------------------------------------------------------------- the `png` case: image file + preprocessing
+def make_png_rgb():
+    """Deterministic [PNG_H, PNG_W, 3] uint8 image: smooth gradients + a ring pattern + seeded uniform noise."""
+    y, x = np.mgrid[0:PNG_H, 0:PNG_W].astype(np.float64)
+    u, v = x / (PNG_W - 1), y / (PNG_H - 1)
+    r = 30.0 + 200.0 * u                                         # left -> right
+    g = 220.0 - 180.0 * v                                        # top -> bottom
+    rad = np.hypot(x - 0.62 * PNG_W, y - 0.4 * PNG_H)
+    b = 128.0 + 90.0 * np.cos(rad / 7.0) * (1.0 - 0.5 * u)       # rings, fading to the right
+    img = np.stack([r, g, b], -1)
+    noise = np.random.RandomState(PNG_NOISE_SEED).randint(-PNG_NOISE_AMP, PNG_NOISE_AMP + 1, size=img.shape)
+    return np.clip(np.rint(img) + noise, 0, 255).astype(np.uint8)
+
+
+def write_png(path, rgb):
+    """Write rgb as an 8-bit RGB PNG with Pillow, unless the file there already decodes to exactly rgb (so a
+    regenerate keeps the committed bytes even where another zlib would compress differently)."""
+    from PIL import Image
+    if os.path.exists(path):
+        with Image.open(path) as im:
+            if im.mode == "RGB" and np.array_equal(np.asarray(im), rgb):
+                return False
+    Image.fromarray(rgb, "RGB").save(path, format="PNG", optimize=False, compress_level=9)
+    return True
+
+
+def preprocess_png(path):
+    """THUDM's glm-4v-9b processor (tokenization_chatglm.py) at image_size IMG:
+    Image.open(p).convert("RGB") -> Resize((IMG, IMG), BICUBIC) -> ToTensor -> Normalize(CLIP mean/std).
+    Returns (pixels [3,IMG,IMG] f32, resized uint8 [IMG,IMG,3], max|torchvision - PIL-resize emulation|)."""
+    from PIL import Image
+    import torchvision
+    from torchvision import transforms
+    from torchvision.transforms import InterpolationMode
+    tf = transforms.Compose([
+        transforms.Resize((IMG, IMG), interpolation=InterpolationMode.BICUBIC),
+        transforms.ToTensor(),
+        transforms.Normalize(CLIP_MEAN, CLIP_STD),
+    ])
+    with Image.open(path) as im:
+        rgb_img = im.convert("RGB")
+    pixels = tf(rgb_img).to(torch.float32).contiguous()
+    # emulation without torchvision: Pillow's bicubic resize, then the same math in float32
+    small = rgb_img.resize((IMG, IMG), Image.BICUBIC)
+    resized = np.asarray(small).copy()                                        # [IMG, IMG, 3] uint8
+    t = torch.from_numpy(resized).permute(2, 0, 1).to(torch.float32).div(255)
+    emu = (t - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1)
+    d_emu = float((emu - pixels).abs().max())
+    return pixels, resized, d_emu, torchvision.__version__
+
+
 # ---------------------------------------------------------------- THUDM reference
 def load_reference(ref_dir, case_dir):
     sys.path.insert(0, ref_dir)
@@ -587,6 +658,70 @@ def main():
                           "logits": r7(R["text"])},
             "spec_crosscheck_max_abs_diff": {k: float(f"{v:.3g}") for k, v in diffs.items()},
         }
+
+        # ---- second case: a real PNG file through the reference preprocessing, same model and prompt
+        png_path = os.path.join(case_dir, "image.png")
+        rgb = make_png_rgb()
+        png_written = write_png(png_path, rgb)
+        ppix, presized, d_emu, tv_version = preprocess_png(png_path)
+        assert ppix.shape == (IN_CH, IMG, IMG)
+        assert d_emu < 1e-6, d_emu          # torchvision's Resize on a PIL image is PIL's bicubic resize
+        with open(os.path.join(case_dir, "image_pixels.f32"), "wb") as f:
+            f.write(ppix.numpy().astype("<f4").tobytes())
+        P = reference_run(model, ppix, PROMPT)
+        assert torch.equal(P["text"], R["text"])
+        pvis = spec_vision(wl, ppix)
+        pE, ppos = spec_splice(wl, PROMPT, pvis)
+        plog = spec_lm(wl, pE, ppos, rope_ratio)
+        pdec = torch.stack([spec_lm(wl, *spec_splice(wl, PROMPT + P["tokens"][:k + 1], pvis), rope_ratio)[-1]
+                            for k in range(N_DECODE)])
+        pdiffs = {
+            "vision_out": float((pvis - P["vis"].double()).abs().max()),
+            "inputs_embeds": float((pE - P["embeds"].double()).abs().max()),
+            "prefill_logits": float((plog - P["prefill"].double()).abs().max()),
+            "decode_logits": float((pdec - P["decode_logits"].double()).abs().max()),
+        }
+        assert ppos == P["pos"] == R["pos"], (ppos, P["pos"])
+        assert P["step_pos"] == want_step_pos, P["step_pos"]
+        for k, v in pdiffs.items():
+            assert v < 1e-4, ("png", k, v)
+        assert P["d_full"] < 1e-4, P["d_full"]
+        assert min(P["margins"]) > MIN_MARGIN, P["margins"]
+        assert not set(P["tokens"] + [P["next_token"]]) & set(EOS), P["tokens"]   # a plain run does not stop early
+        assert P["gen"][0] is True, P["gen"]                                      # transformers generate() agrees
+        assert float((P["vis"] - R["vis"]).abs().max()) > 1e-2     # the image matters
+        ref["png"] = {
+            "image": "image.png",
+            "image_size_wh": [PNG_W, PNG_H],
+            "image_recipe": f"make_png_rgb(): R = 30 + 200 x/(W-1), G = 220 - 180 y/(H-1), B = 128 + 90 cos(r/7)"
+                            f"(1 - x/(2(W-1))) with r = distance to (0.62 W, 0.4 H); rounded, plus "
+                            f"numpy.random.RandomState({PNG_NOISE_SEED}).randint(-{PNG_NOISE_AMP}, "
+                            f"{PNG_NOISE_AMP + 1}, (H, W, 3)); clipped to uint8; 8-bit RGB PNG (Pillow)",
+            "preprocess": f"Image.open(p).convert('RGB') -> torchvision Resize(({IMG}, {IMG}), BICUBIC) -> ToTensor "
+                          f"-> Normalize(mean={list(CLIP_MEAN)}, std={list(CLIP_STD)}) (THUDM's processor)",
+            "torchvision": tv_version,
+            "pillow": __import__("PIL").__version__,
+            "resized_rgb": presized.tolist(),
+            "pixels_file": "image_pixels.f32",
+            "pixels": r7(ppix),
+            "torchvision_vs_pil_resize_emulation_max_abs_diff": float(f"{d_emu:.3g}"),
+            "vision_out": r7(P["vis"]),
+            "input_ids": PROMPT,
+            "position_ids": P["pos"],
+            "prefill_logits": r7(P["prefill"]),
+            "decode": {
+                "tokens": P["tokens"],
+                "next_token": P["next_token"],
+                "logits": r7(P["decode_logits"]),
+                "position_ids": P["step_pos"],
+                "kv_len": P["kv_lens"],
+                "top2_margin_min": float(f"{min(P['margins']):.4g}"),
+                "note": "as decode of the random-pixels case. No EOS (1,2,3) among tokens or next_token, so a "
+                        "plain generation of 8 (or 9) tokens does not stop early; transformers generate() gives "
+                        "the same tokens.",
+            },
+            "spec_crosscheck_max_abs_diff": {k: float(f"{v:.3g}") for k, v in pdiffs.items()},
+        }
         with open(os.path.join(case_dir, "reference.json"), "w") as f:
             json.dump(ref, f, separators=(",", ":"))
             f.write("\n")
@@ -601,6 +736,16 @@ def main():
         print(f"  max|incremental - full recompute (THUDM)| = {R['d_full']:.3e}")
         print(f"  transformers generate(): {R['gen']}")
         for k, v in diffs.items():
+            print(f"  max|THUDM - spec(float64)| {k:17s} = {v:.3e}")
+        print(f"[{name}/png] {png_path} {os.path.getsize(png_path)} bytes ({'written' if png_written else 'kept'}); "
+              f"torchvision {tv_version}; max|torchvision - PIL emulation| = {d_emu:.3e}")
+        print(f"  pixels min {float(ppix.min()):.3f} max {float(ppix.max()):.3f}; vision_out std={float(P['vis'].std()):.4f}; "
+              f"max|vision_out - random-pixels case| = {float((P['vis'] - R['vis']).abs().max()):.3f}")
+        print(f"  decode tokens = {P['tokens']} next {P['next_token']}; positions {P['step_pos']}; kv {P['kv_lens']}")
+        print(f"  greedy top1-top2 margins = {[round(m, 4) for m in P['margins']]} min {min(P['margins']):.4f}")
+        print(f"  max|incremental - full recompute (THUDM)| = {P['d_full']:.3e}")
+        print(f"  transformers generate(): {P['gen']}")
+        for k, v in pdiffs.items():
             print(f"  max|THUDM - spec(float64)| {k:17s} = {v:.3e}")
     return 0
 
