@@ -622,6 +622,7 @@ void oai_generate(oai_ctx *h, int chat, const cJSON *b, int fd, oai_reply *r) {
         it->kind = SRV_GEN, it->conn = -1;
         it->gen = make_gen(c, &c->ch[i], &p, q->ids, q->n, max_new[c->ch[i].prompt_index], chat,
                            base + (uint64_t)(i % p.n));
+        oai_prompt_image_copy(q, &it->gen->g); /* GLM-4V: each choice owns its pixels */
         items[i] = it;
     }
     srv_push_in_all(h->s, items, n);
