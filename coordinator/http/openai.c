@@ -1,7 +1,8 @@
 /* OpenAI chat and text completions over the engine loop (see http.h).
  *
  * A request becomes n ready requests (srv_gen, one per choice; a completions
- * request with several prompts gets n per prompt), pushed into the serve inbox
+ * request with several prompts gets n per prompt; a chat image's pixels are
+ * copied into each choice's request), pushed into the serve inbox
  * with a sink whose callbacks (engine thread) fill an oai_call under its mutex:
  * whole outputs for a plain response, SSE bytes ("data: {chunk}\n\n" ...
  * "data: [DONE]\n\n") for a stream. The HTTP thread waits on the call's

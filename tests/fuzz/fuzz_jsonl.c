@@ -21,7 +21,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const tokenizer *t = fuzz_tokenizer();
-    req_context ctx = {&defaults, t, preamble, 2048, tok_n_total(t), 0};
+    req_context ctx = {&defaults, t, preamble, 2048, tok_n_total(t), 0, NULL, 0}; /* no cfg: images refused */
     req_line r;
     req_parse(&ctx, (const char *)data, size, 7, &r);
     FUZZ_CHECK(r.id != NULL, "the id is always set (null when absent)");

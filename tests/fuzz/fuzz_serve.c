@@ -26,7 +26,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 
 static void check_generate(const Glmtp__GenerateRequest *pr) {
     const tokenizer *t = fuzz_tokenizer();
-    req_context ctx = {&defaults, t, preamble, 2048, tok_n_total(t), 0};
+    req_context ctx = {&defaults, t, preamble, 2048, tok_n_total(t), 0, NULL, 0}; /* no cfg: images refused */
     gen_request g;
     char err[1200];
     if (srv_validate_request(pr, &ctx, &g, err, sizeof err) == 0) {
