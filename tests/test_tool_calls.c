@@ -271,7 +271,9 @@ static void test_request_errors(void) {
     expect_error("{\"messages\": [{\"role\": \"robot\", \"content\": \"x\"}]}", "'messages[0].role'");
     expect_error("{\"messages\": [{\"role\": \"user\", \"content\": 5}]}", "'messages[0].content'");
     expect_error("{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"image_url\"}]}]}",
-                 "'messages[0].content[0]'");
+                 "'messages[0].content[0].image_url.url'");
+    expect_error("{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": \"a\"}, "
+                 "{\"type\": \"input_audio\"}]}]}", "'messages[0].content[1].type'");
     expect_error("{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"assistant\", \"tool_calls\": "
                  "[{\"type\": \"function\", \"function\": {\"name\": \"f\", \"arguments\": {}}}]}]}",
                  "'messages[1].tool_calls[0].function.arguments'");
@@ -287,6 +289,20 @@ static void test_request_errors(void) {
                  "'tool_choice'");
     expect_error("{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"tools\": [{\"type\": \"retrieval\"}]}",
                  "'tools[0]'");
+    /* GLM-4V: text parts joined by "\n", an image_url part flags its message (the image itself is the caller's) */
+    {
+        cJSON *q = cJSON_Parse("[{\"role\": \"system\", \"content\": \"s\"}, {\"role\": \"user\", \"content\": "
+                               "[{\"type\": \"text\", \"text\": \"a\"}, {\"type\": \"image_url\", \"image_url\": "
+                               "{\"url\": \"data:image/png;base64,AAAA\"}}, {\"type\": \"text\", \"text\": \"b\"}]}]");
+        toolcall_prompt ip;
+        char e2[256] = "";
+        int r2 = toolcall_map_request(q, NULL, NULL, &ip, e2, sizeof e2);
+        check(r2 == 0 && ip.n_msgs == 2 && !ip.msgs[0].image && ip.msgs[1].image &&
+                  strcmp(ip.msgs[1].content, "a\nb") == 0,
+              "request: an image_url part flags its message, text parts joined %s", e2);
+        if (r2 == 0) toolcall_prompt_free(&ip);
+        cJSON_Delete(q);
+    }
     /* names: what a call may use after tool_choice */
     snprintf(buf, sizeof buf, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"tools\": [{\"type\": "
              "\"function\", \"function\": {\"name\": \"f\"}}, {\"type\": \"function\", \"function\": {\"name\": "

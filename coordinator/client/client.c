@@ -108,8 +108,27 @@ static void show_progress(const Glmtp__Progress *p, int tty, cJSON *rec) {
             p->tokens_per_s, p->elapsed_s, left, p->tokens_done >= p->tokens_total ? "\n" : "\033[K");
 }
 
-/* --chat FILE: a JSON list of {role, content, metadata?}. */
-static int load_chat(const char *path, Glmtp__ChatMessages *cm, cJSON **keep) {
+/* --image FILE: the file's bytes (malloc'ed, *n of them), or NULL after printing why. */
+static uint8_t *read_image(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    uint8_t *buf = NULL;
+    long len = -1;
+    if (f && fseek(f, 0, SEEK_END) == 0 && (len = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 &&
+        (buf = malloc((size_t)len + 1)) && fread(buf, 1, (size_t)len, f) == (size_t)len) {
+        fclose(f);
+        *n = (size_t)len;
+        return buf;
+    }
+    fprintf(stderr, "glmtp-client: --image %s: %s\n", path, f ? "read error" : strerror(errno));
+    if (f) fclose(f);
+    free(buf);
+    return NULL;
+}
+
+/* --chat FILE: a JSON list of {role, content, metadata?, image?}. With an
+ * image (--image), the message with a true "image" carries it, else the first
+ * user message. */
+static int load_chat(const char *path, Glmtp__ChatMessages *cm, cJSON **keep, int with_image) {
     FILE *f = fopen(path, "rb");
     if (!f) {
         perror(path);
@@ -137,8 +156,14 @@ static int load_chat(const char *path, Glmtp__ChatMessages *cm, cJSON **keep) {
         if (cJSON_IsString(v = cJSON_GetObjectItemCaseSensitive(o, "role"))) m->role = v->valuestring;
         if (cJSON_IsString(v = cJSON_GetObjectItemCaseSensitive(o, "content"))) m->content = v->valuestring;
         if (cJSON_IsString(v = cJSON_GetObjectItemCaseSensitive(o, "metadata"))) m->metadata = v->valuestring;
+        if (with_image && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "image"))) m->has_image = m->image = 1;
         cm->messages[cm->n_messages++] = m;
     }
+    int marked = 0;
+    for (size_t i = 0; i < cm->n_messages; i++) marked |= cm->messages[i]->image;
+    for (size_t i = 0; with_image && !marked && i < cm->n_messages; i++)
+        if (cm->messages[i]->role && strcmp(cm->messages[i]->role, "user") == 0)
+            cm->messages[i]->has_image = cm->messages[i]->image = marked = 1;
     *keep = j;
     return 0;
 }
@@ -165,6 +190,7 @@ static const args_opt client_opts[] = {
     {"--prompt-file", "FILE", "generate: a raw completion of FILE's text (- reads stdin; a 1M-token document is 4-6 MB, within serve's default --max-frame)"},
     {"--chat", "FILE", "generate: a JSON list of {role, content, metadata?} messages"},
     {"--ids", "1,2,3", "generate: from these token ids"},
+    {"--image", "FILE", "GLM-4V: send this JPEG/PNG/WebP with --chat (the message with \"image\": true carries it, else the first user message) or --ids (holding begin-of-image, placeholder, end-of-image)"},
     {"--max-new-tokens", "N", "new tokens (default: the server's)"},
     {"--temperature", "T", "sampling temperature, 0 = greedy (default: the server's)"},
     {"--top-p", "P", "nucleus sampling (default: the server's)"},
@@ -194,7 +220,7 @@ static const args_opt client_opts[] = {
 
 static const args_spec client_spec = {
     "glmtp-client",
-    "[--connect ADDR] [--auth-token-file F] --prompt TEXT | --prompt-file FILE | --chat FILE | --ids 1,2,3 [options]\n"
+    "[--connect ADDR] [--auth-token-file F] --prompt TEXT | --prompt-file FILE | --chat FILE | --ids 1,2,3 [--image FILE] [options]\n"
     "       glmtp-client [--connect ADDR] --stats | --health | --cancel ID\n"
     "       glmtp-client [--connect ADDR] --load --requests N --rate R --input-len I --output-len O [--json-out F]",
     "The client of `glmtp serve` (protobuf channel, proto/glmtp.proto). Exit status: 0 done, 1 the server\n"
@@ -220,6 +246,7 @@ int main(int argc, char **argv) {
     const char *token_file = args_str(&a, "--auth-token-file", NULL);
     const char *prompt = args_str(&a, "--prompt", NULL), *chat = args_str(&a, "--chat", NULL);
     const char *prompt_file = args_str(&a, "--prompt-file", NULL);
+    const char *image = args_str(&a, "--image", NULL);
     int no_progress = args_flag(&a, "--no-progress");
     const char *ids_s = args_str(&a, "--ids", NULL), *stop_ids_s = args_str(&a, "--stop-ids", NULL);
     const char *cancel = args_str(&a, "--cancel", NULL);
@@ -244,6 +271,8 @@ int main(int argc, char **argv) {
         snprintf(a.err, sizeof a.err,
                  "give one of --prompt, --prompt-file, --chat, --ids, --stats, --health, --cancel, --load"),
             a.failed = 1;
+    if (!a.failed && image && !chat && !ids_s)
+        snprintf(a.err, sizeof a.err, "--image goes with --chat or --ids"), a.failed = 1;
     if (args_finish(&a)) {
         fprintf(stderr, "glmtp-client: %s (glmtp-client --help lists the options)\n", a.err);
         args_free(&a);
@@ -262,6 +291,13 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (file_text) prompt = file_text;
+    uint8_t *image_bytes = NULL;
+    size_t image_len = 0;
+    if (image && !(image_bytes = read_image(image, &image_len))) {
+        free(stop);
+        free(file_text);
+        return 2;
+    }
     char err[512];
     int fd = wire_connect(addr, err, sizeof err);
     if (fd < 0 || client_auth(fd, token_file, err, sizeof err)) {
@@ -269,6 +305,7 @@ int main(int argc, char **argv) {
         if (fd >= 0) close(fd);
         free(stop);
         free(file_text);
+        free(image_bytes);
         return 2;
     }
     Glmtp__ClientMessage cm = GLMTP__CLIENT_MESSAGE__INIT;
@@ -288,13 +325,14 @@ int main(int argc, char **argv) {
         g.request_id = (char *)rid;
         if (prompt) g.input_case = GLMTP__GENERATE_REQUEST__INPUT_TEXT, g.text = (char *)prompt;
         else if (chat) {
-            if (load_chat(chat, &chm, &chat_json)) goto done;
+            if (load_chat(chat, &chm, &chat_json, image != NULL)) goto done;
             g.input_case = GLMTP__GENERATE_REQUEST__INPUT_CHAT, g.chat = &chm;
         } else {
             if (parse_ids("--ids", ids_s, &ids, &n_ids)) goto done;
             ti.ids = ids, ti.n_ids = (size_t)n_ids;
             g.input_case = GLMTP__GENERATE_REQUEST__INPUT_TOKEN_IDS, g.token_ids = &ti;
         }
+        if (image_bytes) g.has_image = 1, g.image.data = image_bytes, g.image.len = image_len;
         if (temp) g.has_temperature = 1, g.temperature = strtof(temp, NULL);
         if (top_p) g.has_top_p = 1, g.top_p = strtof(top_p, NULL);
         if (top_k) g.has_top_k = 1, g.top_k = atoi(top_k);
@@ -421,6 +459,7 @@ done:
     cJSON_Delete(chat_json);
     free(text);
     free(file_text);
+    free(image_bytes);
     free(ids);
     free(sids);
     free(stop);

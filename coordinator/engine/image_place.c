@@ -49,8 +49,11 @@ int image_rope_pos(const image_place *ip, int p) {
 }
 
 void image_plan(glm_step *s, const image_place *ip, int slot, int first, int p0, int n) {
-    if (ip->kv0 < 0) return;
-    if (!s->rope_sep) { /* the other tokens keep their positions */
+    if (ip->kv0 < 0) { /* a text sequence after an image one: the copy below ran before its pos were set */
+        if (s->rope_sep) memcpy(s->rope_pos + first, s->pos + first, (size_t)n * sizeof(int32_t));
+        return;
+    }
+    if (!s->rope_sep) { /* the other tokens keep their positions (those planned later: above) */
         memcpy(s->rope_pos, s->pos, (size_t)s->n_tokens * sizeof(int32_t));
         s->rope_sep = 1;
     }

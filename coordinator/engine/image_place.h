@@ -35,7 +35,9 @@ int image_rope_pos(const image_place *ip, int p);
 /* For a step whose tokens first..first+n-1 are KV indices p0..p0+n-1 of a
  * sequence with image ip, encoded in forward slot `slot`: sets the step's RoPE
  * positions for those tokens (rope_sep) and, when they cross the image, adds
- * the span of rows they take (s->img grows by one). */
+ * the span of rows they take (s->img grows by one). Called for every sequence
+ * of the step in order, after its pos are set, image or not: a text sequence
+ * planned after an image one copies its pos into rope_pos. */
 void image_plan(glm_step *s, const image_place *ip, int slot, int first, int p0, int n);
 
 #endif

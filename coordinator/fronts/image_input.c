@@ -66,7 +66,7 @@ int image_input_load(const char *src, const glm_config *cfg, int allow_files, fl
     if (strncmp(src, "data:", 5) == 0) {
 #ifdef GLMTP_HAVE_IMAGE
         if (image_from_data_url(src, &bytes, &n, why, sizeof why)) {
-            snprintf(err, errlen, "image data URL: %s", why);
+            snprintf(err, errlen, "image: %s", why);
             return -1;
         }
 #else

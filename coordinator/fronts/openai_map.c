@@ -11,6 +11,7 @@
 #include "../../worker/util.h"
 #include "../text/chat_template.h"
 #include "../text/tool_calls.h"
+#include "image_input.h"
 
 static char *json_take(cJSON *o, size_t *len) {
     char *t = cJSON_PrintUnformatted(o);
@@ -270,6 +271,11 @@ int oai_parse_prompts(const req_context *ctx, const cJSON *b, oai_prompt **out, 
             if (!(p[i].text = strdup(e->valuestring))) abort();
         } else if (cJSON_IsArray(e)) {
             if (oai_ids_from_json(ctx, e, field, &p[i], r)) return -1;
+            char err[512];
+            if (ctx->cfg && image_input_check_ids(p[i].ids, p[i].n, ctx->cfg, err, sizeof err)) {
+                oai_bad_field(r, field, "%s", err);
+                return -1;
+            }
         } else {
             oai_bad_field(r, field, "must be a string or a list of token ids");
             return -1;
@@ -279,8 +285,60 @@ int oai_parse_prompts(const req_context *ctx, const cJSON *b, oai_prompt **out, 
 }
 
 void oai_prompts_free(oai_prompt *p, int n) {
-    for (int i = 0; p && i < n; i++) free(p[i].ids), free(p[i].text);
+    for (int i = 0; p && i < n; i++) free(p[i].ids), free(p[i].text), free(p[i].pixels);
     free(p);
+}
+
+void oai_prompt_image_copy(const oai_prompt *p, gen_request *g) {
+    if (!p->pixels) return;
+    if (!(g->pixels = malloc(p->n_pixels * sizeof(float)))) abort();
+    memcpy(g->pixels, p->pixels, p->n_pixels * sizeof(float));
+    g->img_kv0 = p->img_kv0, g->content_hash = p->hash;
+}
+
+/* The field named in err ("field 'x': ..."), or dflt. */
+static void err_field(const char *err, const char *dflt, char *field, size_t cap) {
+    const char *f = strstr(err, "field '");
+    snprintf(field, cap, "%s", dflt);
+    if (f) {
+        size_t n = strcspn(f + 7, "'");
+        if (n < cap) memcpy(field, f + 7, n), field[n] = 0;
+    }
+}
+
+/* The conversation's image (if any) into pr: decoded, and pr->ids expanded
+ * around it. Returns 0, or -1 with r filled (a 400 naming the image's field). */
+static int chat_image(const req_context *ctx, const cJSON *msgs, oai_prompt *pr, oai_reply *r) {
+    const char *src;
+    char field[128], err[1024];
+    if (chat_image_source(msgs, &src, field, sizeof field, err, sizeof err)) {
+        err_field(err, "messages", field, sizeof field);
+        oai_error(r, 400, "invalid_request_error", field, NULL, "%s", err);
+        return -1;
+    }
+    if (!src) {
+        if (ctx->cfg && image_input_check_ids(pr->ids, pr->n, ctx->cfg, err, sizeof err)) {
+            oai_bad_field(r, "messages", "%s", err);
+            return -1;
+        }
+        return 0;
+    }
+    float *px;
+    uint64_t hash;
+    if (image_input_load(src, ctx->cfg, ctx->allow_files, &px, &hash, err, sizeof err)) {
+        oai_bad_field(r, field, "%s", err);
+        return -1;
+    }
+    gen_request g = {.prompt = pr->ids, .n_prompt = pr->n, .img_kv0 = -1};
+    if (image_input_attach(&g, ctx->cfg, px, hash, err, sizeof err)) { /* takes px; g.prompt still pr->ids */
+        oai_bad_field(r, field, "%s", err);
+        return -1;
+    }
+    const glm_vision_config *v = &ctx->cfg->vision;
+    pr->ids = g.prompt, pr->n = g.n_prompt;
+    pr->pixels = g.pixels, pr->n_pixels = (size_t)v->in_ch * v->image * v->image;
+    pr->hash = g.content_hash, pr->img_kv0 = g.img_kv0;
+    return 0;
 }
 
 /* Checks the length against the maximum model length (and cuts a default
@@ -317,15 +375,15 @@ int oai_chat_prompt(const req_context *ctx, const cJSON *b, oai_prompt *pr, char
     toolcall_prompt tp;
     char err[1024];
     if (toolcall_map_request(msgs, tools, choice, &tp, err, sizeof err)) {
-        const char *f = strstr(err, "field '");
-        char field[128] = "messages";
-        if (f) sscanf(f + 7, "%127[^']", field);
+        char field[128];
+        err_field(err, "messages", field, sizeof field);
         oai_error(r, 400, "invalid_request_error", field, NULL, "%s", err);
         return -1;
     }
     int rc = chat_encode(ctx->tok, tp.msgs, tp.n_msgs, NULL, ctx->preamble, 1, &pr->ids, &pr->n, err,
                          sizeof err);
     if (rc) oai_error(r, 400, "invalid_request_error", "messages", NULL, "%s", err);
+    else rc = chat_image(ctx, msgs, pr, r);
     if (!rc) { /* names stays non-NULL: no tools rendered means nothing parses as a call */
         if (!(*names = calloc((size_t)tp.n_names + 1, sizeof(char *)))) abort();
         for (int i = 0; i < tp.n_names; i++)
@@ -499,6 +557,7 @@ void oai_batch_parse(const req_context *ctx, const cJSON *o, int line_no, req_li
     b->echo = p.echo, b->prompt_text = pr[0].text, pr[0].text = NULL;
     gen_request *g = &out->g;
     g->prompt = pr[0].ids, g->n_prompt = pr[0].n, pr[0].ids = NULL;
+    g->pixels = pr[0].pixels, g->img_kv0 = pr[0].img_kv0, g->content_hash = pr[0].hash, pr[0].pixels = NULL;
     g->max_new = max_new;
     g->temperature = p.temperature, g->top_p = p.top_p, g->top_k = p.top_k;
     g->seed = p.seed_given ? p.seed : ctx->defaults->seed + (uint64_t)line_no; /* as plain lines */

@@ -54,21 +54,38 @@ void oai_params_free(oai_params *p);
 
 /* One prompt's ids as the request gives them. */
 typedef struct oai_prompt {
-    int *ids, n; /* owned */
+    int *ids, n; /* owned; with an image: the KV sequence, the image's rows in place (image_place.h) */
     char *text;  /* owned; for echo (decoded when given as ids) */
+    /* GLM-4V (chat): the conversation's image, or pixels NULL. Each choice's
+     * gen_request gets its own copy (oai_prompt_image_copy). */
+    float *pixels;   /* owned; [in_ch, image, image] fp32 */
+    size_t n_pixels; /* floats */
+    uint64_t hash;   /* gen_request.content_hash */
+    int img_kv0;     /* gen_request.img_kv0 */
 } oai_prompt;
+/* Gives g (whose prompt holds p's ids) a copy of p's image, if any. */
+void oai_prompt_image_copy(const oai_prompt *p, gen_request *g);
 /* [gMASK]<sop> + the text's ids (malloc'ed): `glmtp generate`'s "prompt". */
 int *oai_encode_text(const tokenizer *tok, const char *s, int *n /* OUT */);
 /* ids from a JSON list into p; -1 with a 400 naming field. */
 int oai_ids_from_json(const req_context *ctx, const cJSON *a, const char *field, oai_prompt *p, oai_reply *r);
 /* /v1/completions "prompt": a string, a list of strings, a list of ids, or a
  * list of lists of ids, into *out (*n_out of them, owned by the caller even on
- * failure: oai_prompts_free). Returns 0, or -1 with r filled. */
+ * failure: oai_prompts_free). Ids holding an image's tokens are refused (no
+ * image comes with a completion). Returns 0, or -1 with r filled. */
 int oai_parse_prompts(const req_context *ctx, const cJSON *b, oai_prompt **out, int *n_out, oai_reply *r);
 void oai_prompts_free(oai_prompt *p, int n);
 /* /v1/chat/completions "messages" (+ tools, tool_choice) into pr (one prompt);
  * names, n_names: the tool names a reply may call (malloc'ed, NULL-terminated,
- * non-NULL on success). Returns 0, or -1 with r filled. */
+ * non-NULL on success). GLM-4V: content may be a list of text and image_url
+ * parts (what the openai client sends for vision); the conversation's one
+ * image, a data URL (data:image/png|jpeg|webp;base64,...; a file path too
+ * where ctx->allow_files, i.e. generate's batch lines), is decoded here into
+ * pr->pixels and the prompt expanded around it. A bad image is a 400 naming
+ * its field (messages[i].content[k].image_url.url) with the cause: not a
+ * data URL, bad base64, undecodable or truncated, over the pixel or byte
+ * limits (coordinator/image/image.h), a second image, a model without a
+ * vision tower. Returns 0, or -1 with r filled. */
 int oai_chat_prompt(const req_context *ctx, const cJSON *b, oai_prompt *pr, char ***names, int *n_names,
                     oai_reply *r);
 /* Checks the length against the maximum model length (and cuts a default

@@ -108,7 +108,15 @@ static void parse_keep(req_line *r, int line, const cJSON *o) {
         r->g.keep_prefix = (int)n;
 }
 
-static void parse_messages(const req_context *c, req_line *r, int line, const cJSON *o, const cJSON *msgs) {
+/* An image given apart from the line (req_parse_image); parse_messages and
+ * parse_ids take px (set it NULL). */
+typedef struct given_image {
+    float *px;
+    uint64_t hash;
+} given_image;
+
+static void parse_messages(const req_context *c, req_line *r, int line, const cJSON *o, const cJSON *msgs,
+                           given_image *gi) {
     char err[1024] = "";
     if (chat_encode_json(c->tok, msgs, cJSON_GetObjectItemCaseSensitive(o, "tools"), c->preamble, 1, &r->g.prompt,
                          &r->g.n_prompt, err, sizeof err)) {
@@ -122,16 +130,22 @@ static void parse_messages(const req_context *c, req_line *r, int line, const cJ
     uint64_t hash;
     if (chat_image_source(msgs, &src, field, sizeof field, err, sizeof err)) {
         set_error(r, line, "%s", err);
+    } else if (src && gi->px) {
+        px = gi->px, gi->px = NULL;
+        if (image_input_attach(&r->g, c->cfg, px, gi->hash, err, sizeof err))
+            set_error(r, line, "field '%s': %s", field, err);
     } else if (src) {
         if (image_input_load(src, c->cfg, c->allow_files, &px, &hash, err, sizeof err) ||
             image_input_attach(&r->g, c->cfg, px, hash, err, sizeof err))
             set_error(r, line, "field '%s': %s", field, err);
+    } else if (gi->px) {
+        set_error(r, line, "field 'image': no message is marked as the image's (\"image\")");
     } else if (c->cfg && image_input_check_ids(r->g.prompt, r->g.n_prompt, c->cfg, err, sizeof err)) {
         set_error(r, line, "field 'messages': %s", err);
     }
 }
 
-static void parse_ids(const req_context *c, req_line *r, int line, const cJSON *v, const cJSON *image) {
+static void parse_ids(const req_context *c, req_line *r, int line, const cJSON *v, given_image *gi) {
     int n = cJSON_GetArraySize(v);
     if (!cJSON_IsArray(v) || n == 0) {
         set_error(r, line, "field 'input_ids': must be a non-empty list of token ids");
@@ -148,19 +162,14 @@ static void parse_ids(const req_context *c, req_line *r, int line, const cJSON *
         }
         r->g.prompt[r->g.n_prompt++] = (int)e->valuedouble;
     }
-    char err[1024];
-    float *px;
-    uint64_t hash;
-    if (image && !cJSON_IsNull(image)) { /* ids that place the image themselves (boi, placeholder, eoi) */
-        if (!cJSON_IsString(image))
-            set_error(r, line, "field 'image': must be a string (a file path or a data URL)");
-        else if (image_input_load(image->valuestring, c->cfg, c->allow_files, &px, &hash, err, sizeof err))
-            set_error(r, line, "field 'image': %s", err);
-        else if (image_input_attach(&r->g, c->cfg, px, hash, err, sizeof err))
+    char err[512];
+    if (gi->px) { /* the ids' image tokens are its place */
+        float *px = gi->px;
+        gi->px = NULL;
+        if (image_input_attach(&r->g, c->cfg, px, gi->hash, err, sizeof err))
             set_error(r, line, "field 'input_ids': %s", err);
-    } else if (c->cfg && image_input_check_ids(r->g.prompt, r->g.n_prompt, c->cfg, err, sizeof err)) {
+    } else if (c->cfg && image_input_check_ids(r->g.prompt, r->g.n_prompt, c->cfg, err, sizeof err))
         set_error(r, line, "field 'input_ids': %s", err);
-    }
 }
 
 static void parse_prompt(const req_context *c, req_line *r, int line, const cJSON *v) {
@@ -202,6 +211,12 @@ static void check_keys(req_line *r, int line, const cJSON *o) {
 }
 
 void req_parse(const req_context *c, const char *text, size_t len, int line_no, req_line *r) {
+    req_parse_image(c, text, len, line_no, NULL, 0, r);
+}
+
+void req_parse_image(const req_context *c, const char *text, size_t len, int line_no, float *pixels, uint64_t hash,
+                     req_line *r) {
+    given_image gi = {pixels, hash};
     memset(r, 0, sizeof *r);
     r->line_no = line_no;
     const req_defaults *d = c->defaults;
@@ -215,6 +230,7 @@ void req_parse(const req_context *c, const char *text, size_t len, int line_no, 
         set_error(r, line_no, "not a JSON object");
         r->id = cJSON_CreateNull();
         cJSON_Delete(o);
+        free(gi.px);
         return;
     }
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(o, "id");
@@ -231,15 +247,29 @@ void req_parse(const req_context *c, const char *text, size_t len, int line_no, 
     else if (!c->tok && !ids)
         set_error(r, line_no, "field '%s': the model directory has no tokenizer.model; give 'input_ids'",
                   prompt ? "prompt" : "messages");
-    else if (prompt)
-        parse_prompt(c, r, line_no, prompt);
-    else if (msgs)
-        parse_messages(c, r, line_no, o, msgs);
-    else
-        parse_ids(c, r, line_no, ids, cJSON_GetObjectItemCaseSensitive(o, "image"));
-    if (!ids && cJSON_GetObjectItemCaseSensitive(o, "image"))
-        set_error(r, line_no, "field 'image': goes with 'input_ids' (in 'messages', a message's \"image\" or an "
-                              "image_url part places it)");
+    const cJSON *img = cJSON_GetObjectItemCaseSensitive(o, "image");
+    if (img && !cJSON_IsNull(img) && !r->error) { /* an input_ids line's image: its ids place it */
+        char err[1024];
+        if (!ids)
+            set_error(r, line_no, "field 'image': goes with 'input_ids' (in 'messages', a message's \"image\" or an "
+                                  "image_url part places it)");
+        else if (gi.px)
+            set_error(r, line_no, "field 'image': the request carries its image already");
+        else if (!cJSON_IsString(img))
+            set_error(r, line_no, "field 'image': must be a string (a file path or a data URL)");
+        else if (image_input_load(img->valuestring, c->cfg, c->allow_files, &gi.px, &gi.hash, err, sizeof err))
+            set_error(r, line_no, "field 'image': %s", err);
+    }
+    if (!r->error) {
+        if (prompt)
+            parse_prompt(c, r, line_no, prompt);
+        else if (msgs)
+            parse_messages(c, r, line_no, o, msgs, &gi);
+        else
+            parse_ids(c, r, line_no, ids, &gi);
+    }
+    if (gi.px && !r->error) set_error(r, line_no, "field 'image': a prompt takes no image (give messages or input_ids)");
+    free(gi.px);
 
     double v;
     int max_given = get_int(r, line_no, o, "max_new_tokens", 1, 1e9, &v) || get_int(r, line_no, o, "max_tokens", 1, 1e9, &v);

@@ -59,6 +59,14 @@ typedef struct req_context {
 /* Parses one line (text need not be NUL-terminated). Never fails as a whole:
  * problems land in out->error. line_no is 1-based. */
 void req_parse(const req_context *ctx, const char *text, size_t len, int line_no, req_line *out /* OUT */);
+/* The same with the image given apart (the serve channel's bytes, decoded by
+ * the caller: image_input_bytes): pixels (owned from here, also on failure;
+ * NULL: none) and hash fill the place of the message whose "image" key marks
+ * it (its value is not read: no file or URL is opened), or input_ids' image
+ * tokens. An image with nowhere to go (prompt input, no marked message, ids
+ * without image tokens) is an error. */
+void req_parse_image(const req_context *ctx, const char *text, size_t len, int line_no, float *pixels, uint64_t hash,
+                     req_line *out /* OUT */);
 void req_line_free(req_line *r); /* accepts NULL */
 
 #endif

@@ -5,8 +5,9 @@
  *              the API key, the body limit, error bodies, /health, /v1/models,
  *              /tokenize, /detokenize;
  *   openai.c   /v1/chat/completions and /v1/completions: request JSON ->
- *              ready requests (validation, chat template, tool calls), engine
- *              output -> response JSON or server-sent events (openai.h);
+ *              ready requests (validation, chat template, tool calls, a
+ *              GLM-4V image decoded on the connection's thread: openai_map.h),
+ *              engine output -> response JSON or server-sent events (openai.h);
  *   metrics.c  /metrics in the Prometheus text format (vLLM's names).
  * libmicrohttpd (Debian libmicrohttpd-dev): a small C HTTP/1.1 server library
  * from GNU, kept up to date in Debian, that parses requests (chunked bodies,

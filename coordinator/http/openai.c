@@ -1,7 +1,8 @@
 /* OpenAI chat and text completions over the engine loop (see http.h).
  *
  * A request becomes n ready requests (srv_gen, one per choice; a completions
- * request with several prompts gets n per prompt), pushed into the serve inbox
+ * request with several prompts gets n per prompt; a chat image's pixels are
+ * copied into each choice's request), pushed into the serve inbox
  * with a sink whose callbacks (engine thread) fill an oai_call under its mutex:
  * whole outputs for a plain response, SSE bytes ("data: {chunk}\n\n" ...
  * "data: [DONE]\n\n") for a stream. The HTTP thread waits on the call's
@@ -622,6 +623,7 @@ void oai_generate(oai_ctx *h, int chat, const cJSON *b, int fd, oai_reply *r) {
         it->kind = SRV_GEN, it->conn = -1;
         it->gen = make_gen(c, &c->ch[i], &p, q->ids, q->n, max_new[c->ch[i].prompt_index], chat,
                            base + (uint64_t)(i % p.n));
+        oai_prompt_image_copy(q, &it->gen->g); /* GLM-4V: each choice owns its pixels */
         items[i] = it;
     }
     srv_push_in_all(h->s, items, n);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../fronts/image_input.h"
 #include "validate.h"
 
 /* The request as the JSON object a `generate` line would hold. Returns a
@@ -21,6 +22,7 @@ static char *request_json(const Glmtp__GenerateRequest *pr) {
             if (m->role) cJSON_AddStringToObject(mo, "role", m->role);
             cJSON_AddStringToObject(mo, "content", m->content ? m->content : "");
             if (m->metadata && m->metadata[0]) cJSON_AddStringToObject(mo, "metadata", m->metadata);
+            if (m->has_image && m->image) cJSON_AddStringToObject(mo, "image", ""); /* a mark: the bytes come apart */
             cJSON_AddItemToArray(a, mo);
         }
     } else if (pr->input_case == GLMTP__GENERATE_REQUEST__INPUT_TOKEN_IDS) {
@@ -55,9 +57,37 @@ int srv_validate_request(const Glmtp__GenerateRequest *pr, const req_context *ct
                  pr->has_temperature && !isfinite(pr->temperature) ? "temperature" : "top_p");
         return -1;
     }
+    /* GLM-4V: the image's bytes, decoded here; the chat message marked image or
+     * the token ids' image tokens place it (req_parse_image). */
+    int marked = -1;
+    for (size_t i = 0; pr->input_case == GLMTP__GENERATE_REQUEST__INPUT_CHAT && pr->chat && i < pr->chat->n_messages;
+         i++)
+        if (pr->chat->messages[i]->has_image && pr->chat->messages[i]->image && marked < 0) marked = (int)i;
+    float *px = NULL;
+    uint64_t hash = 0;
+    if (pr->has_image) {
+        if (pr->input_case == GLMTP__GENERATE_REQUEST__INPUT_TEXT) {
+            snprintf(err, errlen, "field 'image': a text prompt takes no image (give chat, with the image's message "
+                     "marked image, or token_ids holding begin-of-image, placeholder, end-of-image)");
+            return -1;
+        }
+        if (pr->input_case == GLMTP__GENERATE_REQUEST__INPUT_CHAT && marked < 0) {
+            snprintf(err, errlen, "field 'image': no chat message has image set (ChatMessage.image places it)");
+            return -1;
+        }
+        char why[768];
+        if (image_input_bytes(pr->image.data, pr->image.len, ctx->cfg, &px, &hash, why, sizeof why)) {
+            snprintf(err, errlen, "field 'image': %s", why);
+            return -1;
+        }
+    } else if (marked >= 0) {
+        snprintf(err, errlen, "field 'messages[%d].image': set, but the request has no image bytes "
+                 "(GenerateRequest.image)", marked);
+        return -1;
+    }
     char *text = request_json(pr);
     req_line line;
-    req_parse(ctx, text, strlen(text), 1, &line);
+    req_parse_image(ctx, text, strlen(text), 1, px, hash, &line); /* takes px */
     free(text);
     for (size_t i = 0; !line.error && i < pr->n_stop_ids; i++)
         if (pr->stop_ids[i] < 0 || pr->stop_ids[i] >= ctx->n_vocab) {

@@ -447,6 +447,7 @@ int chat_encode_json(const tokenizer *t, const cJSON *msgs, const cJSON *tools, 
 int chat_image_source(const cJSON *msgs, const char **src, char *field, size_t field_len, char *err, size_t errlen) {
     *src = NULL;
     int found = 0, i = 0;
+    char here[64]; /* the image's field: the second one's in the error */
     const cJSON *e;
     cJSON_ArrayForEach(e, msgs) {
         const cJSON *img = cJSON_GetObjectItemCaseSensitive(e, "image");
@@ -456,9 +457,10 @@ int chat_image_source(const cJSON *msgs, const char **src, char *field, size_t f
                 snprintf(err, errlen, "field 'messages[%d].image': must be a string (a file path)", i);
                 return -1;
             }
+            snprintf(here, sizeof here, "messages[%d].image", i);
             if (found++) goto several;
             *src = img->valuestring;
-            snprintf(field, field_len, "messages[%d].image", i);
+            snprintf(field, field_len, "%s", here);
         }
         int k = 0;
         const cJSON *part;
@@ -477,9 +479,10 @@ int chat_image_source(const cJSON *msgs, const char **src, char *field, size_t f
                              k);
                     return -1;
                 }
+                snprintf(here, sizeof here, "messages[%d].content[%d].image_url.url", i, k);
                 if (found++) goto several;
                 *src = url->valuestring;
-                snprintf(field, field_len, "messages[%d].content[%d].image_url.url", i, k);
+                snprintf(field, field_len, "%s", here);
             } else if (strcmp(type->valuestring, "text") != 0) {
                 snprintf(err, errlen, "field 'messages[%d].content[%d].type': '%s' is not supported (text, image_url)",
                          i, k, type->valuestring);
@@ -491,6 +494,6 @@ int chat_image_source(const cJSON *msgs, const char **src, char *field, size_t f
     }
     return 0;
 several:
-    snprintf(err, errlen, "field 'messages[%d]': a second image: GLM-4V takes one image per conversation", i);
+    snprintf(err, errlen, "field '%s': a second image: GLM-4V takes one image per conversation", here);
     return -1;
 }

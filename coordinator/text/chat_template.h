@@ -57,8 +57,8 @@ int chat_encode_json(const tokenizer *t, const cJSON *msgs, const cJSON *tools, 
 
 /* The conversation's image: *src = its "image" path or image_url url (NULL
  * without one; points into msgs), *field its field name for messages.
- * Returns 0, or -1 with err when there are several (GLM-4V takes one) or a
- * part is malformed. */
+ * Returns 0, or -1 with err when there are several (GLM-4V takes one; err
+ * names the second one's field) or a part is malformed. */
 int chat_image_source(const cJSON *msgs, const char **src, char *field, size_t field_len, char *err, size_t errlen);
 
 /* JSON as Python's json.dumps(v, indent=4, ensure_ascii=False) writes it (the

@@ -268,17 +268,21 @@ static const char *own(mapper *m, char *s) {
     return s;
 }
 
-static void add_msg(mapper *m, const char *role, const char *content, const char *metadata, const cJSON *tools) {
+static void add_msg(mapper *m, const char *role, const char *content, const char *metadata, const cJSON *tools,
+                    int image) {
     if (m->p->n_msgs == m->cap_msgs) {
         m->cap_msgs = m->cap_msgs ? 2 * m->cap_msgs : 16;
         m->p->msgs = realloc(m->p->msgs, sizeof(chat_message) * (size_t)m->cap_msgs);
         if (!m->p->msgs) abort();
     }
-    m->p->msgs[m->p->n_msgs++] = (chat_message){role, content, metadata, tools, 0};
+    m->p->msgs[m->p->n_msgs++] = (chat_message){role, content, metadata, tools, image};
 }
 
-/* A message's content: a string, null/absent (""), or text parts joined by "\n". */
-static int content_text(mapper *m, const cJSON *c, int i, const char **out) {
+/* A message's content: a string, null/absent (""), or a list of parts: text
+ * parts joined by "\n" (as chat_encode_json), image_url parts setting *image
+ * (the url is read by chat_image_source; only its shape is checked here). */
+static int content_text(mapper *m, const cJSON *c, int i, const char **out, int *image) {
+    *image = 0;
     if (!c || cJSON_IsNull(c)) {
         *out = "";
         return 0;
@@ -288,27 +292,48 @@ static int content_text(mapper *m, const cJSON *c, int i, const char **out) {
         return 0;
     }
     if (!cJSON_IsArray(c)) {
-        snprintf(m->err, m->errlen, "field 'messages[%d].content': must be a string, null or a list of text parts", i);
+        snprintf(m->err, m->errlen,
+                 "field 'messages[%d].content': must be a string, null or a list of text and image_url parts", i);
         return -1;
     }
-    size_t n = 0;
+    size_t total = 1;
+    int k = 0;
     const cJSON *part;
     cJSON_ArrayForEach(part, c) {
         const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
         const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
-        if (!cJSON_IsString(type) || strcmp(type->valuestring, "text") != 0 || !cJSON_IsString(text)) {
-            snprintf(m->err, m->errlen,
-                     "field 'messages[%d].content[%d]': only {\"type\": \"text\", \"text\": ...} parts are supported",
-                     i, (int)n);
+        if (!cJSON_IsObject(part) || !cJSON_IsString(type)) {
+            snprintf(m->err, m->errlen, "field 'messages[%d].content[%d].type': missing or not a string", i, k);
             return -1;
         }
-        n++;
+        if (strcmp(type->valuestring, "text") == 0) {
+            if (!cJSON_IsString(text)) {
+                snprintf(m->err, m->errlen, "field 'messages[%d].content[%d].text': must be a string", i, k);
+                return -1;
+            }
+            total += strlen(text->valuestring) + 1;
+        } else if (strcmp(type->valuestring, "image_url") == 0) {
+            const cJSON *url =
+                cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(part, "image_url"), "url");
+            if (!cJSON_IsString(url)) {
+                snprintf(m->err, m->errlen, "field 'messages[%d].content[%d].image_url.url': missing or not a string",
+                         i, k);
+                return -1;
+            }
+            *image = 1;
+        } else {
+            snprintf(m->err, m->errlen,
+                     "field 'messages[%d].content[%d].type': '%s' is not supported (text, image_url)", i, k,
+                     type->valuestring);
+            return -1;
+        }
+        k++;
     }
-    size_t total = 1;
-    cJSON_ArrayForEach(part, c) total += strlen(cJSON_GetObjectItemCaseSensitive(part, "text")->valuestring) + 1;
     char *s = xmalloc(total), *w = s;
     cJSON_ArrayForEach(part, c) {
-        const char *t = cJSON_GetObjectItemCaseSensitive(part, "text")->valuestring;
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
+        if (strcmp(cJSON_GetObjectItemCaseSensitive(part, "type")->valuestring, "text") != 0) continue;
+        const char *t = text->valuestring;
         if (w != s) *w++ = '\n';
         memcpy(w, t, strlen(t));
         w += strlen(t);
@@ -342,7 +367,7 @@ static int map_tool_calls(mapper *m, const cJSON *calls, int i) {
             return -1;
         }
         add_msg(m, "assistant", own(m, xstrndup(args->valuestring, strlen(args->valuestring))),
-                own(m, xstrndup(name->valuestring, strlen(name->valuestring))), NULL);
+                own(m, xstrndup(name->valuestring, strlen(name->valuestring))), NULL, 0);
         k++;
     }
     return 0;
@@ -358,18 +383,21 @@ static int map_message(mapper *m, const cJSON *e, int i) {
         return -1;
     }
     const char *r = role->valuestring;
-    if (content_text(m, cJSON_GetObjectItemCaseSensitive(e, "content"), i, &content)) return -1;
+    int image;
+    if (content_text(m, cJSON_GetObjectItemCaseSensitive(e, "content"), i, &content, &image)) return -1;
+    const cJSON *path = cJSON_GetObjectItemCaseSensitive(e, "image"); /* glmtp generate's form (a file path) */
+    if (cJSON_IsString(path)) image = 1;
     if (strcmp(r, "system") == 0 || strcmp(r, "user") == 0) {
-        add_msg(m, strcmp(r, "system") == 0 ? "system" : "user", content, NULL, NULL);
+        add_msg(m, strcmp(r, "system") == 0 ? "system" : "user", content, NULL, NULL, image);
     } else if (strcmp(r, "assistant") == 0) {
-        if (content[0] || !calls || cJSON_IsNull(calls)) add_msg(m, "assistant", content, NULL, NULL);
+        if (content[0] || image || !calls || cJSON_IsNull(calls)) add_msg(m, "assistant", content, NULL, NULL, image);
         if (calls && !cJSON_IsNull(calls) && map_tool_calls(m, calls, i)) return -1;
     } else if (strcmp(r, "tool") == 0 || strcmp(r, "function") == 0) {
         if (call_id && !cJSON_IsString(call_id)) {
             snprintf(m->err, m->errlen, "field 'messages[%d].tool_call_id': must be a string", i);
             return -1;
         }
-        add_msg(m, "observation", content, NULL, NULL);
+        add_msg(m, "observation", content, NULL, NULL, image);
     } else {
         snprintf(m->err, m->errlen,
                  "field 'messages[%d].role': unknown role '%s' (system, user, assistant, tool)", i, r);
@@ -446,7 +474,7 @@ int toolcall_map_request(const cJSON *messages, const cJSON *tools, const cJSON 
     }
     if (pick_tools(&m, tools, tool_choice, &p.tools)) goto fail;
     if (p.tools) {
-        add_msg(&m, "system", "", NULL, p.tools);
+        add_msg(&m, "system", "", NULL, p.tools, 0);
         p.names = xmalloc(sizeof(char *) * (size_t)cJSON_GetArraySize(p.tools));
         const cJSON *t;
         cJSON_ArrayForEach(t, p.tools) {

@@ -110,8 +110,11 @@ typedef struct toolcall_prompt {
  *     named choice is enforced in the prompt (the HF template has no way to):
  *     the caller gets only the rendered names in out->names, so nothing else
  *     parses as a call;
- *   - system/user: same role, content a string or a list of text parts joined
- *     by "\n" (vLLM's "string" content format);
+ *   - system/user: same role, content a string or a list of parts: text parts
+ *     joined by "\n" (vLLM's "string" content format), an image_url part (or
+ *     glmtp's "image": PATH) setting the message's image flag (GLM-4V); the
+ *     image itself is the caller's (chat_image_source, image_input.h), and any
+ *     other part type is an error naming it;
  *   - assistant with tool_calls: its content (when non-empty) as an assistant
  *     message, then per call an assistant message with metadata = the name and
  *     content = the arguments string (GLM-4's history form; it renders exactly
