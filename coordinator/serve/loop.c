@@ -173,10 +173,12 @@ static sreq *find_id(srv_loop *l, const char *id) {
     return NULL;
 }
 
-/* Validates and queues req; answers the client itself on error. */
-static void intake(srv_loop *l, int conn, const Glmtp__GenerateRequest *pr) {
+/* Queues the request the network thread validated (it: takes it->pre);
+ * answers the client itself on error. */
+static void intake(srv_loop *l, int conn, srv_item *it) {
+    const Glmtp__GenerateRequest *pr = it->req;
     const char *id = pr->request_id ? pr->request_id : "";
-    char msg[1200], err[1200];
+    char msg[1600];
     if (!id[0]) {
         send_error(l, conn, id, GLMTP__ERROR__CODE__INVALID_REQUEST, "field 'request_id': missing or empty");
         return;
@@ -186,12 +188,13 @@ static void intake(srv_loop *l, int conn, const Glmtp__GenerateRequest *pr) {
         send_error(l, conn, id, GLMTP__ERROR__CODE__INVALID_REQUEST, msg);
         return;
     }
-    gen_request g;
-    if (srv_validate_request(pr, l->ctx, &g, err, sizeof err)) {
-        snprintf(msg, sizeof msg, "request '%s': %s", id, err);
+    if (it->pre_err) {
+        snprintf(msg, sizeof msg, "request '%s': %s", id, it->pre_err);
         send_error(l, conn, id, GLMTP__ERROR__CODE__INVALID_REQUEST, msg);
         return;
     }
+    gen_request g = it->pre;
+    memset(&it->pre, 0, sizeof it->pre);
     if (!gen_fits(l->q.e, g.n_prompt, g.max_new)) {
         snprintf(msg, sizeof msg, "request '%s': prompt of %d tokens plus max_new_tokens %d needs more KV blocks "
                  "than the server has (%d of %d tokens; --kv-tokens)", id, g.n_prompt, g.max_new,
@@ -242,7 +245,7 @@ static void on_items(srv_loop *l, srv_item *items) {
     for (srv_item *it = items, *nx; it; it = nx) {
         nx = it->next;
         if (it->kind == SRV_NEW) {
-            intake(l, it->conn, it->req);
+            intake(l, it->conn, it);
         } else if (it->kind == SRV_GEN) {
             intake_gen(l, it->gen);
             it->gen = NULL;

@@ -14,6 +14,7 @@
 #include "../../proto/wire.h"
 #include "../../worker/util.h"
 #include "serve.h"
+#include "validate.h"
 
 #define MAX_CONNS 1024
 /* Connections still owing their Auth frame: a guesser may not hold many, and
@@ -158,6 +159,12 @@ static void handle_frame(net *nt, conn *c) {
         srv_item *it = calloc(1, sizeof *it);
         if (!it) abort();
         it->kind = SRV_NEW, it->conn = c->serial, it->env = m, it->req = m->generate;
+        /* Validated here, not on the engine thread: an image's decode and resize
+         * (up to a second for a large JPEG) then holds up this connection's reads,
+         * not every rank's next step. */
+        char err[1200];
+        if (srv_validate_request(it->req, s->ctx, &it->pre, err, sizeof err) && !(it->pre_err = strdup(err)))
+            abort();
         srv_push_in(s, it);
         return; /* m now owned by the item */
     }

@@ -64,6 +64,8 @@ void srv_item_free(srv_item *it) {
     free(it->id);
     free(it->buf);
     srv_gen_free(it->gen);
+    gen_request_free(&it->pre);
+    free(it->pre_err);
     free(it);
 }
 

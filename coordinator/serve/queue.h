@@ -43,8 +43,10 @@ typedef struct srv_gen {
     void *user;
 } srv_gen;
 
-/* One queued item. NEW: req (owned) from conn; GEN: gen (owned) from another
- * front; CANCEL: id from conn; GONE: conn closed; FRAME (outbox): a packed,
+/* One queued item. NEW: req (owned) from conn, already validated by the
+ * network thread (pre, or pre_err when invalid), so that decoding a request's
+ * image never holds up an engine step; GEN: gen (owned) from another front;
+ * CANCEL: id from conn; GONE: conn closed; FRAME (outbox): a packed,
  * length-prefixed ServerMessage for conn. */
 typedef struct srv_item {
     struct srv_item *next;
@@ -57,6 +59,8 @@ typedef struct srv_item {
     size_t len;
     int close_after; /* FRAME: close the connection once written */
     srv_gen *gen;
+    gen_request pre;   /* NEW: srv_validate_request's request (owned until the engine takes it) */
+    char *pre_err;     /* NEW: its error instead ("field 'x': ..."), owned; NULL when valid */
 } srv_item;
 
 /* A latency histogram (Prometheus buckets: counts are per bucket here,
@@ -110,6 +114,7 @@ typedef struct server {
     double auth_timeout;   /* seconds a connection may stay unauthenticated (with a token) */
     double stall_s;        /* Health says "stalled" after a step has run this long (--stall-seconds) */
     FILE *step_log;        /* NULL or one JSON line per step */
+    const struct req_context *ctx; /* what requests are validated against (the network thread reads it) */
 } server;
 
 /* Seconds the engine has been stalled at time now (util_now()): work pending

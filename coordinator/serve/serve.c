@@ -276,7 +276,7 @@ int cmd_serve(comm *c, int argc, char **argv) {
                        max_len < cfg.seq_len ? cfg.seq_len : 0, &cfg, 0};
     if (ctx.n_vocab > cfg.vocab) ctx.n_vocab = cfg.vocab;
     s.max_frame = (uint32_t)o.max_frame, s.max_queue = o.max_queue, s.auth_timeout = o.auth_timeout;
-    s.stall_s = o.stall_s;
+    s.stall_s = o.stall_s, s.ctx = &ctx;
     if (pthread_mutex_init(&s.mu, NULL) || pthread_cond_init(&s.cv, NULL)) {
         engine_error(c, "serve: pthread_mutex_init/pthread_cond_init failed");
         engine_finish(&e);

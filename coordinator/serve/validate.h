@@ -1,6 +1,6 @@
 /* validate.h: a GenerateRequest from the channel checked and turned into an
- * engine request, with no sockets, threads or scheduler involved (the engine
- * loop's intake calls it; so does the fuzz harness tests/fuzz/fuzz_serve.c).
+ * engine request, with no sockets, threads or scheduler involved (the network
+ * thread calls it as a request arrives, net.c; so does the fuzz harness tests/fuzz/fuzz_serve.c).
  * The checks that need the running server (duplicate request ids, KV room)
  * stay in loop.c. */
 #ifndef GLMTP_SERVE_VALIDATE_H
