@@ -28,6 +28,9 @@ static void progress(int done, int n, double t0, const sched *q, int final) {
                 "%lld blocks evicted\n", ps.cached_tokens, ps.prompt_tokens,
                 ps.prompt_tokens ? 100.0 * (double)ps.cached_tokens / (double)ps.prompt_tokens : 0.0, ps.evictions);
     }
+    if (final && q->images + q->images_shared)
+        fprintf(stderr, "glmtp: generate: images: %ld encoded by the vision tower, %ld shared a slot holding the "
+                "same image\n", q->images, q->images_shared);
     /* recomputed prompts cost time: say so, as vLLM warns */
     if (final && q->preemptions)
         fprintf(stderr, "glmtp: generate: %ld preemptions (KV pool full: requests freed their blocks and recomputed "

@@ -21,7 +21,8 @@ void sched_free(sched *q) {
     free(q->wait);
     free(q->dbuf);
     free(q->blk);
-    free(q->img_slots);
+    free(q->img_refs);
+    free(q->img_hash);
     memset(q, 0, sizeof *q);
 }
 
@@ -34,24 +35,40 @@ static image_place place_of(const sched *q, const sched_req *r) {
 
 static void image_release(sched *q, sched_req *r) {
     if (r->img_slot < 0) return;
-    engine_image_drop(q->e, r->img_slot);
-    q->img_slots[r->img_slot] = NULL;
+    if (--q->img_refs[r->img_slot] == 0) engine_image_drop(q->e, r->img_slot);
     r->img_slot = -1;
 }
 
-/* Encodes r's image into a free slot when this step feeds rows [p0, p0 + n) of it. */
+/* A slot already holding the image with this content hash, or -1. */
+static int image_shared(const sched *q, uint64_t hash) {
+    for (int i = 0; hash && i < q->n_img_slots; i++)
+        if (q->img_refs[i] > 0 && q->img_hash[i] == hash) return i;
+    return -1;
+}
+
+/* Encodes r's image into a free slot when this step feeds rows [p0, p0 + n) of
+ * it, unless a slot holds the same image already. */
 static void image_need(sched *q, sched_req *r, int p0, int n) {
     image_place ip = place_of(q, r);
     if (ip.kv0 < 0 || r->img_slot >= 0 || p0 + n <= ip.kv0 || p0 >= ip.kv0 + ip.per) return;
-    int slot = 0;
-    while (slot < q->n_img_slots && q->img_slots[slot]) slot++;
+    int slot = image_shared(q, r->g->content_hash);
+    if (slot >= 0) {
+        q->img_refs[slot]++;
+        r->img_slot = slot;
+        q->images_shared++;
+        return;
+    }
+    slot = 0;
+    while (slot < q->n_img_slots && q->img_refs[slot]) slot++;
     if (slot == q->n_img_slots) {
-        q->img_slots = realloc(q->img_slots, sizeof *q->img_slots * (size_t)(slot + 1));
-        if (!q->img_slots) abort();
+        q->img_refs = realloc(q->img_refs, sizeof *q->img_refs * (size_t)(slot + 1));
+        q->img_hash = realloc(q->img_hash, sizeof *q->img_hash * (size_t)(slot + 1));
+        if (!q->img_refs || !q->img_hash) abort();
         q->n_img_slots++;
     }
-    q->img_slots[slot] = r;
+    q->img_refs[slot] = 1, q->img_hash[slot] = r->g->content_hash;
     r->img_slot = slot;
+    q->images++;
     engine_image(q->e, slot, r->g->pixels);
 }
 

@@ -83,11 +83,17 @@ typedef struct sched {
     sched_req **run, **wait; /* running (oldest first), waiting (arrival order) */
     int n_run, n_wait, cap, arrivals;
     long steps, preemptions, generated;
+    long images, images_shared; /* vision tower runs, and image requests that found their image in a slot */
     double tps; /* sampled tokens per second, smoothed over steps */
     char *dbuf; /* detokenizer scratch, dcap bytes */
     size_t dcap;
     int *blk; /* one block's token ids (block_size) */
-    sched_req **img_slots; /* [n_img_slots]: the request holding each image slot, or NULL */
+    /* Image slots (forward.h), [n_img_slots] each: how many requests read the
+     * slot (0: free) and the content hash of the image in it. Requests with the
+     * same image at once (n choices, or one photo asked about twice) share one
+     * slot, so the vision tower runs once for them. */
+    int *img_refs;
+    uint64_t *img_hash;
     int n_img_slots;
 } sched;
 

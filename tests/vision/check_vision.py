@@ -19,9 +19,11 @@ usage: check_vision.py GLMTP DATA_DIR [--launcher "mpirun -np 2"] [--tol 1e-4] [
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
+import tempfile
 
 
 def run(cmd):
@@ -103,6 +105,22 @@ def main():
         want = png["decode"]["tokens"]
         print(f"{'ok  ' if got == want else 'FAIL'} generate with image.png: tokens {got} (reference {want})")
         ok &= got == want
+
+        # The same image in two requests at once: one vision tower run, a shared slot, both answers right.
+        line = json.dumps({"input_ids": ids, "image": os.path.join(a.data, "image.png"),
+                           "max_new_tokens": len(want)})
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "two.jsonl")
+            with open(path, "w") as f:
+                f.write(line + "\n" + line + "\n")
+            p = subprocess.run(launch + [a.glmtp, "generate", "--model", a.data, "--input", path, "--ignore-eos"] +
+                               extra, capture_output=True, text=True, timeout=300)
+        got2 = [json.loads(x)["token_ids"] for x in p.stdout.splitlines()] if p.returncode == 0 else []
+        m = re.search(r"images: (\d+) encoded by the vision tower, (\d+) shared", p.stderr)
+        same = got2 == [want, want] and m is not None and (m.group(1), m.group(2)) == ("1", "1")
+        print(f"{'ok  ' if same else 'FAIL'} two requests with image.png at once: tokens {got2}, "
+              f"{m.group(0) if m else 'no images line: ' + p.stderr[-300:]}")
+        ok &= same
     sys.exit(0 if ok else 1)
 
 
