@@ -8,7 +8,7 @@
 #include "../engine/engine.h"
 
 typedef struct bench_opts {
-    const char *mode; /* prefill | decode | throughput */
+    const char *mode; /* prefill | decode | throughput | prefix | image */
     const char *dir, *preset, *dtype, *json, *device, *comm_kind;
     int layers, threads, steps, requests, in_len, out_len, step_tokens;
     int *lens, n_lens, *batches, n_batches, *contexts, n_contexts;
