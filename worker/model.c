@@ -219,23 +219,14 @@ static int load_layer(loader *ld, int l, uint8_t *scratch) {
 }
 
 /* Bytes this rank's weights take in a device backend's memory (matrices bf16,
- * vectors fp32: kernels.h), known before any is loaded. */
+ * vectors fp32: kernels.h), known before any is loaded; the vision tower's
+ * from vision.c, which knows its slices. */
 static double device_weight_bytes(const glm_config *c, const glm_shard *s) {
     double H = c->hidden, d = c->head_dim, qkv = (double)(s->nq + 2 * s->nkv) * d, nf = s->f1 - s->f0;
     double mat = (double)c->vocab * H + (double)(s->v1 - s->v0) * H;
     mat += c->n_layers * (qkv * H + H * s->nq * d + 2 * nf * H + H * nf);
     double vec = H + c->n_layers * (2 * H + qkv);
-    const glm_vision_config *v = &c->vision;
-    if (v->present) { /* vision.c's slices; boi/eoi and positions are matrices there too */
-        int lo, hi;
-        shard_range(v->ffn, s->tp, s->rank, &lo, &hi);
-        double Hv = v->hidden, qw = (double)v->hidden / s->tp, fl = hi - lo, grid = v->image / v->patch;
-        double K = (double)v->in_ch * v->patch * v->patch;
-        mat += v->n_layers * (3 * qw * Hv + Hv * qw + 2 * fl * Hv) + Hv * K + (grid * grid + 1) * Hv;
-        mat += H * 4 * Hv + H * H + 3 * nf * H + 2 * H;
-        vec += v->n_layers * (6 * Hv + 3 * qw + fl) + Hv + 3 * H;
-    }
-    return 2 * mat + 4 * vec;
+    return 2 * mat + 4 * vec + vision_device_bytes(c, s->tp, s->rank);
 }
 
 int model_load(glm_model **out, const char *dir, kbackend kb, comm *cm, char *err, size_t errlen) {
@@ -289,9 +280,11 @@ int model_load(glm_model **out, const char *dir, kbackend kb, comm *cm, char *er
         goto fail;
     for (int l = 0; l < c->n_layers; l++)
         if (load_layer(&ld, l, scratch)) goto fail;
+    size_t vis_sharded = 0, vis_replicated = 0;
     if (c->vision.present &&
-        vision_load(&m->vision, c, ld.st, dir, kb, cm, &m->bytes_sharded, &m->bytes_replicated, err, errlen))
+        vision_load(&m->vision, c, ld.st, dir, kb, cm, &vis_sharded, &vis_replicated, err, errlen))
         goto fail;
+    m->bytes_vision = vis_sharded + vis_replicated;
     free(scratch);
     st_close(ld.st);
     *out = m;

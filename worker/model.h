@@ -34,8 +34,9 @@ typedef struct glm_model {
     kweight lm_head;  /* [v1 - v0, H] */
     glm_layer *layers;
     struct glm_vision *vision; /* GLM-4V's tower and adapter (vision.h), or NULL */
-    size_t bytes_sharded;    /* this rank's slices of split weights */
-    size_t bytes_replicated; /* weights every rank holds whole */
+    size_t bytes_sharded;    /* this rank's slices of the language model's split weights */
+    size_t bytes_replicated; /* language-model weights every rank holds whole */
+    size_t bytes_vision;     /* this rank's share of the vision tower and adapter (0 without one) */
     uint64_t fingerprint;    /* which checkpoint: config_hash and st_fingerprint (KV snapshots name it) */
 } glm_model;
 

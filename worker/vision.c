@@ -40,8 +40,85 @@ struct glm_vision {
     int *conv_rows; /* host [4 N]: rows of x the 2x2 convolution reads */
     float *host_cols; /* host im2col of the pixels */
     uint16_t *host_bf;
-    double seconds;
+    int n_run;              /* layers vision_encode runs (vision_set_layers; else all) */
+    double seconds, layer_seconds;
 };
+
+/* ------------------------------------------------------------------ sizes */
+
+/* Elements of each scratch buffer of one rank (scratch() allocates them, and
+ * vision_act_bytes counts them, from this one place). qw: local heads x head
+ * dim; fl: local ViT MLP columns; nf: local GLU columns. */
+typedef struct vscratch {
+    size_t x, o, qkv, att, a, cols, g, gu_tmp; /* activations */
+    size_t T, N, K;                            /* tokens, adapter tokens, im2col width */
+} vscratch;
+
+static vscratch scratch_plan(const glm_vision_config *vc, int H, int qw, int fl, int nf) {
+    vscratch s;
+    size_t grid = (size_t)(vc->image / vc->patch), Hv = (size_t)vc->hidden;
+    s.T = (size_t)vc->n_pos;
+    s.N = (grid / 2) * (grid / 2);
+    s.K = (size_t)vc->in_ch * vc->patch * vc->patch;
+    s.x = s.o = s.T * Hv > s.N * H ? s.T * Hv : s.N * H; /* the ViT's rows, then the adapter's */
+    s.qkv = s.T * 3 * (size_t)qw;
+    s.att = s.T * (size_t)qw;
+    s.a = s.T * (size_t)fl > s.N * (size_t)nf ? s.T * (size_t)fl : s.N * (size_t)nf; /* fc1, then the GLU */
+    s.cols = s.T * s.K;
+    s.g = 4 * s.N * Hv;
+    s.gu_tmp = s.N * 2 * (size_t)nf;
+    return s;
+}
+
+/* Rank's local widths: heads x head dim, ViT MLP columns, GLU columns. */
+static void local_widths(const glm_config *cfg, int tp, int rank, int *qw, int *fl, int *nf) {
+    int lo, hi;
+    *qw = cfg->vision.hidden / tp; /* n_heads / tp heads of hidden / n_heads */
+    shard_range(cfg->vision.ffn, tp, rank, &lo, &hi);
+    *fl = hi - lo;
+    shard_range(cfg->ffn, tp, rank, &lo, &hi);
+    *nf = hi - lo;
+}
+
+double vision_act_bytes(const glm_config *cfg, int tp, int rank, int act_bytes) {
+    if (!cfg->vision.present) return 0;
+    int qw, fl, nf;
+    local_widths(cfg, tp, rank, &qw, &fl, &nf);
+    vscratch s = scratch_plan(&cfg->vision, cfg->hidden, qw, fl, nf);
+    double acts = (double)(s.x + s.o + s.qkv + s.att + s.a + s.cols + s.g + s.gu_tmp);
+    double slot = (double)config_image_tokens(cfg) * cfg->hidden; /* forward_image's rows of the image */
+    return (acts + slot) * act_bytes + 4.0 * (double)s.T /* iota */;
+}
+
+double vision_device_bytes(const glm_config *cfg, int tp, int rank) {
+    const glm_vision_config *v = &cfg->vision;
+    if (!v->present) return 0;
+    int qwi, fli, nfi;
+    local_widths(cfg, tp, rank, &qwi, &fli, &nfi);
+    double H = cfg->hidden, Hv = v->hidden, qw = qwi, fl = fli, nf = nfi, grid = v->image / v->patch;
+    double K = (double)v->in_ch * v->patch * v->patch;
+    /* boi/eoi and positions are uploaded as matrices (bf16 on a device) */
+    double mat = v->n_layers * (3 * qw * Hv + Hv * qw + 2 * fl * Hv) + Hv * K + (grid * grid + 1) * Hv;
+    mat += H * 4 * Hv + H * H + 3 * nf * H + 2 * H;
+    /* per layer: two LayerNorms (w, b), the dense and fc2 biases (rank 0's:
+     * counted on every rank, the largest share), the QKV and fc1 bias slices;
+     * the patch bias, the conv bias and norm1 (w, b) */
+    double vec = v->n_layers * (6 * Hv + 3 * qw + fl) + Hv + 3 * H;
+    return 2 * mat + 4 * vec;
+}
+
+double vision_flops(const glm_config *cfg, int layers) {
+    const glm_vision_config *v = &cfg->vision;
+    if (!v->present) return 0;
+    vscratch s = scratch_plan(v, cfg->hidden, v->hidden, v->ffn, cfg->ffn); /* whole widths: all ranks */
+    double T = (double)s.T, N = (double)s.N, Hv = v->hidden, H = cfg->hidden, F = v->ffn, Fg = cfg->ffn;
+    double layer = 2 * T * Hv * 3 * Hv /* qkv */ + 4 * T * T * Hv /* QK^T and PV, every pair */ +
+                   2 * T * Hv * Hv /* dense */ + 2 * 2 * T * Hv * F /* fc1, fc2 */;
+    double patch = 2 * T * (double)s.K * Hv;
+    double adapter = 2 * N * 4 * Hv * H /* 2x2 conv */ + 2 * N * H * H /* linear_proj */ +
+                     2 * N * H * 3 * Fg /* gate, up, down */;
+    return patch + layers * layer + adapter;
+}
 
 /* ------------------------------------------------------------------ loading */
 
@@ -315,6 +392,7 @@ int vision_load(glm_vision **out, const glm_config *cfg, const st_set *st, const
     v->nf_total = cfg->ffn;
     shard_range(cfg->ffn, c->size, c->rank, &f0, &f1);
     v->nf = f1 - f0;
+    v->n_run = v->vc.n_layers;
     v->layers = calloc((size_t)v->vc.n_layers, sizeof *v->layers);
     vloader ld = {st, dir, v, sharded, replicated, err, errlen};
     if (!v->layers) {
@@ -360,18 +438,16 @@ static void scratch(glm_vision *v) {
     if (v->x) return;
     const kernels_iface *k = v->kb.iface;
     void *ctx = v->kb.ctx;
-    size_t ab = k->act_bytes, T = (size_t)v->T, Hv = (size_t)v->vc.hidden, H = (size_t)v->H;
-    size_t N = (size_t)(v->grid / 2) * (v->grid / 2), K = (size_t)v->vc.in_ch * v->vc.patch * v->vc.patch;
-    size_t xo = T * Hv > N * H ? T * Hv : N * H;
-    v->x = k->alloc(ctx, xo * ab);
-    v->o = k->alloc(ctx, xo * ab);
-    v->qkv = k->alloc(ctx, T * 3 * v->nl * v->dh * ab);
-    v->att = k->alloc(ctx, T * v->nl * v->dh * ab);
-    size_t a = T * (size_t)v->fl > N * (size_t)v->nf ? T * (size_t)v->fl : N * (size_t)v->nf;
-    v->a = k->alloc(ctx, a * ab);
-    v->cols = k->alloc(ctx, T * K * ab);
-    v->g = k->alloc(ctx, 4 * N * Hv * ab);
-    v->gu_tmp = k->alloc(ctx, N * 2 * (size_t)v->nf * ab);
+    vscratch s = scratch_plan(&v->vc, v->H, v->nl * v->dh, v->fl, v->nf);
+    size_t ab = k->act_bytes, T = s.T, N = s.N, K = s.K;
+    v->x = k->alloc(ctx, s.x * ab);
+    v->o = k->alloc(ctx, s.o * ab);
+    v->qkv = k->alloc(ctx, s.qkv * ab);
+    v->att = k->alloc(ctx, s.att * ab);
+    v->a = k->alloc(ctx, s.a * ab);
+    v->cols = k->alloc(ctx, s.cols * ab);
+    v->g = k->alloc(ctx, s.g * ab);
+    v->gu_tmp = k->alloc(ctx, s.gu_tmp * ab);
     v->iota = k->alloc(ctx, T * 4);
     int32_t *iota = malloc(T * 4);
     v->conv_rows = malloc(4 * N * sizeof(int));
@@ -455,7 +531,11 @@ void vision_encode(glm_vision *v, const float *pixels, void *out) {
     k->matmul(ctx, v->x, v->cols, &v->patch_w, &v->patch_b, T);
     k->embedding(ctx, v->o, &v->pos, v->iota, T);
     k->add(ctx, v->x, v->o, (size_t)T * Hv);
-    for (int l = 0; l < v->vc.n_layers; l++) vit_layer(v, &v->layers[l]);
+    k->sync(ctx); /* the layers' own time (bench image scales it by the layers) */
+    double t1 = util_now();
+    for (int l = 0; l < v->n_run; l++) vit_layer(v, &v->layers[l]);
+    k->sync(ctx);
+    v->layer_seconds += util_now() - t1;
 
     /* adapter: 2x2 convolution (a row gather and a matmul), then the GLU */
     k->gather_rows(ctx, v->g, v->x, v->conv_rows, 4 * N, Hv);
@@ -476,3 +556,10 @@ void vision_encode(glm_vision *v, const float *pixels, void *out) {
 }
 
 double vision_seconds(const glm_vision *v) { return v ? v->seconds : 0; }
+
+double vision_layer_seconds(const glm_vision *v) { return v ? v->layer_seconds : 0; }
+
+void vision_set_layers(glm_vision *v, int n) {
+    if (!v) return;
+    v->n_run = n < 1 ? 1 : n > v->vc.n_layers ? v->vc.n_layers : n;
+}

@@ -21,6 +21,7 @@
 #include "../base/presets.h"
 #include "../engine/engine.h"
 #include "../engine/gen_batch.h"
+#include "../../worker/vision.h"
 #include "bench.h"
 #include "limits.h"
 
@@ -34,17 +35,20 @@ static int sum_list_max(const int *v, int n) {
 /* --preset: a checkpoint of random weights made once under $TMPDIR and reused. */
 static int preset_dir(comm *c, const bench_opts *o, char *dir, size_t len) {
     const char *tmp = getenv("TMPDIR");
-    snprintf(dir, len, "%s/glmtp-bench-%s-L%d-%s", tmp ? tmp : "/tmp", o->preset, o->layers, o->dtype);
+    char vl[16] = ""; /* bench image --vision-layers: a model of that many vision layers */
+    if (o->vision_layers) snprintf(vl, sizeof vl, "-V%d", o->vision_layers);
+    snprintf(dir, len, "%s/glmtp-bench-%s-L%d%s-%s", tmp ? tmp : "/tmp", o->preset, o->layers, vl, o->dtype);
     int failed = 0;
     if (c->rank == 0) {
         char cfg[4200];
         snprintf(cfg, sizeof cfg, "%s/config.json", dir);
         if (access(cfg, F_OK) != 0) {
-            char layers[16];
+            char layers[16], vlayers[16];
             snprintf(layers, sizeof layers, "%d", o->layers);
+            snprintf(vlayers, sizeof vlayers, "%d", o->vision_layers);
             char *argv[] = {"--preset", (char *)o->preset, "--layers", layers, "--dtype", (char *)o->dtype,
-                            "--out", dir, "--seed", "1"};
-            failed = cmd_make_model(10, argv) != 0;
+                            "--out", dir, "--seed", "1", "--vision-layers", vlayers};
+            failed = cmd_make_model(o->vision_layers ? 12 : 10, argv) != 0;
         }
         /* Several GB for the big presets: say where, and that it stays. */
         if (!failed)
@@ -321,6 +325,11 @@ static const args_opt bench_opts_list[] = {
     {"--tp", "N", "--model-only: tensor-parallel size (default 1)"},
     {"--measured", "bench.json", "--model-only: put a measured run's figures beside the model's"},
     {"--plan", "TOKENS", "--model-only: per GPU kind, the fewest GPUs holding one sequence of TOKENS (weights + KV + activations), bf16 and fp8 KV, with prefill s and decode ms/token at that length"},
+    {"--memory", "GB", "--model-only --plan: also say, per tp, whether a rank with this much memory holds it"},
+    {"--images", "N,..", "image: image questions fed together (default 1)"},
+    {"--vision-layers", "N", "image: run N of the vision tower's layers, times also scaled to all of them (with "
+                             "--preset: a model made with N)"},
+    {"--repeats", "R", "image: timed runs per point, the best kept (default 3)"},
     {NULL, NULL, NULL},
 };
 
@@ -335,7 +344,7 @@ static const args_opt bench_engine_opts[] = {
 
 const args_spec cmd_bench_spec = {
     "glmtp bench",
-    "prefill|decode|throughput|prefix --model DIR|--preset NAME [options]\n"
+    "prefill|decode|throughput|prefix|image --model DIR|--preset NAME [options]\n"
     "       glmtp bench --model-only [--gpu h100|h200|a100] [--tp N] [--link L] [--measured bench.json] [--json FILE]\n"
     "       glmtp bench --model-only --plan TOKENS [--preset glm-4-9b-chat-1m|--model DIR] [--link L] [--json FILE]",
     "Benchmarks, each figure beside the limit measured in the same run (memory bandwidth, GEMM, all-reduce).",
@@ -370,6 +379,9 @@ static int parse(comm *c, bench_opts *o, int argc, char **argv) {
     o->tp = (int)args_int(&a, "--tp", 1, 1, 4096);
     o->measured = args_str(&a, "--measured", NULL);
     o->plan = args_int(&a, "--plan", 0, 1, 1L << 31);
+    o->memory = args_num(&a, "--memory", 0, 0, 1e6) * 1e9;
+    o->vision_layers = (int)args_int(&a, "--vision-layers", 0, 1, 1000);
+    o->repeats = (int)args_int(&a, "--repeats", 3, 1, 1000);
     /* decode: greedy unless one of these asks for sampling (at temperature 1) */
     o->top_k = (int)args_int(&a, "--top-k", 0, 0, 1 << 30);
     o->top_p = (float)args_num(&a, "--top-p", 1.0, 1e-9, 1.0);
@@ -379,6 +391,10 @@ static int parse(comm *c, bench_opts *o, int argc, char **argv) {
     if (!a.failed) args_int_list(&a, "--lens", lens, &o->lens, &o->n_lens);
     if (!a.failed) args_int_list(&a, "--batch", batches, &o->batches, &o->n_batches);
     if (!a.failed) args_int_list(&a, "--context", contexts, &o->contexts, &o->n_contexts);
+    const char *images = args_str(&a, "--images", "1");
+    if (!a.failed) args_int_list(&a, "--images", images, &o->images, &o->n_images);
+    for (int i = 0; !a.failed && i < o->n_images; i++)
+        if (o->images[i] < 1) snprintf(a.err, sizeof a.err, "--images: counts must be >= 1"), a.failed = 1;
     for (int i = 0; !a.failed && i < o->n_lens; i++)
         if (o->lens[i] < 1) snprintf(a.err, sizeof a.err, "--lens: lengths must be >= 1"), a.failed = 1;
     for (int i = 0; !a.failed && i < o->n_batches; i++)
@@ -386,8 +402,8 @@ static int parse(comm *c, bench_opts *o, int argc, char **argv) {
     for (int i = 0; !a.failed && !o->model_only && i < o->n_contexts; i++)
         if (o->contexts[i] < 1) snprintf(a.err, sizeof a.err, "--context: lengths must be >= 1"), a.failed = 1;
     if (!a.failed && !o->model_only && strcmp(o->mode, "prefill") && strcmp(o->mode, "decode") &&
-        strcmp(o->mode, "throughput") && strcmp(o->mode, "prefix"))
-        snprintf(a.err, sizeof a.err, "unknown mode '%s' (prefill, decode, throughput, prefix, or --model-only)",
+        strcmp(o->mode, "throughput") && strcmp(o->mode, "prefix") && strcmp(o->mode, "image"))
+        snprintf(a.err, sizeof a.err, "unknown mode '%s' (prefill, decode, throughput, prefix, image, or --model-only)",
                  o->mode),
             a.failed = 1;
     if (!a.failed && !o->model_only && !!o->dir == !!o->preset)
@@ -404,9 +420,32 @@ static int parse(comm *c, bench_opts *o, int argc, char **argv) {
 }
 
 static void free_opts(bench_opts *o) {
+    free(o->images);
     free(o->lens);
     free(o->batches);
     free(o->contexts);
+}
+
+/* image: the KV pool for the largest batch of image questions (each its
+ * image's rows, the question and its first token, a block of slack), from
+ * config.json; a model without a vision tower is refused here, on every rank
+ * alike. 0, or 1 after the message. */
+static int image_kv_tokens(comm *c, const bench_opts *o, const char *model, int *kv) {
+    glm_config cfg;
+    char err[1024];
+    int bad = config_load(&cfg, model, err, sizeof err);
+    if (!bad && !cfg.vision.present)
+        snprintf(err, sizeof err, "%s has no vision tower (bench image needs a GLM-4V model, e.g. --preset tiny-4v)",
+                 model), bad = 1;
+    if (!bad && o->vision_layers > cfg.vision.n_layers)
+        snprintf(err, sizeof err, "--vision-layers %d: %s has %d", o->vision_layers, model, cfg.vision.n_layers),
+            bad = 1;
+    if (bad) {
+        if (c->rank == 0) log_error_agreed("bench: %s", err);
+        return 1;
+    }
+    *kv = sum_list_max(o->images, o->n_images) * (config_image_tokens(&cfg) + o->in_len + 1 + 16);
+    return 0;
 }
 
 int cmd_bench(comm *c, int argc, char **argv) {
@@ -434,6 +473,8 @@ int cmd_bench(comm *c, int argc, char **argv) {
         kv = sum_list_max(o.lens, o.n_lens) + 16;
     else if (strcmp(o.mode, "prefix") == 0) /* the document's blocks stay cached while a question runs */
         kv = sum_list_max(o.lens, o.n_lens) + 2 * o.in_len + 3 * 16;
+    else if (strcmp(o.mode, "image") == 0 && image_kv_tokens(c, &o, model, &kv))
+        goto done;
     else
         kv = o.requests * (o.in_len + o.out_len + 16);
     if (engine_open(&e, c, model, kv, 16, o.threads, o.device, o.comm_kind, ENGINE_GPU_MEM_UTIL, o.kv_dtype)) goto done;
@@ -441,10 +482,16 @@ int cmd_bench(comm *c, int argc, char **argv) {
     int ctx_need = strcmp(o.mode, "decode") == 0 ? sum_list_max(o.contexts, o.n_contexts) + o.steps + 2
                    : strcmp(o.mode, "prefill") == 0 ? sum_list_max(o.lens, o.n_lens)
                    : strcmp(o.mode, "prefix") == 0  ? sum_list_max(o.lens, o.n_lens) + o.in_len + 1
+                   : strcmp(o.mode, "image") == 0   ? config_image_tokens(cfg) + o.in_len + 1
                                                     : o.in_len + o.out_len;
     if (comm_first_failed(c, ctx_need > cfg->seq_len) >= 0) {
         engine_error(c, "bench: %d tokens per sequence exceed the context length %d", ctx_need, cfg->seq_len);
         goto done;
+    }
+    int full_vision = cfg->vision.n_layers; /* image: the real tower's layers the timings scale to */
+    if (strcmp(o.mode, "image") == 0) {
+        if (o.preset) full_vision = preset_find(o.preset)->v_layers;
+        else if (o.vision_layers) vision_set_layers(e.m->vision, o.vision_layers);
     }
     if (c->rank != 0) {
         engine_follow(&e);
@@ -454,6 +501,11 @@ int cmd_bench(comm *c, int argc, char **argv) {
 
     bench_machine mc;
     bench_machine_measure(&e, &o, &mc);
+    if (strcmp(o.mode, "image") == 0) {
+        rc = bench_image(&e, &o, &mc, model, full_vision);
+        engine_finish(&e);
+        goto done;
+    }
     int n_rows = strcmp(o.mode, "decode") == 0 ? o.n_batches * o.n_contexts
                  : strcmp(o.mode, "prefill") == 0 || strcmp(o.mode, "prefix") == 0 ? o.n_lens
                                                                                      : 1;

@@ -8,7 +8,7 @@
 #include "../engine/engine.h"
 
 typedef struct bench_opts {
-    const char *mode; /* prefill | decode | throughput */
+    const char *mode; /* prefill | decode | throughput | prefix | image */
     const char *dir, *preset, *dtype, *json, *device, *comm_kind;
     int layers, threads, steps, requests, in_len, out_len, step_tokens;
     int *lens, n_lens, *batches, n_batches, *contexts, n_contexts;
@@ -19,6 +19,9 @@ typedef struct bench_opts {
     int top_k;   /* decode: greedy steps unless top_k > 1 or top_p < 1 (then sampled at temperature 1) */
     float top_p;
     int kv_dtype; /* --kv-cache-dtype: KV_DTYPE_ACT or KV_DTYPE_FP8 */
+    double memory; /* --model-only --plan --memory GB: bytes per rank the per-tp table is checked against (0: none) */
+    /* image (GLM-4V): vision layers run (0: all; with --preset, the made model's), batch sizes, timed repeats */
+    int vision_layers, *images, n_images, repeats;
 } bench_opts;
 
 /* The job and the limits measured on this machine in the same run. */
@@ -51,6 +54,11 @@ void bench_print(const bench_opts *o, const bench_machine *mc, const char *model
 /* 0, or -1 when the file cannot be written. */
 int bench_write_json(const bench_opts *o, const bench_machine *mc, const char *model, const bench_row *rows, int n,
                      const char *path);
+/* bench image (image.c), on rank 0 of an open engine whose model has a vision
+ * tower: prints the table (and writes --json); 0, or 1 when the JSON cannot be
+ * written. full_layers: the vision layers of the real model the timings are
+ * scaled to (the preset's, or config.json's). */
+int bench_image(engine *e, const bench_opts *o, bench_machine *mc, const char *model, int full_layers);
 /* --model-only: prints predictions (and measurements from --measured FILE). */
 int bench_model_report(const bench_opts *o);
 

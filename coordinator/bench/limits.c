@@ -150,3 +150,55 @@ double limits_gemm_layer(const engine *e, int T, double *gflops, const char **wh
     *gflops = flops / best / 1e9;
     return best;
 }
+
+/* One GEMM shape (bench image: the vision tower's widest, fc1): fp32 sgemm
+ * with BLAS on the CPU, else the backend's matmul over a random bf16 weight. */
+double limits_gemm_shape(const engine *e, int T, int N, int K, double *gflops, const char **what) {
+    double flops = 2.0 * T * N * K, best = 1e30;
+#ifdef GLMTP_HAVE_BLAS
+    if (strcmp(e->kb.iface->name, "cpu") == 0) {
+        float *w = malloc((size_t)N * K * 4), *x = malloc((size_t)T * K * 4), *o = malloc((size_t)T * N * 4);
+        if (!w || !x || !o) abort();
+        uint64_t rng = 31;
+        for (size_t i = 0; i < (size_t)N * K; i++) w[i] = (float)rng_uniform(&rng) - 0.5f;
+        for (size_t i = 0; i < (size_t)T * K; i++) x[i] = (float)rng_uniform(&rng) - 0.5f;
+        openblas_set_num_threads(omp_get_max_threads());
+        for (int r = 0; r < 3; r++) {
+            double t0 = util_now();
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, K, 1.0f, x, K, w, K, 0.0f, o, N);
+            double dt = util_now() - t0;
+            if (dt < best) best = dt;
+        }
+        free(w);
+        free(x);
+        free(o);
+        *what = "OpenBLAS sgemm (fp32)";
+        *gflops = flops / best / 1e9;
+        return best;
+    }
+#endif
+    *what = strcmp(e->kb.iface->name, "cpu") == 0 ? "backend matmul (no BLAS in this build)" : "backend matmul";
+    const kernels_iface *k = e->kb.iface;
+    uint16_t *hw = malloc((size_t)N * K * sizeof *hw);
+    if (!hw) abort();
+    uint64_t rng = 31;
+    for (size_t i = 0; i < (size_t)N * K; i++) hw[i] = f32_to_bf16((float)rng_uniform(&rng) - 0.5f);
+    kweight w = {0};
+    k->weight_upload(e->kb.ctx, &w, hw, KDT_BF16, N, K);
+    free(hw);
+    void *x = limits_random_acts(e, (size_t)T * K, 37), *o = k->alloc(e->kb.ctx, (size_t)T * N * k->act_bytes);
+    k->matmul(e->kb.ctx, o, x, &w, NULL, T); /* warm-up: library plans */
+    for (int r = 0; r < 3; r++) {
+        k->sync(e->kb.ctx);
+        double t0 = util_now();
+        k->matmul(e->kb.ctx, o, x, &w, NULL, T);
+        k->sync(e->kb.ctx);
+        double dt = util_now() - t0;
+        if (dt < best) best = dt;
+    }
+    k->weight_free(e->kb.ctx, &w);
+    k->free(e->kb.ctx, x);
+    k->free(e->kb.ctx, o);
+    *gflops = flops / best / 1e9;
+    return best;
+}

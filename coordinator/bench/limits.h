@@ -24,4 +24,8 @@ void *limits_random_acts(const engine *e, size_t n, uint64_t seed);
  * rank's shard: seconds per layer and achieved GFLOP/s. *what names the GEMM used. */
 double limits_gemm_layer(const engine *e, int T, double *gflops, const char **what);
 
+/* The same for one shape: x [T, K] times a random weight [N, K]^T, best of 3;
+ * seconds and GFLOP/s, *what names the GEMM. */
+double limits_gemm_shape(const engine *e, int T, int N, int K, double *gflops, const char **what);
+
 #endif

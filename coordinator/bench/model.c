@@ -66,6 +66,42 @@ static void col_measured(double v) {
 
 #define GIB 1073741824.0
 
+/* --plan, second table: the memory one rank needs at each tp the heads allow
+ * up to ROOFLINE_PLAN_TP_ROWS, bf16 KV, with the vision tower's weights and
+ * scratch apart; against ROOFLINE_MEM_UTIL of o->memory (bytes per rank,
+ * --memory; 0: not given) when asked. */
+static void plan_per_tp(const bench_opts *o, const glm_config *c, cJSON *doc) {
+    double elem = roofline_kv_elem_bytes("bf16", c->head_dim);
+    cJSON *rows = cJSON_AddArrayToObject(doc, "per_tp");
+    char fits_how[128] = "";
+    if (o->memory > 0)
+        snprintf(fits_how, sizeof fits_how, "; fits: need <= %.0f%% of --memory %.1f GB = %.2f GiB",
+                 ROOFLINE_MEM_UTIL * 100, o->memory / 1e9, ROOFLINE_MEM_UTIL * o->memory / GIB);
+    printf("# per rank at each tp (bf16 KV of one %ld-token sequence%s)\n", o->plan, fits_how);
+    printf("%4s %9s %9s %9s %9s %9s %9s %5s\n", "tp", "language", "vision", "kv", "act", "vis.act", "need", "fits");
+    printf("%4s %9s %9s %9s %9s %9s %9s %5s\n", "", "(GiB)", "(GiB)", "(GiB)", "(GiB)", "(GiB)", "(GiB)", "");
+    char err[256];
+    for (int tp = 1; tp <= ROOFLINE_PLAN_TP_ROWS; tp *= 2) {
+        if (config_check_tp(c, tp, err, sizeof err)) continue;
+        roofline_plan p;
+        roofline_need(c, tp, o->plan, elem, &p);
+        int fits = p.need_bytes <= ROOFLINE_MEM_UTIL * o->memory;
+        printf("%4d %9.2f %9.2f %9.2f %9.2f %9.2f %9.2f %5s\n", tp, (p.weight_bytes - p.vision_weight_bytes) / GIB,
+               p.vision_weight_bytes / GIB, p.kv_bytes / GIB, (p.act_bytes - p.vision_act_bytes) / GIB,
+               p.vision_act_bytes / GIB, p.need_bytes / GIB, o->memory > 0 ? (fits ? "yes" : "no") : "-");
+        cJSON *r = cJSON_CreateObject();
+        cJSON_AddNumberToObject(r, "tp", tp);
+        cJSON_AddNumberToObject(r, "language_weight_bytes", p.weight_bytes - p.vision_weight_bytes);
+        cJSON_AddNumberToObject(r, "vision_weight_bytes", p.vision_weight_bytes);
+        cJSON_AddNumberToObject(r, "kv_bytes", p.kv_bytes);
+        cJSON_AddNumberToObject(r, "act_bytes", p.act_bytes - p.vision_act_bytes);
+        cJSON_AddNumberToObject(r, "vision_act_bytes", p.vision_act_bytes);
+        cJSON_AddNumberToObject(r, "need_bytes", p.need_bytes);
+        if (o->memory > 0) cJSON_AddBoolToObject(r, "fits", fits);
+        cJSON_AddItemToArray(rows, r);
+    }
+}
+
 /* --plan: per GPU kind and KV dtype, the fewest GPUs holding one sequence of
  * o->plan tokens, with its prefill and decode times (roofline_plan_fit). */
 static int plan_report(const bench_opts *o, const glm_config *c, const char *model) {
@@ -120,7 +156,9 @@ static int plan_report(const bench_opts *o, const glm_config *c, const char *mod
             cJSON_AddItemToArray(rows, r);
         }
     printf("# prefill: linear FLOPs + causal attention 2 x L^2 x heads x head_dim x layers FLOPs over the dense bf16 "
-           "peak, at tp GPUs; decode: batch 1 at L tokens of context\n");
+           "peak, at tp GPUs; decode: batch 1 at L tokens of context%s\n",
+           c->vision.present ? "; weights include the vision tower's, act its scratch for an image" : "");
+    plan_per_tp(o, c, doc);
     int rc = o->json ? (write_json(doc, o->json) ? 1 : 0) : 0;
     cJSON_Delete(doc);
     return rc;

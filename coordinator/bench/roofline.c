@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "../../worker/shard.h"
+#include "../../worker/vision.h"
 
 /* Datasheet figures: NVIDIA H100 SXM5 / H200 SXM / A100 SXM4 80GB (dense bf16,
  * no sparsity); NVLink 4 = 900 GB/s bidirectional per GPU, PCIe 5.0 x16 =
@@ -43,7 +44,8 @@ void roofline_sizes(const glm_config *c, int tp, roofline_model *m) {
     double norms = 2 * H * c->n_layers + H;
     double linear = c->n_layers * layer + vr * H;
     m->weight_bytes = BF16 * (linear + norms);
-    m->weight_bytes_held = m->weight_bytes + BF16 * (double)c->vocab * H;
+    m->vision_bytes = vision_device_bytes(c, tp, 0); /* held, but not read by a decode step */
+    m->weight_bytes_held = m->weight_bytes + BF16 * (double)c->vocab * H + m->vision_bytes;
     m->kv_bytes_token = BF16 * 2.0 * c->n_layers * s.nkv * d;
     m->flops_token = 2.0 * linear;
 }
@@ -123,21 +125,29 @@ double roofline_act_bytes(const glm_config *c, int tp, int tokens) {
     return (double)tokens * per * BF16 + 256.0 * (s.v1 - s.v0) * 4;
 }
 
+void roofline_need(const glm_config *c, int tp, long context, double kv_elem, roofline_plan *p) {
+    roofline_model m;
+    roofline_sizes(c, tp, &m);
+    memset(p, 0, sizeof *p);
+    p->tp = tp;
+    p->weight_bytes = m.weight_bytes_held;
+    p->vision_weight_bytes = m.vision_bytes;
+    p->kv_token_bytes = m.kv_bytes_token / BF16 * kv_elem;
+    p->kv_bytes = (double)context * p->kv_token_bytes;
+    /* an image's scratch beside a full step's activations: the engine reserves both (engine.c) */
+    p->vision_act_bytes = vision_act_bytes(c, tp, 0, (int)BF16);
+    p->act_bytes = roofline_act_bytes(c, tp, ROOFLINE_ACT_TOKENS) + p->vision_act_bytes;
+    p->need_bytes = p->weight_bytes + p->kv_bytes + p->act_bytes + ROOFLINE_SLACK_BYTES;
+}
+
 int roofline_plan_fit(const glm_config *c, const hw_gpu *g, const hw_link *l, long context, double kv_elem,
                       double util, roofline_plan *p) {
     memset(p, 0, sizeof *p);
     char err[256];
     for (int tp = 1; tp <= ROOFLINE_MAX_TP; tp *= 2) {
         if (config_check_tp(c, tp, err, sizeof err)) continue;
-        roofline_model m;
-        roofline_sizes(c, tp, &m);
-        roofline_plan q = {0};
-        q.tp = tp;
-        q.weight_bytes = m.weight_bytes_held;
-        q.kv_token_bytes = m.kv_bytes_token / BF16 * kv_elem;
-        q.kv_bytes = (double)context * q.kv_token_bytes;
-        q.act_bytes = roofline_act_bytes(c, tp, ROOFLINE_ACT_TOKENS);
-        q.need_bytes = q.weight_bytes + q.kv_bytes + q.act_bytes + ROOFLINE_SLACK_BYTES;
+        roofline_plan q;
+        roofline_need(c, tp, context, kv_elem, &q);
         q.room_bytes = util * g->mem_bytes;
         q.prefill_s = roofline_prefill(c, tp, g, l, context).total;
         q.decode_s = decode_time(c, tp, g, l, 1, context, q.kv_token_bytes).total;

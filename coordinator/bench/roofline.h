@@ -30,7 +30,8 @@ const hw_link *roofline_link(const char *name); /* NULL if unknown */
 
 typedef struct roofline_model {
     double weight_bytes;      /* read per decode step, per rank (embedding rows excluded) */
-    double weight_bytes_held; /* resident per rank, embedding included */
+    double weight_bytes_held; /* resident per rank, embedding and vision tower included */
+    double vision_bytes;      /* GLM-4V's tower and adapter per rank (vision_device_bytes; 0 without one) */
     double kv_bytes_token;    /* KV cache per token per rank */
     double flops_token;       /* linear-layer FLOPs per token per rank */
 } roofline_model;
@@ -66,6 +67,7 @@ double roofline_kv_elem_bytes(const char *dtype, int head_dim);
 #define ROOFLINE_SLACK_BYTES (512.0 * 1048576)
 #define ROOFLINE_MEM_UTIL 0.90
 #define ROOFLINE_MAX_TP 64
+#define ROOFLINE_PLAN_TP_ROWS 8 /* --plan's per-tp table: tp 1, 2, 4, 8 (those the heads allow) */
 
 double roofline_act_bytes(const glm_config *c, int tp, int tokens);
 
@@ -73,10 +75,19 @@ typedef struct roofline_plan {
     int tp; /* the fewest ranks (tp the heads allow) that hold it; 0: none up to ROOFLINE_MAX_TP */
     /* per rank at that tp */
     double weight_bytes, kv_bytes, act_bytes, need_bytes, room_bytes; /* need = the three + slack; room = util x HBM */
+    double vision_weight_bytes; /* part of weight_bytes: GLM-4V's tower and adapter */
+    double vision_act_bytes;    /* part of act_bytes: the tower's scratch for an image (vision_act_bytes, bf16) */
     double kv_token_bytes;
     double prefill_s; /* the whole sequence prefilled (roofline_prefill: attention FLOPs grow as context^2) */
     double decode_s;  /* one decode step at that context: (weights + context x KV) / HBM, or FLOPs / peak */
 } roofline_plan;
+
+/* The memory figures of roofline_plan at a given tp (config_check_tp passed):
+ * weights (language + vision), KV of `context` tokens at kv_elem bytes per
+ * element, the step's activations and the vision scratch, need = their sum +
+ * ROOFLINE_SLACK_BYTES. Times and room are left 0. */
+void roofline_need(const glm_config *c, int tp, long context, double kv_elem, roofline_plan *p /* OUT */);
+
 
 /* The fewest GPUs of kind g (joined by l) whose memory holds the weights, the
  * KV cache of one sequence of `context` tokens at kv_elem bytes per element,

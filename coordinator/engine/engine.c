@@ -6,6 +6,7 @@
 #include "../../worker/kvsnap.h"
 #include "../../worker/log.h"
 #include "../../worker/util.h"
+#include "../../worker/vision.h"
 #include "engine.h"
 #ifdef GLMTP_HAVE_NCCL
 #include "../../comm/comm_nccl.h"
@@ -155,12 +156,22 @@ static double activation_bytes(const glm_model *m, int T) {
     return (double)T * per * m->kb.iface->act_bytes + 256.0 * (s->v1 - s->v0) * 4;
 }
 
+/* GLM-4V: the scratch the vision tower allocates at the first image (and keeps)
+ * plus that image's embedding rows; 0 without a tower. Reserved beside the
+ * step's activations, so that a pool sized from memory leaves the tower room
+ * for the first image that arrives. */
+static double vision_reserve_bytes(const engine *e) {
+    const comm *c = e->m->comm;
+    return vision_act_bytes(&e->m->cfg, c->size, c->rank, (int)e->kb.iface->act_bytes);
+}
+
 /* KV tokens this rank can hold: -1 when the backend has no device memory. */
 static long long kv_tokens_fit(const engine *e, double mem_util, double per_token, char *why, size_t len) {
     size_t free_b, total_b;
     if (e->kb.iface->mem_info(e->kb.ctx, &free_b, &total_b) != 0) return -1;
     double used = (double)(total_b - free_b);
-    double room = mem_util * (double)total_b - used - activation_bytes(e->m, ACT_RESERVE_TOKENS) - DEVICE_SLACK_BYTES;
+    double room = mem_util * (double)total_b - used - activation_bytes(e->m, ACT_RESERVE_TOKENS) -
+                  vision_reserve_bytes(e) - DEVICE_SLACK_BYTES;
     long long n = room > 0 ? (long long)(room / per_token) : 0;
     snprintf(why, len, "%.2f GiB in use after the weights, %.2f of %.2f GiB free, --gpu-memory-utilization %.2f",
              used / 1073741824.0, free_b / 1073741824.0, total_b / 1073741824.0, mem_util);
@@ -225,9 +236,12 @@ int engine_open(engine *e, comm *c, const char *dir, int kv_tokens, int block_si
     int ctx = e->m->cfg.seq_len;
     /* Start-up lines: rank 0's at info level, the others' at debug. */
     if (!log_enabled(LOG_INFO)) return 0;
-    fprintf(stderr, "glmtp: rank %d/%d: weights %zu bytes (sharded %zu, replicated %zu); KV cache %zu bytes, %lld tokens\n",
-            c->rank, c->size, e->m->bytes_sharded + e->m->bytes_replicated, e->m->bytes_sharded,
-            e->m->bytes_replicated, e->kv->bytes, tokens);
+    const glm_model *m = e->m;
+    char vis[96] = "";
+    if (m->vision) snprintf(vis, sizeof vis, ", vision weights %zu bytes", m->bytes_vision);
+    fprintf(stderr, "glmtp: rank %d/%d: weights %zu bytes (sharded %zu, replicated %zu)%s; KV cache %zu bytes, %lld "
+            "tokens\n", c->rank, c->size, m->bytes_sharded + m->bytes_replicated, m->bytes_sharded,
+            m->bytes_replicated, vis, e->kv->bytes, tokens);
     /* One write per line: stderr is unbuffered, and under mpirun the ranks'
      * writes interleave, so a line written in pieces can be split by another
      * rank's. */
@@ -238,9 +252,15 @@ int engine_open(engine *e, comm *c, const char *dir, int kv_tokens, int block_si
         snprintf(room, sizeof room, "room for %lld tokens in all (the model's context is %d; --kv-tokens N sets the pool)",
                  tokens, ctx);
     const char *kv_type = kv_dtype == KV_DTYPE_FP8 ? "fp8 e4m3 + scales" : e->kb.iface->act_bytes == 4 ? "fp32" : "bf16";
-    fprintf(stderr, "glmtp: rank %d/%d: %.2f GiB of weights, %.2f GiB of %s KV cache (%.1f KiB per token%s%s): %s\n",
-            c->rank, c->size, (e->m->bytes_sharded + e->m->bytes_replicated) / 1073741824.0,
-            e->kv->bytes / 1073741824.0, kv_type, per_token / 1024, fit >= 0 && kv_tokens <= 0 ? "; " : "",
+    char weights[160];
+    if (m->vision) /* GLM-4V: the language model's, the vision tower's, and what an image needs when it comes */
+        snprintf(weights, sizeof weights, "%.2f GiB of language weights, %.2f GiB of vision weights (+ %.2f GiB of "
+                 "vision scratch for an image)", (m->bytes_sharded + m->bytes_replicated) / 1073741824.0,
+                 m->bytes_vision / 1073741824.0, vision_reserve_bytes(e) / 1073741824.0);
+    else
+        snprintf(weights, sizeof weights, "%.2f GiB of weights", (m->bytes_sharded + m->bytes_replicated) / 1073741824.0);
+    fprintf(stderr, "glmtp: rank %d/%d: %s, %.2f GiB of %s KV cache (%.1f KiB per token%s%s): %s\n", c->rank, c->size,
+            weights, e->kv->bytes / 1073741824.0, kv_type, per_token / 1024, fit >= 0 && kv_tokens <= 0 ? "; " : "",
             fit >= 0 && kv_tokens <= 0 ? why : "", room);
     return 0;
 }

@@ -31,8 +31,10 @@ typedef struct engine {
 /* Collective. KV capacity: kv_tokens positions in blocks of block_size; 0 sizes
  * the pool from device memory: mem_util of the device's total, less what is in
  * use once the weights are loaded and room for the activations of a large
- * step (ENGINE_KV_TOKENS_CPU on the CPU). The smallest rank's figure is used
- * by all. Prints per rank the weight bytes, the pool and the tokens it holds.
+ * step and, for GLM-4V, the vision tower's scratch for an image
+ * (vision_act_bytes; ENGINE_KV_TOKENS_CPU on the CPU). The smallest rank's
+ * figure is used by all. Prints per rank the weight bytes (the language
+ * model's and the vision tower's apart), the pool and the tokens it holds.
  * device: "cpu" (threads per rank, 0 = all cores) or "cuda" (GPU node-local
  * rank modulo visible GPUs). comm_kind: NULL (default: NCCL for cuda with more
  * than one rank), "nccl" or "mpi" (all-reduce through the host; lets ranks

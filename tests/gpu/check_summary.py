@@ -90,8 +90,37 @@ def main():
         if r:
             s["hf_prefill_s"] = hf["prefill_s"]
             s["speedup_vs_hf_prefill"] = hf["prefill_s"] / r["seconds"]
+    vision_summary(parts, s)
     s["opt_in"] = opt_in_verdicts(parts, s)
     print(json.dumps(s))
+
+
+def vision_summary(parts, s):
+    """Step 8 (GLM-4V): the tower's kernels and golden cases passed or not,
+    ms per image (with every layer, or scaled to them) against the GEMM of its
+    fc1 shape, and the time to the first token of image questions."""
+    vk = parts.get("vision_kernels")
+    if isinstance(vk, dict):
+        s["vision_kernels"] = vk.get("summary") or f"exit {vk.get('exit')}"
+    elif vk is not None:
+        s["vision_kernels"] = vk  # skipped: no CUDA device
+    vg = parts.get("vision_golden")
+    if isinstance(vg, dict):
+        s["vision_golden_passed"] = vg.get("exit") == 0
+    bi = parts.get("bench_image", {})
+    v = bi.get("vision") if isinstance(bi, dict) else None
+    if not v:
+        return
+    s["vision_image_px"] = v["image_size"]
+    s["vision_layers"] = f"{v['layers_run']}/{v['layers_full']}"
+    s["vision_ms_per_image"] = v["ms_per_image"]
+    s["vision_ms_per_image_all_layers"] = v["ms_per_image_full"]
+    s["vision_tflops"] = v["gflops_per_rank"] / 1e3
+    s["vision_gemm_tflops"] = v["limit_gflops"] / 1e3
+    s["vision_vs_gemm"] = v["ratio"]
+    for r in bi.get("results", []):
+        s[f"image_ttft_{r['images']}img_s"] = r["ttft_s"]
+        s[f"image_ttft_{r['images']}img_vs_floor"] = r["ratio"]
 
 
 def opt_in_verdicts(parts, s):

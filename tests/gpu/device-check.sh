@@ -48,7 +48,8 @@
 # a decode step through Nsight Compute, tests/gpu/kernel_times.py),
 # GLMTP_CHECK_DRY=1 (no GPU: run every step on the CPU backend, small sizes),
 # GLMTP_CHECK_LONG=1|only (7. long documents after step 5, or instead of steps 2-6: a
-# call of its own, about 6 minutes on an H200; see tests/gpu/README.md).
+# call of its own, about 6 minutes on an H200; see tests/gpu/README.md),
+# GLMTP_CHECK_VISION=0|only (8. GLM-4V: skipped, or instead of steps 2-6).
 #
 #   7. long    - glm-4-9b-chat-1m shapes (40 layers, 4 KV groups), random
 #                weights: decode at 131K and 1M tokens of context (KV not
@@ -57,6 +58,17 @@
 #                built, fp8 KV; time to the first token of a question over a
 #                cached 256K-token document, cold (= the 256K prefill, chunked)
 #                and without the cache (`glmtp bench prefix`); one 128K prefill.
+#   8. vision  - (after 4) GLM-4V: the vision tower's CUDA kernels alone
+#                (GLMTP_GPU_TEST_ONLY=vision: layernorm, gelu, attention_full
+#                against the CPU, attention_full timed at the tower's shape);
+#                the GLM-4V golden cases (tests/vision: THUDM's code, tiny4v)
+#                on the GPU; `glmtp bench image` on a glm-4v-9b-shaped model
+#                (random weights, all 63 vision layers; 40 language layers
+#                when disk allows, else 4): ms per 1120x1120 image against a
+#                GEMM of the tower's fc1 shape, and the time to the first
+#                token of 1 and 4 image questions. GLMTP_CHECK_VISION=only runs
+#                it right after the build (a call of its own, about 2 minutes),
+#                =0 skips it.
 set -o pipefail
 OUT=${1:?usage: tests/gpu/device-check.sh OUTDIR}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -223,6 +235,54 @@ if [ "${GLMTP_CHECK_LONG:-}" = only ]; then
     [ $FAILED = 0 ] && finish ok || finish failed
 fi
 
+# ---------------------------------------------------------------- 8. vision
+# Defined here, run after step 4, or right after the build with
+# GLMTP_CHECK_VISION=only. The real-shape model is kept between runs (.complete).
+vision_check() {
+    local rc line
+    # The tower's kernels alone (also inside step 2's full run): exit 77 without a GPU.
+    GLMTP_GPU_TEST_ONLY=vision step vision_kernels 120 "$BUILD/tests/test_gpu_kernels"
+    rc=$?
+    if [ $rc = 77 ] || grep -q '^skipped: no CUDA device' "$WORK/vision_kernels.out"; then
+        part vision_kernels "$(jstr "$(head -1 "$WORK/vision_kernels.out")")"
+        [ "$DEV" = cpu ] || finish no_gpu
+    else
+        [ $rc = 0 ] || FAILED=1
+        part vision_kernels "{\"exit\": $rc, \"summary\": $(jstr "$(grep -E '^[0-9]+ passed' "$WORK/vision_kernels.out" | tail -1)"), \"failures\": $(grep '^FAIL' "$WORK/vision_kernels.out" | head -40 | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().splitlines()))'), \"info\": $(grep -E '^(INFO|NOTE)' "$WORK/vision_kernels.out" | head -20 | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().splitlines()))')}"
+    fi
+    # GLM-4V against THUDM's code (tiny4v, f32 reference): bf16 tolerances as the golden cases.
+    step vision_golden 120 python3 "$ROOT/tests/vision/check_vision.py" "$BIN" "$ROOT/tests/vision/data/tiny4v" \
+        --tol 0.25 --greedy-tol 0.25 --extra-args "--device $DEV"
+    rc=$?
+    [ $rc = 0 ] || FAILED=1
+    part vision_golden "{\"exit\": $rc, \"lines\": $(grep -E '^(ok|FAIL)' "$WORK/vision_golden.out" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().splitlines()))')}"
+    # bench image at real shapes: every vision layer, the language model's
+    # layers as disk allows (a 40-layer glm-4v-9b is 28 GB). Dry run: tiny-4v
+    # with one of its two vision layers (the scaling path).
+    local preset=glm-4v-9b L=${GLMTP_CHECK_LAYERS:-} vl=() imgs=1,4
+    if [ "$DEV" = cpu ]; then
+        preset=tiny-4v L=2 vl=(--vision-layers 1) imgs=1,2
+    elif [ -z "$L" ]; then
+        local free_kb
+        free_kb=$(df -Pk "$WORK" | awk 'NR == 2 {print $4}')
+        if [ "${free_kb:-0}" -gt $((48 * 1024 * 1024)) ]; then L=40; else L=4; fi
+    fi
+    local MV=$WORK/$preset-L$L
+    if [ ! -e "$MV/.complete" ]; then
+        rm -rf "$MV"
+        step make_4v 180 "$BIN" make-model --preset "$preset" --layers "$L" --seed 1 --out "$MV" &&
+            touch "$MV/.complete" || { part bench_image '{"ok": false, "stage": "make-model"}'; FAILED=1; return; }
+    fi
+    step bench_image 240 "$BIN" bench image --model "$MV" --device "$DEV" --images "$imgs" --repeats 3 "${vl[@]}" \
+        --json "$WORK/bench_image.json"
+    bench_json bench_image "$WORK/bench_image.json" $?
+}
+if [ "${GLMTP_CHECK_VISION:-}" = only ]; then
+    vision_check
+    part summary "$(python3 "$ROOT/tests/gpu/check_summary.py" "$PARTS" "${GLMTP_CHECK_LAYERS:-0}")"
+    [ $FAILED = 0 ] && finish ok || finish failed
+fi
+
 # ---------------------------------------------------------------- 2. kernels
 step kernels 150 "$BUILD/tests/test_gpu_kernels"
 rc=$?
@@ -321,6 +381,7 @@ else
     FAILED=1
     part tiny_greedy_vs_cpu '{"ok": false, "stage": "make-model"}'
 fi
+[ "${GLMTP_CHECK_VISION:-}" = 0 ] || vision_check
 
 # ---------------------------------------------------------------- 6. tp=2 on one GPU
 # Two ranks share the GPU and all-reduce through MPI with host staging (NCCL
