@@ -1,11 +1,16 @@
-/* GEMM on the CPU: out [T, N] = x [T, K] W^T (+ bias), W [N, K] in bf16 or f32,
- * fp32 math. Two paths:
- *  - few tokens (decode): a GEMV per weight row; the step is bound by reading W
- *    once, so each row is streamed once and dotted with every token.
- *  - many tokens (prefill): a panel of PANEL_ROWS rows of W is widened to fp32
- *    once into thread-local scratch, then reused by every token in register
- *    blocks of TOK_BLOCK tokens x PANEL_ROWS rows. */
+/* GEMM on the CPU: out [T, N] = x [T, K] W^T (+ bias), W [N, K] in bf16 or f32.
+ * Paths:
+ *  - few tokens (decode, T < GEMV_MAX_T): a GEMV per weight row in fp32 math;
+ *    the step is bound by reading W once, so each row is streamed once and
+ *    dotted with every token.
+ *  - many tokens (prefill): the library's GEMM (gemm_lib.c, cpu.h: bf16
+ *    products of bf16-rounded activations for bf16 W, fp32 for f32 W) when the
+ *    backend has one; otherwise, or with GLMTP_CPU_OWN_GEMM=1, our own: a panel
+ *    of PANEL_ROWS rows of W is widened to fp32 once into thread-local
+ *    scratch, then reused by every token in register blocks of TOK_BLOCK
+ *    tokens x PANEL_ROWS rows. */
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "cpu.h"
@@ -160,12 +165,22 @@ static void gemm(float *out, const float *x, const kweight *W, int T) {
     }
 }
 
+/* The library's GEMM; on an error (said once, by the library) the backend
+ * turns it off and runs its own kernel from then on. 0 when out is written. */
+static int library_gemm(cpu_ctx *c, float *out, const float *x, const kweight *W, int T) {
+    if (!c->gemm) return -1;
+    if (cpu_gemm_lib_matmul(c->gemm, out, x, W, T) == 0) return 0;
+    fprintf(stderr, "glmtp: cpu backend: prefill GEMMs fall back to the own kernel\n");
+    cpu_gemm_lib_destroy(c->gemm);
+    c->gemm = NULL;
+    return -1;
+}
+
 void cpu_matmul_f32(void *ctx, float *out, const void *x, const kweight *W, int T) {
-    (void)ctx;
     if (W->dtype != KDT_F32 && W->dtype != KDT_BF16) abort(); /* upload widened f16 */
     if (T < GEMV_MAX_T)
         gemv(out, x, W, T);
-    else
+    else if (library_gemm(ctx, out, x, W, T) != 0)
         gemm(out, x, W, T);
 }
 
