@@ -42,15 +42,18 @@ def glmtp_bench(glmtp, args, env=None):
 
 
 def load_hf(model_dir):
-    cls = transformers.AutoModelForCausalLM
-    # transformers 5 names the argument dtype, 4.x torch_dtype.
-    kw = "dtype" if "dtype" in inspect.signature(cls.from_pretrained).parameters else "torch_dtype"
-    try:
-        m = cls.from_pretrained(model_dir, **{kw: torch.bfloat16})
-    except TypeError:
-        m = cls.from_pretrained(model_dir, torch_dtype=torch.bfloat16)
+    # transformers >= 4.56 names the argument dtype (torch_dtype is deprecated there).
+    major, minor = (int(v) for v in transformers.__version__.split(".")[:2])
+    kw = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+    m = transformers.AutoModelForCausalLM.from_pretrained(model_dir, **{kw: torch.bfloat16})
     m.eval()
     return m
+
+
+def cache_names(model):
+    """(forward's KV-cache argument, the output's field): cache in transformers 5, past_key_values before."""
+    return ("cache", "cache") if "cache" in inspect.signature(model.forward).parameters else \
+        ("past_key_values", "past_key_values")
 
 
 def last_logits_kwargs(model):
@@ -72,16 +75,14 @@ def hf_prefill(model, ids, extra):
 
 def hf_decode(model, ids, steps, extra):
     """Seconds per greedy step of batch 1 after a prefill of ids [1, T]."""
+    arg, field = cache_names(model)
     with torch.inference_mode():
         out = model(input_ids=ids, use_cache=True, **extra)
-        pkv = out.past_key_values
-        nxt = out.logits[:, -1:].argmax(-1)
-        out = model(input_ids=nxt, past_key_values=pkv, use_cache=True)  # warm-up step
-        pkv, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            out = model(input_ids=nxt, past_key_values=pkv, use_cache=True)
-            pkv, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        for i in range(steps + 1):  # step 0 is a warm-up
+            if i == 1:
+                t0 = time.perf_counter()
+            nxt = out.logits[:, -1:].argmax(-1)
+            out = model(input_ids=nxt, use_cache=True, **{arg: getattr(out, field)})
         return (time.perf_counter() - t0) / steps
 
 
