@@ -189,8 +189,9 @@ static void ref_matmul(double *out, const float *x, const double *W, const doubl
 }
 
 /* The backend under test multiplies bf16 weights by bf16-rounded activations
- * from this many tokens on (kernels/cpu/cpu.h: the library's GEMM; below it
- * the GEMV path, fp32 math); 0: never (no library, or GLMTP_CPU_OWN_GEMM=1). */
+ * (kernels/cpu/cpu.h: the library's GEMM from LIB_MIN_T tokens on, and the
+ * GEMV below it, so that both agree); 0: never (no library, or
+ * GLMTP_CPU_OWN_GEMM=1). */
 #define LIB_MIN_T 16
 static int lib_rounds_bf16;
 
@@ -203,7 +204,7 @@ static void test_matmul_case(kdtype wdt, int T, int N, int K, int with_bias, int
     double *want = xmalloc((size_t)T * N * sizeof(double));
     /* Where the product is bf16 x bf16, the reference takes the rounded
      * activations: what is left to check is fp32 accumulation, as elsewhere. */
-    int rounds = lib_rounds_bf16 && wdt == KDT_BF16 && T >= LIB_MIN_T;
+    int rounds = lib_rounds_bf16 && wdt == KDT_BF16;
     float *xr = xmalloc((size_t)T * K * 4);
     for (size_t i = 0; i < (size_t)T * K; i++) xr[i] = rounds ? bf16_to_f32(f32_to_bf16(x[i])) : x[i];
     ref_matmul(want, xr, hw.val, with_bias ? hb.val : NULL, T, N, K);

@@ -42,6 +42,11 @@ typedef struct cpu_ctx {
     /* Prefill GEMMs (T >= the GEMV range) when not NULL; NULL: the own kernel
      * (no library in the build, GLMTP_CPU_OWN_GEMM=1, or a library error). */
     cpu_gemm_lib *gemm;
+    /* With gemm and bf16 weights the GEMV path (few tokens) multiplies bf16-
+     * rounded activations too, so that both paths give a token the same
+     * products; xr holds them (xr_cap floats). */
+    float *xr;
+    size_t xr_cap;
 } cpu_ctx;
 
 void cpu_embedding(void *ctx, void *out, const kweight *E, const int32_t *ids, int T);

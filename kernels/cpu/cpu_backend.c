@@ -62,6 +62,7 @@ static void cpu_profile_range(void *ctx, int on) { (void)ctx, (void)on; }
 static void cpu_destroy(void *ctx) {
     cpu_ctx *c = ctx;
     cpu_gemm_lib_destroy(c->gemm);
+    free(c->xr);
     free(c);
 }
 
