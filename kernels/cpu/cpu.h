@@ -12,7 +12,8 @@
  *  - bf16 W: x is rounded to bf16 (nearest even) into scratch owned by the
  *    handle, the products are bf16 x bf16 with fp32 accumulation; the rounding
  *    is the only error beyond the fp32 path's (relative 2^-9 per activation).
- *  - f32 W: an fp32 GEMM (sgemm), no rounding.
+ *  - f32 W: an fp32 GEMM (sgemm), no rounding. (The backend keeps its own
+ *    kernel for f32 weights: see matmul.c.)
  * A handle belongs to one backend context and is used by one thread at a time;
  * it keeps the primitives it made, one per (T, N, K, weight type), up to a
  * bound (the least recently used is replaced). */

@@ -8,7 +8,7 @@ model), scored as one prefill of the reference ids, logits against the HF f32
 reference; once through the CPU backend's default prefill GEMM (the library:
 bf16 activations x bf16 weights for T >= 16) and once with GLMTP_CPU_OWN_GEMM=1
 (the own kernel: fp32 activations x widened weights). The f32 checkpoint's
-error is printed beside them. The golden prompts have 16 ids, the first count
+error is printed beside them (f32 weights take the own kernel either way). The golden prompts have 16 ids, the first count
 the library path takes.
 
 usage: bf16_error.py GLMTP [DATA_DIR (default tests/golden/data)]
