@@ -12,6 +12,8 @@ pkgs=(build-essential cmake pkg-config git
       libmicrohttpd-dev                   # serve --http: the OpenAI-compatible API (coordinator/http/)
       libjpeg-dev libpng-dev libwebp-dev  # GLM-4V image input (coordinator/image/): JPEG, PNG, WebP
       libopenblas-dev                     # bench: the plain-BLAS GEMM that prefill is compared with
+      libdnnl-dev                         # oneDNN: CPU prefill GEMMs in bf16 (kernels/cpu/gemm_lib.c); Debian 12's
+                                          # OpenBLAS 0.3.21 has no cblas_sbgemm
       gnuplot-nox                         # deploy/scaling.sh plots
       clang libomp-dev                    # deploy/fuzz.sh: libFuzzer harnesses (clang's OpenMP is libomp)
       libclang-rt-14-dev                  # libFuzzer + sanitizer runtimes of Debian 12's clang 14 (only a

@@ -186,7 +186,9 @@ typedef struct kbackend {
 extern "C" {
 #endif
 
-/* CPU backend; n_threads <= 0 uses all cores (OpenMP). Never fails. */
+/* CPU backend; n_threads <= 0 uses all cores (OpenMP). Never fails. Prefill
+ * GEMMs go through oneDNN where the build has it (GLMTP_DNNL) unless the
+ * environment sets GLMTP_CPU_OWN_GEMM=1 (kernels/cpu/cpu.h says what differs). */
 kbackend kernels_cpu_create(int n_threads);
 
 #ifdef GLMTP_HAVE_CUDA

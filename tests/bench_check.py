@@ -54,6 +54,13 @@ def main():
             bad = [(f, r.get(f)) for r in rows for f in FIELDS[mode] + ["allreduce_share"]
                    if not isinstance(r.get(f), (int, float)) or (r[f] <= 0 and f != "allreduce_share") or r[f] < 0]
             check(f"bench {mode} JSON: fields present and positive", ok and not bad, str(bad[:3]))
+            if mode == "prefill" and "gemm_bf16_gflops" in j["limits"]:  # a build with the CPU GEMM library
+                lim = j["limits"]
+                bad = [(f, r.get(f)) for r in rows for f in ("limit_bf16_gflops", "ratio_bf16")
+                       if not isinstance(r.get(f), (int, float)) or r[f] <= 0]
+                check("bench prefill: the library's bf16 GEMM limit and ratio beside the fp32 one",
+                      lim["gemm_bf16_gflops"] > 0 and "bf16" in lim.get("gemm_bf16_how", "") and not bad
+                      and "bf16 GEMM" in p.stdout, str(bad[:3]) + " " + str(lim))
             check(f"bench {mode} prints a table with a units row",
                   ("(%)" in p.stdout or "(x)" in p.stdout) and "#" in p.stdout)
             if mode == "prefix":  # question 2 takes the document's full 16-token blocks from the cache

@@ -188,6 +188,13 @@ static void ref_matmul(double *out, const float *x, const double *W, const doubl
         }
 }
 
+/* The backend under test multiplies bf16 weights by bf16-rounded activations
+ * (kernels/cpu/cpu.h: the library's GEMM from LIB_MIN_T tokens on, and the
+ * GEMV below it, so that both agree); 0: never (no library, or
+ * GLMTP_CPU_OWN_GEMM=1). */
+#define LIB_MIN_T 16
+static int lib_rounds_bf16;
+
 static void test_matmul_case(kdtype wdt, int T, int N, int K, int with_bias, int f32_entry) {
     float *x = xmalloc((size_t)T * K * 4);
     fill_uniform(x, (size_t)T * K, -1.0f, 1.0f);
@@ -195,7 +202,12 @@ static void test_matmul_case(kdtype wdt, int T, int N, int K, int with_bias, int
     hweight hb = make_weight(wdt, (size_t)N, -2.0f, 2.0f);
     kweight W = upload(&hw, N, K), B = upload(&hb, 1, N);
     double *want = xmalloc((size_t)T * N * sizeof(double));
-    ref_matmul(want, x, hw.val, with_bias ? hb.val : NULL, T, N, K);
+    /* Where the product is bf16 x bf16, the reference takes the rounded
+     * activations: what is left to check is fp32 accumulation, as elsewhere. */
+    int rounds = lib_rounds_bf16 && wdt == KDT_BF16;
+    float *xr = xmalloc((size_t)T * K * 4);
+    for (size_t i = 0; i < (size_t)T * K; i++) xr[i] = rounds ? bf16_to_f32(f32_to_bf16(x[i])) : x[i];
+    ref_matmul(want, xr, hw.val, with_bias ? hb.val : NULL, T, N, K);
 
     void *dx = dev_copy(x, (size_t)T * K * 4);
     float *garbage = xmalloc((size_t)T * N * 4);
@@ -214,8 +226,8 @@ static void test_matmul_case(kdtype wdt, int T, int N, int K, int with_bias, int
      * bias, |b| <= 2) is ~20x the observed error and ~1000x smaller than any
      * dropped/duplicated product (~|x w| ~ 0.25). */
     char name[128];
-    snprintf(name, sizeof name, "%s %s T=%d N=%d K=%d%s", f32_entry ? "matmul_f32" : "matmul", kdtype_name(wdt), T, N,
-             K, with_bias ? " +bias" : "");
+    snprintf(name, sizeof name, "%s %s T=%d N=%d K=%d%s%s", f32_entry ? "matmul_f32" : "matmul", kdtype_name(wdt), T,
+             N, K, with_bias ? " +bias" : "", rounds ? " (bf16 x)" : "");
     check(name, got, want, (size_t)T * N, 1e-4, 1e-5);
 
     K_->free(kb.ctx, dx);
@@ -223,7 +235,7 @@ static void test_matmul_case(kdtype wdt, int T, int N, int K, int with_bias, int
     K_->weight_free(kb.ctx, &W);
     K_->weight_free(kb.ctx, &B);
     free_hweight(&hw), free_hweight(&hb);
-    free(x), free(want), free(got), free(garbage);
+    free(x), free(xr), free(want), free(got), free(garbage);
 }
 
 static void test_matmul(void) {
@@ -254,6 +266,19 @@ static void test_matmul(void) {
     /* f16 weights are widened on upload and then multiply like f32. */
     test_matmul_case(KDT_F16, 2, 37, 129, 1, 0);
     test_matmul_case(KDT_F16, 7, 37, 129, 1, 0);
+    test_matmul_case(KDT_F16, 20, 37, 129, 1, 0);
+    /* The prefill path: its first token count, odd shapes, a step size seen
+     * again (a kept primitive), and more shapes than the library keeps. */
+    for (int wi = 0; wi < 2; wi++) {
+        kdtype dt = wi ? KDT_BF16 : KDT_F32;
+        test_matmul_case(dt, LIB_MIN_T - 1, 37, 129, 1, 0);
+        test_matmul_case(dt, LIB_MIN_T, 37, 129, 1, 0);
+        test_matmul_case(dt, 100, 67, 300, 1, 0);
+        test_matmul_case(dt, 100, 67, 300, 0, 1);
+        test_matmul_case(dt, 17, 1, 5, 1, 0);
+        for (int T = 16; T < 16 + 40; T++) test_matmul_case(dt, T, 8, 16, 0, 0);
+        test_matmul_case(dt, 100, 67, 300, 1, 0);
+    }
 }
 
 /* ----------------------------------------------------------------- rmsnorm */
@@ -1022,7 +1047,22 @@ int main(void) {
         return 1;
     }
     test_dtype_and_upload();
+#ifdef GLMTP_HAVE_DNNL
+    lib_rounds_bf16 = 1;
+#endif
     test_matmul();
+    /* The own prefill kernel, as GLMTP_CPU_OWN_GEMM=1 gives it. */
+    kbackend lib = kb;
+    if (setenv("GLMTP_CPU_OWN_GEMM", "1", 1) != 0) {
+        printf("setenv failed\n");
+        return 1;
+    }
+    kb = kernels_cpu_create(0);
+    lib_rounds_bf16 = 0;
+    test_matmul();
+    K_->destroy(kb.ctx);
+    kb = lib;
+    unsetenv("GLMTP_CPU_OWN_GEMM");
     test_rmsnorm();
     test_embedding();
     test_swiglu();

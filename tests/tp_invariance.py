@@ -23,6 +23,11 @@ import sys
 import tempfile
 
 TOL = 1e-4
+# bf16 weights multiply bf16-rounded activations on the CPU (kernels/cpu/cpu.h), and the order of a
+# row-parallel all-reduce can move an activation across a bf16 rounding boundary (a 1e-7 difference
+# becomes a 2^-9 relative one), so greedy tokens from bf16 weights may part at a near-tie: there the
+# two tokens' tp = 1 logits must be within NEAR_TIE (a sharding bug moves logits by O(1)).
+NEAR_TIE = 2e-2
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from testlib import check, finish  # noqa: E402
 
@@ -69,6 +74,24 @@ def expected_sharded(d, tp, r):
     return (c["L"] * per_layer + vr * c["H"]) * c["es"]
 
 
+def greedy_near_tie(glmtp, launch, d, prompt, ref, got):
+    """'' when got equals ref, or parts from it where tp = 1 ranks the two tokens within NEAR_TIE
+    after their common prefix; otherwise what is wrong."""
+    if got == ref:
+        return ""
+    if len(got) != len(ref):
+        return f"{len(got)} tokens vs {len(ref)}"
+    i = next(k for k in range(len(ref)) if got[k] != ref[k])
+    out, _ = run(launch + [glmtp, "score", "--model", d, "--ids", ",".join(map(str, prompt + ref[:i])), "--dump",
+                           "logits", "--top", "0"])
+    logits = json.loads(out.splitlines()[-1])["logits"]
+    gap = logits[ref[i]] - logits[got[i]]
+    if abs(gap) <= NEAR_TIE:
+        print(f"note: greedy tokens part at step {i} on a near-tie (tp = 1 logits {gap:.2g} apart)")
+        return ""
+    return f"step {i}: {got[i]} vs {ref[i]}, tp = 1 logits {gap:.3g} apart (> {NEAR_TIE})"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("glmtp")
@@ -78,6 +101,7 @@ def main():
     rnd = random.Random(7)
     ids = [rnd.randrange(1000) for _ in range(24)]
     ids_s = ",".join(map(str, ids))
+    ids_g = [int(v) for v in ids_s[:ids_s.index(",", 20)].split(",")]  # the generate prompt
     models = [  # (name, make-model options)
         ("nkv2-chatglm-f32", ["--kv-groups", "2", "--layout", "chatglm", "--dtype", "f32"]),
         ("nkv4-hf-f32-sharded", ["--kv-groups", "4", "--layout", "hf", "--dtype", "f32", "--shards", "3"]),
@@ -109,8 +133,12 @@ def main():
                 diff = max(abs(x - y) for r, q in zip(rows, ref_rows) for x, y in zip(r, q))
                 check(f"{name} tp={tp} logits vs tp=1", diff <= TOL and len(rows) == len(ref_rows),
                       f"max|diff| {diff:.3g}")
-                check(f"{name} tp={tp} 64 greedy tokens vs tp=1", gen == ref_gen,
-                      "" if gen == ref_gen else f"{gen} vs {ref_gen}")
+                if "bf16" in name:
+                    why = greedy_near_tie(a.glmtp, mpirun + ["-np", "1"], d, ids_g, ref_gen, gen)
+                    check(f"{name} tp={tp} 64 greedy tokens vs tp=1 (or a near-tie)", not why, why)
+                else:
+                    check(f"{name} tp={tp} 64 greedy tokens vs tp=1", gen == ref_gen,
+                          "" if gen == ref_gen else f"{gen} vs {ref_gen}")
                 check(f"{name} tp={tp} 48 sampled tokens vs tp=1", smp == ref_smp,
                       "" if smp == ref_smp else f"{smp} vs {ref_smp}")
                 shard1, repl1 = ref_bytes

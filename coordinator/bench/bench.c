@@ -210,6 +210,10 @@ static void run_prefill(engine *e, const bench_machine *mc, int len, bench_row *
     r->attn_s = t_attn;
     r->limit = mc->gemm_gflops;
     r->ratio = r->linear_gflops / r->limit;
+    if (mc->gemm_bf16_what) {
+        r->limit_bf16 = mc->gemm_bf16_gflops;
+        r->ratio_bf16 = r->linear_gflops / r->limit_bf16;
+    }
     r->allreduce_share = tot1 > tot0 ? (ar1 - ar0) / (tot1 - tot0) : 0;
 }
 
@@ -521,6 +525,8 @@ int cmd_bench(comm *c, int argc, char **argv) {
              * is slow and its rate is flat past a few thousand rows). */
             int T = o.lens[i] < 4096 || strcmp(e.kb.iface->name, "cpu") != 0 ? o.lens[i] : 4096;
             limits_gemm_layer(&e, T, &mc.gemm_gflops, &mc.gemm_what);
+            limits_gemm_bf16_layer(&e, T, &mc.gemm_bf16_gflops, &mc.gemm_bf16_what, mc.gemm_bf16_buf,
+                                   sizeof mc.gemm_bf16_buf);
             run_prefill(&e, &mc, o.lens[i], &rows[i]);
         }
     } else if (strcmp(o.mode, "prefix") == 0) {

@@ -34,6 +34,11 @@ typedef struct bench_machine {
     double read_gbs;      /* CPU only: STREAM-style read */
     double gemm_gflops;   /* plain GEMM of the block's shapes at the prefill length */
     const char *gemm_what, *mem_what;
+    /* CPU: the backend's library GEMM in bf16 on the same shapes (what prefill
+     * runs on bf16 weights); gemm_bf16_what NULL when there is none. */
+    double gemm_bf16_gflops;
+    const char *gemm_bf16_what;
+    char gemm_bf16_buf[256]; /* gemm_bf16_what's text */
 } bench_machine;
 
 typedef struct bench_row {
@@ -43,6 +48,7 @@ typedef struct bench_row {
     double gbps, gflops, linear_gflops;
     double attn_gflops, attn_s; /* prefill: the attention op of one layer alone */
     double limit, ratio; /* the limit this row is compared with, and the ratio */
+    double limit_bf16, ratio_bf16; /* prefill: the library's bf16 GEMM (0: none) and linear / it */
     double allreduce_share;
     double cached_s, uncached_s; /* prefix: question 2's time to first token with and without the cache */
     int cached_tokens;           /* prefix: prompt tokens question 2 took from the cache */

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../kernels/cpu/cpu.h"
 #include "../../kernels/rng.h"
 #include "../../worker/util.h"
 #include "limits.h"
@@ -67,6 +68,20 @@ static void layer_shapes(const engine *e, int N[4], int K[4]) {
     for (int i = 0; i < 4; i++) N[i] = w[i]->rows, K[i] = w[i]->cols;
 }
 
+/* FLOPs of the four GEMMs at T tokens, and the largest weight, activation and
+ * output of them (elements). */
+static double layer_sizes(int T, const int N[4], const int K[4], size_t *max_w, size_t *max_x, size_t *max_o) {
+    double flops = 0;
+    *max_w = *max_x = *max_o = 0;
+    for (int i = 0; i < 4; i++) {
+        flops += 2.0 * T * N[i] * K[i];
+        if ((size_t)N[i] * K[i] > *max_w) *max_w = (size_t)N[i] * K[i];
+        if ((size_t)T * K[i] > *max_x) *max_x = (size_t)T * K[i];
+        if ((size_t)T * N[i] > *max_o) *max_o = (size_t)T * N[i];
+    }
+    return flops;
+}
+
 #ifdef GLMTP_HAVE_BLAS
 /* Best of 3 runs of the four GEMMs with fp32 operands. */
 static double blas_layer(int T, const int N[4], const int K[4], size_t max_w, size_t max_x, size_t max_o) {
@@ -114,14 +129,8 @@ void *limits_random_acts(const engine *e, size_t n, uint64_t seed) {
 double limits_gemm_layer(const engine *e, int T, double *gflops, const char **what) {
     int N[4], K[4];
     layer_shapes(e, N, K);
-    double flops = 0;
-    size_t max_w = 0, max_x = 0, max_o = 0;
-    for (int i = 0; i < 4; i++) {
-        flops += 2.0 * T * N[i] * K[i];
-        if ((size_t)N[i] * K[i] > max_w) max_w = (size_t)N[i] * K[i];
-        if ((size_t)T * K[i] > max_x) max_x = (size_t)T * K[i];
-        if ((size_t)T * N[i] > max_o) max_o = (size_t)T * N[i];
-    }
+    size_t max_w, max_x, max_o;
+    double flops = layer_sizes(T, N, K, &max_w, &max_x, &max_o);
     double best = 1e30;
 #ifdef GLMTP_HAVE_BLAS
     if (strcmp(e->kb.iface->name, "cpu") == 0) {
@@ -199,6 +208,48 @@ double limits_gemm_shape(const engine *e, int T, int N, int K, double *gflops, c
     k->weight_free(e->kb.ctx, &w);
     k->free(e->kb.ctx, x);
     k->free(e->kb.ctx, o);
+    *gflops = flops / best / 1e9;
+    return best;
+}
+
+/* n bf16 values uniform in [-0.5, 0.5) (seeded). */
+static uint16_t *random_bf16(size_t n, uint64_t seed) {
+    uint16_t *v = malloc(n * sizeof *v);
+    if (!v) abort();
+    for (size_t i = 0; i < n; i++) v[i] = f32_to_bf16((float)rng_uniform(&seed) - 0.5f);
+    return v;
+}
+
+double limits_gemm_bf16_layer(const engine *e, int T, double *gflops, const char **what, char *what_buf,
+                              size_t what_len) {
+    if (strcmp(e->kb.iface->name, "cpu") != 0) return 0;
+    cpu_gemm_lib *g = cpu_gemm_lib_create();
+    if (!g) return 0;
+    int N[4], K[4];
+    layer_shapes(e, N, K);
+    size_t max_w, max_x, max_o;
+    double flops = layer_sizes(T, N, K, &max_w, &max_x, &max_o);
+    uint16_t *w = random_bf16(max_w, 7), *x = random_bf16(max_x, 11);
+    float *o = malloc(max_o * sizeof *o);
+    if (!o) abort();
+    double best = 1e30;
+    int failed = 0;
+    for (int r = 0; r < 4 && !failed; r++) { /* r = 0 makes the primitives */
+        double t0 = util_now();
+        for (int i = 0; i < 4; i++) {
+            kweight W = {.data = w, .dtype = KDT_BF16, .rows = N[i], .cols = K[i]};
+            failed |= cpu_gemm_lib_matmul_bf16(g, o, x, &W, T) != 0;
+        }
+        double dt = util_now() - t0;
+        if (r > 0 && dt < best) best = dt;
+    }
+    snprintf(what_buf, what_len, "%s, bf16 x bf16 -> fp32", cpu_gemm_lib_name(g));
+    cpu_gemm_lib_destroy(g);
+    free(w);
+    free(x);
+    free(o);
+    if (failed) return 0;
+    *what = what_buf;
     *gflops = flops / best / 1e9;
     return best;
 }

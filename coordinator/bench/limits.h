@@ -27,5 +27,12 @@ double limits_gemm_layer(const engine *e, int T, double *gflops, const char **wh
 /* The same for one shape: x [T, K] times a random weight [N, K]^T, best of 3;
  * seconds and GFLOP/s, *what names the GEMM. */
 double limits_gemm_shape(const engine *e, int T, int N, int K, double *gflops, const char **what);
+/* The CPU backend's library GEMM in bf16 (kernels/cpu/gemm_lib.c: bf16
+ * activations and weights, fp32 output) of the same four shapes at T tokens,
+ * on random bf16 data: seconds per layer and GFLOP/s, best of 3 after a
+ * warm-up; *what names the library and the implementation it picked. 0 with no
+ * such library (not a CPU backend, or a build without one): nothing is set. */
+double limits_gemm_bf16_layer(const engine *e, int T, double *gflops, const char **what, char *what_buf,
+                              size_t what_len);
 
 #endif

@@ -44,6 +44,31 @@ static void preamble(const bench_opts *o, const bench_machine *mc, const char *m
     if (mc->read_gbs > 0) fprintf(f, "# host STREAM-style read %.2f GB/s\n", mc->read_gbs);
 }
 
+/* Prefill rows: the fp32 GEMM limit, and the library's bf16 GEMM beside it
+ * where the backend has one (two more columns). */
+static void print_prefill(const bench_machine *mc, const bench_row *r, int n, FILE *f) {
+    int bf16 = mc->gemm_bf16_what != NULL;
+    fprintf(f, "%8s %10s %12s %12s %12s %12s %8s", "tokens", "time", "tokens/s", "all", "linear", "GEMM", "ratio");
+    if (bf16) fprintf(f, " %12s %8s", "bf16 GEMM", "ratio");
+    fprintf(f, " %10s %12s\n", "allreduce", "attention");
+    fprintf(f, "%8s %10s %12s %12s %12s %12s %8s", "", "(s)", "", "(GFLOP/s)", "(GFLOP/s)", "(GFLOP/s)", "(%)");
+    if (bf16) fprintf(f, " %12s %8s", "(GFLOP/s)", "(%)");
+    fprintf(f, " %10s %12s\n", "(%)", "(GFLOP/s)");
+    for (int i = 0; i < n; i++) {
+        fprintf(f, "%8d %10.3f %12.1f %12.2f %12.2f %12.2f %8.1f", r[i].len, r[i].seconds, r[i].tokens_per_s,
+                r[i].gflops, r[i].linear_gflops, r[i].limit, 100 * r[i].ratio);
+        if (bf16) fprintf(f, " %12.2f %8.1f", r[i].limit_bf16, 100 * r[i].ratio_bf16);
+        fprintf(f, " %10.1f %12.2f\n", 100 * r[i].allreduce_share, r[i].attn_gflops);
+    }
+    fprintf(f, "# per rank; GEMM: %s of the block's four weight shapes at the same token count (max 4096 on "
+               "the CPU); attention: the attention op of one layer alone, causal FLOPs\n",
+            mc->gemm_what ? mc->gemm_what : "?");
+    if (bf16)
+        fprintf(f, "# bf16 GEMM: %s, the same shapes and token count (what prefill runs on bf16 weights, "
+                   "T >= 16)\n",
+                mc->gemm_bf16_what);
+}
+
 void bench_print(const bench_opts *o, const bench_machine *mc, const char *model, const bench_row *r, int n,
                  FILE *f) {
     preamble(o, mc, model, f);
@@ -57,17 +82,7 @@ void bench_print(const bench_opts *o, const bench_machine *mc, const char *model
                     100 * r[i].allreduce_share);
         fprintf(f, "# moved: weights + KV read by all ranks per step / step time; limit: %s\n", mc->mem_what);
     } else if (strcmp(o->mode, "prefill") == 0) {
-        fprintf(f, "%8s %10s %12s %12s %12s %12s %8s %10s %12s\n", "tokens", "time", "tokens/s", "all", "linear",
-                "GEMM", "ratio", "allreduce", "attention");
-        fprintf(f, "%8s %10s %12s %12s %12s %12s %8s %10s %12s\n", "", "(s)", "", "(GFLOP/s)", "(GFLOP/s)",
-                "(GFLOP/s)", "(%)", "(%)", "(GFLOP/s)");
-        for (int i = 0; i < n; i++)
-            fprintf(f, "%8d %10.3f %12.1f %12.2f %12.2f %12.2f %8.1f %10.1f %12.2f\n", r[i].len, r[i].seconds,
-                    r[i].tokens_per_s, r[i].gflops, r[i].linear_gflops, r[i].limit, 100 * r[i].ratio,
-                    100 * r[i].allreduce_share, r[i].attn_gflops);
-        fprintf(f, "# per rank; GEMM: %s of the block's four weight shapes at the same token count (max 4096 on "
-                   "the CPU); attention: the attention op of one layer alone, causal FLOPs\n",
-                mc->gemm_what ? mc->gemm_what : "?");
+        print_prefill(mc, r, n, f);
     } else if (strcmp(o->mode, "prefix") == 0) {
         fprintf(f, "%9s %9s %10s %12s %10s %12s %8s\n", "document", "question", "cold", "cached", "cached",
                 "no cache", "speedup");
@@ -105,6 +120,10 @@ int bench_write_json(const bench_opts *o, const bench_machine *mc, const char *m
         cJSON_AddNumberToObject(lim, "gemm_gflops", mc->gemm_gflops);
         cJSON_AddStringToObject(lim, "gemm_how", mc->gemm_what);
     }
+    if (mc->gemm_bf16_what) {
+        cJSON_AddNumberToObject(lim, "gemm_bf16_gflops", mc->gemm_bf16_gflops);
+        cJSON_AddStringToObject(lim, "gemm_bf16_how", mc->gemm_bf16_what);
+    }
     cJSON_AddNumberToObject(j, "weight_bytes_per_rank", mc->weight_bytes);
     cJSON *rows = cJSON_AddArrayToObject(j, "results");
     for (int i = 0; i < n; i++) {
@@ -123,6 +142,10 @@ int bench_write_json(const bench_opts *o, const bench_machine *mc, const char *m
             cJSON_AddNumberToObject(x, "gflops", r[i].gflops);
             cJSON_AddNumberToObject(x, "linear_gflops", r[i].linear_gflops);
             cJSON_AddNumberToObject(x, "limit_gflops", r[i].limit);
+            if (mc->gemm_bf16_what) {
+                cJSON_AddNumberToObject(x, "limit_bf16_gflops", r[i].limit_bf16);
+                cJSON_AddNumberToObject(x, "ratio_bf16", r[i].ratio_bf16);
+            }
             cJSON_AddNumberToObject(x, "attention_gflops", r[i].attn_gflops);
             cJSON_AddNumberToObject(x, "attention_layer_seconds", r[i].attn_s);
         } else if (strcmp(o->mode, "prefix") == 0) {

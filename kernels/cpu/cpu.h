@@ -5,6 +5,51 @@
 
 #include "../kernels.h"
 
+/* Prefill GEMMs through a library (gemm_lib.c: oneDNN's matmul primitive):
+ * out [T, N] = x [T, K] W^T with x and out fp32 row-major, W [N, K] row-major
+ * (the layout as loaded, handed to the library as a transposed operand, so
+ * nothing is repacked per call or at load).
+ *  - bf16 W: x is rounded to bf16 (nearest even) into scratch owned by the
+ *    handle, the products are bf16 x bf16 with fp32 accumulation; the rounding
+ *    is the only error beyond the fp32 path's (relative 2^-9 per activation).
+ *  - f32 W: an fp32 GEMM (sgemm), no rounding. (The backend keeps its own
+ *    kernel for f32 weights: see matmul.c.)
+ * A handle belongs to one backend context and is used by one thread at a time;
+ * it keeps the primitives it made, one per (T, N, K, weight type), up to a
+ * bound (the least recently used is replaced). */
+typedef struct cpu_gemm_lib cpu_gemm_lib;
+
+/* A new handle, or NULL when this build has no library (GLMTP_HAVE_DNNL unset)
+ * or the library cannot start (the reason is printed on stderr). */
+cpu_gemm_lib *cpu_gemm_lib_create(void);
+void cpu_gemm_lib_destroy(cpu_gemm_lib *g); /* NULL is fine */
+
+/* out = x W^T as above, W bf16 or f32, T >= 1. 0 when out is written; -1 on a
+ * library error (printed on stderr; out is then undefined). */
+int cpu_gemm_lib_matmul(cpu_gemm_lib *g, float *out, const float *x, const kweight *W, int T);
+
+/* The library's product alone on activations already in bf16: out [T, N] =
+ * xb [T, K] W^T, W bf16 (the bench's limit). 0, or -1 as above. */
+int cpu_gemm_lib_matmul_bf16(cpu_gemm_lib *g, float *out, const uint16_t *xb, const kweight *W, int T);
+
+/* "oneDNN 2.6.3 matmul", plus the implementation the library picked for the
+ * last primitive made (e.g. "brg:avx512_core_amx_bf16") once there is one.
+ * Owned by the handle, valid until its next call. */
+const char *cpu_gemm_lib_name(cpu_gemm_lib *g);
+
+/* The CPU backend's context (the void *ctx of every op). */
+typedef struct cpu_ctx {
+    int n_threads;
+    /* Prefill GEMMs (T >= the GEMV range) when not NULL; NULL: the own kernel
+     * (no library in the build, GLMTP_CPU_OWN_GEMM=1, or a library error). */
+    cpu_gemm_lib *gemm;
+    /* With gemm and bf16 weights the GEMV path (few tokens) multiplies bf16-
+     * rounded activations too, so that both paths give a token the same
+     * products; xr holds them (xr_cap floats). */
+    float *xr;
+    size_t xr_cap;
+} cpu_ctx;
+
 void cpu_embedding(void *ctx, void *out, const kweight *E, const int32_t *ids, int T);
 void cpu_rmsnorm(void *ctx, void *out, const void *x, const kweight *w, int T, float eps);
 void cpu_matmul(void *ctx, void *out, const void *x, const kweight *W, const kweight *bias, int T);

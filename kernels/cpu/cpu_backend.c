@@ -7,10 +7,6 @@
 
 #include "cpu.h"
 
-typedef struct cpu_ctx {
-    int n_threads;
-} cpu_ctx;
-
 static void *cpu_alloc(void *ctx, size_t bytes) {
     (void)ctx;
     /* 64-byte alignment for vector loads; calloc semantics. */
@@ -63,7 +59,12 @@ static void cpu_weight_free(void *ctx, kweight *w) {
 static void cpu_sync(void *ctx) { (void)ctx; }
 static void cpu_profile_range(void *ctx, int on) { (void)ctx, (void)on; }
 
-static void cpu_destroy(void *ctx) { free(ctx); }
+static void cpu_destroy(void *ctx) {
+    cpu_ctx *c = ctx;
+    cpu_gemm_lib_destroy(c->gemm);
+    free(c->xr);
+    free(c);
+}
 
 static int cpu_mem_info(void *ctx, size_t *free_bytes, size_t *total_bytes) {
     (void)ctx, (void)free_bytes, (void)total_bytes;
@@ -132,6 +133,9 @@ kbackend kernels_cpu_create(int n_threads) {
     }
     if (n_threads > 0) omp_set_num_threads(n_threads);
     c->n_threads = omp_get_max_threads();
+    /* GLMTP_CPU_OWN_GEMM=1: prefill through the own kernel, to compare with. */
+    const char *own = getenv("GLMTP_CPU_OWN_GEMM");
+    if (!own || !*own || strcmp(own, "0") == 0) c->gemm = cpu_gemm_lib_create();
     kbackend b = {&cpu_iface, c};
     return b;
 }

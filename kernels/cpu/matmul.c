@@ -1,11 +1,17 @@
-/* GEMM on the CPU: out [T, N] = x [T, K] W^T (+ bias), W [N, K] in bf16 or f32,
- * fp32 math. Two paths:
- *  - few tokens (decode): a GEMV per weight row; the step is bound by reading W
- *    once, so each row is streamed once and dotted with every token.
- *  - many tokens (prefill): a panel of PANEL_ROWS rows of W is widened to fp32
- *    once into thread-local scratch, then reused by every token in register
- *    blocks of TOK_BLOCK tokens x PANEL_ROWS rows. */
+/* GEMM on the CPU: out [T, N] = x [T, K] W^T (+ bias), W [N, K] in bf16 or f32.
+ * Paths:
+ *  - few tokens (decode, T < GEMV_MAX_T): a GEMV per weight row in fp32 math;
+ *    the step is bound by reading W once, so each row is streamed once and
+ *    dotted with every token. With the library and bf16 W, the activations
+ *    are rounded to bf16 first, as the library's path rounds them.
+ *  - many tokens (prefill): for bf16 W the library's GEMM (gemm_lib.c, cpu.h:
+ *    bf16 products of bf16-rounded activations) when the backend has one;
+ *    for f32 W, or without it, or with GLMTP_CPU_OWN_GEMM=1, our own: a panel
+ *    of PANEL_ROWS rows of W is widened to fp32 once into thread-local
+ *    scratch, then reused by every token in register blocks of TOK_BLOCK
+ *    tokens x PANEL_ROWS rows. */
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "cpu.h"
@@ -160,13 +166,49 @@ static void gemm(float *out, const float *x, const kweight *W, int T) {
     }
 }
 
+/* The library's GEMM; on an error (said once, by the library) the backend
+ * turns it off and runs its own kernel from then on. 0 when out is written. */
+static int library_gemm(cpu_ctx *c, float *out, const float *x, const kweight *W, int T) {
+    if (!c->gemm) return -1;
+    if (cpu_gemm_lib_matmul(c->gemm, out, x, W, T) == 0) return 0;
+    fprintf(stderr, "glmtp: cpu backend: prefill GEMMs fall back to the own kernel\n");
+    cpu_gemm_lib_destroy(c->gemm);
+    c->gemm = NULL;
+    return -1;
+}
+
+/* x rounded to bf16 values (kept as fp32) in the context's scratch: the
+ * GEMV's activations when the library's GEMM takes bf16 ones, so that a
+ * token's result does not depend on how many tokens share its step (prefix
+ * cache hits, chunked prefill and batching change that count). */
+static const float *round_like_library(cpu_ctx *c, const float *x, size_t n) {
+    if (n > c->xr_cap) {
+        float *p = malloc(n * sizeof *p);
+        if (!p) {
+            fprintf(stderr, "glmtp: cpu backend: out of memory for %zu activations\n", n);
+            abort();
+        }
+        free(c->xr);
+        c->xr = p;
+        c->xr_cap = n;
+    }
+    for (size_t i = 0; i < n; i++) c->xr[i] = bf16_to_f32(f32_to_bf16(x[i]));
+    return c->xr;
+}
+
 void cpu_matmul_f32(void *ctx, float *out, const void *x, const kweight *W, int T) {
-    (void)ctx;
+    cpu_ctx *c = ctx;
     if (W->dtype != KDT_F32 && W->dtype != KDT_BF16) abort(); /* upload widened f16 */
-    if (T < GEMV_MAX_T)
-        gemv(out, x, W, T);
-    else
+    /* f32 weights keep the own kernel: its GEMM and GEMV sum each dot product
+     * in the same order, so a token's result is bitwise independent of its
+     * step's size (the f32 test models rely on it); speed is for bf16. */
+    if (T >= GEMV_MAX_T && W->dtype == KDT_BF16 && library_gemm(c, out, x, W, T) == 0) return;
+    if (T >= GEMV_MAX_T) {
         gemm(out, x, W, T);
+        return;
+    }
+    if (c->gemm && W->dtype == KDT_BF16) x = round_like_library(c, x, (size_t)T * W->cols);
+    gemv(out, x, W, T);
 }
 
 void cpu_matmul(void *ctx, void *out, const void *x, const kweight *W, const kweight *bias, int T) {
